@@ -1,0 +1,11 @@
+"""ResNet-18 on CIFAR-10 with standard training (a non-robust baseline / student)."""
+from configs import cifar10_common
+
+
+def get_config():
+  config = cifar10_common.get_config()
+  config.model.name = "resnet18"
+  config.objective.name = "natural"
+  config.optim.num_epochs = 200
+  config.optim.decay_epochs = (100, 150)
+  return config

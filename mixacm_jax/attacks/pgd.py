@@ -1,0 +1,93 @@
+"""FGSM and PGD (L-inf / L2, cross-entropy or margin loss), as pure jittable functions.
+
+`logits_fn(x) -> logits` closes over the model's variables in eval mode, so BatchNorm
+statistics never change during an attack. Inputs and outputs live in [0, 1].
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
+
+
+def margin_loss(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """CW margin: max_{j != y} z_j - z_y, per example (positive = misclassified)."""
+  true = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+  other = jnp.max(jnp.where(jax.nn.one_hot(labels, logits.shape[-1]) > 0, -jnp.inf, logits), -1)
+  return other - true
+
+
+def ce_loss(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+LOSSES = {"ce": ce_loss, "margin": margin_loss}
+
+
+def _per_example_norm(v: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:
+  """Projects onto the eps-ball around x, then onto the [0, 1] box."""
+  delta = x_adv - x
+  if norm == "linf":
+    delta = jnp.clip(delta, -eps, eps)
+  elif norm == "l2":
+    delta = delta * jnp.minimum(1.0, eps / (_per_example_norm(delta) + 1e-12))
+  else:
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+  return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def _random_start(key: jax.Array, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:
+  """Uniform in the L-inf ball, or uniform radius along a random L2 direction. `key` is one
+  raw key (2,) or one per example (N, 2); per-example keys keep the noise independent of
+  how the batch is split over devices."""
+  if key.ndim == 2:
+    return jax.vmap(lambda k, v: _random_start(k, v[None], eps, norm)[0])(key, x)
+  if norm == "linf":
+    return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  k1, k2 = jax.random.split(key)
+  direction = jax.random.normal(k1, x.shape, x.dtype)
+  direction /= _per_example_norm(direction) + 1e-12
+  radius = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+  return direction * radius * eps
+
+
+def _ascent_direction(grad: jnp.ndarray, norm: str) -> jnp.ndarray:
+  if norm == "linf":
+    return jnp.sign(grad)
+  return grad / (_per_example_norm(grad) + 1e-12)
+
+
+def input_grad(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray) -> jnp.ndarray:
+  """Gradient of the summed per-example loss w.r.t. the inputs (each example's own gradient)."""
+  return jax.grad(lambda v: jnp.sum(loss_fn(v)))(x)
+
+
+def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
+        step_size: float, steps: int, norm: str = "linf", loss: str = "ce",
+        random_start: bool = True) -> jnp.ndarray:
+  """Projected gradient ascent on `loss` (Madry et al. 2018) from a random start in the ball."""
+  loss_of = LOSSES[loss]
+  per_example = lambda v: loss_of(logits_fn(v), y)
+  x_adv = x
+  if random_start:
+    x_adv = project(x + _random_start(key, x, eps, norm), x, eps, norm)
+
+  def body(_, x_adv):
+    g = input_grad(per_example, x_adv)
+    return project(x_adv + step_size * _ascent_direction(g, norm), x, eps, norm)
+
+  x_adv = jax.lax.fori_loop(0, steps, body, x_adv)
+  return jax.lax.stop_gradient(x_adv)
+
+
+def fgsm(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, *, eps: float,
+         norm: str = "linf", loss: str = "ce") -> jnp.ndarray:
+  """One step of size eps (Goodfellow et al. 2015)."""
+  g = input_grad(lambda v: LOSSES[loss](logits_fn(v), y), x)
+  return jax.lax.stop_gradient(project(x + eps * _ascent_direction(g, norm), x, eps, norm))

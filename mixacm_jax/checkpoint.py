@@ -1,0 +1,76 @@
+"""Orbax checkpoints in `workdir/checkpoints`: every N steps and at the end, the last k kept
+plus the best by a chosen eval metric; a step is visible only once orbax has committed it."""
+import logging
+import os
+from typing import Any, Mapping, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from mixacm_jax.errors import CheckpointError
+
+
+class Checkpointer:
+  """A thin layer over `ocp.CheckpointManager` that saves and restores a TrainState pytree."""
+
+  def __init__(self, directory: str, *, keep: int = 2, best_metric: Optional[str] = None,
+               best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    if best_metric:
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
+          keep_checkpoints_without_metrics=False))
+    self.best_metric = best_metric
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=True)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    except (OSError, PermissionError) as e:
+      raise CheckpointError(f"cannot use checkpoint directory {self.directory}: {e}") from None
+
+  def save(self, step: int, state: Any, metrics: Optional[Mapping[str, float]] = None) -> None:
+    """Saves (asynchronously where possible) a host-local copy of `state` at `step`."""
+    if step in self.manager.all_steps():
+      return
+    metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    except OSError as e:
+      raise CheckpointError(f"could not save the checkpoint of step {step} in "
+                            f"{self.directory}: {e}") from None
+
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def restore(self, target: Any, step: Optional[int] = None) -> Tuple[Any, Optional[int]]:
+    """Restores the given step, or the newest one that reads back; corrupt steps are skipped
+    with a warning. Returns (state, step), or (target, None) when there is no checkpoint."""
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    errors = []
+    for s in steps:
+      try:
+        return self.manager.restore(s, args=ocp.args.StandardRestore(abstract)), s
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        logging.warning("checkpoint of step %d in %s cannot be read (%s); trying an older one",
+                        s, self.directory, errors[-1])
+        print(f"WARNING: checkpoint step {s} in {self.directory} is unreadable; "
+              "falling back to an older one", flush=True)
+    if errors:
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+    return target, None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,37 @@
+"""What run.py does for each mode; every user-fixable error becomes one line on stderr."""
+import os
+import sys
+
+from mixacm_jax.errors import MixACMError
+
+
+def _train(config, workdir):
+  from mixacm_jax import reporting, train  # pylint: disable=g-import-not-at-top
+  result = train.train_and_evaluate(config, workdir)
+  row = {k: v for k, v in result.items() if k != "state"}
+  if reporting.is_primary():
+    cols = [c for c in ("model", "objective", "steps", "train_seconds", "clean_accuracy",
+                        "robust_accuracy") if c in row]
+    print("\n" + reporting.table([row], cols))
+    print(f"\nCheckpoints in {os.path.join(workdir, 'checkpoints')}; metrics in "
+          f"{os.path.join(workdir, 'metrics.jsonl')} and {os.path.join(workdir, 'tensorboard')}")
+  return 0
+
+
+def _eval(config, workdir):
+  from mixacm_jax import evaluation, reporting  # pylint: disable=g-import-not-at-top
+  metrics = evaluation.evaluate_checkpoint(config, workdir)
+  if reporting.is_primary():
+    print(reporting.table([metrics], list(metrics)))
+  return 0
+
+
+MODES = {"train": _train, "eval": _eval}
+
+
+def run(mode: str, config, workdir: str) -> int:
+  try:
+    return MODES[mode](config, workdir)
+  except MixACMError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2

@@ -1,0 +1,57 @@
+"""Config checks that run before any work, so a bad value fails in one clear line."""
+import os
+import tempfile
+
+from mixacm_jax import models
+from mixacm_jax.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+def _check_attack(where: str, cfg) -> None:
+  if cfg.norm not in NORMS:
+    raise ConfigError(f"{where}.norm must be one of {NORMS}, got {cfg.norm!r}")
+  if not 0.0 < cfg.eps <= (1.0 if cfg.norm == "linf" else float("inf")):
+    raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1], got {cfg.eps}")
+  if cfg.steps < 0 or cfg.step_size <= 0:
+    raise ConfigError(f"{where}: steps must be >= 0 and step_size > 0, "
+                      f"got steps={cfg.steps}, step_size={cfg.step_size}")
+
+
+def validate(config) -> None:
+  """Raises ConfigError on the first value that cannot work."""
+  if config.model.name not in models.MODELS:
+    raise ConfigError(f"unknown architecture {config.model.name!r}; known: "
+                      f"{', '.join(sorted(models.MODELS))}")
+  if config.model.get("dtype", "float32") not in models.DTYPES:
+    raise ConfigError(f"model.dtype must be one of {list(models.DTYPES)}, "
+                      f"got {config.model.dtype!r}")
+  from mixacm_jax import objectives  # pylint: disable=g-import-not-at-top
+  objectives.get_objective(config.objective.name)
+  if "attack" in config.objective:
+    _check_attack("objective.attack", config.objective.attack)
+  if config.eval.pgd.steps:
+    _check_attack("eval.pgd", config.eval.pgd)
+  o = config.optim
+  if o.batch_size <= 0 or config.eval.batch_size <= 0:
+    raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "
+                      f"eval.batch_size={config.eval.batch_size}")
+  if o.learning_rate <= 0 or not 0 <= o.momentum < 1 or o.weight_decay < 0:
+    raise ConfigError("optim needs learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0; got "
+                      f"{o.learning_rate}, {o.momentum}, {o.weight_decay}")
+  if not (o.get("num_steps") or o.num_epochs > 0):
+    raise ConfigError("set optim.num_epochs > 0 or optim.num_steps > 0")
+  if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
+    raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")
+  if config.log_every_steps <= 0:
+    raise ConfigError("log_every_steps must be positive")
+
+
+def check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
+

@@ -1,0 +1,21 @@
+"""Errors a user can cause and fix; the CLI prints them as one line, without a traceback."""
+
+
+class MixACMError(Exception):
+  """Base class of every error that run.py reports as a one-line message."""
+
+
+class ConfigError(MixACMError, ValueError):
+  """A config value that cannot work (unknown name, bad range, indivisible batch...)."""
+
+
+class DataError(MixACMError):
+  """A dataset that is missing, unprepared or empty."""
+
+
+class CheckpointError(MixACMError):
+  """A checkpoint that is missing, corrupt or of another model."""
+
+
+class NonFiniteLossError(MixACMError):
+  """Training produced a NaN or inf loss."""

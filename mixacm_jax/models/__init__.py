@@ -1,0 +1,77 @@
+"""Model registry and the one helper that runs a model and returns its sown activations."""
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mixacm_jax.errors import ConfigError
+from mixacm_jax.models.preact_resnet import PreActResNet
+from mixacm_jax.models.resnet import ResNet
+from mixacm_jax.models.wide_resnet import WideResNet
+
+MODELS: Dict[str, Callable[..., Any]] = {
+    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
+    "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)),
+    "preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2)),
+    "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
+    "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
+    "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
+    "wrn70_16": functools.partial(WideResNet, depth=70, widen_factor=16),
+    "wrn": WideResNet,  # depth / widen_factor from model.kwargs
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, dtype: str = "float32", **kwargs):
+  """Builds a registered architecture; `kwargs` override its fields (e.g. `base_width=8`)."""
+  if name not in MODELS:
+    raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(sorted(MODELS))}")
+  if dtype not in DTYPES:
+    raise ConfigError(f"unknown compute dtype {dtype!r}; known: {', '.join(DTYPES)}")
+  try:
+    return MODELS[name](num_classes=num_classes, mean=tuple(mean) if mean else None,
+                        std=tuple(std) if std else None, dtype=DTYPES[dtype], **kwargs)
+  except TypeError as e:
+    raise ConfigError(f"bad model.kwargs for {name!r}: {e}") from None
+
+
+def create_model_from_config(model_cfg, num_classes: int):
+  return create_model(model_cfg.name, num_classes=num_classes, mean=model_cfg.get("mean"),
+                      std=model_cfg.get("std"), dtype=model_cfg.get("dtype", "float32"),
+                      **dict(model_cfg.get("kwargs", {})))
+
+
+def init_variables(model, rng: jax.Array, image_shape: Sequence[int]) -> Dict[str, Any]:
+  """params + batch_stats for a model taking images of `image_shape` (H, W, C)."""
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      rng, jnp.zeros((1, *image_shape), jnp.float32))
+  return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
+def apply_model(model, variables: Mapping[str, Any], x: jnp.ndarray, *, train: bool,
+                names: Sequence[str] = ()) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray], Any]:
+  """Runs `model`; returns (logits, {name: sown activation}, new batch_stats).
+
+  In train mode BatchNorm uses batch statistics and the new running statistics are
+  returned; in eval mode the returned batch_stats are the ones passed in.
+  """
+  mutable = ["intermediates"] + (["batch_stats"] if train else [])
+  logits, state = model.apply(dict(variables), x, train=train, mutable=mutable)
+  sown = state.get("intermediates", {})
+  missing = [n for n in names if n not in sown]
+  if missing:
+    raise ConfigError(f"{type(model).__name__} does not sow {missing}; it sows {sorted(sown)}")
+  new_batch_stats = state["batch_stats"] if train else variables.get("batch_stats", {})
+  return logits, {n: sown[n] for n in names}, new_batch_stats
+
+
+def feature_names(model, image_shape: Sequence[int]) -> Tuple[str, ...]:
+  """The names a model sows, sorted (found by tracing the model, not from a list)."""
+  def run():
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False)
+    _, state = model.apply(variables, jnp.zeros((1, *image_shape)), mutable=["intermediates"])
+    return state["intermediates"]
+  return tuple(jax.eval_shape(run).keys())

@@ -1,0 +1,99 @@
+"""Layers with PyTorch conventions, so that PyTorch weights port one-to-one.
+
+* Convolutions pad explicitly and symmetrically: Flax's 'SAME' pads a stride-2 conv
+  on one side only, which shifts every feature map relative to PyTorch.
+* BatchNorm uses PyTorch's eps (1e-5) and momentum (0.1 in PyTorch terms, 0.9 in Flax terms).
+"""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# PyTorch-equivalent weight init (He normal, fan_out) as in RobustBench's WideResNet.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False,
+         dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.Conv:
+  """A kxk conv with PyTorch's symmetric padding `k // 2`."""
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
+                 kernel_init=conv_kernel_init, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+def batch_norm(train: bool, *, axis_name: Optional[str] = None,
+               dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults; `axis_name` syncs batch statistics across devices."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      axis_name=axis_name if train else None, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+def dense(features: int, *, dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def normalize_input(x: jnp.ndarray, mean: Optional[Sequence[float]],
+                    std: Optional[Sequence[float]]) -> jnp.ndarray:
+  """Per-channel (x - mean) / std inside the model; robust checkpoints expect [0, 1] inputs."""
+  if mean is not None:
+    x = x - jnp.asarray(mean, x.dtype)
+  if std is not None:
+    x = x / jnp.asarray(std, x.dtype)
+  return x
+
+
+def sow(module: nn.Module, name: str, value: jnp.ndarray) -> None:
+  """Hands an activation out through the `intermediates` collection, keeping only the last write."""
+  module.sow("intermediates", name, value,
+             init_fn=lambda: None, reduce_fn=lambda _, new: new)
+
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "swish": nn.swish,
+}
+
+
+def activation(name: str):
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+class ConvBNModule(nn.Module):
+  """A module that builds PyTorch-style convs and BatchNorms in its compute dtype."""
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  def bn(self, train: bool, name: str) -> nn.BatchNorm:
+    return batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+
+  def conv(self, features: int, kernel: int, stride: int = 1, name: Optional[str] = None,
+           use_bias: bool = False) -> nn.Conv:
+    return conv(features, kernel, stride, use_bias=use_bias, dtype=self.dtype, name=name)
+
+
+
+class ModelBase(ConvBNModule):
+  """Fields every architecture shares; subclasses add their own."""
+  num_classes: int = 10
+  mean: Optional[Sequence[float]] = None
+  std: Optional[Sequence[float]] = None
+
+  def block_kwargs(self):
+    return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+
+  def prepare(self, x: jnp.ndarray) -> jnp.ndarray:
+    return normalize_input(x.astype(self.dtype), self.mean, self.std)
+
+  def head(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Global average pool, sow `features`, linear classifier; logits are float32."""
+    features = jnp.mean(x, axis=(1, 2))
+    sow(self, "features", features)
+    logits = dense(self.num_classes, dtype=self.dtype, name="fc")(features)
+    return logits.astype(jnp.float32)
+

@@ -1,0 +1,43 @@
+"""PreActResNet-18 as RobustBench's `resnet.py` (`PreActResNet`) defines it."""
+from typing import Sequence
+
+import flax.linen as nn
+
+from mixacm_jax.models.layers import ConvBNModule, ModelBase, sow
+
+
+class PreActBlock(ConvBNModule):
+  """bn-relu-conv-bn-relu-conv; the shortcut conv takes the first bn-relu output."""
+  planes: int = 64
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out = nn.relu(self.bn(train, "bn1")(x))
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      shortcut = self.conv(self.planes, 1, self.stride, "shortcut_conv")(out)
+    out = self.conv(self.planes, 3, self.stride, "conv1")(out)
+    out = self.conv(self.planes, 3, 1, "conv2")(nn.relu(self.bn(train, "bn2")(out)))
+    return out + shortcut
+
+
+class PreActResNet(ModelBase):
+  """Sows `stem` and `stage{i}` (pre-activation: before any bn-relu), `stage{N}_act`
+  (after the final bn-relu) and `features`."""
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  base_width: int = 64
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = self.conv(self.base_width, 3, 1, "conv1")(self.prepare(x))
+    sow(self, "stem", x)
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        stride = 2 if (i > 0 and j == 0) else 1
+        x = PreActBlock(planes=self.base_width * 2**i, stride=stride,
+                        name=f"layer{i + 1}_{j}", **self.block_kwargs())(x, train)
+      sow(self, f"stage{i + 1}", x)
+    x = nn.relu(self.bn(train, "bn")(x))
+    sow(self, f"stage{len(self.stage_sizes)}_act", x)
+    return self.head(x)

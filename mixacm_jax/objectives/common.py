@@ -1,0 +1,51 @@
+"""What every objective receives, and the pieces several of them share."""
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# forward(params, batch_stats, x, train, names) -> (logits, {name: activation}, new_batch_stats)
+ForwardFn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveContext:
+  forward: ForwardFn            # the student (or the model being trained)
+  batch_stats: Any              # its BatchNorm running statistics
+  rng: jax.Array                # this step's key, identical on every device
+  cfg: Any                      # config.objective
+  example_offset: Any = 0       # global index of this device's first example
+  teacher: Optional[Callable[[jnp.ndarray, Sequence[str]], Any]] = None  # frozen, eval mode
+
+  def example_keys(self, n: int, salt: int = 0) -> jax.Array:
+    """One key per example, from its global index: the same on 1 device or N."""
+    base = jax.random.fold_in(self.rng, salt)
+    index = self.example_offset + jnp.arange(n)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+
+  def eval_logits_fn(self, params) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """The model in eval mode (running BatchNorm statistics), as attacks need it."""
+    return lambda x: self.forward(params, self.batch_stats, x, False, ())[0]
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def accuracy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def kl_divergence(target_logits: jnp.ndarray, logits: jnp.ndarray,
+                  temperature: float = 1.0) -> jnp.ndarray:
+  """Batch mean of KL(softmax(target/T) || softmax(logits/T))."""
+  target_log_p = jax.nn.log_softmax(target_logits / temperature)
+  log_q = jax.nn.log_softmax(logits / temperature)
+  return jnp.mean(jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_q), axis=-1))
+
+
+def metrics_of(loss: jnp.ndarray, logits: jnp.ndarray, labels: jnp.ndarray,
+               **terms: jnp.ndarray) -> Dict[str, jnp.ndarray]:
+  return {"loss": loss, "accuracy": accuracy(logits, labels), **terms}

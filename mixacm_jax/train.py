@@ -1,0 +1,224 @@
+"""TrainState, the one pmapped train step over any objective, the eval step, and the loop."""
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from mixacm_jax import parallel
+from flax.training import train_state
+
+from mixacm_jax import checkpoint as ckpt_lib
+from mixacm_jax import config_checks
+from mixacm_jax import input_pipeline
+from mixacm_jax import models
+from mixacm_jax import objectives
+from mixacm_jax import optim
+from mixacm_jax import reporting
+from mixacm_jax.attacks import pgd as pgd_lib
+from mixacm_jax.errors import NonFiniteLossError
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+  rng: jax.Array = None
+
+
+def make_forward(model) -> Callable:
+  """forward(params, batch_stats, x, train, names) -> (logits, {name: act}, new_batch_stats)."""
+  def forward(params, batch_stats, x, train, names=()):
+    return models.apply_model(model, {"params": params, "batch_stats": batch_stats}, x,
+                              train=train, names=names)
+  return forward
+
+
+def create_train_state(config, model, image_shape, steps_per_epoch: int,
+                       total_steps: int) -> TrainState:
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = models.init_variables(model, init_rng, image_shape)
+  tx = optim.create_optimizer(config.optim, steps_per_epoch, total_steps)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx, rng=state_rng)
+
+
+def train_step(state: TrainState, batch, *, objective, forward, cfg, teacher=None):
+  """One data-parallel update, run under `pmap(axis_name='batch')`.
+
+  The objective sees this device's shard; gradients, metrics and BatchNorm statistics are
+  averaged over devices (BatchNorm itself syncs batch statistics over 'batch'), so 1 and
+  N devices make the same update on the same global batch.
+  """
+  n = batch["label"].shape[0]
+  ctx = objectives.ObjectiveContext(
+      forward=forward, batch_stats=state.batch_stats, cfg=cfg, teacher=teacher,
+      rng=jax.random.fold_in(state.rng, state.step),
+      example_offset=jax.lax.axis_index("batch") * n)
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  (_, (batch_stats, metrics)), grads = grad_fn(state.params, ctx, batch)
+  grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), "batch")
+  metrics["grad_norm"] = optax.global_norm(grads)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, metrics
+
+
+def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
+  """Clean and PGD correct counts (masked), summed over devices."""
+  logits_fn = lambda x: forward(params, batch_stats, x, False)[0]
+  x, y, mask = batch["image"], batch["label"], batch["mask"]
+  n = y.shape[0]
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+      jax.lax.axis_index("batch") * n + jnp.arange(n))
+  clean_logits = logits_fn(x)
+  sums = {"count": jnp.sum(mask),
+          "clean_correct": jnp.sum((jnp.argmax(clean_logits, -1) == y) * mask),
+          "clean_loss": jnp.sum(pgd_lib.ce_loss(clean_logits, y) * mask)}
+  if pgd_cfg.steps > 0:
+    x_adv = pgd_lib.pgd(logits_fn, x, y, keys, eps=pgd_cfg.eps, step_size=pgd_cfg.step_size,
+                    steps=pgd_cfg.steps, norm=pgd_cfg.norm, loss=pgd_cfg.loss)
+    sums["robust_correct"] = jnp.sum((jnp.argmax(logits_fn(x_adv), -1) == y) * mask)
+  return jax.lax.psum(sums, "batch")
+
+
+def make_p_eval_step(model, pgd_cfg):
+  return jax.pmap(functools.partial(eval_step, forward=make_forward(model), pgd_cfg=pgd_cfg),
+                  axis_name="batch")
+
+
+def evaluate(p_eval_step, params, batch_stats, data_cfg, eval_cfg, seed: int = 0) -> Dict[str, float]:
+  """Clean and PGD accuracy over the eval split (replicated params)."""
+  totals = None
+  rng = jax.random.PRNGKey(seed + 1)
+  for i, batch in enumerate(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
+                                                        eval_cfg.get("num_examples"))):
+    keys = parallel.replicate(jax.random.fold_in(rng, i))
+    sums = jax.device_get(parallel.unreplicate(p_eval_step(params, batch_stats, batch, keys)))
+    totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
+  count = float(totals["count"])
+  out = {"clean_accuracy": float(totals["clean_correct"]) / count,
+         "clean_loss": float(totals["clean_loss"]) / count, "num_examples": count}
+  if "robust_correct" in totals:
+    out["robust_accuracy"] = float(totals["robust_correct"]) / count
+  return out
+
+
+def _check_finite(step: int, metrics: Dict[str, float]) -> None:
+  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+  if bad:
+    raise NonFiniteLossError(
+        f"non-finite {', '.join(bad)} at step {step} (values: "
+        f"{ {k: metrics[k] for k in bad} }); training stopped and the last good checkpoint "
+        "is kept. Lower optim.learning_rate or check the inputs.")
+
+
+class _SigtermFlag:
+  """Turns SIGTERM (how pods preempt) into a flag the loop checks, to save before exiting."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, *_):
+    self.raised = True
+
+  def __exit__(self, *_):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config, workdir: str, *, teacher=None,
+                       objective: Optional[Callable] = None) -> Dict[str, Any]:
+  """Trains `config.model` with `config.objective` in `workdir`, resuming from its latest
+  checkpoint; returns the final eval metrics and the training cost."""
+  config_checks.validate(config)
+  config_checks.check_writable(workdir)
+  info = input_pipeline.get_info(config.data)
+  model = models.create_model_from_config(config.model, info.num_classes)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
+  total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
+  objective = objective or objectives.get_objective(config.objective.name)
+
+  state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps)
+  checkpointer = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
+  state, restored_step = checkpointer.restore(state)
+  start_step = int(state.step)
+  if restored_step is not None and reporting.is_primary():
+    print(f"Resuming from the checkpoint of step {restored_step} in {workdir}", flush=True)
+
+  forward = make_forward(model.clone(bn_axis_name="batch"))
+  p_train_step = jax.pmap(
+      functools.partial(train_step, objective=objective, forward=forward,
+                        cfg=config.objective, teacher=teacher),
+      axis_name="batch", donate_argnums=(0,))
+  p_eval_step = make_p_eval_step(model, config.eval.pgd)
+
+  writer = reporting.MetricWriter(workdir)
+  progress = reporting.Progress(total_steps, config.optim.batch_size, start_step)
+  if reporting.is_primary():
+    print(f"Training {config.model.name} with {config.objective.name} on {info.name}: "
+          f"{total_steps} steps of {config.optim.batch_size} examples "
+          f"({steps_per_epoch} steps/epoch) on {jax.device_count()} device(s)", flush=True)
+
+  p_state = parallel.replicate(state)
+  batches = input_pipeline.train_batches(config.data, config.optim.batch_size, config.seed,
+                                         start_step)
+  eval_metrics: Dict[str, float] = {}
+  train_seconds, step = 0.0, start_step
+
+  def save(step, metrics=None):
+    host_state = jax.device_get(parallel.unreplicate(p_state))
+    checkpointer.save(step, host_state, metrics)
+
+  try:
+    with _SigtermFlag() as sigterm:
+      for step in range(start_step + 1, total_steps + 1):
+        t0 = time.perf_counter()
+        p_state, p_metrics = p_train_step(p_state, next(batches))
+        is_last = step == total_steps
+        log_now = step % config.log_every_steps == 0 or is_last
+        eval_now = (config.eval.every_steps and step % config.eval.every_steps == 0) or is_last
+        save_now = step % config.checkpoint.every_steps == 0 or is_last or sigterm.raised
+        if log_now or eval_now or save_now:
+          metrics = {k: float(v) for k, v in jax.device_get(
+              parallel.unreplicate(p_metrics)).items()}
+          _check_finite(step, metrics)
+          if log_now:
+            progress.report(step, metrics)
+            writer.write(step, metrics, prefix="train/")
+        train_seconds += time.perf_counter() - t0
+        if eval_now:
+          eval_metrics = evaluate(p_eval_step, p_state.params, p_state.batch_stats,
+                                  config.data, config.eval, config.seed)
+          writer.write(step, eval_metrics, prefix="eval/")
+          if reporting.is_primary():
+            print(f"[eval] step {step} | " + " | ".join(
+                f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+        if save_now:
+          save(step, eval_metrics if eval_now else None)
+        if sigterm.raised:
+          raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
+                           "run the same command to resume")
+  finally:
+    checkpointer.close()  # commits any save still in flight, even on a crash
+    writer.close()
+  summary = {"model": config.model.name, "objective": config.objective.name,
+             "steps": total_steps, "resumed_from": start_step, "train_seconds": train_seconds,
+             **eval_metrics}
+  if reporting.is_primary():
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return {"state": jax.device_get(parallel.unreplicate(p_state)), **summary}
+

@@ -1,0 +1,92 @@
+"""PGD/FGSM: ball and box constraints (property-based), losses against NumPy, attack strength."""
+import functools
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixacm_jax.attacks import pgd as pgd_lib
+
+
+def _linear_model(key, dim, classes=5):
+  w = jax.random.normal(key, (dim, classes))
+  return lambda x: x.reshape(x.shape[0], -1) @ w
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(norm, loss, steps):
+  def attack(x, y, key, eps, wkey):
+    logits_fn = _linear_model(wkey, x[0].size)
+    x_adv = pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 4, steps=steps,
+                        norm=norm, loss=loss)
+    return x_adv, logits_fn(x), logits_fn(x_adv)
+  return jax.jit(attack)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(n=st.integers(1, 6), side=st.integers(1, 5), eps=st.floats(1e-3, 1.0),
+                  seed=st.integers(0, 2**16), norm=st.sampled_from(["linf", "l2"]),
+                  loss=st.sampled_from(["ce", "margin"]))
+def test_pgd_stays_in_ball_and_box_and_never_helps(n, side, eps, seed, norm, loss):
+  key = jax.random.PRNGKey(seed)
+  kx, ky, ka, kw = jax.random.split(key, 4)
+  x = jax.random.uniform(kx, (n, side, side, 3))
+  y = jax.random.randint(ky, (n,), 0, 5)
+  x_adv, clean, adv = _jitted(norm, loss, 3)(x, y, ka, eps, kw)
+  delta = np.asarray(x_adv - x).reshape(n, -1)
+  if norm == "linf":
+    assert np.abs(delta).max() <= eps + 1e-6
+  else:
+    assert np.linalg.norm(delta, axis=1).max() <= eps * (1 + 1e-5) + 1e-6
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  # On a linear model, PGD never turns a wrong prediction right (it ascends the loss).
+  if loss == "margin":
+    wrong_before = np.asarray(jnp.argmax(clean, -1) != y)
+    wrong_after = np.asarray(jnp.argmax(adv, -1) != y)
+    assert np.all(wrong_after[wrong_before])
+
+
+def test_margin_and_ce_against_numpy():
+  rng = np.random.RandomState(0)
+  logits, labels = rng.randn(6, 4).astype(np.float32), rng.randint(0, 4, 6)
+  ref_margin = [max(np.delete(l, y)) - l[y] for l, y in zip(logits, labels)]
+  np.testing.assert_allclose(pgd_lib.margin_loss(logits, labels), ref_margin, rtol=1e-6)
+  shifted = logits - logits.max(1, keepdims=True)
+  ref_ce = -(shifted[np.arange(6), labels] - np.log(np.exp(shifted).sum(1)))
+  np.testing.assert_allclose(pgd_lib.ce_loss(logits, labels), ref_ce, rtol=1e-5)
+
+
+def test_pgd_breaks_a_linear_classifier_and_more_steps_do_not_hurt():
+  """On a linear model the worst case within the L-inf ball is known in closed form:
+  an example is breakable iff its margin can be flipped by eps * ||w_j - w_y||_1."""
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (64, 4, 4, 1)) * 0.5 + 0.25  # away from the box edges
+  w = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  y = jnp.argmax(logits_fn(x), -1)  # all correctly classified
+  eps = 0.05
+  z = np.asarray(logits_fn(x))
+  wn = np.asarray(w)
+  breakable = [any(z[i, j] - z[i, y[i]] + eps * np.abs(wn[:, j] - wn[:, y[i]]).sum() > 0
+                   for j in range(3) if j != y[i]) for i in range(64)]
+  adv_acc = []
+  for steps in (1, 10):
+    x_adv = pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 2, steps=steps,
+                        loss="margin")
+    adv_acc.append(float(jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y)))
+  exact = 1.0 - np.mean(breakable)
+  assert adv_acc[1] <= adv_acc[0] + 1e-9
+  assert adv_acc[1] == pytest.approx(exact, abs=1.5 / 64)
+
+
+def test_fgsm_is_one_signed_step():
+  w = jnp.arange(12.0).reshape(4, 3) - 5
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  x = jnp.full((2, 2, 2, 1), 0.5)
+  y = jnp.array([0, 2])
+  x_adv = pgd_lib.fgsm(logits_fn, x, y, eps=0.1)
+  g = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(logits_fn(v), y)))(x)
+  np.testing.assert_allclose(x_adv, jnp.clip(x + 0.1 * jnp.sign(g), 0, 1), atol=1e-7)

@@ -1,0 +1,83 @@
+"""run.py end to end: the main command, eval mode, config overrides and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
+        "--config.optim.batch_size=32", "--config.optim.num_steps=4",
+        "--config.objective.attack.steps=1", "--config.eval.pgd.steps=2",
+        "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
+
+
+def run(*args, env_devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+             TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_then_eval(tmp_path):
+  out = run(f"--workdir={tmp_path}", *TINY)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "[train] step 4/4" in out.stdout and "ex/s" in out.stdout and "ETA" in out.stdout
+  assert "| resnet18 | pgd_at" in out.stdout  # the final summary table
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps[-1] == 4
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert {r["step"] for r in rows if "train/loss" in r} == {2, 4}
+  assert 0.0 <= [r for r in rows if "eval/robust_accuracy" in r][-1]["eval/robust_accuracy"] <= 1.0
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  evaluated = run(f"--workdir={tmp_path}", "--mode=eval", *TINY)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert f"{100 * summary['clean_accuracy']:.2f}" in evaluated.stdout
+  # Running the finished job again resumes at its end and does no more training.
+  again = run(f"--workdir={tmp_path}", *TINY)
+  assert again.returncode == 0 and "Resuming from the checkpoint of step 4" in again.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.model.name=resnet19"], "error: unknown architecture 'resnet19'; known: "),
+    (["--config.objective.name=madry"], "error: unknown objective 'madry'; known: "),
+    (["--config.data.name=not_a_dataset_xyz"], "error: unknown dataset 'not_a_dataset_xyz'"),
+    (["--config.eval.pgd.eps=1.5"], "error: eval.pgd.eps must be in (0, 1]"),
+    (["--config.objective.attack.eps=0"], "error: objective.attack.eps must be in (0, 1]"),
+    (["--config.model.dtype=float16"], "error: model.dtype must be one of"),
+    (["--config.optim.schedule=linear"], "error: unknown schedule 'linear'"),
+])
+def test_bad_values_fail_in_one_line(tmp_path, args, message):
+  out = run(f"--workdir={tmp_path}", *TINY, *args)
+  assert out.returncode == 2
+  assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_indivisible_batch_and_unwritable_workdir(tmp_path):
+  out = run(f"--workdir={tmp_path}", *TINY, "--config.optim.batch_size=33", env_devices=2)
+  assert out.returncode == 2 and "batch size 33 must be a positive multiple of the device " \
+                                 "count (2 devices" in out.stderr
+  (tmp_path / "file").write_text("")
+  out = run(f"--workdir={tmp_path / 'file' / 'sub'}", *TINY)
+  assert out.returncode == 2 and "is not writable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_key_and_wrong_type_are_rejected_by_the_config_parser(tmp_path):
+  out = run(f"--workdir={tmp_path}", "--config.optim.bogus=1")
+  assert out.returncode != 0 and "bogus" in out.stderr
+  out = run(f"--workdir={tmp_path}", "--config.optim.batch_size=abc")
+  assert out.returncode != 0 and "batch_size" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["default", "cifar10_resnet18_natural", "cifar10_preact18_pgd_at",
+                                  "cifar10_wrn34_10_trades"])
+def test_every_config_loads_and_validates(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config_checks.validate(config)
+  if name.startswith("cifar10"):
+    assert config.data.name == "cifar10" and config.objective.attack.eps == pytest.approx(8 / 255)

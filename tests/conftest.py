@@ -1,0 +1,41 @@
+"""Test set-up: two simulated CPU devices (so pmapped code really runs data-parallel) and
+quiet TensorFlow. Must run before JAX is imported anywhere."""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=2").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Many tests compile the same tiny programs; XLA's persistent cache compiles each once.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(tempfile.gettempdir(), "mixacm_jax_test_xla_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture
+def tiny_config():
+  """The default config shrunk to a few seconds of work: tiny ResNet, few steps."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.kwargs.base_width = 4
+  config.model.kwargs.stage_sizes = (1, 1)
+  config.model.name = "resnet18"
+  config.optim.batch_size = 32
+  config.optim.num_steps = 6
+  config.objective.name = "natural"
+  config.eval.batch_size = 64
+  config.eval.num_examples = 128
+  config.eval.pgd.steps = 2
+  config.checkpoint.every_steps = 3
+  config.checkpoint.async_save = False
+  config.log_every_steps = 3
+  return config

@@ -1,0 +1,110 @@
+"""Input pipeline: the embedded dataset, augmentation, determinism, resume, eval masking, TFDS."""
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import default
+from mixacm_jax import input_pipeline
+from mixacm_jax.errors import ConfigError, DataError
+
+
+@pytest.fixture
+def data_cfg():
+  return default.get_config().data
+
+
+def test_digits_info_and_split_are_disjoint(data_cfg):
+  info = input_pipeline.get_info(data_cfg)
+  assert (info.image_shape, info.num_classes, info.num_train + info.num_eval) == ((8, 8, 1), 10, 1797)
+  train_x, _ = input_pipeline._digits_arrays("train")
+  test_x, test_y = input_pipeline._digits_arrays("test")
+  assert np.bincount(test_y).tolist() == [36] * 10
+  train_rows = {x.tobytes() for x in train_x}
+  assert sum(x.tobytes() in train_rows for x in test_x) < 10  # digits has a few duplicates
+
+
+def test_train_batches_shape_range_and_determinism(data_cfg):
+  it = input_pipeline.train_batches(data_cfg, 32, seed=0)
+  b = next(it)
+  n = jax.local_device_count()
+  assert b["image"].shape == (n, 32 // n, 8, 8, 1) and b["label"].shape == (n, 32 // n)
+  assert b["image"].dtype == np.float32 and 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+  again = next(input_pipeline.train_batches(data_cfg, 32, seed=0))
+  np.testing.assert_array_equal(b["image"], again["image"])
+  other = next(input_pipeline.train_batches(data_cfg, 32, seed=1))
+  assert not np.array_equal(b["label"], other["label"])
+
+
+def test_resume_position_reproduces_the_stream(data_cfg):
+  """start_step=k yields exactly what an uninterrupted stream yields from its k-th batch,
+  across an epoch boundary."""
+  per_epoch = input_pipeline.steps_per_epoch(data_cfg, 256)
+  full = input_pipeline.train_batches(data_cfg, 256, seed=3)
+  stream = [next(full) for _ in range(per_epoch + 3)]
+  resumed = input_pipeline.train_batches(data_cfg, 256, seed=3, start_step=per_epoch - 1)
+  for expected in stream[per_epoch - 1:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["image"], expected["image"])
+  # A new epoch reshuffles.
+  assert not np.array_equal(stream[0]["label"], stream[per_epoch]["label"])
+
+
+def test_augmentation_crops_and_flips_within_padding():
+  image = tf.reshape(tf.range(64, dtype=tf.float32), (8, 8, 1)) / 64.0
+  outs = [input_pipeline.augment(image, tf.constant([0, i], tf.int64), 2, True).numpy()
+          for i in range(40)]
+  assert all(o.shape == (8, 8, 1) for o in outs)
+  # Every output is the original shifted by at most 2 pixels (zero fill) and maybe mirrored.
+  padded = np.pad(image.numpy(), ((2, 2), (2, 2), (0, 0)))
+  windows = [padded[i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+  windows += [w[:, ::-1] for w in windows]
+  for o in outs:
+    assert any(np.array_equal(o, w) for w in windows)
+  assert len({o.tobytes() for o in outs}) > 5
+  np.testing.assert_array_equal(outs[3], input_pipeline.augment(
+      image, tf.constant([0, 3], tf.int64), 2, True).numpy())
+
+
+def test_eval_counts_every_example_once(data_cfg):
+  info = input_pipeline.get_info(data_cfg)
+  labels, masks = [], []
+  for b in input_pipeline.eval_batches(data_cfg, 64):
+    assert b["image"].shape[:2] == (jax.local_device_count(), 64 // jax.local_device_count())
+    labels.append(b["label"].reshape(-1))
+    masks.append(b["mask"].reshape(-1))
+  labels, masks = np.concatenate(labels), np.concatenate(masks)
+  assert masks.sum() == info.num_eval == 360
+  assert len(masks) == 64 * 6 and masks[-24:].sum() == 0  # 360 = 5*64 + 40: 24 padded
+  np.testing.assert_array_equal(np.bincount(labels[masks > 0]), [36] * 10)
+  limited = list(input_pipeline.eval_batches(data_cfg, 64, num_examples=100))
+  assert sum(b["mask"].sum() for b in limited) == 100
+
+
+def test_batch_not_divisible_by_devices(data_cfg):
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+  with pytest.raises(ConfigError, match="batch size 33 must be a positive multiple of the "
+                                        "device count \\(2 devices"):
+    next(input_pipeline.train_batches(data_cfg, 33, seed=0))
+
+
+def test_tfds_dataset_through_the_same_pipeline(data_cfg):
+  data_cfg.name, data_cfg.crop_padding, data_cfg.random_flip = "cifar10", 4, True
+  with tfds.testing.mock_data(num_examples=70):
+    info = input_pipeline.get_info(data_cfg)
+    assert info.image_shape == (32, 32, 3) and info.num_classes == 10
+    b = next(input_pipeline.train_batches(data_cfg, 16, seed=0))
+    assert b["image"].shape[-3:] == (32, 32, 3) and b["image"].max() <= 1.0
+    evals = list(input_pipeline.eval_batches(data_cfg, 16))
+    assert sum(e["mask"].sum() for e in evals) == 70
+
+
+def test_unprepared_tfds_dataset_fails_fast_with_how_to(data_cfg, tmp_path):
+  data_cfg.name, data_cfg.data_dir = "cifar10", str(tmp_path)
+  with pytest.raises(DataError, match=f"'cifar10' is not prepared in data_dir=.*{tmp_path}.*tfds build"):
+    input_pipeline.get_info(data_cfg)
+  data_cfg.name = "no_such_dataset_xyz"
+  with pytest.raises(ConfigError, match="unknown dataset 'no_such_dataset_xyz'"):
+    input_pipeline.get_info(data_cfg)

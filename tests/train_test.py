@@ -1,0 +1,120 @@
+"""Training engine: data-parallel equivalence, loss decrease, resume, NaN handling."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from mixacm_jax import parallel
+
+from mixacm_jax import input_pipeline, models, objectives, train
+from mixacm_jax.errors import NonFiniteLossError
+
+
+def _setup(config):
+  info = input_pipeline.get_info(config.data)
+  model = models.create_model_from_config(config.model, info.num_classes)
+  state = train.create_train_state(config, model, info.image_shape, 10, 100)
+  return model, state
+
+
+def _pmapped_step(config, model, n_devices, objective_name):
+  return jax.pmap(functools.partial(
+      train.train_step, objective=objectives.get_objective(objective_name),
+      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective),
+      axis_name="batch", devices=jax.devices()[:n_devices])
+
+
+def _run_steps(step, state, batches, n_devices):
+  p_state = parallel.replicate(state, devices=jax.devices()[:n_devices])
+  for b in batches:
+    b = {k: v.reshape((n_devices, -1) + v.shape[2:]) for k, v in b.items()}
+    p_state, metrics = step(p_state, b)
+  return parallel.unreplicate(p_state), parallel.unreplicate(metrics)
+
+
+# TRADES' inner sign-gradient steps on a KL that starts near zero turn float-rounding
+# differences into sign flips, so its equality is checked with the attack's steps at 0
+# (random start, two train-mode passes and the KL term still run).
+@pytest.mark.parametrize("objective,attack_steps", [("natural", 0), ("pgd_at", 2), ("trades", 0)])
+def test_one_vs_two_devices_same_update(tiny_config, objective, attack_steps):
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+  tiny_config.objective.name = objective
+  tiny_config.objective.attack.steps = attack_steps
+  model, state = _setup(tiny_config)
+  it = input_pipeline.train_batches(tiny_config.data, 16, seed=0)
+  batches = [next(it) for _ in range(3)]
+  one, m1 = _run_steps(_pmapped_step(tiny_config, model, 1, objective), state, batches, 1)
+  two, m2 = _run_steps(_pmapped_step(tiny_config, model, 2, objective), state, batches, 2)
+  assert int(one.step) == int(two.step) == 3
+  diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                 (one.params, one.batch_stats), (two.params, two.batch_stats))
+  assert max(jax.tree_util.tree_leaves(diffs)) < 1e-5
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params,
+                                 one.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_config):
+  tiny_config.optim.schedule = "constant"
+  tiny_config.optim.learning_rate = 0.05
+  model, state = _setup(tiny_config)
+  batch = next(input_pipeline.train_batches(tiny_config.data, 32, seed=0))
+  batch = {k: v.reshape((1, -1) + v.shape[2:]) for k, v in batch.items()}
+  losses = []
+  step = _pmapped_step(tiny_config, model, 1, "natural")
+  for _ in range(4):
+    state, metrics = _run_steps(step, state, [batch] * 10, 1)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses  # memorises the batch
+
+
+def _params_equal(a, b):
+  return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
+def test_resume_after_interruption_reproduces_uninterrupted_run(tiny_config, tmp_path,
+                                                                monkeypatch):
+  tiny_config.objective.name = "pgd_at"
+  tiny_config.objective.attack.steps = 1
+  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+
+  real_batches = input_pipeline.train_batches
+
+  def crashing_batches(*args, **kwargs):
+    for i, batch in enumerate(real_batches(*args, **kwargs)):
+      if i == 4:  # the checkpoint of step 3 exists; step 5's batch never arrives
+        raise RuntimeError("simulated crash")
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "train_batches", crashing_batches)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(input_pipeline, "train_batches", real_batches)
+  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  assert resumed["resumed_from"] == 3 and int(resumed["state"].step) == 6
+  assert _params_equal((full["state"].params, full["state"].batch_stats, full["state"].opt_state),
+                       (resumed["state"].params, resumed["state"].batch_stats,
+                        resumed["state"].opt_state))
+  assert resumed["clean_accuracy"] == full["clean_accuracy"]
+  summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+  assert summary["steps"] == 6 and summary["resumed_from"] == 3
+  assert os.path.exists(tmp_path / "resumed" / "metrics.jsonl")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+  # A learning rate this large makes the loss overflow within a few steps.
+  tiny_config.optim.learning_rate = 1e30
+  tiny_config.optim.schedule = "constant"
+  tiny_config.checkpoint.every_steps = 1
+  tiny_config.log_every_steps = 1
+  with pytest.raises(NonFiniteLossError, match=r"non-finite .*loss.* at step (\d+)") as err:
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  bad_step = int(str(err.value).split(" at step ")[1].split(" ")[0])
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert bad_step > 1 and steps and max(steps) == bad_step - 1
