@@ -27,10 +27,39 @@ def get_config():
   config.model.dtype = "float32"
 
   config.objective = ml_collections.ConfigDict()
-  config.objective.name = "pgd_at"     # natural | pgd_at | trades
+  config.objective.name = "pgd_at"     # natural | pgd_at | trades | mixacm | kd | ard | rslad
   config.objective.trades_beta = 6.0
+  # Training-time attack of pgd_at / trades / ard / rslad.
   config.objective.attack = ml_collections.ConfigDict(
       {"eps": 0.1, "step_size": 0.025, "steps": 5, "norm": "linf"})
+  # Distillation (mixacm / kd / ard / rslad): weights of the terms, KD temperature.
+  config.objective.w_ce = 1.0
+  config.objective.w_kd = 1.0
+  config.objective.w_acm = 10.0
+  config.objective.temperature = 1.0
+  config.objective.mixup_alpha = 1.0       # Beta(alpha, alpha); 0 trains on clean inputs
+  config.objective.mixup_per_example = False
+  config.objective.ard_alpha = 1.0
+  config.objective.acm = ml_collections.ConfigDict()
+  config.objective.acm.mapping = "mean_act"  # mean_act | mean_pow | max | attention
+  config.objective.acm.activation = "relu"   # applied before pooling (mean_act, max)
+  config.objective.acm.p = 2.0               # power of mean_pow / attention
+  config.objective.acm.transform = "linear"  # linear | none
+  # Matched blocks: "name" (same in both) or "student_name:teacher_name"; weights default 1.
+  config.objective.acm.stages = ("stem", "stage1", "stage2", "stage3", "stage4")
+  config.objective.acm.stage_weights = ()
+
+  # The frozen teacher of the distillation objectives.
+  config.teacher = ml_collections.ConfigDict()
+  config.teacher.checkpoint = ""           # a workdir or checkpoint dir (orbax)
+  config.teacher.step = 0                  # 0: the latest
+  config.teacher.model = ml_collections.ConfigDict()
+  config.teacher.model.name = "resnet18"
+  config.teacher.model.kwargs = ml_collections.ConfigDict(
+      {"base_width": 16, "stage_sizes": (2, 2, 2, 2)})
+  config.teacher.model.mean = ml_collections.config_dict.placeholder(tuple)
+  config.teacher.model.std = ml_collections.config_dict.placeholder(tuple)
+  config.teacher.model.dtype = "float32"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.batch_size = 64

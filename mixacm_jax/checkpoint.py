@@ -51,9 +51,11 @@ class Checkpointer:
 
   def restore(self, target: Any, step: Optional[int] = None) -> Tuple[Any, Optional[int]]:
     """Restores the given step, or the newest one that reads back; corrupt steps are skipped
-    with a warning. Returns (state, step), or (target, None) when there is no checkpoint."""
+    with a warning. Returns (state, step), or (target, None) when there is no checkpoint.
+    With `target=None` the saved tree comes back as it was written (NumPy leaves)."""
     steps = [step] if step is not None else self.all_steps()[::-1]
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = (None if target is None else
+                jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target))
     errors = []
     for s in steps:
       try:

@@ -26,7 +26,17 @@ def _eval(config, workdir):
   return 0
 
 
-MODES = {"train": _train, "eval": _eval}
+def _pipeline(config, workdir):
+  from mixacm_jax import pipeline  # pylint: disable=g-import-not-at-top
+  if "pipeline" not in config:
+    from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError("--mode=pipeline needs a config with a `pipeline` section, "
+                      "e.g. configs/default_mixacm.py")
+  pipeline.run_pipeline(config, workdir)
+  return 0
+
+
+MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline}
 
 
 def run(mode: str, config, workdir: str) -> int:

@@ -20,6 +20,7 @@ from mixacm_jax import models
 from mixacm_jax import objectives
 from mixacm_jax import optim
 from mixacm_jax import reporting
+from mixacm_jax import teacher as teacher_lib
 from mixacm_jax.attacks import pgd as pgd_lib
 from mixacm_jax.errors import NonFiniteLossError
 
@@ -37,25 +38,32 @@ def make_forward(model) -> Callable:
   return forward
 
 
-def create_train_state(config, model, image_shape, steps_per_epoch: int,
-                       total_steps: int) -> TrainState:
+def create_train_state(config, model, image_shape, steps_per_epoch: int, total_steps: int,
+                       objective_params: Optional[Dict[str, Any]] = None) -> TrainState:
+  """`params` = {"model": the network's, "objective": what the objective learns beside it
+  (e.g. MixACM's ACM transformations; dropped at inference and export)}."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = models.init_variables(model, init_rng, image_shape)
   tx = optim.create_optimizer(config.optim, steps_per_epoch, total_steps)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+  params = {"model": variables["params"], "objective": objective_params or {}}
+  return TrainState.create(apply_fn=model.apply, params=params,
                            batch_stats=variables.get("batch_stats", {}), tx=tx, rng=state_rng)
 
 
-def train_step(state: TrainState, batch, *, objective, forward, cfg, teacher=None):
+def train_step(state: TrainState, batch, teacher_variables, *, objective, forward, cfg,
+               teacher_model=None):
   """One data-parallel update, run under `pmap(axis_name='batch')`.
 
+  `teacher_variables` (frozen, replicated once before training; {} when unused) are an
+  argument rather than a closed-over constant, so they are not baked into the program.
   The objective sees this device's shard; gradients, metrics and BatchNorm statistics are
   averaged over devices (BatchNorm itself syncs batch statistics over 'batch'), so 1 and
   N devices make the same update on the same global batch.
   """
   n = batch["label"].shape[0]
   ctx = objectives.ObjectiveContext(
-      forward=forward, batch_stats=state.batch_stats, cfg=cfg, teacher=teacher,
+      forward=lambda p, *args: forward(p["model"], *args), batch_stats=state.batch_stats,
+      cfg=cfg, teacher=make_teacher(teacher_model, teacher_variables),
       rng=jax.random.fold_in(state.rng, state.step),
       example_offset=jax.lax.axis_index("batch") * n)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
@@ -64,6 +72,18 @@ def train_step(state: TrainState, batch, *, objective, forward, cfg, teacher=Non
   metrics["grad_norm"] = optax.global_norm(grads)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return state, metrics
+
+
+def make_teacher(teacher_model, teacher_variables):
+  """teacher(x, names) -> (logits, {name: act}): eval mode, no gradient, no BN update."""
+  if teacher_model is None:
+    return None
+  frozen = jax.lax.stop_gradient(teacher_variables)
+
+  def teacher(x, names=()):
+    logits, feats, _ = models.apply_model(teacher_model, frozen, x, train=False, names=names)
+    return logits, feats
+  return teacher
 
 
 def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
@@ -137,8 +157,46 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config, workdir: str, *, teacher=None,
-                       objective: Optional[Callable] = None) -> Dict[str, Any]:
+def _objective_params(config, objective, model, teacher, image_shape):
+  """Initial params the objective learns beside the model (e.g. ACM transformations)."""
+  if objective.init_params is None:
+    return {}
+  student_names, teacher_names = objective.feature_names(config.objective)
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  shapes = lambda m, v, names: {k: a.shape for k, a in jax.eval_shape(
+      lambda v, x: models.apply_model(m, v, x, train=False, names=names)[1], v, x).items()}
+  student_vars = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
+                                                              image_shape))
+  return objective.init_params(jax.random.PRNGKey(config.seed + 2), config.objective,
+                               shapes(model, student_vars, student_names),
+                               shapes(teacher.model, teacher.variables, teacher_names))
+
+
+def _resolve_teacher(config, objective, teacher, info):
+  if not objective.needs_teacher:
+    return None
+  if teacher is None:
+    teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
+  if objective.feature_names is not None:
+    student_names, teacher_names = objective.feature_names(config.objective)
+    teacher_lib.check_feature_names(teacher.model, info.image_shape, teacher_names, "teacher")
+    student = models.create_model_from_config(config.model, info.num_classes)
+    teacher_lib.check_feature_names(student, info.image_shape, student_names, "student")
+  return teacher
+
+
+def training_cost(objective, cfg, steps: int, batch_size: int) -> Dict[str, float]:
+  """Network passes spent on training: per example-step counts times examples seen."""
+  per = objective.passes(cfg)
+  examples = steps * batch_size
+  return {"student_forward_passes": per["forward"] * examples,
+          "student_backward_passes": per["backward"] * examples,
+          "teacher_forward_passes": per["teacher_forward"] * examples,
+          "passes_per_example": per["forward"] + per["backward"] + per["teacher_forward"]}
+
+
+def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Teacher] = None,
+                       objective: Optional[objectives.Objective] = None) -> Dict[str, Any]:
   """Trains `config.model` with `config.objective` in `workdir`, resuming from its latest
   checkpoint; returns the final eval metrics and the training cost."""
   config_checks.validate(config)
@@ -148,8 +206,10 @@ def train_and_evaluate(config, workdir: str, *, teacher=None,
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
   total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
   objective = objective or objectives.get_objective(config.objective.name)
+  teacher = _resolve_teacher(config, objective, teacher, info)
 
-  state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps)
+  state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps,
+                             _objective_params(config, objective, model, teacher, info.image_shape))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
@@ -158,11 +218,12 @@ def train_and_evaluate(config, workdir: str, *, teacher=None,
   if restored_step is not None and reporting.is_primary():
     print(f"Resuming from the checkpoint of step {restored_step} in {workdir}", flush=True)
 
-  forward = make_forward(model.clone(bn_axis_name="batch"))
   p_train_step = jax.pmap(
-      functools.partial(train_step, objective=objective, forward=forward,
-                        cfg=config.objective, teacher=teacher),
+      functools.partial(train_step, objective=objective.loss_fn,
+                        forward=make_forward(model.clone(bn_axis_name="batch")),
+                        cfg=config.objective, teacher_model=teacher and teacher.model),
       axis_name="batch", donate_argnums=(0,))
+  p_teacher_variables = parallel.replicate(teacher.variables if teacher else {})
   p_eval_step = make_p_eval_step(model, config.eval.pgd)
 
   writer = reporting.MetricWriter(workdir)
@@ -186,7 +247,7 @@ def train_and_evaluate(config, workdir: str, *, teacher=None,
     with _SigtermFlag() as sigterm:
       for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
-        p_state, p_metrics = p_train_step(p_state, next(batches))
+        p_state, p_metrics = p_train_step(p_state, next(batches), p_teacher_variables)
         is_last = step == total_steps
         log_now = step % config.log_every_steps == 0 or is_last
         eval_now = (config.eval.every_steps and step % config.eval.every_steps == 0) or is_last
@@ -200,7 +261,7 @@ def train_and_evaluate(config, workdir: str, *, teacher=None,
             writer.write(step, metrics, prefix="train/")
         train_seconds += time.perf_counter() - t0
         if eval_now:
-          eval_metrics = evaluate(p_eval_step, p_state.params, p_state.batch_stats,
+          eval_metrics = evaluate(p_eval_step, p_state.params["model"], p_state.batch_stats,
                                   config.data, config.eval, config.seed)
           writer.write(step, eval_metrics, prefix="eval/")
           if reporting.is_primary():
@@ -216,6 +277,7 @@ def train_and_evaluate(config, workdir: str, *, teacher=None,
     writer.close()
   summary = {"model": config.model.name, "objective": config.objective.name,
              "steps": total_steps, "resumed_from": start_step, "train_seconds": train_seconds,
+             **training_cost(objective, config.objective, total_steps, config.optim.batch_size),
              **eval_metrics}
   if reporting.is_primary():
     with open(os.path.join(workdir, "summary.json"), "w") as f:

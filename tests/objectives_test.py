@@ -19,8 +19,9 @@ def test_kl_divergence_against_numpy():
 
 
 def _ctx(cfg, model, variables):
+  forward = train.make_forward(model)
   return objectives.ObjectiveContext(
-      forward=train.make_forward(model), batch_stats=variables["batch_stats"],
+      forward=lambda p, *args: forward(p["model"], *args), batch_stats=variables["batch_stats"],
       rng=jax.random.PRNGKey(0), cfg=cfg)
 
 
@@ -28,18 +29,19 @@ def test_adversarial_examples_in_ball_and_raise_the_loss():
   config = default.get_config()
   model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
   variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  params = {"model": variables["params"]}
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1))
   batch = {"image": x, "label": jnp.arange(8) % 10}
   ctx = _ctx(config.objective, model, variables)
   eps = config.objective.attack.eps
-  logits_fn = ctx.eval_logits_fn(variables["params"])
+  logits_fn = ctx.eval_logits_fn(params)
   clean_loss = common.cross_entropy(logits_fn(x), batch["label"])
-  for x_adv in (pgd_at.adversarial_examples(variables["params"], ctx, batch),
-                trades.adversarial_examples(variables["params"], ctx, batch)):
+  for x_adv in (pgd_at.adversarial_examples(params, ctx, batch),
+                trades.adversarial_examples(params, ctx, batch)):
     assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
   adv_loss = common.cross_entropy(logits_fn(pgd_at.adversarial_examples(
-      variables["params"], ctx, batch)), batch["label"])
+      params, ctx, batch)), batch["label"])
   assert float(adv_loss) > float(clean_loss)
 
 

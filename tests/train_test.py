@@ -22,7 +22,7 @@ def _setup(config):
 
 def _pmapped_step(config, model, n_devices, objective_name):
   return jax.pmap(functools.partial(
-      train.train_step, objective=objectives.get_objective(objective_name),
+      train.train_step, objective=objectives.get_objective(objective_name).loss_fn,
       forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective),
       axis_name="batch", devices=jax.devices()[:n_devices])
 
@@ -31,7 +31,7 @@ def _run_steps(step, state, batches, n_devices):
   p_state = parallel.replicate(state, devices=jax.devices()[:n_devices])
   for b in batches:
     b = {k: v.reshape((n_devices, -1) + v.shape[2:]) for k, v in b.items()}
-    p_state, metrics = step(p_state, b)
+    p_state, metrics = step(p_state, b, parallel.replicate({}, devices=jax.devices()[:n_devices]))
   return parallel.unreplicate(p_state), parallel.unreplicate(metrics)
 
 

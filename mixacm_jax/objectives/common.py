@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mixacm_jax.attacks.pgd import project
+
 # forward(params, batch_stats, x, train, names) -> (logits, {name: activation}, new_batch_stats)
 ForwardFn = Callable[..., Any]
 
@@ -38,12 +40,35 @@ def accuracy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+def kl_per_example(target_logits: jnp.ndarray, logits: jnp.ndarray,
+                   temperature: float = 1.0) -> jnp.ndarray:
+  """KL(softmax(target/T) || softmax(logits/T)) for each example."""
+  target_log_p = jax.nn.log_softmax(target_logits / temperature)
+  log_q = jax.nn.log_softmax(logits / temperature)
+  return jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_q), axis=-1)
+
+
 def kl_divergence(target_logits: jnp.ndarray, logits: jnp.ndarray,
                   temperature: float = 1.0) -> jnp.ndarray:
   """Batch mean of KL(softmax(target/T) || softmax(logits/T))."""
-  target_log_p = jax.nn.log_softmax(target_logits / temperature)
-  log_q = jax.nn.log_softmax(logits / temperature)
-  return jnp.mean(jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_q), axis=-1))
+  return jnp.mean(kl_per_example(target_logits, logits, temperature))
+
+
+def kl_adversarial_examples(params, ctx, x: jnp.ndarray, target_logits: jnp.ndarray):
+  """TRADES' / RSLAD's inner maximisation: from x + 0.001 N(0, 1), sign-gradient steps on
+  KL(target || model(x_adv)) in eval mode, projected to the eps-ball and [0, 1]."""
+  a = ctx.cfg.attack
+  logits_fn = ctx.eval_logits_fn(jax.lax.stop_gradient(params))
+  target_logits = jax.lax.stop_gradient(target_logits)
+  noise = jax.vmap(lambda k, v: jax.random.normal(k, v.shape, v.dtype))(
+      ctx.example_keys(x.shape[0]), x)
+  x_adv = project(x + 0.001 * noise, x, a.eps, a.norm)
+
+  def body(_, x_adv):
+    g = jax.grad(lambda v: jnp.sum(kl_per_example(target_logits, logits_fn(v))))(x_adv)
+    return project(x_adv + a.step_size * jnp.sign(g), x, a.eps, a.norm)
+
+  return jax.lax.stop_gradient(jax.lax.fori_loop(0, a.steps, body, x_adv))
 
 
 def metrics_of(loss: jnp.ndarray, logits: jnp.ndarray, labels: jnp.ndarray,

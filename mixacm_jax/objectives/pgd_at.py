@@ -21,3 +21,8 @@ def loss_fn(params, ctx, batch):
   logits, _, new_batch_stats = ctx.forward(params, ctx.batch_stats, x_adv, True, ())
   loss = cross_entropy(logits, batch["label"])
   return loss, (new_batch_stats, metrics_of(loss, logits, batch["label"], ce=loss))
+
+
+def passes(cfg):
+  k = cfg.attack.steps  # each attack step: one forward, one backward to the input
+  return {"forward": k + 1, "backward": k + 1, "teacher_forward": 0}

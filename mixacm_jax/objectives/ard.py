@@ -1,0 +1,29 @@
+"""ARD (Goldblum et al. 2020): the student's own PGD examples, distilled towards the teacher's
+soft labels on clean inputs:
+
+    loss = alpha * tau^2 * KL(T(x)/tau || S(x_adv)/tau) + (1 - alpha) * CE(S(x), y)
+
+Costs an attack per step (MixACM does not).
+"""
+from mixacm_jax.objectives.common import cross_entropy, kl_divergence, metrics_of
+from mixacm_jax.objectives.pgd_at import adversarial_examples
+
+
+def loss_fn(params, ctx, batch):
+  cfg = ctx.cfg
+  x_adv = adversarial_examples(params, ctx, batch)
+  t_logits, _ = ctx.teacher(batch["image"], ())
+  adv, _, batch_stats = ctx.forward(params, ctx.batch_stats, x_adv, True, ())
+  kd = cfg.temperature ** 2 * kl_divergence(t_logits, adv, cfg.temperature)
+  terms = {"kd": kd}
+  loss = cfg.ard_alpha * kd
+  if cfg.ard_alpha < 1:
+    clean, _, batch_stats = ctx.forward(params, batch_stats, batch["image"], True, ())
+    terms["ce"] = cross_entropy(clean, batch["label"])
+    loss = loss + (1 - cfg.ard_alpha) * terms["ce"]
+  return loss, (batch_stats, metrics_of(loss, adv, batch["label"], **terms))
+
+
+def passes(cfg):
+  k, clean = cfg.attack.steps, 1 if cfg.ard_alpha < 1 else 0
+  return {"forward": k + 1 + clean, "backward": k + 1 + clean, "teacher_forward": 1}

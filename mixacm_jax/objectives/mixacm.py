@@ -1,0 +1,107 @@
+"""MixACM (Awais et al., NeurIPS 2021): the frozen robust teacher and the student see the same
+mixup batch; the student minimises
+
+    w_ce * mixup_CE(S(x), y_i, y_j, lam)
+  + w_kd * tau^2 * KL(softmax(T(x)/tau) || softmax(S(x)/tau))
+  + w_acm * sum_l  weight_l * ACM_loss(g_c(F_T^l(x)), transform_l(g_c(F_S^l(x))))
+
+No adversarial examples are made. Ablations are switches: w_ce/w_kd/w_acm = 0 drop a term,
+mixup_alpha = 0 trains on clean inputs. `kd` is Hinton's KD (CE + KL) on clean inputs.
+"""
+from typing import Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mixacm_jax import acm, mixup
+from mixacm_jax.errors import ConfigError
+from mixacm_jax.objectives.common import accuracy, cross_entropy, kl_divergence
+
+
+def stage_pairs(cfg) -> List[Tuple[str, str, float]]:
+  """(student name, teacher name, weight) for each matched block. A stage spec is `name`
+  (same name in both models) or `student_name:teacher_name`."""
+  stages = list(cfg.acm.stages)
+  weights = list(cfg.acm.stage_weights) or [1.0] * len(stages)
+  if len(weights) != len(stages):
+    raise ConfigError(f"objective.acm.stage_weights has {len(weights)} entries for "
+                      f"{len(stages)} stages {stages}")
+  pairs = []
+  for spec, w in zip(stages, weights):
+    student, _, teacher = spec.partition(":")
+    pairs.append((student, teacher or student, float(w)))
+  return pairs
+
+
+def feature_names(cfg) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+  if not cfg.w_acm:
+    return (), ()
+  pairs = stage_pairs(cfg)
+  return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+def init_params(rng, cfg, student_shapes: Dict, teacher_shapes: Dict) -> Dict:
+  """One transformation per matched block, on the student's g_c output."""
+  if not cfg.w_acm:
+    return {}
+  _, per_channel = acm.get_mapping(cfg.acm.mapping)
+  params = {}
+  for i, (s, t, _) in enumerate(stage_pairs(cfg)):
+    s_shape, t_shape = student_shapes[s], teacher_shapes[t]
+    if per_channel:
+      params[s] = acm.init_transform(jax.random.fold_in(rng, i), s_shape[-1], t_shape[-1],
+                                     cfg.acm.transform)
+    elif s_shape[1:3] != t_shape[1:3]:
+      raise ConfigError(f"ACM mapping {cfg.acm.mapping!r} compares spatial maps, but student "
+                        f"{s!r} is {s_shape[1:3]} and teacher {t!r} is {t_shape[1:3]}")
+  return params
+
+
+def acm_terms(params, cfg, student_feats, teacher_feats) -> Dict[str, jnp.ndarray]:
+  a = cfg.acm
+  gc = lambda v: acm.channel_map(v, a.mapping, a.activation, a.p)
+  return {s: w * acm.acm_loss(gc(teacher_feats[t]),
+                              acm.transform(gc(student_feats[s]), params["objective"].get(s)))
+          for s, t, w in stage_pairs(cfg)}
+
+
+def loss_fn(params, ctx, batch):
+  cfg = ctx.cfg
+  student_names, teacher_names = feature_names(cfg)
+  x, y_partner, lam = mixup.mix_batch(batch, jax.random.fold_in(ctx.rng, 1), cfg.mixup_alpha,
+                                      per_example=cfg.mixup_per_example,
+                                      example_offset=ctx.example_offset)
+  t_logits, t_feats = ctx.teacher(x, teacher_names)
+  s_logits, s_feats, batch_stats = ctx.forward(params, ctx.batch_stats, x, True, student_names)
+  ce = mixup.mixup_cross_entropy(s_logits, batch["label"], y_partner, lam)
+  kd = cfg.temperature ** 2 * kl_divergence(t_logits, s_logits, cfg.temperature)
+  terms = acm_terms(params, cfg, s_feats, t_feats) if cfg.w_acm else {}
+  acm_total = sum(terms.values()) if terms else jnp.zeros(())
+  loss = cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_acm * acm_total
+  metrics = {"loss": loss, "ce": ce, "kd": kd, "acm": acm_total,
+             "accuracy": mixup.mixup_accuracy(s_logits, batch["label"], y_partner, lam),
+             "teacher_agreement": jnp.mean(jnp.argmax(s_logits, -1) == jnp.argmax(t_logits, -1)),
+             **{f"acm_{k}": v for k, v in terms.items()}}
+  return loss, (batch_stats, metrics)
+
+
+def kd_loss_fn(params, ctx, batch):
+  """Hinton et al. 2015: w_ce * CE(S(x), y) + w_kd * tau^2 * KL(T/tau || S/tau), clean x."""
+  cfg = ctx.cfg
+  x = batch["image"]
+  t_logits, _ = ctx.teacher(x, ())
+  s_logits, _, batch_stats = ctx.forward(params, ctx.batch_stats, x, True, ())
+  ce = cross_entropy(s_logits, batch["label"])
+  kd = cfg.temperature ** 2 * kl_divergence(t_logits, s_logits, cfg.temperature)
+  loss = cfg.w_ce * ce + cfg.w_kd * kd
+  return loss, (batch_stats, {
+      "loss": loss, "ce": ce, "kd": kd, "accuracy": accuracy(s_logits, batch["label"]),
+      "teacher_agreement": jnp.mean(jnp.argmax(s_logits, -1) == jnp.argmax(t_logits, -1))})
+
+
+def passes(cfg):
+  del cfg
+  return {"forward": 1, "backward": 1, "teacher_forward": 1}
+
+
+kd_passes = passes
