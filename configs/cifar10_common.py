@@ -26,3 +26,29 @@ def get_config():
   config.checkpoint.every_steps = 1_000
   config.log_every_steps = 100
   return config
+
+
+def mixacm_config(student: str, teacher: str, stages, num_classes_dataset: str = "cifar10"):
+  """MixACM distillation from a robust `teacher` (give its checkpoint with
+  --config.teacher.checkpoint=<dir>) into `student`. Schedule: 200 epochs, lr 0.1 decayed
+  10x at 100 and 150 (this project's default; the paper's exact schedule is not restated)."""
+  config = get_config()
+  config.data.name = num_classes_dataset
+  config.model.name = student
+  config.objective.name = "mixacm"
+  config.objective.acm.stages = tuple(stages)
+  config.teacher.model.name = teacher
+  config.teacher.model.kwargs = ml_collections.ConfigDict()
+  config.optim.num_epochs = 200
+  config.optim.decay_epochs = (100, 150)
+  config.pipeline = ml_collections.ConfigDict()
+  config.pipeline.teacher_objective = "trades"
+  config.pipeline.teacher_epochs = 100
+  config.pipeline.students = ("mixacm", "natural", "kd")
+  return config
+
+
+# Block matching from a WRN teacher (stem, 3 groups) to a ResNet student (stem, 4 groups):
+# the student's last group meets the teacher's final activated features.
+WRN_TO_RESNET_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4:stage3_act")
+WRN_TO_WRN_STAGES = ("stem", "stage1", "stage2", "stage3")

@@ -72,12 +72,47 @@ def test_unknown_key_and_wrong_type_are_rejected_by_the_config_parser(tmp_path):
   assert out.returncode != 0 and "batch_size" in out.stderr
 
 
-@pytest.mark.parametrize("name", ["default", "cifar10_resnet18_natural", "cifar10_preact18_pgd_at",
-                                  "cifar10_wrn34_10_trades"])
+@pytest.mark.parametrize("name", ["default", "default_mixacm", "cifar10_resnet18_natural",
+                                  "cifar10_preact18_pgd_at", "cifar10_wrn34_10_trades",
+                                  "cifar10_mixacm_wrn34_10_to_resnet18",
+                                  "cifar10_mixacm_wrn34_10_to_wrn34_10",
+                                  "cifar100_mixacm_wrn34_10_to_resnet18"])
 def test_every_config_loads_and_validates(name):
   import importlib  # pylint: disable=g-import-not-at-top
   from mixacm_jax import config_checks  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f"configs.{name}").get_config()
   config_checks.validate(config)
-  if name.startswith("cifar10"):
-    assert config.data.name == "cifar10" and config.objective.attack.eps == pytest.approx(8 / 255)
+  if name.startswith("cifar"):
+    assert config.data.name == name.split("_")[0]
+    assert config.objective.attack.eps == pytest.approx(8 / 255)
+  if "mixacm" in name:
+    # Every matched block exists in both full-size models (traced, not run).
+    from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+    from mixacm_jax.objectives import mixacm  # pylint: disable=g-import-not-at-top
+    student, teacher = mixacm.feature_names(config.objective)
+    for cfg, names in ((config.model, student), (config.teacher.model, teacher)):
+      sown = models.feature_names(models.create_model_from_config(cfg, 10), (32, 32, 3))
+      assert set(names) <= set(sown), (names, sown)
+
+
+@pytest.mark.slow
+def test_pipeline_mode_writes_the_report(tmp_path):
+  out = run(f"--workdir={tmp_path}", "--mode=pipeline", "--config=configs/default_mixacm.py",
+            *TINY, "--config.teacher.model.kwargs.base_width=8",
+            "--config.teacher.model.kwargs.stage_sizes=(1, 1)",
+            "--config.objective.acm.stages=('stem', 'stage1', 'stage2')",
+            "--config.pipeline.teacher_epochs=1", "--config.pipeline.students=('mixacm', 'kd')")
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads((tmp_path / "results.json").read_text())
+  assert [r["run"] for r in rows] == ["teacher", "student (mixacm)", "student (kd)"]
+  assert rows[0]["objective"] == "pgd_at" and rows[0]["passes_per_example"] == 4  # PGD-1
+  assert rows[1]["passes_per_example"] == 3 and rows[1]["teacher_forward_passes"] == 4 * 32
+  for r in rows:
+    assert 0 <= r["robust_accuracy"] <= 1 and r["train_seconds"] > 0
+    assert f"{100 * r['clean_accuracy']:.2f}" in out.stdout
+  assert (tmp_path / "results.md").read_text().count("\n") == 5
+
+
+def test_pipeline_mode_needs_a_pipeline_config(tmp_path):
+  out = run(f"--workdir={tmp_path}", "--mode=pipeline", *TINY)
+  assert out.returncode == 2 and "needs a config with a `pipeline` section" in out.stderr

@@ -1,0 +1,166 @@
+"""MixACM step: frozen teacher, device-count invariance, transformations, end-to-end signal,
+teacher loading errors."""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixacm_jax import input_pipeline, models, objectives, parallel, train
+from mixacm_jax import teacher as teacher_lib
+from mixacm_jax.checkpoint import Checkpointer
+from mixacm_jax.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture
+def mixacm_config(tiny_config, tmp_path):
+  config = tiny_config
+  config.objective.name = "mixacm"
+  config.objective.acm.stages = ("stem", "stage1", "stage2")
+  config.teacher.model.kwargs.base_width = 8
+  config.teacher.model.kwargs.stage_sizes = (1, 1)
+  config.teacher.checkpoint = str(tmp_path / "teacher")
+  teacher_model = models.create_model_from_config(config.teacher.model, 10)
+  variables = models.init_variables(teacher_model, jax.random.PRNGKey(7), (8, 8, 1))
+  # Non-trivial running statistics, so eval mode differs from a fresh BatchNorm.
+  variables["batch_stats"] = jax.tree_util.tree_map(
+      lambda v: v + 0.1 * jax.random.uniform(jax.random.PRNGKey(8), v.shape),
+      variables["batch_stats"])
+  ckpt = Checkpointer(config.teacher.checkpoint, async_save=False)
+  ckpt.save(1, variables)
+  ckpt.close()
+  return config
+
+
+def _setup(config):
+  info = input_pipeline.get_info(config.data)
+  objective = objectives.get_objective("mixacm")
+  teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
+  model = models.create_model_from_config(config.model, info.num_classes)
+  state = train.create_train_state(config, model, info.image_shape, 10, 100,
+                                   train._objective_params(config, objective, model, teacher,
+                                                           info.image_shape))
+  return model, teacher, state
+
+
+def _run(config, model, teacher, state, batches, n_devices):
+  devices = jax.devices()[:n_devices]
+  step = jax.pmap(functools.partial(
+      train.train_step, objective=objectives.get_objective("mixacm").loss_fn,
+      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective,
+      teacher_model=teacher.model), axis_name="batch", devices=devices)
+  p_state = parallel.replicate(state, devices=devices)
+  p_teacher = parallel.replicate(teacher.variables, devices=devices)
+  for b in batches:
+    b = {k: v.reshape((n_devices, -1) + v.shape[2:]) for k, v in b.items()}
+    p_state, metrics = step(p_state, b, p_teacher)
+  return parallel.unreplicate(p_state), parallel.unreplicate(metrics), p_teacher
+
+
+def test_transform_shapes_follow_widths(mixacm_config):
+  _, _, state = _setup(mixacm_config)
+  kernels = state.params["objective"]
+  assert set(kernels) == {"stem", "stage1", "stage2"}
+  assert kernels["stem"]["kernel"].shape == (4, 8) and kernels["stage2"]["kernel"].shape == (8, 16)
+  mixacm_config.model.kwargs.base_width = 8  # equal widths: identity initialisation
+  _, _, state = _setup(mixacm_config)
+  np.testing.assert_array_equal(state.params["objective"]["stage1"]["kernel"], np.eye(8))
+
+
+def test_one_vs_two_devices_and_frozen_teacher(mixacm_config):
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+  mixacm_config.objective.mixup_per_example = True
+  model, teacher, state = _setup(mixacm_config)
+  original = jax.tree_util.tree_map(np.copy, teacher.variables)
+  it = input_pipeline.train_batches(mixacm_config.data, 16, seed=0)
+  batches = [next(it) for _ in range(4)]
+  one, m1, p_teacher = _run(mixacm_config, model, teacher, state, batches, 1)
+  two, m2, _ = _run(mixacm_config, model, teacher, state, batches, 2)
+  diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                (one.params, one.batch_stats), (two.params, two.batch_stats))
+  assert max(jax.tree_util.tree_leaves(diff)) < 1e-5
+  for k in ("ce", "kd", "acm", "acm_stem", "acm_stage1", "acm_stage2", "teacher_agreement"):
+    np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, atol=1e-7)
+  # The teacher's params and running statistics are bit-identical after training...
+  same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), original,
+                                parallel.unreplicate(p_teacher))
+  assert all(jax.tree_util.tree_leaves(same))
+  # ...while the student and its transformations moved.
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                 state.params, one.params)
+  assert min(jax.tree_util.tree_leaves(moved["objective"])) > 0
+  assert max(jax.tree_util.tree_leaves(moved["model"])) > 1e-3
+
+
+def test_no_gradient_reaches_the_teacher(mixacm_config):
+  _, teacher, _ = _setup(mixacm_config)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  def loss(variables):
+    logits, feats = train.make_teacher(teacher.model, variables)(x, ("stage1",))
+    return jnp.sum(logits) + jnp.sum(feats["stage1"])
+  grads = jax.grad(loss)(teacher.variables)
+  assert all(float(jnp.max(jnp.abs(g))) == 0 for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.slow
+def test_end_to_end_acm_falls_agreement_rises_and_export_drops_transforms(mixacm_config,
+                                                                          tmp_path):
+  mixacm_config.optim.num_steps = 100
+  mixacm_config.optim.learning_rate = 0.1
+  mixacm_config.log_every_steps = 1
+  mixacm_config.checkpoint.every_steps = 50
+  # A teacher that has learnt something (a random one predicts one class).
+  teacher_cfg = mixacm_config.copy_and_resolve_references()
+  teacher_cfg.objective.name = "natural"
+  teacher_cfg.model = mixacm_config.teacher.model.copy_and_resolve_references()
+  teacher_run = train.train_and_evaluate(teacher_cfg, str(tmp_path / "trained_teacher"))
+  assert teacher_run["clean_accuracy"] > 0.5
+  mixacm_config.teacher.checkpoint = str(tmp_path / "trained_teacher")
+  result = train.train_and_evaluate(mixacm_config, str(tmp_path / "student"))
+  rows = [json.loads(l) for l in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "train/acm" in r]
+  first, last = train_rows[:5], train_rows[-5:]
+  mean = lambda rs, k: np.mean([r[k] for r in rs])
+  assert mean(last, "train/acm") < 0.7 * mean(first, "train/acm")
+  # Agreement with the teacher on the whole test split, before and after distillation.
+  student = models.create_model_from_config(mixacm_config.model, 10)
+  teacher = teacher_lib.load_teacher(mixacm_config.teacher, 10, (8, 8, 1))
+  x, _ = input_pipeline._digits_arrays("test")
+  t_pred = jnp.argmax(teacher.model.apply(teacher.variables, x), -1)
+  initial = train.create_train_state(mixacm_config, student, (8, 8, 1), 1, 1)
+  agreement = lambda s: float(jnp.mean(jnp.argmax(student.apply(
+      {"params": s.params["model"], "batch_stats": s.batch_stats}, x), -1) == t_pred))
+  assert agreement(result["state"]) > agreement(initial) + 0.2
+  assert result["teacher_forward_passes"] == 100 * 32 and result["passes_per_example"] == 3
+  # Exported / evaluated student weights are the model's alone: no transformation inside.
+  student = models.create_model_from_config(mixacm_config.model, 10)
+  variables = teacher_lib.load_variables(student, (8, 8, 1), str(tmp_path / "student"))
+  assert "objective" not in variables["params"] and "stem" not in variables["params"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"],
+                         jax.device_get(result["state"].params["model"]))
+
+
+def test_teacher_errors_name_the_problem(mixacm_config, tmp_path):
+  info = input_pipeline.get_info(mixacm_config.data)
+  wrong = mixacm_config.teacher.copy_and_resolve_references()
+  wrong.model.kwargs.base_width = 16
+  with pytest.raises(CheckpointError, match=r"does not match: 31 of the wrong shape "
+                                            r"\(\['batch_stats'\]\['bn1'\]\['mean'\]: "
+                                            r"expected \(16,\), found \(8,\)"):
+    teacher_lib.load_teacher(wrong, 10, info.image_shape)
+  wrong.model.name, wrong.model.kwargs = "wrn", {"depth": 10, "widen_factor": 1}
+  with pytest.raises(CheckpointError, match=r"missing .*unexpected"):
+    teacher_lib.load_teacher(wrong, 10, info.image_shape)
+  with pytest.raises(CheckpointError, match="no checkpoint at"):
+    teacher_lib.load_teacher(mixacm_config.teacher, 10, info.image_shape,
+                             path=str(tmp_path / "nowhere"))
+  mixacm_config.objective.acm.stages = ("stem", "stage4")
+  with pytest.raises(ConfigError, match=r"the teacher \(ResNet\) does not sow \['stage4'\]; "
+                                        r"expected \['stem', 'stage4'\], found"):
+    train.train_and_evaluate(mixacm_config, str(tmp_path / "s"))
+  mixacm_config.teacher.checkpoint = ""
+  with pytest.raises(ConfigError, match="needs a teacher"):
+    train.train_and_evaluate(mixacm_config, str(tmp_path / "s"))
