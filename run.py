@@ -11,10 +11,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "pipeline"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "pipeline", "convert"],
                   "train: train (resuming if possible) and evaluate; eval: evaluate the "
                   "workdir's latest checkpoint; pipeline: teacher -> students -> report "
-                  "(configs/default_mixacm.py).")
+                  "(configs/default_mixacm.py); convert: PyTorch weights -> orbax checkpoint.")
 flags.mark_flags_as_required(["workdir"])
 
 

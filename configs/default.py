@@ -81,6 +81,17 @@ def get_config():
   config.eval.pgd = ml_collections.ConfigDict(
       {"eps": 0.1, "step_size": 0.025, "steps": 10, "norm": "linf", "loss": "ce"})
 
+  # --mode=convert: a PyTorch weight file -> an orbax checkpoint in --workdir.
+  config.convert = ml_collections.ConfigDict()
+  config.convert.arch = ""                 # e.g. wrn34_10, resnet18, preact_resnet18
+  config.convert.source = ""               # file.pt | file.pth | file.safetensors
+  config.convert.num_classes = 0           # 0: read off the classifier's weight
+  config.convert.image_shape = (32, 32, 3)
+  # Architecture variants, e.g. {"final_bn": False, "shortcut_from_preact": False} for
+  # RobustBench's plain PreActResNet18().
+  config.convert.kwargs = ml_collections.ConfigDict(
+      {"final_bn": True, "shortcut_from_preact": True})
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 100
   config.checkpoint.keep = 2

@@ -36,7 +36,21 @@ def _pipeline(config, workdir):
   return 0
 
 
-MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline}
+def _convert(config, workdir):
+  from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top
+  cfg = config.convert.copy_and_resolve_references()
+  if not cfg.arch.startswith("preact"):
+    cfg.kwargs = {}  # the PreAct variant switches apply to PreActResNet only
+  info = convert.convert(cfg, workdir)
+  print(f"Converted {info['source']} -> {workdir}/checkpoints ({info['arch']}, "
+        f"{info['num_classes']} classes).")
+  if info["mean"] or info["std"]:
+    print(f"The file normalises its inputs: use it with --config.teacher.model.mean="
+          f"'{info['mean']}' --config.teacher.model.std='{info['std']}'")
+  return 0
+
+
+MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline, "convert": _convert}
 
 
 def run(mode: str, config, workdir: str) -> int:

@@ -7,16 +7,20 @@ from mixacm_jax.models.layers import ConvBNModule, ModelBase, sow
 
 
 class PreActBlock(ConvBNModule):
-  """bn-relu-conv-bn-relu-conv; the shortcut conv takes the first bn-relu output."""
+  """bn-relu-conv-bn-relu-conv. The shortcut conv takes the first bn-relu output
+  (`shortcut_from_preact`, Rice et al. / RobustBench `out_shortcut=True`, `PreActBlockV2`)
+  or the block's raw input (RobustBench's `PreActBlock` default)."""
   planes: int = 64
   stride: int = 1
+  shortcut_from_preact: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
     out = nn.relu(self.bn(train, "bn1")(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = self.conv(self.planes, 1, self.stride, "shortcut_conv")(out)
+      shortcut = self.conv(self.planes, 1, self.stride, "shortcut_conv")(
+          out if self.shortcut_from_preact else x)
     out = self.conv(self.planes, 3, self.stride, "conv1")(out)
     out = self.conv(self.planes, 3, 1, "conv2")(nn.relu(self.bn(train, "bn2")(out)))
     return out + shortcut
@@ -24,9 +28,12 @@ class PreActBlock(ConvBNModule):
 
 class PreActResNet(ModelBase):
   """Sows `stem` and `stage{i}` (pre-activation: before any bn-relu), `stage{N}_act`
-  (after the final bn-relu) and `features`."""
+  (after the final bn-relu, when `final_bn`) and `features`. `final_bn` is RobustBench's
+  `bn_before_fc` (Rice et al.'s PreActResNet-18 has it)."""
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   base_width: int = 64
+  shortcut_from_preact: bool = True
+  final_bn: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -36,8 +43,10 @@ class PreActResNet(ModelBase):
       for j in range(blocks):
         stride = 2 if (i > 0 and j == 0) else 1
         x = PreActBlock(planes=self.base_width * 2**i, stride=stride,
+                        shortcut_from_preact=self.shortcut_from_preact,
                         name=f"layer{i + 1}_{j}", **self.block_kwargs())(x, train)
       sow(self, f"stage{i + 1}", x)
-    x = nn.relu(self.bn(train, "bn")(x))
-    sow(self, f"stage{len(self.stage_sizes)}_act", x)
+    if self.final_bn:
+      x = nn.relu(self.bn(train, "bn")(x))
+      sow(self, f"stage{len(self.stage_sizes)}_act", x)
     return self.head(x)

@@ -1,0 +1,1 @@
+"""PyTorch <-> Flax weights: safe loading, one rule table per architecture, export back."""

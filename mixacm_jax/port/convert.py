@@ -1,0 +1,124 @@
+"""Converting a PyTorch state_dict into Flax variables (strictly), and back."""
+import json
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from mixacm_jax import models
+from mixacm_jax.checkpoint import Checkpointer
+from mixacm_jax.errors import CheckpointError, ConfigError
+from mixacm_jax.port import rules as rules_lib
+from mixacm_jax.port import state_dict as sd_lib
+
+CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "logits.weight")
+
+
+def rules_for(model):
+  name = type(model).__name__
+  if name not in rules_lib.RULES:
+    raise ConfigError(f"no PyTorch weight rules for {name}; ported architectures: "
+                      f"{', '.join(sorted(rules_lib.RULES))}")
+  return rules_lib.RULES[name]
+
+
+def _list(xs, n=8):
+  return ", ".join(xs[:n]) + (f" (+{len(xs) - n} more)" if len(xs) > n else "")
+
+
+def torch_to_flax(state_dict: Dict[str, np.ndarray], model,
+                  image_shape: Sequence[int]) -> Dict[str, Any]:
+  """{params, batch_stats} for `model`; any missing, unexpected or wrongly shaped entry
+  raises one CheckpointError that lists each."""
+  rules = rules_for(model)
+  expected = rules_lib.flatten(jax.eval_shape(
+      lambda: models.init_variables(model, jax.random.PRNGKey(0), image_shape)))
+  converted, sources, unexpected = {}, {}, []
+  for key, value in state_dict.items():
+    mapped = rules_lib.to_flax(key, value, rules)
+    if mapped is None:
+      unexpected.append(key)
+    elif mapped[0]:
+      converted[mapped[0]], sources[mapped[0]] = mapped[1], key
+  name = lambda path: "/".join(path)
+  missing = [name(p) for p in expected if p not in converted]
+  unexpected += [sources[p] for p in converted if p not in expected]
+  wrong = [f"{sources[p]} {tuple(converted[p].shape)} -> {name(p)} {tuple(expected[p].shape)}"
+           for p in converted if p in expected and converted[p].shape != expected[p].shape]
+  if missing or unexpected or wrong:
+    parts = [f"{len(missing)} missing Flax entries: {_list(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected PyTorch keys: {_list(unexpected)}" if unexpected else "",
+             f"{len(wrong)} shape mismatches: {_list(wrong)}" if wrong else ""]
+    raise CheckpointError(f"the weights do not fit {type(model).__name__}: " +
+                          "; ".join(p for p in parts if p) + ". Nothing was written.")
+  return rules_lib.unflatten({p: converted[p] for p in expected})
+
+
+def flax_to_torch(variables: Dict[str, Any], model) -> Dict[str, np.ndarray]:
+  """A PyTorch state_dict (NumPy arrays) that the RobustBench class loads with strict=True."""
+  rules = rules_for(model)
+  flat = rules_lib.flatten({k: jax.device_get(variables[k])
+                            for k in ("params", "batch_stats") if k in variables})
+  out = {}
+  for path, value in flat.items():
+    mapped = rules_lib.to_torch(path, np.asarray(value), rules)
+    if mapped is None:
+      raise CheckpointError(f"no PyTorch name for Flax entry {'/'.join(path)}")
+    out[mapped[0]] = np.ascontiguousarray(mapped[1], dtype=np.float32)
+  for key in [k for k in out if k.endswith(".running_mean")]:
+    out[key.replace(".running_mean", ".num_batches_tracked")] = np.zeros((), np.int64)
+  return out
+
+
+def infer_num_classes(state_dict: Dict[str, np.ndarray]) -> int:
+  for key in CLASSIFIER_KEYS:
+    if key in state_dict:
+      return int(state_dict[key].shape[0])
+  raise CheckpointError(f"cannot tell the number of classes: none of {CLASSIFIER_KEYS} in the "
+                        "weights; set --config.convert.num_classes")
+
+
+def load_pytorch_weights(source: str, arch: str, *, num_classes: int = 0,
+                         image_shape: Sequence[int] = (32, 32, 3), dtype: str = "float32",
+                         **model_kwargs) -> Tuple[Any, Dict[str, Any], Dict[str, Optional[tuple]]]:
+  """(Flax model, variables, normalisation found in the file) from a PyTorch weight file."""
+  state_dict, norm = sd_lib.clean_state_dict(sd_lib.read_weight_file(source))
+  num_classes = num_classes or infer_num_classes(state_dict)
+  model = models.create_model(arch, num_classes=num_classes, mean=norm["mean"],
+                              std=norm["std"], dtype=dtype, **model_kwargs)
+  return model, torch_to_flax(state_dict, model, image_shape), norm
+
+
+def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
+  """`run.py --mode=convert`: a PyTorch file -> an orbax checkpoint of {params, batch_stats}
+  in `workdir/checkpoints` that train (as teacher) and eval load directly."""
+  if not convert_cfg.arch or not convert_cfg.source:
+    raise ConfigError("set --config.convert.arch=<architecture> and "
+                      "--config.convert.source=<file.pt|.pth|.safetensors>")
+  model, variables, norm = load_pytorch_weights(
+      convert_cfg.source, convert_cfg.arch, num_classes=convert_cfg.num_classes,
+      image_shape=tuple(convert_cfg.image_shape), **dict(convert_cfg.kwargs))
+  directory = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise CheckpointError(f"{directory} already holds checkpoints; choose an empty workdir")
+  checkpointer = Checkpointer(directory, async_save=False)
+  checkpointer.save(0, variables)
+  checkpointer.close()
+  info = {"source": os.path.abspath(convert_cfg.source), "arch": convert_cfg.arch,
+          "num_classes": model.num_classes, "kwargs": dict(convert_cfg.kwargs),
+          "mean": norm["mean"], "std": norm["std"]}
+  with open(os.path.join(workdir, "converted.json"), "w") as f:
+    json.dump(info, f, indent=2)
+  return info
+
+
+def export(variables: Dict[str, Any], model, path: str) -> None:
+  """Writes a PyTorch state_dict as .safetensors (no torch needed) or .pt (torch.save)."""
+  state = flax_to_torch(variables, model)
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    save_file({k: np.asarray(v) for k, v in state.items()}, path)
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)

@@ -1,0 +1,226 @@
+"""PyTorch weight port, checked against RobustBench's own architecture definitions.
+
+RobustBench is installed with --no-deps (its package __init__ needs torchvision, which has
+no CPU build here), so its architecture files are loaded by path; they import only torch.
+"""
+import importlib.util
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.txt; the port "
+                                            "tests compare against PyTorch")
+
+from mixacm_jax import models, train  # noqa: E402
+from mixacm_jax import teacher as teacher_lib  # noqa: E402
+from mixacm_jax.errors import CheckpointError  # noqa: E402
+from mixacm_jax.port import convert  # noqa: E402
+
+
+def _robustbench_module(name):
+  spec = importlib.util.find_spec("robustbench")
+  if spec is None:
+    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
+  path = os.path.join(spec.submodule_search_locations[0], "model_zoo", "architectures",
+                      f"{name}.py")
+  module_spec = importlib.util.spec_from_file_location(f"rb_{name}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def _randomise(net, seed=0):
+  """Random weights and non-trivial BatchNorm statistics and affine parameters."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+        m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+        m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+  return net.eval()
+
+
+def _nets():
+  wrn, resnet = _robustbench_module("wide_resnet"), _robustbench_module("resnet")
+  return {
+      "wrn16_2": (lambda: wrn.WideResNet(depth=16, widen_factor=2), "wrn",
+                  dict(depth=16, widen_factor=2),
+                  {"stem": "conv1", "stage1": "block1", "stage2": "block2", "stage3": "block3"}),
+      "resnet18": (resnet.ResNet18, "resnet18", {},
+                   {"stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}),
+      "resnet34": (resnet.ResNet34, "resnet34", {}, {"stage4": "layer4"}),
+      "preact18": (resnet.PreActResNet18, "preact_resnet18",
+                   dict(final_bn=False, shortcut_from_preact=False),
+                   {"stem": "conv1", "stage2": "layer2", "stage4": "layer4"}),
+      "preact18_rice": (lambda: resnet.PreActResNet(resnet.PreActBlockV2, [2, 2, 2, 2],
+                                                    bn_before_fc=True), "preact_resnet18", {},
+                        {"stage1": "layer1", "stage4": "layer4"}),
+  }
+
+
+@pytest.mark.parametrize("name", ["wrn16_2", "resnet18", "resnet34", "preact18", "preact18_rice"])
+def test_logits_and_stages_match_robustbench(name, tmp_path):
+  factory, arch, kwargs, stages = _nets()[name]
+  net = _randomise(factory(), seed=len(name))
+  x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+  acts = {}
+  for ours, theirs in stages.items():
+    getattr(net, theirs).register_forward_hook(
+        lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy()))
+  with torch.no_grad():
+    ref = net(x).numpy()
+  # What real files look like: DataParallel prefixes inside a nested dict.
+  path = str(tmp_path / "w.pt")
+  torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+              "epoch": 7}, path)
+  model, variables, _ = convert.load_pytorch_weights(path, arch, **kwargs)
+  x_nhwc = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+  logits, feats, _ = models.apply_model(model, variables, x_nhwc, train=False,
+                                        names=list(stages))
+  assert float(np.max(np.abs(np.asarray(logits) - ref))) <= 1e-4
+  np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(ref, -1))
+  for ours in stages:
+    np.testing.assert_allclose(np.asarray(feats[ours]), acts[ours].transpose(0, 2, 3, 1),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_safetensors_fp16_and_normalisation_buffers(tmp_path):
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  resnet = _robustbench_module("resnet")
+  net = _randomise(resnet.PreActResNet(resnet.PreActBlockV2, [2, 2, 2, 2], bn_before_fc=True))
+  mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
+  x = torch.rand(3, 3, 32, 32)
+  with torch.no_grad():
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+    ref = net((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).numpy()
+  half["mu"], half["sigma"] = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+  path = str(tmp_path / "w.safetensors")
+  save_file({k: v.contiguous() for k, v in half.items()}, path)
+  model, variables, norm = convert.load_pytorch_weights(path, "preact_resnet18")
+  assert norm["mean"] == pytest.approx(tuple(mean.tolist()))
+  out = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  assert float(np.max(np.abs(np.asarray(out) - ref))) <= 1e-4
+
+
+def test_pickled_code_is_refused_and_never_run(tmp_path):
+  marker = tmp_path / "pwned"
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, (f"touch {marker}",))
+
+  path = str(tmp_path / "evil.pt")
+  with open(path, "wb") as f:
+    pickle.dump({"state_dict": Evil()}, f)
+  with pytest.raises(CheckpointError, match="refusing to load .*weights_only=True"):
+    convert.load_pytorch_weights(path, "resnet18")
+  assert not marker.exists()
+
+
+def test_mismatched_weights_list_every_problem_and_write_nothing(tmp_path):
+  resnet = _robustbench_module("resnet")
+  state = resnet.ResNet18().state_dict()
+  del state["layer2.0.conv1.weight"]
+  state["layer9.0.conv1.weight"] = torch.zeros(1)
+  state["linear.weight"] = torch.zeros(10, 256)
+  path = str(tmp_path / "bad.pt")
+  torch.save(state, path)
+  cfg = _convert_cfg(path, "resnet18")
+  with pytest.raises(CheckpointError) as err:
+    convert.convert(cfg, str(tmp_path / "out"))
+  msg = str(err.value)
+  assert "1 missing Flax entries: params/layer2_0/conv1/kernel" in msg
+  assert "1 unexpected PyTorch keys: layer9.0.conv1.weight" in msg
+  assert "1 shape mismatches: linear.weight (256, 10) -> params/fc/kernel (512, 10)" in msg
+  assert not (tmp_path / "out").exists()
+
+
+def _convert_cfg(source, arch, **kwargs):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config().convert
+  cfg.source, cfg.arch = source, arch
+  cfg.kwargs = kwargs
+  return cfg
+
+
+def test_convert_writes_a_teacher_checkpoint(tmp_path):
+  wrn = _robustbench_module("wide_resnet")
+  net = _randomise(wrn.WideResNet(depth=10, widen_factor=1, sub_block1=True))
+  path = str(tmp_path / "trades.pth")
+  torch.save(net.state_dict(), path)  # TRADES checkpoints carry the unused sub_block1
+  info = convert.convert(_convert_cfg(path, "wrn", depth=10, widen_factor=1),
+                         str(tmp_path / "out"))
+  assert info["num_classes"] == 10
+  from configs import default  # pylint: disable=g-import-not-at-top
+  teacher_cfg = default.get_config().teacher
+  teacher_cfg.model.name = "wrn"
+  teacher_cfg.model.kwargs = {"depth": 10, "widen_factor": 1}
+  teacher = teacher_lib.load_teacher(teacher_cfg, 10, (32, 32, 3), path=str(tmp_path / "out"))
+  x = torch.rand(2, 3, 32, 32)
+  with torch.no_grad():
+    ref = net(x).numpy()
+  out = teacher.model.apply(teacher.variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  assert float(np.max(np.abs(np.asarray(out) - ref))) <= 1e-4
+
+
+def test_round_trip_train_export_load_into_robustbench(tmp_path, tiny_config):
+  """A WRN trained a few steps here, exported, loaded strictly into RobustBench's class."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  wrn = _robustbench_module("wide_resnet")
+  config = tiny_config
+  config.data.name = "cifar10"
+  config.model.name = "wrn"
+  config.model.kwargs = {"depth": 10, "widen_factor": 1}
+  config.optim.num_steps = 3
+  config.eval.pgd.steps = 0
+  with tfds.testing.mock_data(num_examples=64):
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  model = models.create_model("wrn", num_classes=10, depth=10, widen_factor=1)
+  variables = {"params": result["state"].params["model"],
+               "batch_stats": result["state"].batch_stats}
+  init = models.init_variables(model, jax.random.PRNGKey(config.seed), (32, 32, 3))
+  assert not np.allclose(init["params"]["fc"]["kernel"], variables["params"]["fc"]["kernel"])
+  for suffix in (".pt", ".safetensors"):
+    path = str(tmp_path / f"student{suffix}")
+    convert.export(variables, model, path)
+    net = wrn.WideResNet(depth=10, widen_factor=1)
+    if suffix == ".pt":
+      state = torch.load(path, weights_only=True)
+    else:
+      from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
+      state = load_file(path)
+    net.load_state_dict(state, strict=True)
+    x = np.random.RandomState(0).rand(4, 32, 32, 3).astype(np.float32)
+    with torch.no_grad():
+      ref = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    ours = model.apply(variables, jnp.asarray(x))
+    assert float(np.max(np.abs(np.asarray(ours) - ref))) <= 1e-4
+
+
+
+def test_convert_mode_on_the_command_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  resnet = _robustbench_module("resnet")
+  torch.save(_randomise(resnet.ResNet18()).state_dict(), str(tmp_path / "r18.pt"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "run.py"), "--mode=convert",
+         f"--workdir={tmp_path / 'out'}", "--config.convert.arch=resnet18"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  missing = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env)
+  assert missing.returncode == 2 and "set --config.convert.arch" in missing.stderr
+  ok = subprocess.run(cmd + [f"--config.convert.source={tmp_path / 'r18.pt'}"],
+                      capture_output=True, text=True, cwd=root, env=env)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert "resnet18, 10 classes" in ok.stdout
+  assert os.path.isdir(tmp_path / "out" / "checkpoints" / "0")
+  again = subprocess.run(cmd + [f"--config.convert.source={tmp_path / 'r18.pt'}"],
+                         capture_output=True, text=True, cwd=root, env=env)
+  assert again.returncode == 2 and "already holds checkpoints" in again.stderr
