@@ -18,10 +18,14 @@ EXPECTED_NAMES = {
     "wrn28_10": {"stem", "features", "stage1", "stage2", "stage3", "stage3_act"},
     "wrn34_10": {"stem", "features", "stage1", "stage2", "stage3", "stage3_act"},
     "wrn70_16": {"stem", "features", "stage1", "stage2", "stage3", "stage3_act"},
+    "dm_wrn70_16": {"stem", "features", "stage1", "stage2", "stage3", "stage3_act"},
+    "dm_preact_resnet18": {"stem", "features", "stage4_act"} | {f"stage{i}" for i in range(1, 5)},
 }
 # Published parameter counts of the CIFAR-10 models (RobustBench / the original papers).
 EXPECTED_PARAMS_M = {"resnet18": 11.17, "resnet34": 21.28, "preact_resnet18": 11.17,
-                     "wrn16_4": 2.75, "wrn28_10": 36.48, "wrn34_10": 46.16, "wrn70_16": 266.8}
+                     "wrn16_4": 2.75, "wrn28_10": 36.48, "wrn34_10": 46.16, "wrn70_16": 266.8,
+                     # RobustBench DMPreActResNet(depth=18): 3x3 shortcut convs (PyTorch count).
+                     "dm_wrn70_16": 266.8, "dm_preact_resnet18": 12.55}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))

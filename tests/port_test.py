@@ -48,7 +48,15 @@ def _randomise(net, seed=0):
 
 def _nets():
   wrn, resnet = _robustbench_module("wide_resnet"), _robustbench_module("resnet")
+  dm = _robustbench_module("dm_wide_resnet")
   return {
+      "dm_wrn10_2": (lambda: dm.DMWideResNet(depth=10, width=2, activation_fn=dm.Swish),
+                     "dm_wrn", dict(depth=10, widen_factor=2),
+                     {"stem": "init_conv", "stage1": "layer.0", "stage2": "layer.1",
+                      "stage3": "layer.2"}),
+      "dm_preact18": (lambda: dm.DMPreActResNet(depth=18, activation_fn=dm.Swish,
+                                                use_cuda=False), "dm_preact_resnet18", {},
+                      {"stem": "conv_2d", "stage2": "layer_1", "stage4": "layer_3"}),
       "wrn16_2": (lambda: wrn.WideResNet(depth=16, widen_factor=2), "wrn",
                   dict(depth=16, widen_factor=2),
                   {"stem": "conv1", "stage1": "block1", "stage2": "block2", "stage3": "block3"}),
@@ -64,14 +72,15 @@ def _nets():
   }
 
 
-@pytest.mark.parametrize("name", ["wrn16_2", "resnet18", "resnet34", "preact18", "preact18_rice"])
+@pytest.mark.parametrize("name", ["wrn16_2", "resnet18", "resnet34", "preact18", "preact18_rice",
+                                  "dm_wrn10_2", "dm_preact18"])
 def test_logits_and_stages_match_robustbench(name, tmp_path):
   factory, arch, kwargs, stages = _nets()[name]
   net = _randomise(factory(), seed=len(name))
   x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
   acts = {}
   for ours, theirs in stages.items():
-    getattr(net, theirs).register_forward_hook(
+    net.get_submodule(theirs).register_forward_hook(
         lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy()))
   with torch.no_grad():
     ref = net(x).numpy()

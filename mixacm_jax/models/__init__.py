@@ -10,6 +10,8 @@ from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.resnet import ResNet
 from mixacm_jax.models.wide_resnet import WideResNet
 
+_DM = dict(activation="swish", tf_same_padding=True)
+
 MODELS: Dict[str, Callable[..., Any]] = {
     "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
     "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)),
@@ -19,7 +21,16 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
     "wrn70_16": functools.partial(WideResNet, depth=70, widen_factor=16),
     "wrn": WideResNet,  # depth / widen_factor from model.kwargs
+    # DeepMind-style (Gowal et al. / Rebuffi et al., RobustBench's DMWideResNet and
+    # DMPreActResNet): Swish, TF-'SAME' padding, CIFAR-10 normalisation inside.
+    "dm_wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10, **_DM),
+    "dm_wrn70_16": functools.partial(WideResNet, depth=70, widen_factor=16, **_DM),
+    "dm_wrn": functools.partial(WideResNet, **_DM),
+    "dm_preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2),
+                                            shortcut_from_preact=False, shortcut_kernel=3,
+                                            **_DM),
 }
+DM_DEFAULT_NORMALISATION = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -29,6 +40,8 @@ def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]]
   """Builds a registered architecture; `kwargs` override its fields (e.g. `base_width=8`)."""
   if name not in MODELS:
     raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(sorted(MODELS))}")
+  if name.startswith("dm_") and mean is None and std is None:
+    mean, std = DM_DEFAULT_NORMALISATION  # as RobustBench constructs these models
   if dtype not in DTYPES:
     raise ConfigError(f"unknown compute dtype {dtype!r}; known: {', '.join(DTYPES)}")
   try:

@@ -1,7 +1,9 @@
 """Layers with PyTorch conventions, so that PyTorch weights port one-to-one.
 
-* Convolutions pad explicitly and symmetrically: Flax's 'SAME' pads a stride-2 conv
-  on one side only, which shifts every feature map relative to PyTorch.
+* Convolutions pad explicitly and symmetrically (`k // 2` on each side): Flax's 'SAME' pads a
+  stride-2 conv on one side only, which shifts every feature map relative to PyTorch. The
+  DeepMind-style models are the exception: their PyTorch port pads by hand to mimic TF's
+  'SAME' (0 before, 1 after for a stride-2 3x3 conv), and `tf_same_padding` does the same.
 * BatchNorm uses PyTorch's eps (1e-5) and momentum (0.1 in PyTorch terms, 0.9 in Flax terms).
 """
 from typing import Any, Optional, Sequence
@@ -14,11 +16,17 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False,
-         dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.Conv:
-  """A kxk conv with PyTorch's symmetric padding `k // 2`."""
-  pad = kernel // 2
+         dtype: Any = jnp.float32, name: Optional[str] = None,
+         tf_same_padding: bool = False) -> nn.Conv:
+  """A kxk conv with PyTorch's symmetric padding `k // 2`, or TF-'SAME' padding
+  (total max(k - stride, 0), the odd pixel after) for inputs divisible by the stride."""
+  if tf_same_padding:
+    total = max(kernel - stride, 0)
+    pad = (total // 2, total - total // 2)
+  else:
+    pad = (kernel // 2, kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
+                 padding=(pad, pad), use_bias=use_bias,
                  kernel_init=conv_kernel_init, dtype=dtype,
                  param_dtype=jnp.float32, name=name)
 
@@ -68,13 +76,19 @@ class ConvBNModule(nn.Module):
   """A module that builds PyTorch-style convs and BatchNorms in its compute dtype."""
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  activation: str = "relu"
+  tf_same_padding: bool = False
+
+  def act(self, x):
+    return ACTIVATIONS[self.activation](x)
 
   def bn(self, train: bool, name: str) -> nn.BatchNorm:
     return batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
 
   def conv(self, features: int, kernel: int, stride: int = 1, name: Optional[str] = None,
            use_bias: bool = False) -> nn.Conv:
-    return conv(features, kernel, stride, use_bias=use_bias, dtype=self.dtype, name=name)
+    return conv(features, kernel, stride, use_bias=use_bias, dtype=self.dtype, name=name,
+                tf_same_padding=self.tf_same_padding)
 
 
 
@@ -85,7 +99,8 @@ class ModelBase(ConvBNModule):
   std: Optional[Sequence[float]] = None
 
   def block_kwargs(self):
-    return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name, activation=self.activation,
+                tf_same_padding=self.tf_same_padding)
 
   def prepare(self, x: jnp.ndarray) -> jnp.ndarray:
     return normalize_input(x.astype(self.dtype), self.mean, self.std)

@@ -13,16 +13,17 @@ class PreActBlock(ConvBNModule):
   planes: int = 64
   stride: int = 1
   shortcut_from_preact: bool = True
+  shortcut_kernel: int = 1  # DeepMind's PreActResNet uses a 3x3 shortcut conv
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(self.bn(train, "bn1")(x))
+    out = self.act(self.bn(train, "bn1")(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = self.conv(self.planes, 1, self.stride, "shortcut_conv")(
+      shortcut = self.conv(self.planes, self.shortcut_kernel, self.stride, "shortcut_conv")(
           out if self.shortcut_from_preact else x)
     out = self.conv(self.planes, 3, self.stride, "conv1")(out)
-    out = self.conv(self.planes, 3, 1, "conv2")(nn.relu(self.bn(train, "bn2")(out)))
+    out = self.conv(self.planes, 3, 1, "conv2")(self.act(self.bn(train, "bn2")(out)))
     return out + shortcut
 
 
@@ -33,6 +34,7 @@ class PreActResNet(ModelBase):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   base_width: int = 64
   shortcut_from_preact: bool = True
+  shortcut_kernel: int = 1
   final_bn: bool = True
 
   @nn.compact
@@ -44,9 +46,10 @@ class PreActResNet(ModelBase):
         stride = 2 if (i > 0 and j == 0) else 1
         x = PreActBlock(planes=self.base_width * 2**i, stride=stride,
                         shortcut_from_preact=self.shortcut_from_preact,
+                        shortcut_kernel=self.shortcut_kernel,
                         name=f"layer{i + 1}_{j}", **self.block_kwargs())(x, train)
       sow(self, f"stage{i + 1}", x)
     if self.final_bn:
-      x = nn.relu(self.bn(train, "bn")(x))
+      x = self.act(self.bn(train, "bn")(x))
       sow(self, f"stage{len(self.stage_sizes)}_act", x)
     return self.head(x)

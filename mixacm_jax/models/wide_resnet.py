@@ -13,9 +13,9 @@ class WideBasicBlock(ConvBNModule):
   @nn.compact
   def __call__(self, x, train: bool):
     equal_in_out = x.shape[-1] == self.planes
-    act = nn.relu(self.bn(train, "bn1")(x))
+    act = self.act(self.bn(train, "bn1")(x))
     out = self.conv(self.planes, 3, self.stride, "conv1")(act)
-    out = self.conv(self.planes, 3, 1, "conv2")(nn.relu(self.bn(train, "bn2")(out)))
+    out = self.conv(self.planes, 3, 1, "conv2")(self.act(self.bn(train, "bn2")(out)))
     shortcut = x if equal_in_out else self.conv(self.planes, 1, self.stride, "shortcut_conv")(act)
     return out + shortcut
 
@@ -39,6 +39,6 @@ class WideResNet(ModelBase):
         x = WideBasicBlock(planes=width, stride=stride, name=f"block{i + 1}_{j}",
                            **self.block_kwargs())(x, train)
       sow(self, f"stage{i + 1}", x)
-    x = nn.relu(self.bn(train, "bn")(x))
+    x = self.act(self.bn(train, "bn")(x))
     sow(self, "stage3_act", x)
     return self.head(x)

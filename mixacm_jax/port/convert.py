@@ -16,11 +16,11 @@ CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "logits.weight")
 
 
 def rules_for(model):
-  name = type(model).__name__
-  if name not in rules_lib.RULES:
-    raise ConfigError(f"no PyTorch weight rules for {name}; ported architectures: "
-                      f"{', '.join(sorted(rules_lib.RULES))}")
-  return rules_lib.RULES[name]
+  key = (type(model).__name__, bool(getattr(model, "tf_same_padding", False)))
+  if key not in rules_lib.RULES:
+    raise ConfigError(f"no PyTorch weight rules for {key[0]}; ported architectures: "
+                      f"{', '.join(sorted({k[0] for k in rules_lib.RULES}))}")
+  return rules_lib.RULES[key]
 
 
 def _list(xs, n=8):

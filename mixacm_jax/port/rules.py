@@ -3,7 +3,8 @@
 A rule maps modules, not single tensors: the tensor's name and rank decide the rest
 (conv weight OIHW <-> kernel HWIO, linear weight (out, in) <-> kernel (in, out), BatchNorm
 weight/bias <-> params scale/bias and running_mean/var <-> batch_stats mean/var). `{x}`
-fields stand for integers; PyTorch indices are 0-based, Flax names follow the same numbers.
+fields stand for integers (`{s+1}`: that integer plus one, where PyTorch counts groups from 0
+and the Flax model from 1); `{rest}` stands for any suffix.
 """
 import re
 from typing import Dict, List, Optional, Tuple
@@ -34,8 +35,29 @@ WIDE_RESNET: List[Rule] = [
     ("block{s}.layer.{b}.convShortcut", "block{s}_{b}/shortcut_conv"),
     ("sub_block1.layer.{b}.{rest}", ""),  # TRADES' unused duplicate of block1
 ]
-# Flax class name -> rules.
-RULES = {"ResNet": RESNET, "PreActResNet": PREACT_RESNET, "WideResNet": WIDE_RESNET}
+# RobustBench's DMWideResNet / DMPreActResNet (DeepMind-style).
+DM_WIDE_RESNET: List[Rule] = [
+    ("init_conv", "conv1"), ("batchnorm", "bn"), ("logits", "fc"),
+    ("layer.{s}.block.{b}.batchnorm_0", "block{s+1}_{b}/bn1"),
+    ("layer.{s}.block.{b}.batchnorm_1", "block{s+1}_{b}/bn2"),
+    ("layer.{s}.block.{b}.conv_0", "block{s+1}_{b}/conv1"),
+    ("layer.{s}.block.{b}.conv_1", "block{s+1}_{b}/conv2"),
+    ("layer.{s}.block.{b}.shortcut", "block{s+1}_{b}/shortcut_conv"),
+]
+DM_PREACT_RESNET: List[Rule] = [
+    ("conv_2d", "conv1"), ("batchnorm", "bn"), ("logits", "fc"),
+    ("layer_{s}.{b}.batchnorm_0", "layer{s+1}_{b}/bn1"),
+    ("layer_{s}.{b}.batchnorm_1", "layer{s+1}_{b}/bn2"),
+    ("layer_{s}.{b}.conv_2d_1", "layer{s+1}_{b}/conv1"),
+    ("layer_{s}.{b}.conv_2d_2", "layer{s+1}_{b}/conv2"),
+    ("layer_{s}.{b}.shortcut", "layer{s+1}_{b}/shortcut_conv"),
+]
+# (Flax class name, DeepMind-style?) -> rules.
+RULES = {("ResNet", False): RESNET, ("PreActResNet", False): PREACT_RESNET,
+         ("WideResNet", False): WIDE_RESNET, ("WideResNet", True): DM_WIDE_RESNET,
+         ("PreActResNet", True): DM_PREACT_RESNET}
+
+_FIELD = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
 
 # (PyTorch tensor name, tensor rank) -> (Flax collection, Flax leaf name)
 LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel"),
@@ -43,13 +65,24 @@ LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel
           ("running_mean", 1): ("batch_stats", "mean"), ("running_var", 1): ("batch_stats", "var")}
 
 
-def _regex(pattern: str) -> "re.Pattern":
-  out, pos = "", 0
-  for m in re.finditer(r"\{(\w+)\}", pattern):
-    out += re.escape(pattern[pos:m.start()])
-    out += f"(?P<{m.group(1)}>.+)" if m.group(1) == "rest" else f"(?P<{m.group(1)}>\\d+)"
+def _match(pattern: str, text: str) -> Optional[Dict[str, object]]:
+  """The field values (offsets removed) if `text` matches `pattern` whole, else None."""
+  regex, pos, offsets = "", 0, {}
+  for m in _FIELD.finditer(pattern):
+    name = m.group(1)
+    regex += re.escape(pattern[pos:m.start()])
+    regex += f"(?P<{name}>.+)" if name == "rest" else f"(?P<{name}>\\d+)"
+    offsets[name] = int(m.group(2) or 0)
     pos = m.end()
-  return re.compile(out + re.escape(pattern[pos:]) + "$")
+  found = re.fullmatch(regex + re.escape(pattern[pos:]), text)
+  if not found:
+    return None
+  return {k: (v if k == "rest" else int(v) - offsets[k]) for k, v in found.groupdict().items()}
+
+
+def _fill(pattern: str, values: Dict[str, object]) -> str:
+  return _FIELD.sub(lambda m: str(values[m.group(1)] if m.group(1) == "rest"
+                                  else values[m.group(1)] + int(m.group(2) or 0)), pattern)
 
 
 def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
@@ -58,8 +91,8 @@ def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
   () if a rule says to ignore the key."""
   module, _, leaf = torch_key.rpartition(".")
   for torch_pat, flax_pat in rules:
-    m = _regex(torch_pat).match(module)
-    if not m:
+    m = _match(torch_pat, module)
+    if m is None:
       continue
     if not flax_pat:
       return (), value
@@ -71,7 +104,7 @@ def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
       value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
     elif value.ndim == 2:
       value = value.T
-    return (collection, *flax_pat.format(**m.groupdict()).split("/"), flax_leaf), value
+    return (collection, *_fill(flax_pat, m).split("/"), flax_leaf), value
   return None
 
 
@@ -86,13 +119,13 @@ def to_torch(path: Tuple[str, ...], value: np.ndarray, rules: List[Rule]) -> Opt
   for torch_pat, flax_pat in rules:
     if not flax_pat:
       continue
-    m = _regex(flax_pat).match(module_path)
-    if m:
+    m = _match(flax_pat, module_path)
+    if m is not None:
       if value.ndim == 4:
         value = np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
       elif value.ndim == 2:
         value = value.T
-      return f"{torch_pat.format(**m.groupdict())}.{torch_leaf}", value
+      return f"{_fill(torch_pat, m)}.{torch_leaf}", value
   return None
 
 
