@@ -23,6 +23,7 @@ def get_config():
       {"eps": eps, "step_size": 2 / 255, "steps": 10, "norm": "linf"})
   config.eval.pgd = ml_collections.ConfigDict(
       {"eps": eps, "step_size": 2 / 255, "steps": 20, "norm": "linf", "loss": "ce"})
+  config.eval.attacks = "clean,pgd20,cw20,autoattack"
   config.checkpoint.every_steps = 1_000
   config.log_every_steps = 100
   return config

@@ -80,6 +80,10 @@ def get_config():
   config.eval.num_examples = 0          # 0: the whole split
   config.eval.pgd = ml_collections.ConfigDict(
       {"eps": 0.1, "step_size": 0.025, "steps": 10, "norm": "linf", "loss": "ce"})
+  # --mode=eval: attacks of the robustness report (eps / norm / PGD step from eval.pgd).
+  config.eval.attacks = "clean,pgd20,cw20"  # also: fgsm, apgd-ce, apgd-t, square, autoattack
+  config.eval.autoattack_version = "standard"
+  config.eval.eps_sweep = ()                 # e.g. (0.05, 0.1, 0.2): report + plot per eps
 
   # --mode=convert: a PyTorch weight file -> an orbax checkpoint in --workdir.
   config.convert = ml_collections.ConfigDict()

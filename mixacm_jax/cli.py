@@ -19,10 +19,15 @@ def _train(config, workdir):
 
 
 def _eval(config, workdir):
-  from mixacm_jax import evaluation, reporting  # pylint: disable=g-import-not-at-top
-  metrics = evaluation.evaluate_checkpoint(config, workdir)
+  from mixacm_jax import evaluation, reporting, robustness  # pylint: disable=g-import-not-at-top
+  report = evaluation.evaluate_checkpoint(config, workdir)
   if reporting.is_primary():
-    print(reporting.table([metrics], list(metrics)))
+    print(f"\n{report['num_examples']} examples, {report['norm']} eps={report['eps']:.4g}; "
+          "accuracy in %\n")
+    print(robustness.report_table(report))
+    for w in report["warnings"]:
+      print(f"WARNING: {w}")
+    print(f"\nReport: {os.path.join(workdir, 'robustness.json')}")
   return 0
 
 

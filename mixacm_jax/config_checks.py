@@ -32,6 +32,17 @@ def validate(config) -> None:
     _check_attack("objective.attack", config.objective.attack)
   if config.eval.pgd.steps:
     _check_attack("eval.pgd", config.eval.pgd)
+  if "attacks" in config.eval:
+    from mixacm_jax import robustness  # pylint: disable=g-import-not-at-top
+    robustness.parse_attacks("autoattack", config.eval.autoattack_version)
+    for name, stages in robustness.parse_attacks(config.eval.attacks,
+                                                 config.eval.autoattack_version):
+      del name
+      for stage in stages:
+        if stage != "clean":
+          robustness._stage_fn(stage, 0.1, config.eval.pgd.norm, 0.1)  # raises on a bad name
+    if not config.eval.pgd.steps:
+      _check_attack("eval.pgd", config.eval.pgd)
   o = config.optim
   if o.batch_size <= 0 or config.eval.batch_size <= 0:
     raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "

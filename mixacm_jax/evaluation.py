@@ -1,19 +1,28 @@
-"""Evaluation of a trained checkpoint: clean and PGD accuracy over the eval split."""
+"""`--mode=eval`: the robustness report of a checkpoint (this project's or converted)."""
 import os
-from typing import Dict
+from typing import Any, Dict
 
-from mixacm_jax import config_checks, input_pipeline, models, parallel, train
+from mixacm_jax import config_checks, input_pipeline, models, reporting, robustness
 from mixacm_jax import teacher as teacher_lib
 
 
-def evaluate_checkpoint(config, workdir: str, step=None) -> Dict[str, float]:
-  """The model in `config.model` from `workdir`'s latest (or given) checkpoint."""
+def evaluate_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
+  """Clean and robust accuracy of the model in `config.model` from `workdir`'s latest (or
+  given) checkpoint; writes robustness.json (and an eps-sweep plot when asked)."""
   config_checks.validate(config)
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   variables = teacher_lib.load_variables(model, info.image_shape, workdir, step)
-  p_eval_step = train.make_p_eval_step(model, config.eval.pgd)
-  metrics = train.evaluate(p_eval_step, parallel.replicate(variables["params"]),
-                           parallel.replicate(variables["batch_stats"]), config.data,
-                           config.eval, config.seed)
-  return {"checkpoint": os.path.abspath(workdir), **metrics}
+  report = robustness.evaluate_robustness(model, variables, config.data, config.eval,
+                                          seed=config.seed)
+  report["checkpoint"] = os.path.abspath(workdir)
+  if config.eval.eps_sweep:
+    sweep = robustness.eps_sweep(model, variables, config.data, config.eval,
+                                 list(config.eval.eps_sweep), seed=config.seed)
+    report["eps_sweep"] = sweep
+    report["warnings"] += sweep["warnings"]
+    if reporting.is_primary():
+      robustness.plot_sweep(sweep, os.path.join(workdir, "robustness_vs_eps.png"))
+  if reporting.is_primary():
+    robustness.write_report(report, workdir)
+  return report

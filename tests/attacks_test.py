@@ -90,3 +90,52 @@ def test_fgsm_is_one_signed_step():
   x_adv = pgd_lib.fgsm(logits_fn, x, y, eps=0.1)
   g = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(logits_fn(v), y)))(x)
   np.testing.assert_allclose(x_adv, jnp.clip(x + 0.1 * jnp.sign(g), 0, 1), atol=1e-7)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_stage(name):
+  from mixacm_jax.attacks import apgd, square  # pylint: disable=g-import-not-at-top
+  stages = {
+      "apgd-ce": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8),
+      "apgd-dlr": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8, loss="dlr"),
+      "apgd-t": lambda f, x, y, k, eps: apgd.apgd_targeted(f, x, y, k, eps=eps, n_iter=5,
+                                                          n_target_classes=3),
+      "square": lambda f, x, y, k, eps: square.square(f, x, y, k, eps=eps, n_queries=30),
+  }
+  def run(x, y, key, eps, wkey):
+    f = _linear_model(wkey, x[0].size)
+    x_adv, fooled = stages[name](f, x, y, key, eps)
+    return x_adv, fooled, f(x), f(x_adv)
+  return jax.jit(run)
+
+
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(n=st.integers(1, 5), side=st.integers(2, 4), eps=st.floats(1e-3, 0.5),
+                  seed=st.integers(0, 2**16),
+                  name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "square"]))
+def test_autoattack_stages_respect_constraints_and_report_honestly(n, side, eps, seed, name):
+  kx, ky, ka, kw = jax.random.split(jax.random.PRNGKey(seed), 4)
+  x = jax.random.uniform(kx, (n, side, side, 3))
+  y = jax.random.randint(ky, (n,), 0, 5)
+  x_adv, fooled, clean, adv = _jitted_stage(name)(x, y, ka, eps, kw)
+  assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  # `fooled` is exactly "the returned point is misclassified", and the clean mistakes count.
+  np.testing.assert_array_equal(np.asarray(fooled), np.asarray(jnp.argmax(adv, -1) != y))
+  robust_acc = 1 - float(jnp.mean(fooled))
+  assert robust_acc <= float(jnp.mean(jnp.argmax(clean, -1) == y)) + 1e-9
+
+
+def test_dlr_losses_against_numpy():
+  from mixacm_jax.attacks import apgd  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(3)
+  z, y, t = rng.randn(7, 10).astype(np.float32), rng.randint(0, 10, 7), rng.randint(0, 10, 7)
+  s = -np.sort(-z, axis=1)
+  other = np.array([max(np.delete(z[i], y[i])) for i in range(7)])
+  ref = -(z[np.arange(7), y] - other) / (s[:, 0] - s[:, 2] + 1e-12)
+  np.testing.assert_allclose(apgd.dlr_loss(z, y), ref, rtol=1e-5)
+  ref_t = -(z[np.arange(7), y] - z[np.arange(7), t]) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
+  np.testing.assert_allclose(apgd.dlr_loss_targeted(z, y, t), ref_t, rtol=1e-5)
+  # Checkpoints for 100 iterations: 22, then each 3 shorter down to 6 (as in the paper).
+  ends = [i for i, _ in apgd.checkpoints(100)]
+  assert ends[:4] == [21, 40, 56, 69] and all(b - a >= 6 for a, b in zip(ends, ends[1:]))

@@ -33,9 +33,21 @@ def test_train_then_eval(tmp_path):
   assert 0.0 <= [r for r in rows if "eval/robust_accuracy" in r][-1]["eval/robust_accuracy"] <= 1.0
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
   summary = json.loads((tmp_path / "summary.json").read_text())
-  evaluated = run(f"--workdir={tmp_path}", "--mode=eval", *TINY)
+  evaluated = run(f"--workdir={tmp_path}", "--mode=eval", *TINY,
+                  "--config.eval.attacks=clean,fgsm,pgd5,cw5,apgd-ce",
+                  "--config.eval.eps_sweep=(0.05, 0.2)")
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert f"{100 * summary['clean_accuracy']:.2f}" in evaluated.stdout
+  report = json.loads((tmp_path / "robustness.json").read_text())
+  assert report["num_examples"] == summary["num_examples"] == 360
+  assert report["clean_accuracy"] == summary["clean_accuracy"]
+  accs = {k: v["robust_accuracy"] for k, v in report["attacks"].items()}
+  assert set(accs) == {"fgsm", "pgd5", "cw5", "apgd-ce"}
+  assert all(a <= report["clean_accuracy"] for a in accs.values())
+  for name in accs:
+    assert f"| {name}" in evaluated.stdout
+  assert [r["eps"] for r in report["eps_sweep"]["reports"]] == [0.05, 0.2]
+  assert (tmp_path / "robustness_vs_eps.png").stat().st_size > 1000
   # Running the finished job again resumes at its end and does no more training.
   again = run(f"--workdir={tmp_path}", *TINY)
   assert again.returncode == 0 and "Resuming from the checkpoint of step 4" in again.stdout
@@ -49,6 +61,8 @@ def test_train_then_eval(tmp_path):
     (["--config.objective.attack.eps=0"], "error: objective.attack.eps must be in (0, 1]"),
     (["--config.model.dtype=float16"], "error: model.dtype must be one of"),
     (["--config.optim.schedule=linear"], "error: unknown schedule 'linear'"),
+    (["--config.eval.attacks=clean,pgdx"], "error: unknown attack 'pgdx'"),
+    (["--config.eval.autoattack_version=plus"], "error: unknown AutoAttack version 'plus'"),
 ])
 def test_bad_values_fail_in_one_line(tmp_path, args, message):
   out = run(f"--workdir={tmp_path}", *TINY, *args)

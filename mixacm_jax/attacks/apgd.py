@@ -1,0 +1,144 @@
+"""APGD (Croce & Hein, ICML 2020): PGD with momentum and a step size that halves, restarting
+from the best point, when progress stalls; with the CE, DLR and targeted DLR losses.
+
+Checkpoints (of the iteration count N): the first after 0.22 N steps, then each 0.03 N
+shorter, never under 0.06 N. At a checkpoint an example's step halves (and it restarts from
+its best point) when the loss rose in at most rho = 75 % of the steps since the last one, or
+when the step did not halve at the last checkpoint and the best loss has not improved since.
+Step 0 is a plain signed step of 2 eps; later steps mix the new point with momentum 0.75.
+L-inf only here, as AutoAttack's standard version.
+"""
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mixacm_jax.attacks.pgd import ce_loss, project
+
+
+def _sorted_desc(logits):
+  return -jnp.sort(-logits, axis=-1)
+
+
+def dlr_loss(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+  """-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), per example (shift/scale invariant)."""
+  z = _sorted_desc(logits)
+  z_y = jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
+  top_is_y = jnp.argmax(logits, -1) == y
+  z_other = jnp.where(top_is_y, z[:, 1], z[:, 0])
+  return -(z_y - z_other) / (z[:, 0] - z[:, 2] + 1e-12)
+
+
+def dlr_loss_targeted(logits: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray) -> jnp.ndarray:
+  """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), per example."""
+  z = _sorted_desc(logits)
+  pick = lambda c: jnp.take_along_axis(logits, c[:, None], 1)[:, 0]
+  return -(pick(y) - pick(y_target)) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
+
+
+def checkpoints(n_iter: int):
+  """The iterations (0-based, inclusive) at which step sizes are checked."""
+  out = []
+  k, k_min, decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
+  i = k - 1
+  while i < n_iter:
+    out.append((i, k))
+    k = max(k - decr, k_min)
+    i += k
+  return out
+
+
+def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
+         n_iter: int = 100, loss: str = "ce", y_target: Optional[jnp.ndarray] = None,
+         rho: float = 0.75):
+  """Returns (x_adv, fooled): for each example the first misclassified point found (or the
+  highest-loss point) and whether it is misclassified."""
+  if loss == "ce":
+    loss_of = lambda logits: ce_loss(logits, y)
+  elif loss == "dlr":
+    loss_of = lambda logits: dlr_loss(logits, y)
+  elif loss == "dlr_targeted":
+    loss_of = lambda logits: dlr_loss_targeted(logits, y, y_target)
+  else:
+    raise ValueError(f"unknown APGD loss {loss!r}; known: ce, dlr, dlr_targeted")
+
+  def value_and_grad(v):
+    def total(v):
+      logits = logits_fn(v)
+      per = loss_of(logits)
+      return jnp.sum(per), (per, logits)
+    (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(v)
+    return per, logits, g
+
+  n = x.shape[0]
+  bshape = (n,) + (1,) * (x.ndim - 1)
+  t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+  t_max = jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
+  x_adv = jnp.clip(x + eps * t / t_max, 0.0, 1.0)
+  per, logits, grad = value_and_grad(x_adv)
+  fooled = jnp.argmax(logits, -1) != y
+  ckpt_at = jnp.zeros((n_iter,), bool)
+  ckpt_len = jnp.zeros((n_iter,), jnp.int32)
+  for i, k in checkpoints(n_iter):
+    ckpt_at, ckpt_len = ckpt_at.at[i].set(True), ckpt_len.at[i].set(k)
+
+  state = dict(x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad,
+               loss_best=per, x_found=x_adv, fooled=fooled,
+               step=jnp.full(bshape, 2.0 * eps, x.dtype), prev_loss=per,
+               increases=jnp.zeros((n,), jnp.int32), reduced_last=jnp.ones((n,), bool),
+               loss_best_last=per)
+
+  def body(i, s):
+    a = jnp.where(i > 0, 0.75, 1.0)
+    z = project(s["x_adv"] + s["step"] * jnp.sign(s["grad"]), x, eps, "linf")
+    x_new = project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_old"]),
+                    x, eps, "linf")
+    per, logits, grad = value_and_grad(x_new)
+    miss = jnp.argmax(logits, -1) != y
+    newly = miss & ~s["fooled"]
+    x_found = jnp.where(newly.reshape(bshape), x_new, s["x_found"])
+    improved = per > s["loss_best"]
+    ib = improved.reshape(bshape)
+    x_best = jnp.where(ib, x_new, s["x_best"])
+    grad_best = jnp.where(ib, grad, s["grad_best"])
+    loss_best = jnp.where(improved, per, s["loss_best"])
+    increases = s["increases"] + (per > s["prev_loss"]).astype(jnp.int32)
+    # At a checkpoint: halve the step and restart from the best point where progress stalled.
+    at = ckpt_at[i]
+    k = ckpt_len[i]
+    oscillating = increases <= k * rho
+    no_improvement = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
+    reduce = at & (oscillating | no_improvement)
+    rb = reduce.reshape(bshape)
+    return dict(
+        x_adv=jnp.where(rb, x_best, x_new), x_old=s["x_adv"],
+        grad=jnp.where(rb, grad_best, grad), x_best=x_best, grad_best=grad_best,
+        loss_best=loss_best, x_found=x_found, fooled=s["fooled"] | miss,
+        step=jnp.where(rb, s["step"] / 2, s["step"]), prev_loss=per,
+        increases=jnp.where(at, 0, increases),
+        reduced_last=jnp.where(at, reduce, s["reduced_last"]),
+        loss_best_last=jnp.where(at, loss_best, s["loss_best_last"]))
+
+  s = jax.lax.fori_loop(0, n_iter, body, state)
+  x_out = jnp.where(s["fooled"].reshape(bshape), s["x_found"], s["x_best"])
+  return jax.lax.stop_gradient(x_out), s["fooled"]
+
+
+def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 100,
+                  n_target_classes: int = 9):
+  """APGD-T: APGD on the targeted DLR loss towards the 2nd, 3rd, ... most likely classes
+  at the clean input, each run on the points the previous ones did not fool."""
+  clean = logits_fn(x)
+  order = jnp.argsort(clean, axis=-1)  # ascending
+  x_out, fooled = x, jnp.argmax(clean, -1) != y
+  n_target_classes = min(n_target_classes, clean.shape[-1] - 1)
+  for t in range(2, n_target_classes + 2):
+    y_target = order[:, -t]
+    x_t, fooled_t = apgd(logits_fn, x, y, jax.random.fold_in(key, t), eps=eps, n_iter=n_iter,
+                         loss="dlr_targeted", y_target=y_target)
+    take = fooled_t & ~fooled
+    x_out = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_t, x_out)
+    fooled = fooled | fooled_t
+  return x_out, fooled
+
+

@@ -1,0 +1,204 @@
+"""Robustness report: clean accuracy and each attack's robust accuracy over an eval split,
+with AutoAttack's per-stage accuracy, timings, sanity flags, a JSON report and a plot.
+
+Attack names (`config.eval.attacks`, comma-separated): `clean`, `fgsm`, `pgd<k>` (PGD-k on
+cross-entropy), `cw<k>` (PGD-k on the CW margin), `apgd-ce`, `apgd-t`, `square`,
+`autoattack` (the stages of `config.eval.autoattack_version`, each on the points the earlier
+ones left correct). eps, norm and the PGD step size come from `config.eval.pgd`.
+"""
+import json
+import os
+import re
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixacm_jax import input_pipeline, parallel, reporting
+from mixacm_jax.attacks import autoattack, pgd as pgd_lib
+from mixacm_jax.errors import ConfigError, MixACMError
+
+
+class AttackConstraintError(MixACMError):
+  """An attack returned points outside the eps-ball or the [0, 1] box."""
+
+
+def _stage_fn(name: str, eps: float, norm: str, step_size: float) -> Callable:
+  """attack(logits_fn, x, y, key) -> x_adv for one named attack."""
+  m = re.fullmatch(r"(pgd|cw)(\d+)", name)
+  if m:
+    loss = "ce" if m.group(1) == "pgd" else "margin"
+    steps = int(m.group(2))
+    return lambda f, x, y, k: pgd_lib.pgd(f, x, y, k, eps=eps, step_size=step_size,
+                                          steps=steps, norm=norm, loss=loss)
+  if name == "fgsm":
+    return lambda f, x, y, k: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
+  if name in autoattack.STAGES:
+    if norm != "linf":
+      raise ConfigError(f"{name} is implemented for linf only, not {norm}")
+    stage = autoattack.get_stage(name)
+    return lambda f, x, y, k: stage(f, x, y, k, eps)[0]
+  raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
+                    f"{', '.join(autoattack.STAGES)}, autoattack")
+
+
+def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
+  """[(report name, [stage names])]: `autoattack` expands into its stages."""
+  out = []
+  for name in [s.strip() for s in spec.split(",") if s.strip()]:
+    if name == "autoattack":
+      if version not in autoattack.VERSIONS:
+        raise ConfigError(f"unknown AutoAttack version {version!r}; known: "
+                          f"{', '.join(autoattack.VERSIONS)}")
+      out.append((name, list(autoattack.VERSIONS[version])))
+    else:
+      out.append((name, [name]))
+  return out
+
+
+def _pmapped_stage(model, stage: Callable):
+  """(variables, x, y, robust, key) -> (still robust, x_adv), over the device axis."""
+  def run(variables, x, y, robust, key):
+    logits_fn = lambda v: model.apply(variables, v)
+    n = y.shape[0]
+    keys = jax.random.fold_in(key, jax.lax.axis_index("batch"))
+    x_adv = stage(logits_fn, x, y, keys)
+    x_adv = jnp.where(robust.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
+    correct = jnp.argmax(logits_fn(x_adv), -1) == y
+    return robust & correct, x_adv
+  return jax.pmap(run, axis_name="batch")
+
+
+def _pmapped_clean(model):
+  def run(variables, x, y):
+    logits = model.apply(variables, x)
+    grad = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(model.apply(variables, v), y)))(x)
+    g = grad.reshape(grad.shape[0], -1)
+    bad_grad = jnp.all(g == 0, axis=1) | ~jnp.all(jnp.isfinite(g), axis=1)
+    return jnp.argmax(logits, -1) == y, bad_grad
+  return jax.pmap(run, axis_name="batch")
+
+
+def _violations(x_adv, x, eps, norm, tol=1e-5):
+  d = (x_adv - x).reshape(x.shape[0], -1)
+  size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
+  return int(np.sum((size > eps + tol) | (x_adv.reshape(x.shape[0], -1).min(1) < -tol)
+                    | (x_adv.reshape(x.shape[0], -1).max(1) > 1 + tol)))
+
+
+def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = None,
+                        seed: int = 0, verbose: bool = True) -> Dict[str, Any]:
+  """Clean and robust accuracy for each attack in `eval_cfg.attacks`."""
+  pgd_cfg = eval_cfg.pgd
+  eps = pgd_cfg.eps if eps is None else eps
+  attacks = parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
+  batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
+                                             eval_cfg.get("num_examples")))
+  p_vars = parallel.replicate(variables)
+  n_total = float(sum(b["mask"].sum() for b in batches))
+  clean_fn = _pmapped_clean(model)
+  t0 = time.perf_counter()
+  clean_correct, bad_grads = [], 0
+  for b in batches:
+    correct, bad = clean_fn(p_vars, b["image"], b["label"])
+    clean_correct.append(np.asarray(correct) & (b["mask"] > 0))
+    bad_grads += int(np.sum(np.asarray(bad) & (b["mask"] > 0)))
+  report = {"num_examples": int(n_total), "eps": eps, "norm": pgd_cfg.norm,
+            "clean_accuracy": float(sum(c.sum() for c in clean_correct)) / n_total,
+            "attacks": {}, "warnings": []}
+  report["seconds"] = {"clean": time.perf_counter() - t0}
+  for name, stages in attacks:
+    if name == "clean":
+      continue
+    t0 = time.perf_counter()
+    robust = [c.copy() for c in clean_correct]
+    per_stage = {}
+    for stage_name in stages:
+      stage = _pmapped_stage(model, _stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size))
+      progress = reporting.Progress(len(batches), eval_cfg.batch_size, label=f"{name}:{stage_name}"
+                                    if len(stages) > 1 else name)
+      for i, b in enumerate(batches):
+        key = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(seed), i))
+        if not robust[i].any():
+          continue
+        still, x_adv = stage(p_vars, b["image"], b["label"], robust[i], key)
+        x_adv, x = np.asarray(x_adv), np.asarray(b["image"])
+        bad = _violations(x_adv.reshape((-1,) + x.shape[2:]), x.reshape((-1,) + x.shape[2:]),
+                          eps, pgd_cfg.norm)
+        if bad:
+          raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
+                                      f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
+        robust[i] = np.asarray(still) & robust[i]
+        if verbose and (i + 1 == len(batches) or (i + 1) % max(1, len(batches) // 10) == 0):
+          progress.report(i + 1, {"robust_acc": sum(r.sum() for r in robust[:i + 1]) /
+                                  max(1.0, sum(bb["mask"].sum() for bb in batches[:i + 1]))})
+      per_stage[stage_name] = float(sum(r.sum() for r in robust)) / n_total
+    acc = float(sum(r.sum() for r in robust)) / n_total
+    report["attacks"][name] = {"robust_accuracy": acc}
+    if len(stages) > 1:
+      report["attacks"][name]["after_each_stage"] = per_stage
+    report["seconds"][name] = time.perf_counter() - t0
+    if acc > report["clean_accuracy"] + 1e-9:
+      report["warnings"].append(f"{name}: robust accuracy {acc:.4f} above clean "
+                                f"{report['clean_accuracy']:.4f}: the attack or the model is broken")
+  if bad_grads > 0.1 * n_total:
+    report["warnings"].append(f"{bad_grads} of {int(n_total)} inputs have an all-zero or "
+                              "non-finite input gradient: gradient masking is likely, so "
+                              "gradient attacks may overestimate robustness (check Square)")
+  return report
+
+
+def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
+              seed: int = 0) -> Dict[str, Any]:
+  """Robust accuracy of each attack at each eps; flags accuracy that rises with eps."""
+  rows = [evaluate_robustness(model, variables, data_cfg, eval_cfg, eps=e, seed=seed,
+                              verbose=False) for e in epsilons]
+  warnings = []
+  for name in rows[0]["attacks"] if rows else []:
+    accs = [r["attacks"][name]["robust_accuracy"] for r in rows]
+    for (e0, a0), (e1, a1) in zip(zip(epsilons, accs), zip(epsilons[1:], accs[1:])):
+      if a1 > a0 + 1e-9:
+        warnings.append(f"{name}: robust accuracy rises from {a0:.4f} at eps={e0:.4g} to "
+                        f"{a1:.4f} at eps={e1:.4g}: the attack is failing at the larger eps")
+  return {"epsilons": list(epsilons), "reports": rows, "warnings": warnings}
+
+
+def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  eps = sweep["epsilons"]
+  ax.plot(eps, [100 * r["clean_accuracy"] for r in sweep["reports"]], "k--", label="clean")
+  for name in sweep["reports"][0]["attacks"]:
+    ax.plot(eps, [100 * r["attacks"][name]["robust_accuracy"] for r in sweep["reports"]],
+            marker="o", label=name)
+  ax.set_xlabel("eps")
+  ax.set_ylabel("accuracy (%)")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report_table(report: Dict[str, Any]) -> str:
+  rows = [{"attack": "clean", "accuracy": report["clean_accuracy"],
+           "seconds": report["seconds"]["clean"]}]
+  for name, r in report["attacks"].items():
+    rows.append({"attack": name, "accuracy": r["robust_accuracy"],
+                 "seconds": report["seconds"][name]})
+    for stage, acc in r.get("after_each_stage", {}).items():
+      rows.append({"attack": f"  after {stage}", "accuracy": acc, "seconds": ""})
+  return reporting.table(rows, ["attack", "accuracy", "seconds"])
+
+
+def write_report(report: Dict[str, Any], workdir: str, name: str = "robustness.json") -> str:
+  path = os.path.join(workdir, name)
+  with open(path, "w") as f:
+    json.dump(report, f, indent=2)
+  return path
+
+

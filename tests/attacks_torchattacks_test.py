@@ -1,0 +1,135 @@
+"""Our attacks against torchattacks on the same model and examples: a small CNN trained here
+(PGD-AT on the embedded digits), its weights copied by hand into an identical PyTorch module.
+torchattacks is installed from requirements-port.txt (--no-deps)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.txt")
+torchattacks = pytest.importorskip("torchattacks",
+                                   reason="pip install --no-deps -r requirements-port.txt")
+
+from mixacm_jax.attacks import apgd, pgd, square  # noqa: E402
+from mixacm_jax.input_pipeline import _digits_arrays  # noqa: E402
+
+EPS = 0.1
+N_EXAMPLES = 500
+
+
+class SmallCNN(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)))(x))
+    x = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
+    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+
+def _torch_copy(params):
+  net = torch.nn.Sequential(
+      torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+      torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+      torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+  p = jax.tree_util.tree_map(np.asarray, params)
+  with torch.no_grad():
+    for idx, name in ((0, "Conv_0"), (2, "Conv_1")):
+      net[idx].weight.copy_(torch.from_numpy(p[name]["kernel"].transpose(3, 2, 0, 1).copy()))
+      net[idx].bias.copy_(torch.from_numpy(p[name]["bias"]))
+    net[6].weight.copy_(torch.from_numpy(p["Dense_0"]["kernel"].T.copy()))
+    net[6].bias.copy_(torch.from_numpy(p["Dense_0"]["bias"]))
+  return net.eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+  x_train, y_train = _digits_arrays("train")
+  x_test, y_test = _digits_arrays("test")
+  x_all = np.concatenate([x_test, x_train])[:N_EXAMPLES]  # >= 500 real images
+  y_all = np.concatenate([y_test, y_train])[:N_EXAMPLES]
+  model = SmallCNN()
+  params = model.init(jax.random.PRNGKey(0), x_train[:1])["params"]
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, x, y, key):
+    f = lambda v: model.apply({"params": params}, v)
+    x_adv = pgd.pgd(f, x, y, key, eps=EPS, step_size=EPS / 3, steps=3)
+    loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        model.apply({"params": p}, x_adv), y))
+    g = jax.grad(loss)(params)
+    updates, opt = tx.update(g, opt)
+    return optax.apply_updates(params, updates), opt
+
+  rng = np.random.RandomState(0)
+  for i in range(400):
+    idx = rng.randint(0, len(y_train), 128)
+    params, opt = step(params, opt, x_train[idx], y_train[idx], jax.random.PRNGKey(i))
+  net = _torch_copy(params)
+  logits_fn = jax.jit(lambda v: model.apply({"params": params}, v))
+  x_t = torch.from_numpy(x_all.transpose(0, 3, 1, 2).copy())
+  y_t = torch.from_numpy(y_all.astype(np.int64))
+  with torch.no_grad():
+    ref = net(x_t).numpy()
+  assert np.max(np.abs(np.asarray(logits_fn(x_all)) - ref)) < 1e-4
+  return logits_fn, net, jnp.asarray(x_all), jnp.asarray(y_all), x_t, y_t
+
+
+def _acc_ours(logits_fn, x_adv, y):
+  return float(jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y))
+
+
+def _acc_torch(net, x_adv, y):
+  with torch.no_grad():
+    return float((net(x_adv).argmax(1) == y).float().mean())
+
+
+@pytest.mark.slow
+def test_pgd20_matches_torchattacks(setup):
+  logits_fn, net, x, y, x_t, y_t = setup
+  ours = _acc_ours(logits_fn, jax.jit(lambda x, y: pgd.pgd(
+      logits_fn, x, y, jax.random.PRNGKey(1), eps=EPS, step_size=EPS / 4, steps=20))(x, y), y)
+  torch.manual_seed(0)
+  theirs = _acc_torch(net, torchattacks.PGD(net, eps=EPS, alpha=EPS / 4, steps=20,
+                                            random_start=True)(x_t, y_t), y_t)
+  clean = _acc_ours(logits_fn, x, y)
+  print(f"clean {clean:.4f}  PGD-20 ours {ours:.4f}  torchattacks {theirs:.4f}")
+  assert 0.2 < ours < clean  # a model with some robustness, and an attack that bites
+  assert abs(ours - theirs) <= 0.01
+
+
+@pytest.mark.slow
+def test_autoattack_stages_match_torchattacks(setup):
+  """APGD-CE (100 it.), APGD-T (9 targets, 100 it.) and Square (5000 queries) in sequence,
+  as AutoAttack runs them; torchattacks' stages with the same settings. (torchattacks'
+  own AutoAttack class runs APGD with 10 steps by default, a weaker attack.)"""
+  logits_fn, net, x, y, x_t, y_t = setup
+  key = jax.random.PRNGKey(2)
+  robust = np.array(jnp.argmax(logits_fn(x), -1) == y)
+  ours_after = []
+  for fn in (lambda x, y, k: apgd.apgd(logits_fn, x, y, k, eps=EPS, n_iter=100),
+             lambda x, y, k: apgd.apgd_targeted(logits_fn, x, y, k, eps=EPS, n_iter=100),
+             lambda x, y, k: square.square(logits_fn, x, y, k, eps=EPS, n_queries=5000)):
+    x_adv, fooled = jax.jit(fn)(x, y, key)
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= EPS + 1e-6
+    robust &= ~np.asarray(fooled)
+    ours_after.append(robust.mean())
+  stages = [torchattacks.APGD(net, eps=EPS, steps=100, loss="ce", n_restarts=1, seed=0),
+            torchattacks.APGDT(net, eps=EPS, steps=100, n_classes=10, n_restarts=1, seed=0),
+            torchattacks.Square(net, eps=EPS, n_queries=5000, n_restarts=1, seed=0)]
+  with torch.no_grad():
+    t_robust = (net(x_t).argmax(1) == y_t).numpy()
+  theirs_after = []
+  for attack in stages:
+    idx = np.flatnonzero(t_robust)
+    if len(idx):
+      adv = attack(x_t[idx], y_t[idx])
+      with torch.no_grad():
+        t_robust[idx] = (net(adv).argmax(1) == y_t[idx]).numpy()
+    theirs_after.append(t_robust.mean())
+  print("robust accuracy after each stage: ours", ours_after, "torchattacks", theirs_after)
+  assert ours_after[-1] < _acc_ours(logits_fn, x, y)
+  assert abs(ours_after[-1] - theirs_after[-1]) <= 0.01
+  assert abs(ours_after[0] - theirs_after[0]) <= 0.01
