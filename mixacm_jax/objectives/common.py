@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixacm_jax.attacks.pgd import project
+from mixacm_jax.attacks.pgd import attack_loop, project
 
 # forward(params, batch_stats, x, train, names) -> (logits, {name: activation}, new_batch_stats)
 ForwardFn = Callable[..., Any]
@@ -68,7 +68,7 @@ def kl_adversarial_examples(params, ctx, x: jnp.ndarray, target_logits: jnp.ndar
     g = jax.grad(lambda v: jnp.sum(kl_per_example(target_logits, logits_fn(v))))(x_adv)
     return project(x_adv + a.step_size * jnp.sign(g), x, a.eps, a.norm)
 
-  return jax.lax.stop_gradient(jax.lax.fori_loop(0, a.steps, body, x_adv))
+  return jax.lax.stop_gradient(attack_loop(a.steps, body, x_adv))
 
 
 def metrics_of(loss: jnp.ndarray, logits: jnp.ndarray, labels: jnp.ndarray,
