@@ -94,8 +94,10 @@ def test_fgsm_is_one_signed_step():
 
 @functools.lru_cache(maxsize=None)
 def _jitted_stage(name):
-  from mixacm_jax.attacks import apgd, square  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks import apgd, fab, square  # pylint: disable=g-import-not-at-top
   stages = {
+      "fab-t": lambda f, x, y, k, eps: fab.fab_targeted(f, x, y, k, eps=eps, n_iter=6,
+                                                       n_target_classes=3),
       "apgd-ce": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8),
       "apgd-dlr": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8, loss="dlr"),
       "apgd-t": lambda f, x, y, k, eps: apgd.apgd_targeted(f, x, y, k, eps=eps, n_iter=5,
@@ -109,10 +111,10 @@ def _jitted_stage(name):
   return jax.jit(run)
 
 
-@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(n=st.integers(1, 5), side=st.integers(2, 4), eps=st.floats(1e-3, 0.5),
                   seed=st.integers(0, 2**16),
-                  name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "square"]))
+                  name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"]))
 def test_autoattack_stages_respect_constraints_and_report_honestly(n, side, eps, seed, name):
   kx, ky, ka, kw = jax.random.split(jax.random.PRNGKey(seed), 4)
   x = jax.random.uniform(kx, (n, side, side, 3))
@@ -139,3 +141,46 @@ def test_dlr_losses_against_numpy():
   # Checkpoints for 100 iterations: 22, then each 3 shorter down to 6 (as in the paper).
   ends = [i for i, _ in apgd.checkpoints(100)]
   assert ends[:4] == [21, 40, 56, 69] and all(b - a >= 6 for a, b in zip(ends, ends[1:]))
+
+
+def test_fab_projection_is_the_linear_programme_optimum():
+  """The smallest L-inf step onto a hyperplane within the box, against scipy's LP solver."""
+  from scipy.optimize import linprog  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks.fab import project_linf_hyperplane  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  dim = 6
+  for trial in range(12):
+    w, x = rng.randn(1, dim), rng.rand(1, dim)
+    c = rng.randn(1) * (0.3 if trial < 9 else 8.0)  # the last ones often beyond the box
+    d = np.asarray(project_linf_hyperplane(jnp.asarray(w), jnp.asarray(c), jnp.asarray(-x),
+                                           jnp.asarray(1 - x)))
+    assert np.all(x + d >= -1e-6) and np.all(x + d <= 1 + 1e-6)
+    res = linprog(np.r_[np.zeros(dim), 1.0],
+                  A_ub=np.r_[np.c_[np.eye(dim), -np.ones(dim)], np.c_[-np.eye(dim), -np.ones(dim)]],
+                  b_ub=np.zeros(2 * dim), A_eq=np.r_[w[0], 0.0][None], b_eq=c,
+                  bounds=[(-x[0, i], 1 - x[0, i]) for i in range(dim)] + [(0, None)])
+    if res.status == 0:
+      assert float(w[0] @ d[0]) == pytest.approx(float(c[0]), abs=1e-5)
+      assert float(np.abs(d).max()) == pytest.approx(res.x[-1], abs=1e-5)
+    else:  # unreachable: the box corner in the direction of c
+      assert abs(float(w[0] @ d[0])) < abs(float(c[0]))
+      np.testing.assert_allclose(np.abs(d[0]), np.where(np.sign(c[0] * w[0]) > 0, 1 - x[0], x[0]),
+                                 atol=1e-6)
+
+
+def test_fab_finds_the_exact_minimal_attack_on_a_linear_classifier():
+  """On a linear model, an example is breakable within eps (away from the box edges) iff
+  some class j has z_j - z_y + eps * ||w_j - w_y||_1 > 0; FAB-T must break exactly those."""
+  from mixacm_jax.attacks import fab  # pylint: disable=g-import-not-at-top
+  x = jax.random.uniform(jax.random.PRNGKey(0), (64, 4, 4, 1)) * 0.5 + 0.25
+  w = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  y = jnp.argmax(logits_fn(x), -1)
+  eps, z, wn = 0.05, np.asarray(logits_fn(x)), np.asarray(w)
+  breakable = np.array([any(z[i, j] - z[i, y[i]] + eps * np.abs(wn[:, j] - wn[:, y[i]]).sum() > 0
+                            for j in range(3) if j != y[i]) for i in range(64)])
+  assert 0 < breakable.sum() < 64
+  x_adv, fooled = jax.jit(lambda x, y: fab.fab_targeted(logits_fn, x, y, None, eps=eps,
+                                                        n_iter=20))(x, y)
+  assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
+  assert abs(int(np.sum(fooled)) - int(breakable.sum())) <= 1

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 torchattacks = pytest.importorskip("torchattacks",
                                    reason="pip install --no-deps -r requirements-port.txt")
 
-from mixacm_jax.attacks import apgd, pgd, square  # noqa: E402
+from mixacm_jax.attacks import apgd, fab, pgd, square  # noqa: E402
 from mixacm_jax.input_pipeline import _digits_arrays  # noqa: E402
 
 EPS = 0.1
@@ -102,15 +102,17 @@ def test_pgd20_matches_torchattacks(setup):
 
 @pytest.mark.slow
 def test_autoattack_stages_match_torchattacks(setup):
-  """APGD-CE (100 it.), APGD-T (9 targets, 100 it.) and Square (5000 queries) in sequence,
-  as AutoAttack runs them; torchattacks' stages with the same settings. (torchattacks'
-  own AutoAttack class runs APGD with 10 steps by default, a weaker attack.)"""
+  """AutoAttack's standard stages in sequence, each on the points the earlier ones left:
+  APGD-CE (100 it.), APGD-T (9 targets, 100 it.), FAB-T (9 targets, 100 it.), Square (5000
+  queries); torchattacks' stages with the same settings. (torchattacks' own AutoAttack class
+  runs APGD, APGD-T and FAB with 10 steps by default, a weaker attack.)"""
   logits_fn, net, x, y, x_t, y_t = setup
   key = jax.random.PRNGKey(2)
   robust = np.array(jnp.argmax(logits_fn(x), -1) == y)
   ours_after = []
   for fn in (lambda x, y, k: apgd.apgd(logits_fn, x, y, k, eps=EPS, n_iter=100),
              lambda x, y, k: apgd.apgd_targeted(logits_fn, x, y, k, eps=EPS, n_iter=100),
+             lambda x, y, k: fab.fab_targeted(logits_fn, x, y, k, eps=EPS, n_iter=100),
              lambda x, y, k: square.square(logits_fn, x, y, k, eps=EPS, n_queries=5000)):
     x_adv, fooled = jax.jit(fn)(x, y, key)
     assert float(jnp.max(jnp.abs(x_adv - x))) <= EPS + 1e-6
@@ -118,6 +120,8 @@ def test_autoattack_stages_match_torchattacks(setup):
     ours_after.append(robust.mean())
   stages = [torchattacks.APGD(net, eps=EPS, steps=100, loss="ce", n_restarts=1, seed=0),
             torchattacks.APGDT(net, eps=EPS, steps=100, n_classes=10, n_restarts=1, seed=0),
+            torchattacks.FAB(net, eps=EPS, steps=100, n_classes=10, n_restarts=1,
+                             multi_targeted=True, seed=0),
             torchattacks.Square(net, eps=EPS, n_queries=5000, n_restarts=1, seed=0)]
   with torch.no_grad():
     t_robust = (net(x_t).argmax(1) == y_t).numpy()
