@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchattacks  # noqa: E402
 
-from mixacm_jax.attacks import apgd, pgd, square  # noqa: E402
+from mixacm_jax.attacks import apgd, fab, pgd, square  # noqa: E402
 from mixacm_jax.port import convert  # noqa: E402
 
 EPS = 8 / 255
@@ -69,6 +69,8 @@ def ours_attack(name, logits_fn):
   return {"apgd-ce": lambda x, y, k: apgd.apgd(logits_fn, x, y, k, eps=EPS, n_iter=100)[0],
           "apgd-t": lambda x, y, k: apgd.apgd_targeted(logits_fn, x, y, k, eps=EPS,
                                                        n_iter=100)[0],
+          "fab-t": lambda x, y, k: fab.fab_targeted(logits_fn, x, y, k, eps=EPS,
+                                                    n_iter=100)[0],
           "square": lambda x, y, k: square.square(logits_fn, x, y, k, eps=EPS,
                                                   n_queries=5000)[0]}[name]
 
@@ -78,6 +80,8 @@ def their_attack(name, net):
     return torchattacks.PGD(net, eps=EPS, alpha=EPS / 4, steps=int(name[3:]), random_start=True)
   return {"apgd-ce": lambda: torchattacks.APGD(net, eps=EPS, steps=100, loss="ce"),
           "apgd-t": lambda: torchattacks.APGDT(net, eps=EPS, steps=100, n_classes=10),
+          "fab-t": lambda: torchattacks.FAB(net, eps=EPS, steps=100, n_classes=10,
+                                            multi_targeted=True),
           "square": lambda: torchattacks.Square(net, eps=EPS, n_queries=5000)}[name]()
 
 
@@ -102,9 +106,11 @@ def main():
   net, model, variables = build(args.arch, "/tmp/_bench_weights.pt")
   rng = np.random.RandomState(0)
   x = rng.rand(args.batch, 32, 32, 3).astype(np.float32)
-  y = rng.randint(0, 10, args.batch)
-  x_t, y_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype(np.int64))
   logits_fn = lambda v: model.apply(variables, v)
+  # Labels = the model's predictions, so every example starts correctly classified and both
+  # sides attack all of them (torchattacks' APGD/FAB/Square skip misclassified inputs).
+  y = np.asarray(jnp.argmax(logits_fn(x), -1))
+  x_t, y_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype(np.int64))
   with torch.no_grad():
     diff = np.max(np.abs(np.asarray(logits_fn(x)) - net(x_t).numpy()))
   assert diff < 1e-3, f"the two models differ (max |dlogit| = {diff})"

@@ -58,8 +58,11 @@ def _convert(config, workdir):
 MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline, "convert": _convert}
 
 
-def run(mode: str, config, workdir: str) -> int:
+def run(mode: str, config, workdir: str, distributed=None) -> int:
   try:
+    if distributed:
+      from mixacm_jax import distributed as dist  # pylint: disable=g-import-not-at-top
+      dist.maybe_initialize(**distributed)
     return MODES[mode](config, workdir)
   except MixACMError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -247,11 +247,12 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
     with _SigtermFlag() as sigterm:
       for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
+        stop = sigterm.raised  # read once, so a signal mid-step is handled at the next one
         p_state, p_metrics = p_train_step(p_state, next(batches), p_teacher_variables)
         is_last = step == total_steps
         log_now = step % config.log_every_steps == 0 or is_last
         eval_now = (config.eval.every_steps and step % config.eval.every_steps == 0) or is_last
-        save_now = step % config.checkpoint.every_steps == 0 or is_last or sigterm.raised
+        save_now = step % config.checkpoint.every_steps == 0 or is_last or stop
         if log_now or eval_now or save_now:
           metrics = {k: float(v) for k, v in jax.device_get(
               parallel.unreplicate(p_metrics)).items()}
@@ -269,7 +270,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
                 f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
         if save_now:
           save(step, eval_metrics if eval_now else None)
-        if sigterm.raised:
+        if stop:
           raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
                            "run the same command to resume")
   finally:

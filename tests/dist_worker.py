@@ -1,0 +1,59 @@
+"""Worker for distributed_test.py: a few pmapped train steps on a fixed global batch, params
+saved to an .npz. Run as a script, with the device count set through XLA_FLAGS; with
+--num_processes > 1 it joins a jax.distributed run and feeds only its own slice."""
+import argparse
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--out", required=True)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--objective", default="pgd_at")
+  p.add_argument("--coordinator", default="")
+  p.add_argument("--num_processes", type=int, default=1)
+  p.add_argument("--process_id", type=int, default=0)
+  args = p.parse_args()
+
+  from mixacm_jax import distributed  # pylint: disable=g-import-not-at-top
+  if args.num_processes > 1:
+    distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import input_pipeline, models, objectives, parallel, train  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  config.model.kwargs.base_width = 4
+  config.model.kwargs.stage_sizes = (1, 1)
+  config.objective.name = args.objective
+  config.objective.attack.steps = 2
+  info = input_pipeline.get_info(config.data)
+  model = models.create_model_from_config(config.model, info.num_classes)
+  state = train.create_train_state(config, model, info.image_shape, 10, 100)
+  images, labels = input_pipeline._digits_arrays("train")
+  step = jax.pmap(functools.partial(
+      train.train_step, objective=objectives.get_objective(args.objective).loss_fn,
+      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective),
+      axis_name="batch")
+  p_state = parallel.replicate(state)
+  n_local, global_batch = jax.local_device_count(), 16
+  per_process = global_batch // jax.process_count()
+  for i in range(args.steps):
+    lo = i * global_batch + jax.process_index() * per_process
+    batch = {"image": images[lo:lo + per_process], "label": labels[lo:lo + per_process]}
+    batch = {k: v.reshape((n_local, -1) + v.shape[1:]) for k, v in batch.items()}
+    p_state, _ = step(p_state, batch, parallel.replicate({}))
+  final = jax.device_get(parallel.unreplicate(p_state))
+  flat = jax.tree_util.tree_flatten_with_path((final.params, final.batch_stats))[0]
+  np.savez(args.out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+  print(f"process {jax.process_index()}/{jax.process_count()}, {jax.device_count()} devices: ok")
+
+
+if __name__ == "__main__":
+  main()
