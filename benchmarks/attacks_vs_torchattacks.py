@@ -8,7 +8,6 @@ examples/s for each side and the ratio (ours / torchattacks; > 1 means we are fa
   python benchmarks/attacks_vs_torchattacks.py --arch=wrn16_2 --batch=64 --attacks=pgd20,apgd-ce,apgd-t
 """
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -24,26 +23,16 @@ import torch  # noqa: E402
 import torchattacks  # noqa: E402
 
 from mixacm_jax.attacks import apgd, fab, pgd, square  # noqa: E402
-from mixacm_jax.port import convert  # noqa: E402
+from mixacm_jax.port import convert, robustbench  # noqa: E402
 
 EPS = 8 / 255
 
 
-def robustbench_module(name):
-  spec = importlib.util.find_spec("robustbench")
-  path = os.path.join(spec.submodule_search_locations[0], "model_zoo", "architectures",
-                      f"{name}.py")
-  module_spec = importlib.util.spec_from_file_location(f"rb_{name}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
-
-
 ARCHS = {
-    "resnet18": (lambda: robustbench_module("resnet").ResNet18(), "resnet18", {}),
-    "wrn16_2": (lambda: robustbench_module("wide_resnet").WideResNet(depth=16, widen_factor=2),
+    "resnet18": (lambda: robustbench.architecture_module("resnet").ResNet18(), "resnet18", {}),
+    "wrn16_2": (lambda: robustbench.architecture_module("wide_resnet").WideResNet(depth=16, widen_factor=2),
                 "wrn", {"depth": 16, "widen_factor": 2}),
-    "preact18": (lambda: robustbench_module("resnet").PreActResNet18(), "preact_resnet18",
+    "preact18": (lambda: robustbench.architecture_module("resnet").PreActResNet18(), "preact_resnet18",
                  {"final_bn": False, "shortcut_from_preact": False}),
 }
 

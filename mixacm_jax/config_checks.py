@@ -40,7 +40,7 @@ def validate(config) -> None:
       del name
       for stage in stages:
         if stage != "clean":
-          robustness._stage_fn(stage, 0.1, config.eval.pgd.norm, 0.1)  # raises on a bad name
+          robustness.stage_fn(stage, 0.1, config.eval.pgd.norm, 0.1)  # raises on a bad name
     if not config.eval.pgd.steps:
       _check_attack("eval.pgd", config.eval.pgd)
   o = config.optim

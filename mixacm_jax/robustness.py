@@ -25,7 +25,7 @@ class AttackConstraintError(MixACMError):
   """An attack returned points outside the eps-ball or the [0, 1] box."""
 
 
-def _stage_fn(name: str, eps: float, norm: str, step_size: float) -> Callable:
+def stage_fn(name: str, eps: float, norm: str, step_size: float) -> Callable:
   """attack(logits_fn, x, y, key) -> x_adv for one named attack."""
   m = re.fullmatch(r"(pgd|cw)(\d+)", name)
   if m:
@@ -116,7 +116,7 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
     robust = [c.copy() for c in clean_correct]
     per_stage = {}
     for stage_name in stages:
-      stage = _pmapped_stage(model, _stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size))
+      stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size))
       progress = reporting.Progress(len(batches), eval_cfg.batch_size, label=f"{name}:{stage_name}"
                                     if len(stages) > 1 else name)
       for i, b in enumerate(batches):

@@ -18,19 +18,13 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 from mixacm_jax import models, train  # noqa: E402
 from mixacm_jax import teacher as teacher_lib  # noqa: E402
 from mixacm_jax.errors import CheckpointError  # noqa: E402
-from mixacm_jax.port import convert  # noqa: E402
+from mixacm_jax.port import convert, robustbench  # noqa: E402
 
 
 def _robustbench_module(name):
-  spec = importlib.util.find_spec("robustbench")
-  if spec is None:
+  if importlib.util.find_spec("robustbench") is None:
     pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  path = os.path.join(spec.submodule_search_locations[0], "model_zoo", "architectures",
-                      f"{name}.py")
-  module_spec = importlib.util.spec_from_file_location(f"rb_{name}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
+  return robustbench.architecture_module(name)
 
 
 def _randomise(net, seed=0):
