@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from mixacm_jax import parallel
 from flax.training import train_state
 
 from mixacm_jax import checkpoint as ckpt_lib
@@ -19,6 +18,7 @@ from mixacm_jax import input_pipeline
 from mixacm_jax import models
 from mixacm_jax import objectives
 from mixacm_jax import optim
+from mixacm_jax import parallel
 from mixacm_jax import reporting
 from mixacm_jax import teacher as teacher_lib
 from mixacm_jax.attacks import pgd as pgd_lib

@@ -1,0 +1,182 @@
+"""The MixACM train step here vs a PyTorch reference of the same step, in one process.
+
+Teacher: RobustBench's WideResNet (eval mode, frozen); student: RobustBench's ResNet-18 (train
+mode); both built in PyTorch with random weights and BatchNorm statistics and converted with
+this project's port, so both sides hold the same weights. The PyTorch reference computes the
+same terms (mixup CE, tau^2 KL to the teacher, ACM losses on the stem and every block group
+with learned linear transformations) and takes an SGD-momentum step.
+
+Before timing, both compute the loss on the same inputs with mixing off (alpha = 0, so the
+random permutation does not enter) and must agree within 1e-4.
+
+  python benchmarks/mixacm_step_vs_pytorch.py --batch=64 --steps=10
+"""
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from configs import cifar10_common  # noqa: E402
+from mixacm_jax import models, objectives, parallel, train  # noqa: E402
+from mixacm_jax.port import convert, robustbench  # noqa: E402
+from mixacm_jax.teacher import Teacher  # noqa: E402
+
+# (student stage, PyTorch module whose output it is), (teacher stage, module)
+STUDENT_HOOKS = {"stem": "bn1", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",
+                 "stage4": "layer4"}
+TEACHER_HOOKS = {"stem": "conv1", "stage1": "block1", "stage2": "block2", "stage3": "block3",
+                 "stage3_act": "bn1"}  # ReLU is applied by the ACM mapping either way
+
+
+def randomised(net, seed):
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+  return net
+
+
+def hooked(net, names):
+  acts = {}
+  for ours, theirs in names.items():
+    net.get_submodule(theirs).register_forward_hook(
+        lambda m, i, o, ours=ours: acts.__setitem__(ours, o))
+  return acts
+
+
+def torch_loss(student, teacher, s_acts, t_acts, kernels, x, y_a, y_b, lam, cfg):
+  with torch.no_grad():
+    t_logits = teacher(x)
+  s_logits = student(x)
+  log_p = F.log_softmax(s_logits, -1)
+  ce = (lam * F.nll_loss(log_p, y_a, reduction="none")
+        + (1 - lam) * F.nll_loss(log_p, y_b, reduction="none")).mean()
+  tau = cfg.temperature
+  kd = tau ** 2 * F.kl_div(F.log_softmax(s_logits / tau, -1), F.log_softmax(t_logits / tau, -1),
+                           reduction="batchmean", log_target=True)
+  acm = 0.0
+  for spec in cfg.acm.stages:
+    s_name, _, t_name = spec.partition(":")
+    t_name = t_name or s_name
+    t_vec = F.normalize(F.relu(t_acts[t_name]).mean((2, 3)), dim=1, eps=1e-12)
+    s_vec = F.normalize(F.relu(s_acts[s_name]).mean((2, 3)) @ kernels[s_name], dim=1, eps=1e-12)
+    acm = acm + ((t_vec - s_vec) ** 2).sum(1).mean()
+  return cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_acm * acm
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--teacher_depth", type=int, default=16)
+  p.add_argument("--teacher_width", type=int, default=4)
+  p.add_argument("--threads", type=int, default=os.cpu_count())
+  args = p.parse_args()
+  torch.set_num_threads(args.threads)
+  config = cifar10_common.mixacm_config("resnet18", "wrn", cifar10_common.WRN_TO_RESNET_STAGES)
+  cfg = config.objective
+
+  t_net = randomised(robustbench.architecture_module("wide_resnet").WideResNet(
+      depth=args.teacher_depth, widen_factor=args.teacher_width), 0).eval()
+  s_net = randomised(robustbench.architecture_module("resnet").ResNet18(), 1).train()
+  torch.save(t_net.state_dict(), "/tmp/_bench_t.pt")
+  torch.save(s_net.state_dict(), "/tmp/_bench_s.pt")
+  t_model, t_vars, _ = convert.load_pytorch_weights(
+      "/tmp/_bench_t.pt", "wrn", depth=args.teacher_depth, widen_factor=args.teacher_width)
+  s_model, s_vars, _ = convert.load_pytorch_weights("/tmp/_bench_s.pt", "resnet18")
+  teacher = Teacher(t_model, t_vars, "random")
+  objective = objectives.get_objective("mixacm")
+  state = train.create_train_state(config, s_model, (32, 32, 3), 100, 10_000,
+                                   train._objective_params(config, objective, s_model, teacher,
+                                                           (32, 32, 3)))
+  state = state.replace(params={"model": s_vars["params"],
+                                "objective": state.params["objective"]},
+                        batch_stats=s_vars["batch_stats"])
+  kernels = {k: torch.tensor(np.asarray(v["kernel"]), requires_grad=True)
+             for k, v in state.params["objective"].items()}
+  s_acts, t_acts = hooked(s_net, STUDENT_HOOKS), hooked(t_net, TEACHER_HOOKS)
+  opt = torch.optim.SGD(list(s_net.parameters()) + list(kernels.values()), lr=0.1, momentum=0.9,
+                        weight_decay=5e-4)
+
+  rng = np.random.RandomState(0)
+  x = rng.rand(args.batch, 32, 32, 3).astype(np.float32)
+  y = rng.randint(0, 10, args.batch)
+  x_t, y_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype(np.int64))
+
+  # 1. Same loss on the same inputs (mixing off), before any update.
+  no_mix = cfg.copy_and_resolve_references()
+  no_mix.mixup_alpha = 0.0
+  ctx = objectives.ObjectiveContext(
+      forward=lambda prm, *a: train.make_forward(s_model)(prm["model"], *a),
+      batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=no_mix,
+      teacher=train.make_teacher(t_model, t_vars))
+  ours_loss = jax.jit(lambda prm, b: jax.vmap(
+      lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name="batch")(
+          jax.tree_util.tree_map(lambda v: v[None], b))[0])(
+              state.params, {"image": x, "label": y})
+  ref_loss = torch_loss(s_net, t_net, s_acts, t_acts, kernels, x_t, y_t, y_t,
+                        torch.ones(args.batch), no_mix)
+  diff = abs(float(ours_loss) - float(ref_loss))
+  print(f"loss ours {float(ours_loss):.6f} PyTorch {float(ref_loss):.6f} |diff| {diff:.2e}")
+  assert diff < 1e-4, "the two steps compute different losses; timing them would be meaningless"
+
+  # 2. Timing: the real pmapped train step vs the PyTorch step, both with mixup (alpha = 1).
+  step = jax.pmap(functools.partial(train.train_step, objective=objective.loss_fn,
+                                    forward=train.make_forward(s_model.clone(bn_axis_name="batch")),
+                                    cfg=cfg, teacher_model=t_model),
+                  axis_name="batch", devices=jax.devices()[:1], donate_argnums=(0,))
+  p_state = parallel.replicate(state, devices=jax.devices()[:1])
+  p_teacher = parallel.replicate(t_vars, devices=jax.devices()[:1])
+  batch = {"image": x[None], "label": y[None]}
+  t0 = time.perf_counter()
+  p_state, m = step(p_state, batch, p_teacher)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  ours = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    p_state, m = step(p_state, batch, p_teacher)
+    jax.block_until_ready(m)
+    ours.append(time.perf_counter() - t0)
+
+  def torch_step():
+    lam = float(np.random.beta(1.0, 1.0))
+    perm = torch.randperm(args.batch)
+    xm = lam * x_t + (1 - lam) * x_t[perm]
+    loss = torch_loss(s_net, t_net, s_acts, t_acts, kernels, xm, y_t, y_t[perm],
+                      torch.full((args.batch,), lam), cfg)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  torch_step()
+  theirs = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    torch_step()
+    theirs.append(time.perf_counter() - t0)
+  mo, mt = statistics.median(ours), statistics.median(theirs)
+  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+        f"({args.threads} threads); teacher WRN-{args.teacher_depth}-{args.teacher_width}, "
+        f"student ResNet-18, batch {args.batch}, {args.steps} timed steps")
+  print(f"ours  {args.batch / mo:7.1f} ex/s (median {mo:.3f} s, {min(ours):.3f}-{max(ours):.3f}; "
+        f"first step incl. compile {compile_s:.1f} s)")
+  print(f"torch {args.batch / mt:7.1f} ex/s (median {mt:.3f} s, {min(theirs):.3f}-{max(theirs):.3f}) eager")
+  print(f"ratio (ours / PyTorch eager speed) {mt / mo:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
