@@ -22,7 +22,8 @@ def get_config():
   config.objective.attack = ml_collections.ConfigDict(
       {"eps": eps, "step_size": 2 / 255, "steps": 10, "norm": "linf"})
   config.eval.pgd = ml_collections.ConfigDict(
-      {"eps": eps, "step_size": 2 / 255, "steps": 20, "norm": "linf", "loss": "ce"})
+      {"eps": eps, "step_size": 2 / 255, "steps": 20, "norm": "linf", "loss": "ce",
+       "restarts": 1})
   config.eval.attacks = "clean,pgd20,cw20,autoattack"
   config.checkpoint.every_steps = 1_000
   config.log_every_steps = 100

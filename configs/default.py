@@ -79,7 +79,8 @@ def get_config():
   config.eval.every_steps = 0           # 0: only at the end
   config.eval.num_examples = 0          # 0: the whole split
   config.eval.pgd = ml_collections.ConfigDict(
-      {"eps": 0.1, "step_size": 0.025, "steps": 10, "norm": "linf", "loss": "ce"})
+      {"eps": 0.1, "step_size": 0.025, "steps": 10, "norm": "linf", "loss": "ce",
+       "restarts": 1})
   # --mode=eval: attacks of the robustness report (eps / norm / PGD step from eval.pgd).
   config.eval.attacks = "clean,pgd20,cw20"  # also: fgsm, apgd-ce, apgd-t, square, autoattack
   config.eval.autoattack_version = "standard"

@@ -25,14 +25,16 @@ class AttackConstraintError(MixACMError):
   """An attack returned points outside the eps-ball or the [0, 1] box."""
 
 
-def stage_fn(name: str, eps: float, norm: str, step_size: float) -> Callable:
+def stage_fn(name: str, eps: float, norm: str, step_size: float,
+             restarts: int = 1) -> Callable:
   """attack(logits_fn, x, y, key) -> x_adv for one named attack."""
   m = re.fullmatch(r"(pgd|cw)(\d+)", name)
   if m:
     loss = "ce" if m.group(1) == "pgd" else "margin"
     steps = int(m.group(2))
     return lambda f, x, y, k: pgd_lib.pgd(f, x, y, k, eps=eps, step_size=step_size,
-                                          steps=steps, norm=norm, loss=loss)
+                                          steps=steps, norm=norm, loss=loss,
+                                          restarts=restarts)
   if name == "fgsm":
     return lambda f, x, y, k: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
   if name in autoattack.STAGES:
@@ -116,7 +118,8 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
     robust = [c.copy() for c in clean_correct]
     per_stage = {}
     for stage_name in stages:
-      stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size))
+      stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size,
+                                             pgd_cfg.get("restarts", 1)))
       progress = reporting.Progress(len(batches), eval_cfg.batch_size, label=f"{name}:{stage_name}"
                                     if len(stages) > 1 else name)
       for i, b in enumerate(batches):

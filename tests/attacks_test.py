@@ -184,3 +184,18 @@ def test_fab_finds_the_exact_minimal_attack_on_a_linear_classifier():
                                                         n_iter=20))(x, y)
   assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
   assert abs(int(np.sum(fooled)) - int(breakable.sum())) <= 1
+
+
+def test_pgd_restarts_never_weaker_than_one_run():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (64, 4, 4, 1)) * 0.5 + 0.25
+  w = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  y = jnp.argmax(logits_fn(x), -1)
+  acc = {}
+  for r in (1, 4):
+    x_adv = pgd_lib.pgd(logits_fn, x, y, jax.random.PRNGKey(5), eps=0.03, step_size=0.003,
+                        steps=2, restarts=r)
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.03 + 1e-6
+    acc[r] = float(jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y))
+  # Restart 0 of the 4 is exactly the single run, so 4 restarts can only break more.
+  assert acc[4] <= acc[1]

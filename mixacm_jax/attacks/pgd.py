@@ -81,19 +81,34 @@ def input_grad(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray) ->
 
 def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
         step_size: float, steps: int, norm: str = "linf", loss: str = "ce",
-        random_start: bool = True) -> jnp.ndarray:
-  """Projected gradient ascent on `loss` (Madry et al. 2018) from a random start in the ball."""
+        random_start: bool = True, restarts: int = 1) -> jnp.ndarray:
+  """Projected gradient ascent on `loss` (Madry et al. 2018) from a random start in the ball.
+  With `restarts` > 1, each example keeps the first restart that misclassifies it (else the
+  last one)."""
   loss_of = LOSSES[loss]
   per_example = lambda v: loss_of(logits_fn(v), y)
-  x_adv = x
-  if random_start:
-    x_adv = project(x + _random_start(key, x, eps, norm), x, eps, norm)
 
   def body(_, x_adv):
     g = input_grad(per_example, x_adv)
     return project(x_adv + step_size * _ascent_direction(g, norm), x, eps, norm)
 
-  return jax.lax.stop_gradient(attack_loop(steps, body, x_adv))
+  def one_run(k):
+    x_adv = project(x + _random_start(k, x, eps, norm), x, eps, norm) if random_start else x
+    return attack_loop(steps, body, x_adv)
+
+  if restarts <= 1:
+    return jax.lax.stop_gradient(one_run(key))
+  best, fooled = x, jnp.zeros(y.shape, bool)
+  for r in range(restarts):
+    # Restart 0 uses `key` itself, so it is exactly the single run.
+    k_r = key if r == 0 else (jax.vmap(lambda k: jax.random.fold_in(k, r))(key)
+                              if key.ndim == 2 else jax.random.fold_in(key, r))
+    x_r = one_run(k_r)
+    newly = (jnp.argmax(logits_fn(x_r), -1) != y) & ~fooled
+    keep = newly | (~fooled & (r == restarts - 1))
+    best = jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, best)
+    fooled = fooled | newly
+  return jax.lax.stop_gradient(best)
 
 
 def fgsm(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, *, eps: float,
