@@ -71,8 +71,11 @@ class Checkpointer:
     return target, None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as e:  # an asynchronous save failed (e.g. the disk is full)
+      raise CheckpointError(f"a checkpoint save in {self.directory} failed: {e}") from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()

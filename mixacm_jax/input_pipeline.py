@@ -34,6 +34,8 @@ class DatasetInfo:
 def _digits_arrays(split: str) -> Tuple[np.ndarray, np.ndarray]:
   """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download):
   a fixed, stratified 80/20 train/test split, pixels scaled from 0..16 to [0, 1]."""
+  if split not in ("train", "test"):
+    raise ConfigError(f"the embedded 'digits' dataset has splits 'train' and 'test', not {split!r}")
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   images = (digits.images.astype(np.float32) / 16.0)[..., None]
@@ -75,15 +77,20 @@ def _split_size(builder, split: str) -> int:
 
 
 def get_info(data_cfg) -> DatasetInfo:
-  """Shapes and sizes of a dataset, without reading it."""
+  """Shapes and sizes of a dataset, without reading it; an empty split is an error."""
   if data_cfg.name == "digits":
-    train, test = _digits_arrays("train"), _digits_arrays("test")
-    return DatasetInfo("digits", (8, 8, 1), 10, len(train[1]), len(test[1]))
-  builder = _check_tfds_prepared(data_cfg.name, data_cfg.get("data_dir"))
-  return DatasetInfo(builder.name, tuple(builder.info.features["image"].shape),
-                     builder.info.features["label"].num_classes,
-                     _split_size(builder, data_cfg.train_split),
-                     _split_size(builder, data_cfg.eval_split))
+    train, test = _digits_arrays(data_cfg.train_split), _digits_arrays(data_cfg.eval_split)
+    info = DatasetInfo("digits", (8, 8, 1), 10, len(train[1]), len(test[1]))
+  else:
+    builder = _check_tfds_prepared(data_cfg.name, data_cfg.get("data_dir"))
+    info = DatasetInfo(builder.name, tuple(builder.info.features["image"].shape),
+                       builder.info.features["label"].num_classes,
+                       _split_size(builder, data_cfg.train_split),
+                       _split_size(builder, data_cfg.eval_split))
+  for split, size in ((data_cfg.train_split, info.num_train), (data_cfg.eval_split, info.num_eval)):
+    if size <= 0:
+      raise DataError(f"split {split!r} of dataset {data_cfg.name!r} is empty")
+  return info
 
 
 def _host_dataset(data_cfg, split: str) -> tf.data.Dataset:

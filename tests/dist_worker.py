@@ -18,6 +18,7 @@ def main():
   p.add_argument("--coordinator", default="")
   p.add_argument("--num_processes", type=int, default=1)
   p.add_argument("--process_id", type=int, default=0)
+  p.add_argument("--ckpt_dir", default="")
   args = p.parse_args()
 
   from mixacm_jax import distributed  # pylint: disable=g-import-not-at-top
@@ -50,6 +51,17 @@ def main():
     batch = {k: v.reshape((n_local, -1) + v.shape[1:]) for k, v in batch.items()}
     p_state, _ = step(p_state, batch, parallel.replicate({}))
   final = jax.device_get(parallel.unreplicate(p_state))
+  if args.ckpt_dir:  # every process takes part in the save; orbax coordinates the writes
+    from mixacm_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+    ckpt = Checkpointer(args.ckpt_dir, async_save=False)
+    ckpt.save(args.steps, final)
+    ckpt.close()
+    restored, step = Checkpointer(args.ckpt_dir, read_only=True, async_save=False).restore(final)
+    same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)),
+                                  (final.params, final.batch_stats, final.opt_state),
+                                  (restored.params, restored.batch_stats, restored.opt_state))
+    assert step == args.steps and all(jax.tree_util.tree_leaves(same))
+    print(f"process {jax.process_index()}: checkpoint round trip ok")
   flat = jax.tree_util.tree_flatten_with_path((final.params, final.batch_stats))[0]
   np.savez(args.out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
   print(f"process {jax.process_index()}/{jax.process_count()}, {jax.device_count()} devices: ok")

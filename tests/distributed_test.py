@@ -55,12 +55,16 @@ def _free_port():
 def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
   port = _free_port()
   procs = [_worker(tmp_path / f"p{i}.npz", 1, f"--coordinator=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}") for i in range(2)]
+                   "--num_processes=2", f"--process_id={i}", f"--ckpt_dir={tmp_path / 'ckpt'}")
+           for i in range(2)]
   single = _worker(tmp_path / "single.npz", 2)
   outs = [p.communicate(timeout=600) for p in procs + [single]]
   for p, (out, err) in zip(procs + [single], outs):
     assert p.returncode == 0, err[-3000:]
   assert "process 0/2, 2 devices: ok" in outs[0][0]
+  # Both processes saved one checkpoint together and read it back identical.
+  assert all(f"process {i}: checkpoint round trip ok" in outs[i][0] for i in range(2))
+  assert sorted(d for d in os.listdir(tmp_path / "ckpt") if d.isdigit()) == ["3"]
   ref = _load(tmp_path / "single.npz")
   for i in range(2):
     assert _max_diff(ref, _load(tmp_path / f"p{i}.npz")) < 1e-5

@@ -118,3 +118,39 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   bad_step = int(str(err.value).split(" at step ")[1].split(" ")[0])
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert bad_step > 1 and steps and max(steps) == bad_step - 1
+
+
+def test_empty_split_and_unknown_digits_split_are_clear_errors(tiny_config, tmp_path,
+                                                               monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.errors import ConfigError, DataError  # pylint: disable=g-import-not-at-top
+  tiny_config.data.eval_split = "validation"
+  with pytest.raises(ConfigError, match="has splits 'train' and 'test', not 'validation'"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+  # TFDS' mock data ignores split slicing, so the empty split is simulated at its size.
+  tiny_config.data.name, tiny_config.data.eval_split = "cifar10", "test"
+  real = input_pipeline._split_size
+  monkeypatch.setattr(input_pipeline, "_split_size",
+                      lambda b, split: 0 if split == "test" else real(b, split))
+  with tfds.testing.mock_data(num_examples=8):
+    with pytest.raises(DataError, match="split 'test' of dataset 'cifar10' is empty"):
+      train.train_and_evaluate(tiny_config, str(tmp_path / "b"))
+
+
+def test_disk_full_on_save_is_one_clear_error_and_keeps_the_last_checkpoint(
+    tiny_config, tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step > 3:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  with pytest.raises(CheckpointError, match="could not save the checkpoint of step 6 .*No space"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps == [3]
