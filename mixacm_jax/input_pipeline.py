@@ -60,9 +60,7 @@ def _check_tfds_prepared(name: str, data_dir: Optional[str]) -> tfds.core.Datase
     raise DataError(
         f"dataset {name!r} is not prepared in data_dir={builder.data_dir!r} and this run does not "
         f"download. Prepare it once where there is network: `tfds build {name} "
-        f"--data_dir=<dir>` (or python -c \"import tensorflow_datasets as tfds; "
-        f"tfds.builder('{name}', data_dir='<dir>').download_and_prepare()\"), then pass "
-        f"--config.data.data_dir=<dir>.")
+        f"--data_dir=<dir>`, then pass --config.data.data_dir=<dir>.") from None
   return builder
 
 
