@@ -39,13 +39,7 @@ ARCHS = {
 
 def build(arch, path):
   factory, name, kwargs = ARCHS[arch]
-  net = factory().eval()
-  g = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+  net = robustbench.randomise_batchnorm(factory(), 0)
   torch.save(net.state_dict(), path)
   model, variables, _ = convert.load_pytorch_weights(path, name, **kwargs)
   return net, model, variables

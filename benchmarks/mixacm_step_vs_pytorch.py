@@ -39,16 +39,6 @@ TEACHER_HOOKS = {"stem": "conv1", "stage1": "block1", "stage2": "block2", "stage
                  "stage3_act": "bn1"}  # ReLU is applied by the ACM mapping either way
 
 
-def randomised(net, seed):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-  return net
-
-
 def hooked(net, names):
   acts = {}
   for ours, theirs in names.items():
@@ -89,9 +79,10 @@ def main():
   config = cifar10_common.mixacm_config("resnet18", "wrn", cifar10_common.WRN_TO_RESNET_STAGES)
   cfg = config.objective
 
-  t_net = randomised(robustbench.architecture_module("wide_resnet").WideResNet(
-      depth=args.teacher_depth, widen_factor=args.teacher_width), 0).eval()
-  s_net = randomised(robustbench.architecture_module("resnet").ResNet18(), 1).train()
+  t_net = robustbench.randomise_batchnorm(robustbench.architecture_module("wide_resnet").WideResNet(
+      depth=args.teacher_depth, widen_factor=args.teacher_width), 0)
+  s_net = robustbench.randomise_batchnorm(robustbench.architecture_module("resnet").ResNet18(),
+                                          1).train()
   torch.save(t_net.state_dict(), "/tmp/_bench_t.pt")
   torch.save(s_net.state_dict(), "/tmp/_bench_s.pt")
   t_model, t_vars, _ = convert.load_pytorch_weights(

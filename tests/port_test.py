@@ -28,16 +28,7 @@ def _robustbench_module(name):
 
 
 def _randomise(net, seed=0):
-  """Random weights and non-trivial BatchNorm statistics and affine parameters."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-        m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-        m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-  return net.eval()
+  return robustbench.randomise_batchnorm(net, seed)
 
 
 def _nets():

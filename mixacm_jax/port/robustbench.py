@@ -24,3 +24,19 @@ def architecture_module(name: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
+
+
+def randomise_batchnorm(net, seed: int = 0):
+  """Gives every BatchNorm2d of a PyTorch `net` random, non-trivial running statistics and
+  affine parameters (fresh ones are mean 0, var 1, scale 1, shift 0, which would hide a
+  mis-ported BatchNorm), and puts it in eval mode. For the port's proofs and benchmarks."""
+  import torch  # pylint: disable=g-import-not-at-top
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+        m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+        m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+  return net.eval()
