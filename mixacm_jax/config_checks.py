@@ -30,19 +30,12 @@ def validate(config) -> None:
   objectives.get_objective(config.objective.name)
   if "attack" in config.objective:
     _check_attack("objective.attack", config.objective.attack)
-  if config.eval.pgd.steps:
+  if config.eval.pgd.steps or "attacks" in config.eval:
     _check_attack("eval.pgd", config.eval.pgd)
   if "attacks" in config.eval:
     from mixacm_jax import robustness  # pylint: disable=g-import-not-at-top
-    robustness.parse_attacks("autoattack", config.eval.autoattack_version)
-    for name, stages in robustness.parse_attacks(config.eval.attacks,
-                                                 config.eval.autoattack_version):
-      del name
-      for stage in stages:
-        if stage != "clean":
-          robustness.stage_fn(stage, 0.1, config.eval.pgd.norm, 0.1)  # raises on a bad name
-    if not config.eval.pgd.steps:
-      _check_attack("eval.pgd", config.eval.pgd)
+    robustness.validate_attacks(config.eval.attacks, config.eval.autoattack_version,
+                                config.eval.pgd.norm)
   o = config.optim
   if o.batch_size <= 0 or config.eval.batch_size <= 0:
     raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "
@@ -50,6 +43,8 @@ def validate(config) -> None:
   if o.learning_rate <= 0 or not 0 <= o.momentum < 1 or o.weight_decay < 0:
     raise ConfigError("optim needs learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0; got "
                       f"{o.learning_rate}, {o.momentum}, {o.weight_decay}")
+  from mixacm_jax import optim  # pylint: disable=g-import-not-at-top
+  optim.create_schedule(o, 1, 1)  # raises on an unknown schedule
   if not (o.get("num_steps") or o.num_epochs > 0):
     raise ConfigError("set optim.num_epochs > 0 or optim.num_steps > 0")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:

@@ -60,6 +60,15 @@ def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
   return out
 
 
+def validate_attacks(spec: str, version: str, norm: str) -> None:
+  """Raises ConfigError for an unknown attack or AutoAttack version (before any work)."""
+  parse_attacks("autoattack", version)
+  for _, stages in parse_attacks(spec, version):
+    for stage in stages:
+      if stage != "clean":
+        stage_fn(stage, 0.1, norm, 0.1)
+
+
 def _pmapped_stage(model, stage: Callable):
   """(variables, x, y, robust, key) -> (still robust, x_adv), over the device axis."""
   def run(variables, x, y, robust, key):

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mixacm_jax.attacks.pgd import ce_loss, project
 
@@ -77,10 +78,10 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
   x_adv = jnp.clip(x + eps * t / t_max, 0.0, 1.0)
   per, logits, grad = value_and_grad(x_adv)
   fooled = jnp.argmax(logits, -1) != y
-  ckpt_at = jnp.zeros((n_iter,), bool)
-  ckpt_len = jnp.zeros((n_iter,), jnp.int32)
+  ckpt_at, ckpt_len = np.zeros((n_iter,), bool), np.zeros((n_iter,), np.int32)
   for i, k in checkpoints(n_iter):
-    ckpt_at, ckpt_len = ckpt_at.at[i].set(True), ckpt_len.at[i].set(k)
+    ckpt_at[i], ckpt_len[i] = True, k
+  ckpt_at, ckpt_len = jnp.asarray(ckpt_at), jnp.asarray(ckpt_len)
 
   state = dict(x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad,
                loss_best=per, x_found=x_adv, fooled=fooled,
