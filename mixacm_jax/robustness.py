@@ -99,6 +99,26 @@ def _violations(x_adv, x, eps, norm, tol=1e-5):
                     | (x_adv.reshape(x.shape[0], -1).max(1) > 1 + tol)))
 
 
+def _agreed_count(n: int) -> int:
+  """The largest `n` over all hosts: every host must make the same number of pmap calls."""
+  if jax.process_count() == 1:
+    return n
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.max(multihost_utils.process_allgather(np.asarray(n))))
+
+
+def _compact_batches(robust: np.ndarray, batch: int):
+  """Index batches over the still-robust points only, as AutoAttack runs each stage: a
+  stage costs what is left to attack, not the whole split. Each batch is padded to `batch`
+  (one compilation) and comes with the mask of its real entries."""
+  idx = np.flatnonzero(robust)
+  for i in range(_agreed_count(-(-len(idx) // batch))):
+    sel = idx[i * batch:(i + 1) * batch]
+    valid = np.zeros((batch,), bool)
+    valid[:len(sel)] = True
+    yield sel, np.concatenate([sel, np.zeros((batch - len(sel),), sel.dtype)]), valid
+
+
 def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = None,
                         seed: int = 0, verbose: bool = True) -> Dict[str, Any]:
   """Clean and robust accuracy for each attack in `eval_cfg.attacks`."""
@@ -107,47 +127,53 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
   attacks = parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
   batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
                                              eval_cfg.get("num_examples")))
+  flat = lambda v: v.reshape((-1,) + v.shape[2:])
+  images = np.concatenate([flat(b["image"]) for b in batches])
+  labels = np.concatenate([flat(b["label"]) for b in batches])
+  real = np.concatenate([flat(b["mask"]) for b in batches]) > 0
+  n_dev, batch = jax.local_device_count(), input_pipeline.local_batch_size(eval_cfg.batch_size)
+  to_devices = lambda v: v.reshape((n_dev, -1) + v.shape[1:])
   p_vars = parallel.replicate(variables)
-  n_total = float(sum(b["mask"].sum() for b in batches))
+  n_total = float(real.sum())
   clean_fn = _pmapped_clean(model)
   t0 = time.perf_counter()
   clean_correct, bad_grads = [], 0
   for b in batches:
     correct, bad = clean_fn(p_vars, b["image"], b["label"])
-    clean_correct.append(np.asarray(correct) & (b["mask"] > 0))
+    clean_correct.append(flat(np.asarray(correct)) & (flat(b["mask"]) > 0))
     bad_grads += int(np.sum(np.asarray(bad) & (b["mask"] > 0)))
+  clean_correct = np.concatenate(clean_correct)
   report = {"num_examples": int(n_total), "eps": eps, "norm": pgd_cfg.norm,
-            "clean_accuracy": float(sum(c.sum() for c in clean_correct)) / n_total,
+            "clean_accuracy": float(clean_correct.sum()) / n_total,
             "attacks": {}, "warnings": []}
   report["seconds"] = {"clean": time.perf_counter() - t0}
   for name, stages in attacks:
     if name == "clean":
       continue
     t0 = time.perf_counter()
-    robust = [c.copy() for c in clean_correct]
+    robust = clean_correct.copy()
     per_stage = {}
-    for stage_name in stages:
+    for j, stage_name in enumerate(stages):
       stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size,
                                              pgd_cfg.get("restarts", 1)))
-      progress = reporting.Progress(len(batches), eval_cfg.batch_size, label=f"{name}:{stage_name}"
+      work = list(_compact_batches(robust, batch))
+      progress = reporting.Progress(len(work), batch, label=f"{name}:{stage_name}"
                                     if len(stages) > 1 else name)
-      for i, b in enumerate(batches):
-        key = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(seed), i))
-        if not robust[i].any():
-          continue
-        still, x_adv = stage(p_vars, b["image"], b["label"], robust[i], key)
-        x_adv, x = np.asarray(x_adv), np.asarray(b["image"])
-        bad = _violations(x_adv.reshape((-1,) + x.shape[2:]), x.reshape((-1,) + x.shape[2:]),
-                          eps, pgd_cfg.norm)
+      stage_key = jax.random.fold_in(jax.random.PRNGKey(seed), j)
+      for i, (sel, padded, valid) in enumerate(work):
+        key = parallel.replicate(jax.random.fold_in(stage_key, i))
+        x, y = images[padded], labels[padded]
+        still, x_adv = stage(p_vars, to_devices(x), to_devices(y), to_devices(valid), key)
+        x_adv = flat(np.asarray(x_adv))
+        bad = _violations(x_adv[valid], x[valid], eps, pgd_cfg.norm)
         if bad:
           raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
                                       f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
-        robust[i] = np.asarray(still) & robust[i]
-        if verbose and (i + 1 == len(batches) or (i + 1) % max(1, len(batches) // 10) == 0):
-          progress.report(i + 1, {"robust_acc": sum(r.sum() for r in robust[:i + 1]) /
-                                  max(1.0, sum(bb["mask"].sum() for bb in batches[:i + 1]))})
-      per_stage[stage_name] = float(sum(r.sum() for r in robust)) / n_total
-    acc = float(sum(r.sum() for r in robust)) / n_total
+        robust[sel] &= flat(np.asarray(still))[:len(sel)]
+        if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
+          progress.report(i + 1, {"robust_acc": robust.sum() / n_total})
+      per_stage[stage_name] = float(robust.sum()) / n_total
+    acc = float(robust.sum()) / n_total
     report["attacks"][name] = {"robust_accuracy": acc}
     if len(stages) > 1:
       report["attacks"][name]["after_each_stage"] = per_stage

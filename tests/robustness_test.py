@@ -1,0 +1,48 @@
+"""The robustness report: stages run only on the points still robust (compacted batches), and
+the counts equal a direct computation over the whole split."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixacm_jax import input_pipeline, models, robustness
+from mixacm_jax.attacks import autoattack, pgd as pgd_lib
+
+
+def test_compact_batches_cover_each_robust_point_once():
+  robust = np.zeros((50,), bool)
+  robust[[0, 3, 4, 17, 18, 19, 20, 49]] = True
+  work = list(robustness._compact_batches(robust, 3))
+  assert len(work) == 3
+  seen = np.concatenate([sel for sel, _, _ in work])
+  np.testing.assert_array_equal(seen, np.flatnonzero(robust))
+  for sel, padded, valid in work:
+    assert padded.shape == valid.shape == (3,)
+    np.testing.assert_array_equal(padded[valid], sel)
+  assert list(robustness._compact_batches(np.zeros((5,), bool), 3)) == []
+
+
+def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
+  cfg = tiny_config
+  cfg.eval.num_examples = 100  # not a multiple of the batch: padding must not count
+  info = input_pipeline.get_info(cfg.data)
+  model = models.create_model_from_config(cfg.model, info.num_classes)
+  variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)
+  # A two-stage "AutoAttack": the second stage only sees what the first left robust.
+  monkeypatch.setitem(autoattack.VERSIONS, "two_fgsm", ["fgsm", "fgsm"])
+  cfg.eval.attacks = "clean,fgsm,autoattack"
+  cfg.eval.autoattack_version = "two_fgsm"
+  report = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, verbose=False)
+
+  batches = list(input_pipeline.eval_batches(cfg.data, cfg.eval.batch_size, 100))
+  x = np.concatenate([b["image"].reshape((-1,) + info.image_shape) for b in batches])[:100]
+  y = np.concatenate([b["label"].reshape(-1) for b in batches])[:100]
+  logits_fn = lambda v: model.apply(variables, v)
+  clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
+  x_adv = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=cfg.eval.pgd.eps)
+  after_fgsm = clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)
+  assert report["num_examples"] == 100
+  assert report["clean_accuracy"] == clean.mean()
+  assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - after_fgsm.mean()) < 1e-9
+  stages = report["attacks"]["autoattack"]["after_each_stage"]
+  assert abs(stages["fgsm"] - after_fgsm.mean()) < 1e-9
+  assert report["attacks"]["autoattack"]["robust_accuracy"] <= stages["fgsm"]
