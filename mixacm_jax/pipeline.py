@@ -26,7 +26,7 @@ def student_config(config, objective: str):
   return cfg
 
 
-def _row(run: str, result: Dict[str, Any]) -> Dict[str, Any]:
+def result_row(run: str, result: Dict[str, Any]) -> Dict[str, Any]:
   row = {"run": run, **{k: v for k, v in result.items() if k != "state"}}
   row["total_passes"] = float(row.get("student_forward_passes", 0) +
                               row.get("student_backward_passes", 0) +
@@ -46,7 +46,7 @@ def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
     if reporting.is_primary():
       print(f"== teacher: {config.teacher.model.name} with "
             f"{config.pipeline.teacher_objective} in {source}", flush=True)
-    rows.append(_row("teacher", train.train_and_evaluate(teacher_config(config), source)))
+    rows.append(result_row("teacher", train.train_and_evaluate(teacher_config(config), source)))
     teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape,
                                        path=source)
   for objective in config.pipeline.students:
@@ -55,7 +55,7 @@ def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
       print(f"== student: {config.model.name} with {objective} in {run_dir}", flush=True)
     result = train.train_and_evaluate(student_config(config, objective), run_dir,
                                       teacher=teacher)
-    rows.append(_row(f"student ({objective})", result))
+    rows.append(result_row(f"student ({objective})", result))
   report = reporting.table(rows, COLUMNS)
   if reporting.is_primary():
     print(f"\nTeacher: {source}. Accuracy in %, robust = PGD-{config.eval.pgd.steps} "

@@ -190,9 +190,14 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
 
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
               seed: int = 0) -> Dict[str, Any]:
-  """Robust accuracy of each attack at each eps; flags accuracy that rises with eps."""
-  rows = [evaluate_robustness(model, variables, data_cfg, eval_cfg, eps=e, seed=seed,
-                              verbose=False) for e in epsilons]
+  """Robust accuracy of each attack at each eps; flags accuracy that rises with eps. The PGD
+  step size scales with eps (step / eps as in `eval_cfg.pgd`)."""
+  rows = []
+  for e in epsilons:
+    cfg = eval_cfg.copy_and_resolve_references()
+    cfg.pgd.step_size = eval_cfg.pgd.step_size * e / eval_cfg.pgd.eps
+    rows.append(evaluate_robustness(model, variables, data_cfg, cfg, eps=e, seed=seed,
+                                    verbose=False))
   warnings = []
   for name in rows[0]["attacks"] if rows else []:
     accs = [r["attacks"][name]["robust_accuracy"] for r in rows]

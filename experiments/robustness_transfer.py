@@ -1,0 +1,298 @@
+"""Robustness transfer without adversarial examples, end to end (issue 8).
+
+For each seed: a robust teacher (the config's `pipeline.teacher_objective`, PGD-AT by default)
+and, with the same student architecture throughout, the students of STUDENTS: natural, KD
+only, the MixACM ablations (ACM only, ACM + KD, ACM + mixup, full MixACM), ARD and RSLAD for
+contrast and PGD-AT of the student itself. Each model is evaluated on clean accuracy, PGD-20
+and AutoAttack (the strongest version that fits) and a PGD-20 eps sweep; training cost is
+recorded in seconds and in network passes. Writes `results.md`, `results.json` and three
+PNG plots to --out. Every run resumes: finished runs are read back from `record.json`.
+
+  python experiments/robustness_transfer.py --out=experiments/results/digits
+"""
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mixacm_jax import input_pipeline, models, pipeline, robustness, train  # noqa: E402
+from mixacm_jax import teacher as teacher_lib  # noqa: E402
+
+# name -> (objective, overrides of config.objective, label in the table)
+STUDENTS = {
+    "natural": ("natural", {}, "natural training"),
+    "kd": ("kd", {}, "KD only"),
+    "acm": ("mixacm", {"w_kd": 0.0, "mixup_alpha": 0.0}, "ACM only (+ CE)"),
+    "acm_kd": ("mixacm", {"mixup_alpha": 0.0}, "ACM + KD"),
+    "acm_mixup": ("mixacm", {"w_kd": 0.0}, "ACM + mixup"),
+    "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
+    "ard": ("ard", {}, "ARD (adversarial KD)"),
+    "rslad": ("rslad", {}, "RSLAD (adversarial KD)"),
+    "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
+}
+# The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.
+PAPER_ABLATION = {"acm": 48.38, "acm_kd": 49.53, "acm_mixup": 52.29, "mixacm": 56.65}
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default_mixacm.py",
+                                          "A pipeline config (teacher + student).")
+_OUT = flags.DEFINE_string("out", "experiments/results/digits", "Where results go.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/experiment", "Checkpoints of every run.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own teacher).")
+_STUDENTS = flags.DEFINE_list("students", list(STUDENTS), "Students to train.")
+_ATTACKS = flags.DEFINE_string("attacks", "pgd20,autoattack", "Attacks of the final report.")
+_AA_VERSION = flags.DEFINE_string("autoattack_version", "standard", "standard | apgd")
+_SWEEP = flags.DEFINE_list("eps_sweep", ["0.025", "0.05", "0.1", "0.15", "0.2"],
+                           "eps values of the PGD-20 sweep.")
+
+
+def run_one(name, cfg, run_dir, teacher=None):
+  """Trains (or resumes) one model and evaluates it; the record is cached in run_dir."""
+  path = os.path.join(run_dir, "record.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  result = train.train_and_evaluate(cfg, run_dir, teacher=teacher)
+  info = input_pipeline.get_info(cfg.data)
+  model = models.create_model_from_config(cfg.model, info.num_classes)
+  variables = teacher_lib.load_variables(model, info.image_shape, run_dir)
+  eval_cfg = cfg.eval.copy_and_resolve_references()
+  eval_cfg.attacks = _ATTACKS.value
+  eval_cfg.autoattack_version = _AA_VERSION.value
+  t0 = time.perf_counter()
+  report = robustness.evaluate_robustness(model, variables, cfg.data, eval_cfg, seed=cfg.seed)
+  eval_cfg.attacks = "pgd20"
+  sweep = robustness.eps_sweep(model, variables, cfg.data, eval_cfg,
+                               [float(e) for e in _SWEEP.value], seed=cfg.seed)
+  row = pipeline.result_row(name, result)
+  record = {**row, "seed": cfg.seed, "report": report, "eval_seconds": time.perf_counter() - t0,
+            "sweep": {"eps": sweep["epsilons"],
+                      "pgd20": [r["attacks"]["pgd20"]["robust_accuracy"]
+                                for r in sweep["reports"]]},
+            "warnings": report["warnings"] + sweep["warnings"]}
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  return record
+
+
+def student_config(config, name, seed):
+  objective, overrides, _ = STUDENTS[name]
+  cfg = pipeline.student_config(config, objective)
+  cfg.seed = seed
+  for k, v in overrides.items():
+    cfg.objective[k] = v
+  return cfg
+
+
+def mean_std(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return float("nan"), float("nan")
+  return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(records):
+  """One row per model over seeds: mean and std of every figure."""
+  rows = {}
+  for name in ["teacher"] + [s for s in STUDENTS if any(r["run"] == s for r in records)]:
+    mine = [r for r in records if r["run"] == name]
+    if not mine:
+      continue
+    figures = {
+        "clean": [r["report"]["clean_accuracy"] for r in mine],
+        "train_seconds": [r["train_seconds"] for r in mine],
+        "total_passes": [r["total_passes"] for r in mine],
+    }
+    for attack in mine[0]["report"]["attacks"]:
+      figures[attack] = [r["report"]["attacks"][attack]["robust_accuracy"] for r in mine]
+      for stage in mine[0]["report"]["attacks"][attack].get("after_each_stage", {}):
+        figures[f"{attack}:{stage}"] = [
+            r["report"]["attacks"][attack]["after_each_stage"][stage] for r in mine]
+    rows[name] = {"seeds": len(mine), **{k: mean_std(v) for k, v in figures.items()},
+                  "sweep": [mean_std(v) for v in zip(*(r["sweep"]["pgd20"] for r in mine))],
+                  "eps": mine[0]["sweep"]["eps"]}
+  return rows
+
+
+def _ratio(a, b):
+  return a / b if b else float("nan")
+
+
+def _steps(records, name):
+  return next((r["steps"] for r in records if r["run"] == name), "?")
+
+
+def _pct(ms):
+  return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+
+
+def markdown(rows, records, config, command, elapsed):
+  robust_key = "autoattack" if "autoattack" in rows["teacher"] else "pgd20"
+  teacher = rows["teacher"]
+  lines = [
+      "# Robustness transfer on the embedded digits: results",
+      "",
+      f"Generated by `{command}` on {datetime.date.today().isoformat()} "
+      f"({platform.machine()}, {os.cpu_count()} CPU cores, JAX backend "
+      f"{jax.default_backend()}, {jax.device_count()} device(s)); compute: "
+      f"{sum(r['train_seconds'] for r in records) / 60:.1f} min training, "
+      f"{sum(r['eval_seconds'] for r in records) / 60:.1f} min evaluation"
+      f" (this invocation: {elapsed / 60:.1f} min, finished runs are read back).",
+      "",
+      f"Teacher: {config.teacher.model.name} {dict(config.teacher.model.kwargs)} trained with "
+      f"{config.pipeline.teacher_objective} ({_steps(records, 'teacher')} steps). Students: "
+      f"{config.model.name} {dict(config.model.kwargs)}, {_steps(records, 'mixacm')} steps of "
+      f"{config.optim.batch_size} examples. "
+      f"Attacks: L-inf eps = {config.eval.pgd.eps:g} on the {teacher['seeds']}-seed mean "
+      f"± std; PGD-20 step {config.eval.pgd.step_size:g}; AutoAttack "
+      f"{_AA_VERSION.value} (each stage on the points the earlier ones left). Cost: seconds of "
+      "training on this machine and network passes (forward + backward, student and teacher) "
+      "over all training examples; the teacher's column is its own training.",
+      "",
+      "| model | clean % | PGD-20 % | AutoAttack % | robust / teacher's | train s | passes (M) |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for name, r in rows.items():
+    label = "teacher" if name == "teacher" else STUDENTS[name][2]
+    ratio = _ratio(r[robust_key][0], teacher[robust_key][0])
+    lines.append(
+        f"| {label} | {_pct(r['clean'])} | {_pct(r.get('pgd20', (float('nan'),) * 2))} | "
+        f"{_pct(r.get('autoattack', (float('nan'),) * 2))} | {ratio:.2f} | "
+        f"{r['train_seconds'][0]:.0f} ± {r['train_seconds'][1]:.0f} | "
+        f"{r['total_passes'][0] / 1e6:.2f} |")
+  stage_cols = [k for k in teacher if k.startswith("autoattack:")]
+  if stage_cols:
+    lines += ["", "AutoAttack, robust accuracy (%) after each stage:", "",
+              "| model | " + " | ".join(k.split(":")[1] for k in stage_cols) + " |",
+              "| --- |" + " --- |" * len(stage_cols)]
+    for name, r in rows.items():
+      lines.append(f"| {name} | " + " | ".join(_pct(r[k]) for k in stage_cols) + " |")
+  lines += ["", "## Checks, computed", ""]
+  if "mixacm" in rows:
+    m = rows["mixacm"]
+    ratio = _ratio(m[robust_key][0], teacher[robust_key][0])
+    lines.append(f"- MixACM student's {robust_key} accuracy is {ratio:.2f}x the teacher's "
+                 f"(expectation: >= 0.8x): {'met' if ratio >= 0.8 else 'NOT met'}.")
+    if "natural" in rows:
+      gap = m[robust_key][0] - rows["natural"][robust_key][0]
+      lines.append(f"- MixACM minus natural training: {100 * gap:+.1f} points.")
+    lines.append(f"- MixACM training cost: {_ratio(m['total_passes'][0], teacher['total_passes'][0]):.2f}"
+                 f"x the teacher's passes, {_ratio(m['train_seconds'][0], teacher['train_seconds'][0]):.2f}"
+                 "x its seconds" + (
+                     f"; {_ratio(m['train_seconds'][0], rows['pgd_at']['train_seconds'][0]):.2f}x the "
+                     "seconds of PGD-AT of the same student" if "pgd_at" in rows else "") + ".")
+  present = [k for k in PAPER_ABLATION if k in rows]
+  if present:
+    ours = [rows[k][robust_key][0] for k in present]
+    ordered = all(a <= b for a, b in zip(ours, ours[1:]))
+    lines.append("- Ablation order (" + " <= ".join(present) + ") as in the paper: "
+                 + ("yes" if ordered else "no") + " (" + ", ".join(
+                     f"{k} {100 * v:.1f}" for k, v in zip(present, ours)) + "; paper: " +
+                 ", ".join(f"{PAPER_ABLATION[k]}" for k in present) + ").")
+  if "pgd20" in teacher and "autoattack" in teacher:
+    worst = max(rows.items(), key=lambda kv: kv[1]["pgd20"][0] - kv[1]["autoattack"][0])
+    lines.append(f"- Largest PGD-20 minus AutoAttack gap: {worst[0]}, "
+                 f"{100 * (worst[1]['pgd20'][0] - worst[1]['autoattack'][0]):.1f} points "
+                 "(a large gap would point to gradient masking).")
+  warnings = sorted({f"{r['run']} (seed {r['seed']}): {w}" for r in records for w in r["warnings"]})
+  lines += ["", "Warnings raised by the evaluation: " + ("none." if not warnings else "")]
+  lines += [f"- {w}" for w in warnings]
+  lines += ["", "Plots: [robust accuracy vs eps](eps_sweep.png), "
+            "[clean vs robust](clean_vs_robust.png), [cost vs robust](cost_vs_robust.png)."]
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, records, out):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  robust_key = "autoattack" if "autoattack" in rows["teacher"] else "pgd20"
+  colors = dict(zip(rows, plt.cm.tab10.colors))
+  label = lambda n: "teacher" if n == "teacher" else STUDENTS[n][2]
+
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for name, r in rows.items():
+    mean = [100 * m for m, _ in r["sweep"]]
+    std = [100 * s for _, s in r["sweep"]]
+    ax.errorbar(r["eps"], mean, yerr=std, marker="o", ms=3, capsize=2, color=colors[name],
+                label=label(name), lw=2.5 if name in ("teacher", "mixacm") else 1)
+  ax.set_xlabel("L-inf eps")
+  ax.set_ylabel("PGD-20 robust accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "eps_sweep.png"), dpi=120)
+  plt.close(fig)
+
+  for fname, xkey, xlabel in (("clean_vs_robust.png", "clean", "clean accuracy (%)"),
+                              ("cost_vs_robust.png", "train_seconds", "training seconds")):
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, r in rows.items():
+      mine = [x for x in records if x["run"] == name]
+      xs = [(100 * x["report"]["clean_accuracy"] if xkey == "clean" else x["train_seconds"])
+            for x in mine]
+      ys = [100 * (x["report"]["attacks"][robust_key]["robust_accuracy"]) for x in mine]
+      ax.scatter(xs, ys, s=12, alpha=0.4, color=colors[name])
+      mx = 100 * r[xkey][0] if xkey == "clean" else r[xkey][0]
+      ax.scatter([mx], [100 * r[robust_key][0]], s=70, color=colors[name], label=label(name),
+                 edgecolor="k")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{robust_key} robust accuracy (%)")
+    if xkey == "train_seconds":
+      ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, fname), dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # orbax logs every save and restore
+  config = _CONFIG.value
+  unknown = [s for s in _STUDENTS.value if s not in STUDENTS]
+  if unknown:
+    raise app.UsageError(f"unknown students {unknown}; known: {', '.join(STUDENTS)}")
+  robustness.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.pgd.norm)
+  os.makedirs(_OUT.value, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "xla_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  t_start = time.perf_counter()
+  info = input_pipeline.get_info(config.data)
+  records = []
+  for seed in [int(s) for s in _SEEDS.value]:
+    seed_dir = os.path.join(_WORKDIR.value, f"seed{seed}")
+    t_cfg = pipeline.teacher_config(config)
+    t_cfg.seed = seed
+    print(f"== seed {seed}: teacher", flush=True)
+    records.append(run_one("teacher", t_cfg, os.path.join(seed_dir, "teacher")))
+    teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape,
+                                       path=os.path.join(seed_dir, "teacher"))
+    for name in _STUDENTS.value:
+      print(f"== seed {seed}: student {name}", flush=True)
+      records.append(run_one(name, student_config(config, name, seed),
+                             os.path.join(seed_dir, name), teacher))
+  rows = summarise(records)
+  command = "python experiments/robustness_transfer.py " + " ".join(sys.argv[1:])
+  text = markdown(rows, records, config, command.strip(), time.perf_counter() - t_start)
+  with open(os.path.join(_OUT.value, "results.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(_OUT.value, "results.json"), "w") as f:
+    json.dump({"summary": rows, "records": records}, f, indent=2)
+  plot(rows, records, _OUT.value)
+  print(text, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
