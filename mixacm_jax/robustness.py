@@ -38,10 +38,10 @@ def stage_fn(name: str, eps: float, norm: str, step_size: float,
   if name == "fgsm":
     return lambda f, x, y, k: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
   if name in autoattack.STAGES:
-    if norm != "linf":
-      raise ConfigError(f"{name} is implemented for linf only, not {norm}")
+    if norm not in ("linf", "l2"):
+      raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
     stage = autoattack.get_stage(name)
-    return lambda f, x, y, k: stage(f, x, y, k, eps)[0]
+    return lambda f, x, y, k: stage(f, x, y, k, eps, norm)[0]
   raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
                     f"{', '.join(autoattack.STAGES)}, autoattack")
 
@@ -72,7 +72,9 @@ def validate_attacks(spec: str, version: str, norm: str) -> None:
 def _pmapped_stage(model, stage: Callable):
   """(variables, x, y, robust, key) -> (still robust, x_adv), over the device axis."""
   def run(variables, x, y, robust, key):
-    logits_fn = lambda v: model.apply(variables, v)
+    # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
+    logits_fn = lambda v, rng=None: model.apply(variables, v, rngs=None if rng is None
+                                                else {"noise": rng})
     n = y.shape[0]
     keys = jax.random.fold_in(key, jax.lax.axis_index("batch"))
     x_adv = stage(logits_fn, x, y, keys)
@@ -147,6 +149,11 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
             "clean_accuracy": float(clean_correct.sum()) / n_total,
             "attacks": {}, "warnings": []}
   report["seconds"] = {"clean": time.perf_counter() - t0}
+  if any(st.endswith("-eot") for _, stages in attacks for st in stages):
+    draw = lambda k: model.apply(variables, images[:16], rngs={"noise": jax.random.PRNGKey(k)})
+    if np.array_equal(np.asarray(draw(0)), np.asarray(draw(1))):
+      report["warnings"].append("the model is deterministic: the EOT attacks of AutoAttack's "
+                                "`rand` version only cost more here; use `standard`")
   for name, stages in attacks:
     if name == "clean":
       continue

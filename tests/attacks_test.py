@@ -93,16 +93,18 @@ def test_fgsm_is_one_signed_step():
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_stage(name):
+def _jitted_stage(name, norm):
   from mixacm_jax.attacks import apgd, fab, square  # pylint: disable=g-import-not-at-top
   stages = {
       "fab-t": lambda f, x, y, k, eps: fab.fab_targeted(f, x, y, k, eps=eps, n_iter=6,
-                                                       n_target_classes=3),
-      "apgd-ce": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8),
-      "apgd-dlr": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8, loss="dlr"),
+                                                       n_target_classes=3, norm=norm),
+      "apgd-ce": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8, norm=norm),
+      "apgd-dlr": lambda f, x, y, k, eps: apgd.apgd(f, x, y, k, eps=eps, n_iter=8, loss="dlr",
+                                                    norm=norm),
       "apgd-t": lambda f, x, y, k, eps: apgd.apgd_targeted(f, x, y, k, eps=eps, n_iter=5,
-                                                          n_target_classes=3),
-      "square": lambda f, x, y, k, eps: square.square(f, x, y, k, eps=eps, n_queries=30),
+                                                          n_target_classes=3, norm=norm),
+      "square": lambda f, x, y, k, eps: square.square(f, x, y, k, eps=eps, n_queries=30,
+                                                      norm=norm),
   }
   def run(x, y, key, eps, wkey):
     f = _linear_model(wkey, x[0].size)
@@ -111,16 +113,22 @@ def _jitted_stage(name):
   return jax.jit(run)
 
 
-@hypothesis.settings(max_examples=15, deadline=None)
-@hypothesis.given(n=st.integers(1, 5), side=st.integers(2, 4), eps=st.floats(1e-3, 0.5),
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(n=st.integers(1, 5), side=st.integers(2, 6), eps=st.floats(1e-3, 0.5),
                   seed=st.integers(0, 2**16),
-                  name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"]))
-def test_autoattack_stages_respect_constraints_and_report_honestly(n, side, eps, seed, name):
+                  name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"]),
+                  norm=st.sampled_from(["linf", "l2"]))
+def test_autoattack_stages_respect_constraints_and_report_honestly(n, side, eps, seed, name,
+                                                                    norm):
   kx, ky, ka, kw = jax.random.split(jax.random.PRNGKey(seed), 4)
   x = jax.random.uniform(kx, (n, side, side, 3))
   y = jax.random.randint(ky, (n,), 0, 5)
-  x_adv, fooled, clean, adv = _jitted_stage(name)(x, y, ka, eps, kw)
-  assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
+  if norm == "l2":
+    eps *= 4  # a comparable ball: L2 radii are larger than L-inf ones
+  x_adv, fooled, clean, adv = _jitted_stage(name, norm)(x, y, ka, eps, kw)
+  d = np.asarray(x_adv - x).reshape(n, -1)
+  size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
+  assert size.max() <= eps * (1 + 1e-5) + 1e-6
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   # `fooled` is exactly "the returned point is misclassified", and the clean mistakes count.
   np.testing.assert_array_equal(np.asarray(fooled), np.asarray(jnp.argmax(adv, -1) != y))
@@ -146,14 +154,14 @@ def test_dlr_losses_against_numpy():
 def test_fab_projection_is_the_linear_programme_optimum():
   """The smallest L-inf step onto a hyperplane within the box, against scipy's LP solver."""
   from scipy.optimize import linprog  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.attacks.fab import project_linf_hyperplane  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks.fab import project_hyperplane  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   dim = 6
   for trial in range(12):
     w, x = rng.randn(1, dim), rng.rand(1, dim)
     c = rng.randn(1) * (0.3 if trial < 9 else 8.0)  # the last ones often beyond the box
-    d = np.asarray(project_linf_hyperplane(jnp.asarray(w), jnp.asarray(c), jnp.asarray(-x),
-                                           jnp.asarray(1 - x)))
+    d = np.asarray(project_hyperplane(jnp.asarray(w), jnp.asarray(c), jnp.asarray(-x),
+                                      jnp.asarray(1 - x), "linf"))
     assert np.all(x + d >= -1e-6) and np.all(x + d <= 1 + 1e-6)
     res = linprog(np.r_[np.zeros(dim), 1.0],
                   A_ub=np.r_[np.c_[np.eye(dim), -np.ones(dim)], np.c_[-np.eye(dim), -np.ones(dim)]],
@@ -168,21 +176,57 @@ def test_fab_projection_is_the_linear_programme_optimum():
                                  atol=1e-6)
 
 
-def test_fab_finds_the_exact_minimal_attack_on_a_linear_classifier():
+def test_fab_l2_projection_is_the_quadratic_programme_optimum():
+  """The smallest L2 step onto a hyperplane within the box, against scipy's SLSQP."""
+  from scipy.optimize import minimize  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks.fab import project_hyperplane  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(1)
+  dim = 6
+  for trial in range(12):
+    w, x = rng.randn(1, dim), rng.rand(1, dim)
+    w[0, trial % dim] = 0.0  # a coordinate the hyperplane does not depend on
+    c = rng.randn(1) * (0.5 if trial < 9 else 8.0)
+    d = np.asarray(project_hyperplane(jnp.asarray(w), jnp.asarray(c), jnp.asarray(-x),
+                                      jnp.asarray(1 - x), "l2"), np.float64)
+    assert np.all(np.isfinite(d))
+    assert np.all(x + d >= -1e-6) and np.all(x + d <= 1 + 1e-6)
+    reachable = float(np.sum(np.abs(w[0]) * np.where(np.sign(c[0] * w[0]) > 0, 1 - x[0], x[0])))
+    if reachable > abs(c[0]) + 1e-6:
+      res = minimize(lambda v: v @ v, np.zeros(dim), jac=lambda v: 2 * v, method="SLSQP",
+                     constraints=[{"type": "eq", "fun": lambda v: w[0] @ v - c[0]}],
+                     bounds=[(-x[0, i], 1 - x[0, i]) for i in range(dim)],
+                     options={"ftol": 1e-12, "maxiter": 500})
+      assert float(w[0] @ d[0]) == pytest.approx(float(c[0]), abs=1e-5)
+      if abs(w[0] @ res.x - c[0]) < 1e-6:  # SLSQP found a feasible point: ours is no worse
+        assert float(d[0] @ d[0]) <= float(res.fun) * (1 + 1e-4) + 1e-9
+      # KKT, sufficient for this convex QP: d = clip(lam * w, lo, hi) for one lam.
+      free = (np.abs(w[0]) > 0) & (x[0] + d[0] > 1e-6) & (x[0] + d[0] < 1 - 1e-6)
+      lam = np.median(d[0][free] / w[0][free])
+      np.testing.assert_allclose(d[0], np.clip(lam * w[0], -x[0], 1 - x[0]), atol=1e-5)
+    else:  # unreachable: the box corner in the direction of c
+      np.testing.assert_allclose(np.abs(d[0]), np.where(np.sign(c[0] * w[0]) > 0, 1 - x[0], x[0])
+                                 * (w[0] != 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.2)])
+def test_fab_finds_the_exact_minimal_attack_on_a_linear_classifier(norm, eps):
   """On a linear model, an example is breakable within eps (away from the box edges) iff
-  some class j has z_j - z_y + eps * ||w_j - w_y||_1 > 0; FAB-T must break exactly those."""
+  some class j has z_j - z_y + eps * ||w_j - w_y||_dual > 0 (L1 for L-inf, L2 for L2);
+  FAB-T must break exactly those."""
   from mixacm_jax.attacks import fab  # pylint: disable=g-import-not-at-top
   x = jax.random.uniform(jax.random.PRNGKey(0), (64, 4, 4, 1)) * 0.5 + 0.25
   w = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
   logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
   y = jnp.argmax(logits_fn(x), -1)
-  eps, z, wn = 0.05, np.asarray(logits_fn(x)), np.asarray(w)
-  breakable = np.array([any(z[i, j] - z[i, y[i]] + eps * np.abs(wn[:, j] - wn[:, y[i]]).sum() > 0
+  z, wn = np.asarray(logits_fn(x)), np.asarray(w)
+  dual = (lambda v: np.abs(v).sum()) if norm == "linf" else np.linalg.norm
+  breakable = np.array([any(z[i, j] - z[i, y[i]] + eps * dual(wn[:, j] - wn[:, y[i]]) > 0
                             for j in range(3) if j != y[i]) for i in range(64)])
   assert 0 < breakable.sum() < 64
   x_adv, fooled = jax.jit(lambda x, y: fab.fab_targeted(logits_fn, x, y, None, eps=eps,
-                                                        n_iter=20))(x, y)
-  assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
+                                                        n_iter=20, norm=norm))(x, y)
+  d = np.asarray(x_adv - x).reshape(64, -1)
+  assert (np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)).max() <= eps + 1e-6
   assert abs(int(np.sum(fooled)) - int(breakable.sum())) <= 1
 
 
@@ -199,3 +243,57 @@ def test_pgd_restarts_never_weaker_than_one_run():
     acc[r] = float(jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y))
   # Restart 0 of the 4 is exactly the single run, so 4 restarts can only break more.
   assert acc[4] <= acc[1]
+
+
+def test_square_l2_bump_matches_the_papers_construction():
+  """The L2 Square attack's window perturbation: concentric squares weighted 1/k^2, the top
+  half positive and the bottom half negative, each half and the whole of unit norm; built
+  here by explicit loops over the rings, against the closed form used in the attack."""
+  from mixacm_jax.attacks import square  # pylint: disable=g-import-not-at-top
+  def rings(a, b):
+    v = np.zeros((a, b))
+    for k in range(max(a // 2, b // 2) + 1):  # ring k: the square of radius k about the centre
+      v[max(a // 2 - k, 0):a // 2 + k + 1, max(b // 2 - k, 0):b // 2 + k + 1] += 1.0 / (k + 1) ** 2
+    return v / np.sqrt((v ** 2).sum()) if v.size else v
+  for side in (1, 3, 4, 7, 12, 29):
+    ref = np.concatenate([rings(side // 2, side), -rings(side - side // 2, side)])
+    ref /= np.sqrt((ref ** 2).sum())
+    got = np.asarray(square.bump(32, 32, jnp.full((1, 1, 1, 1), 2), jnp.full((1, 1, 1, 1), 1),
+                                 jnp.asarray(side), jnp.asarray(False)))[0, :, :, 0]
+    np.testing.assert_allclose(got[2:2 + side, 1:1 + side], ref, atol=1e-6)
+    assert np.abs(got).sum() == pytest.approx(np.abs(ref).sum(), rel=1e-5)  # zero elsewhere
+    flipped = np.asarray(square.bump(32, 32, jnp.full((1, 1, 1, 1), 2), jnp.full((1, 1, 1, 1), 2),
+                                     jnp.asarray(side), jnp.asarray(True)))[0, :, :, 0]
+    np.testing.assert_allclose(flipped[2:2 + side, 2:2 + side], ref.T, atol=1e-6)
+
+
+def test_eot_averages_loss_and_gradient_over_draws():
+  from mixacm_jax.attacks import apgd  # pylint: disable=g-import-not-at-top
+  w = jax.random.normal(jax.random.PRNGKey(0), (12, 4))
+  def one_draw(v, rng):  # a randomized model: input noise before a nonlinearity
+    def total(v):
+      h = jnp.tanh((v + 0.3 * jax.random.normal(rng, v.shape)) @ w)
+      per = jnp.sum(h ** 2, -1)
+      return jnp.sum(per), (per, h)
+    (_, (per, h)), g = jax.value_and_grad(total, has_aux=True)(v)
+    return per, h, g
+  v = jax.random.uniform(jax.random.PRNGKey(1), (3, 12))
+  rngs = jax.random.split(jax.random.PRNGKey(2), 5)
+  per, logits, g = apgd.eot_value_and_grad(one_draw, v, rngs)
+  draws = [one_draw(v, r) for r in rngs]
+  np.testing.assert_allclose(per, np.mean([d[0] for d in draws], 0), rtol=1e-5)
+  np.testing.assert_allclose(g, np.mean([d[2] for d in draws], 0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(logits, draws[-1][1], rtol=1e-6)
+  assert float(jnp.max(jnp.abs(draws[0][2] - draws[1][2]))) > 1e-3  # the draws do differ
+
+
+def test_eot_on_a_deterministic_model_is_the_plain_attack():
+  from mixacm_jax.attacks import apgd  # pylint: disable=g-import-not-at-top
+  w = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+  logits_fn = lambda v, rng=None: v.reshape(v.shape[0], -1) @ w
+  x = jax.random.uniform(jax.random.PRNGKey(0), (32, 4, 4, 1))
+  y = jnp.argmax(logits_fn(x), -1)
+  plain = apgd.apgd(logits_fn, x, y, jax.random.PRNGKey(3), eps=0.05, n_iter=10)
+  eot = apgd.apgd(logits_fn, x, y, jax.random.PRNGKey(3), eps=0.05, n_iter=10, eot_iter=4)
+  np.testing.assert_allclose(plain[0], eot[0], atol=1e-5)
+  np.testing.assert_array_equal(plain[1], eot[1])

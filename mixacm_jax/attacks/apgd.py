@@ -5,8 +5,10 @@ Checkpoints (of the iteration count N): the first after 0.22 N steps, then each 
 shorter, never under 0.06 N. At a checkpoint an example's step halves (and it restarts from
 its best point) when the loss rose in at most rho = 75 % of the steps since the last one, or
 when the step did not halve at the last checkpoint and the best loss has not improved since.
-Step 0 is a plain signed step of 2 eps; later steps mix the new point with momentum 0.75.
-L-inf only here, as AutoAttack's standard version.
+Step 0 is a plain step of 2 eps (signed for L-inf, along the unit gradient for L2); later
+steps mix the new point with momentum 0.75. With `eot_iter` > 1 (AutoAttack's `rand`
+version, for randomized models) loss and gradient are averaged over that many draws of the
+model's randomness: `logits_fn(x, rng=key)`.
 """
 from typing import Callable, Optional
 
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks.pgd import ce_loss, project
+from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
 
 
 def _sorted_desc(logits):
@@ -37,6 +39,17 @@ def dlr_loss_targeted(logits: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray
   return -(pick(y) - pick(y_target)) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
 
 
+def eot_value_and_grad(one_draw: Callable, v: jnp.ndarray, rngs: jax.Array):
+  """Expectation over transformation: the mean per-example loss and input gradient over the
+  model's random draws `rngs` (one per draw); the logits of the last draw decide success."""
+  def add(acc, rng):
+    per, logits, g = one_draw(v, rng)
+    return (acc[0] + per / len(rngs), logits, acc[2] + g / len(rngs)), None
+  zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                 jax.eval_shape(one_draw, v, rngs[0]))
+  return jax.lax.scan(add, zeros, rngs)[0]
+
+
 def checkpoints(n_iter: int):
   """The iterations (0-based, inclusive) at which step sizes are checked."""
   out = []
@@ -51,7 +64,7 @@ def checkpoints(n_iter: int):
 
 def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
          n_iter: int = 100, loss: str = "ce", y_target: Optional[jnp.ndarray] = None,
-         rho: float = 0.75):
+         rho: float = 0.75, norm: str = "linf", eot_iter: int = 1):
   """Returns (x_adv, fooled): for each example the first misclassified point found (or the
   highest-loss point) and whether it is misclassified."""
   if loss == "ce":
@@ -62,21 +75,32 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
     loss_of = lambda logits: dlr_loss_targeted(logits, y, y_target)
   else:
     raise ValueError(f"unknown APGD loss {loss!r}; known: ce, dlr, dlr_targeted")
+  k_eot = jax.random.fold_in(key, 0x5EED)  # the run itself starts from `key`, as without EOT
 
-  def value_and_grad(v):
+  def one_draw(v, rng):
     def total(v):
-      logits = logits_fn(v)
+      logits = logits_fn(v) if rng is None else logits_fn(v, rng=rng)
       per = loss_of(logits)
       return jnp.sum(per), (per, logits)
     (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(v)
     return per, logits, g
 
+  def value_and_grad(v, i):
+    if eot_iter <= 1:
+      return one_draw(v, None)
+    return eot_value_and_grad(one_draw, v, jax.random.split(jax.random.fold_in(k_eot, i),
+                                                            eot_iter))
+
   n = x.shape[0]
   bshape = (n,) + (1,) * (x.ndim - 1)
-  t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-  t_max = jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
-  x_adv = jnp.clip(x + eps * t / t_max, 0.0, 1.0)
-  per, logits, grad = value_and_grad(x_adv)
+  if norm == "linf":
+    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
+  else:
+    t = jax.random.normal(key, x.shape, x.dtype)
+    t = t / (per_example_norm(t) + 1e-12)
+  x_adv = jnp.clip(x + eps * t, 0.0, 1.0)
+  per, logits, grad = value_and_grad(x_adv, 0)
   fooled = jnp.argmax(logits, -1) != y
   ckpt_at, ckpt_len = np.zeros((n_iter,), bool), np.zeros((n_iter,), np.int32)
   for i, k in checkpoints(n_iter):
@@ -91,10 +115,10 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
 
   def body(i, s):
     a = jnp.where(i > 0, 0.75, 1.0)
-    z = project(s["x_adv"] + s["step"] * jnp.sign(s["grad"]), x, eps, "linf")
+    z = project(s["x_adv"] + s["step"] * ascent_direction(s["grad"], norm), x, eps, norm)
     x_new = project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_old"]),
-                    x, eps, "linf")
-    per, logits, grad = value_and_grad(x_new)
+                    x, eps, norm)
+    per, logits, grad = value_and_grad(x_new, i + 1)
     miss = jnp.argmax(logits, -1) != y
     newly = miss & ~s["fooled"]
     x_found = jnp.where(newly.reshape(bshape), x_new, s["x_found"])
@@ -126,7 +150,7 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 100,
-                  n_target_classes: int = 9):
+                  n_target_classes: int = 9, norm: str = "linf"):
   """APGD-T: APGD on the targeted DLR loss towards the 2nd, 3rd, ... most likely classes
   at the clean input, each run on the points the previous ones did not fool."""
   clean = logits_fn(x)
@@ -136,7 +160,7 @@ def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 1
   for t in range(2, n_target_classes + 2):
     y_target = order[:, -t]
     x_t, fooled_t = apgd(logits_fn, x, y, jax.random.fold_in(key, t), eps=eps, n_iter=n_iter,
-                         loss="dlr_targeted", y_target=y_target)
+                         loss="dlr_targeted", y_target=y_target, norm=norm)
     take = fooled_t & ~fooled
     x_out = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_t, x_out)
     fooled = fooled | fooled_t

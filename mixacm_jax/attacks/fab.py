@@ -1,12 +1,12 @@
-"""FAB-T, L-inf (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast
-adaptive boundary attack"), the targeted version AutoAttack runs.
+"""FAB-T, L-inf and L2 (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples
+with a fast adaptive boundary attack"), the targeted version AutoAttack runs.
 
 Each step linearises g = z_t - z_y at the current point, projects onto {g = 0} within the
-[0, 1] box with the smallest L-inf step, from the current point (d1) and from the original
-(d2), and moves to a convex combination of the two (weight of d2: a1 / (a1 + a2), at most
-alpha_max), overshooting by eta. Once a point is adversarial the search steps back towards
-the original by beta, keeping the smallest perturbation found. A point counts as broken
-when that perturbation is within eps.
+[0, 1] box with the smallest step in the attack's norm, from the current point (d1) and
+from the original (d2), and moves to a convex combination of the two (weight of d2:
+a1 / (a1 + a2), at most alpha_max), overshooting by eta. Once a point is adversarial the
+search steps back towards the original by beta, keeping the smallest perturbation found.
+A point counts as broken when that perturbation is within eps.
 """
 import jax
 import jax.numpy as jnp
@@ -14,34 +14,50 @@ import jax.numpy as jnp
 from mixacm_jax.attacks.pgd import project
 
 
-def project_linf_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray,
-                            hi: jnp.ndarray) -> jnp.ndarray:
-  """Per example, the delta of smallest L-inf norm with <w, delta> = c and lo <= delta <= hi
-  (flattened (N, D) arrays; lo <= 0 <= hi). When the box cannot reach c, the box corner that
-  gets closest."""
+def project_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray, hi: jnp.ndarray,
+                       norm: str = "linf") -> jnp.ndarray:
+  """Per example, the delta of smallest L-inf or L2 norm with <w, delta> = c and
+  lo <= delta <= hi (flattened (N, D) arrays; lo <= 0 <= hi). When the box cannot reach c,
+  the box corner that gets closest.
+
+  The optimum moves each coordinate towards sign(c w_i) as d_i = min(r u_i, cap_i), with
+  u_i = 1 (L-inf) or |w_i| (L2, the KKT condition d = clip(lambda w)); <w, d> grows piecewise
+  linearly in r, so sorting the breakpoints cap_i / u_i gives r exactly."""
   s = jnp.sign(c)[:, None] * jnp.sign(w)          # direction of each coordinate
   cap = jnp.where(s > 0, hi, -lo)                 # how far each coordinate can move
   a = jnp.abs(w)
-  order = jnp.argsort(cap, axis=1)
-  cap_s = jnp.take_along_axis(cap, order, 1)
-  a_s = jnp.take_along_axis(a, order, 1)
-  # g(cap_k) = sum_{j<=k} a_j cap_j + cap_k * sum_{j>k} a_j: what radius cap_k achieves.
+  if norm == "linf":
+    u = jnp.ones_like(a)
+  elif norm == "l2":
+    u = a
+  else:
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+  t = jnp.where(u > 0, cap / jnp.where(u > 0, u, 1.0), jnp.inf)  # r at which i saturates
+  order = jnp.argsort(t, axis=1)
+  t_s, a_s, u_s, cap_s = (jnp.take_along_axis(v, order, 1) for v in (t, a, u, cap))
+  # reach(t_k) = sum_{j<=k} a_j cap_j + t_k * sum_{j>k} a_j u_j: what r = t_k achieves.
   below = jnp.cumsum(a_s * cap_s, axis=1)
-  above = jnp.sum(a_s, axis=1, keepdims=True) - jnp.cumsum(a_s, axis=1)
-  reach = below + cap_s * above
+  above = jnp.sum(a_s * u_s, axis=1, keepdims=True) - jnp.cumsum(a_s * u_s, axis=1)
+  reach = below + jnp.where(above > 0, t_s * above, 0.0)
   target = jnp.abs(c)[:, None]
-  k = jnp.argmax(reach >= target, axis=1)        # first radius that reaches |c|
-  feasible = reach[:, -1] >= target[:, 0]
+  k = jnp.argmax(reach >= target, axis=1)        # first breakpoint that reaches |c|
+  feasible = below[:, -1] >= target[:, 0]
   s_low = jnp.take_along_axis(below - a_s * cap_s, k[:, None], 1)[:, 0]
-  w_high = jnp.take_along_axis(above + a_s, k[:, None], 1)[:, 0]
-  r = (target[:, 0] - s_low) / jnp.maximum(w_high, 1e-12)
+  slope = jnp.take_along_axis(above + a_s * u_s, k[:, None], 1)[:, 0]
+  r = (target[:, 0] - s_low) / jnp.maximum(slope, 1e-12)
   r = jnp.where(feasible, r, jnp.inf)
-  return s * jnp.minimum(r[:, None], cap)
+  return s * jnp.minimum(jnp.where(u > 0, r[:, None] * u, 0.0), cap)
+
+
+def _norm(d: jnp.ndarray, norm: str) -> jnp.ndarray:
+  """Per-row norm of flattened (N, D) arrays."""
+  return jnp.max(jnp.abs(d), 1) if norm == "linf" else jnp.sqrt(jnp.sum(d * d, 1))
 
 
 def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps: float,
-        n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9):
-  """Targeted FAB towards `y_target`; returns (x_adv, fooled) with ||x_adv - x||_inf <= eps."""
+        n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+        norm: str = "linf"):
+  """Targeted FAB towards `y_target`; returns (x_adv, fooled) with ||x_adv - x|| <= eps."""
   n = x.shape[0]
   flat = lambda v: v.reshape(n, -1)
   shape = lambda v: v.reshape(x.shape)
@@ -60,30 +76,29 @@ def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps
     cur, best, best_norm = s
     g, grad = g_and_grad(shape(cur))
     w = flat(grad)
-    d1 = project_linf_hyperplane(w, -g, -cur, 1.0 - cur)
-    d2 = project_linf_hyperplane(w, -g - jnp.sum(w * (x0 - cur), 1), -x0, 1.0 - x0)
-    a1 = jnp.max(jnp.abs(d1), 1, keepdims=True)
-    a2 = jnp.max(jnp.abs(d2), 1, keepdims=True)
+    d1 = project_hyperplane(w, -g, -cur, 1.0 - cur, norm)
+    d2 = project_hyperplane(w, -g - jnp.sum(w * (x0 - cur), 1), -x0, 1.0 - x0, norm)
+    a1, a2 = _norm(d1, norm)[:, None], _norm(d2, norm)[:, None]
     alpha = jnp.clip(a1 / jnp.maximum(a1 + a2, 1e-12), 0.0, alpha_max)
     new = jnp.clip((cur + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
     adv = jnp.argmax(logits_fn(shape(new)), -1) != y
-    norm = jnp.max(jnp.abs(new - x0), 1)
-    better = adv & (norm < best_norm)
+    size = _norm(new - x0, norm)
+    better = adv & (size < best_norm)
     best = jnp.where(better[:, None], new, best)
-    best_norm = jnp.where(better, norm, best_norm)
+    best_norm = jnp.where(better, size, best_norm)
     cur = jnp.where(adv[:, None], (1 - beta) * x0 + beta * new, new)
     return cur, best, best_norm
 
   _, best, best_norm = jax.lax.fori_loop(
       0, n_iter, body, (x0, x0, jnp.full((n,), jnp.inf, x.dtype)))
-  x_adv = project(shape(best), x, eps, "linf")
+  x_adv = project(shape(best), x, eps, norm)
   fooled = (best_norm <= eps) & (jnp.argmax(logits_fn(x_adv), -1) != y)
   x_adv = jnp.where(fooled.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
   return jax.lax.stop_gradient(x_adv), fooled
 
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,
-                 n_target_classes: int = 9):
+                 n_target_classes: int = 9, norm: str = "linf"):
   """FAB-T: FAB towards the 2nd, 3rd, ... most likely classes at the clean input."""
   del key  # the first (and in AutoAttack's standard version only) restart starts at x
   clean = logits_fn(x)
@@ -91,7 +106,7 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,
   fooled = jnp.argmax(clean, -1) != y
   x_out = x
   for t in range(2, min(n_target_classes, clean.shape[-1] - 1) + 2):
-    x_t, fooled_t = fab(logits_fn, x, y, order[:, -t], eps=eps, n_iter=n_iter)
+    x_t, fooled_t = fab(logits_fn, x, y, order[:, -t], eps=eps, n_iter=n_iter, norm=norm)
     take = fooled_t & ~fooled
     x_out = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_t, x_out)
     fooled = fooled | fooled_t

@@ -26,7 +26,7 @@ def ce_loss(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 LOSSES = {"ce": ce_loss, "margin": margin_loss}
 
 
-def _per_example_norm(v: jnp.ndarray) -> jnp.ndarray:
+def per_example_norm(v: jnp.ndarray) -> jnp.ndarray:
   return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
 
 
@@ -36,7 +36,7 @@ def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps: float, norm: str) -> jnp.nd
   if norm == "linf":
     delta = jnp.clip(delta, -eps, eps)
   elif norm == "l2":
-    delta = delta * jnp.minimum(1.0, eps / (_per_example_norm(delta) + 1e-12))
+    delta = delta * jnp.minimum(1.0, eps / (per_example_norm(delta) + 1e-12))
   else:
     raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
   return jnp.clip(x + delta, 0.0, 1.0)
@@ -52,15 +52,15 @@ def _random_start(key: jax.Array, x: jnp.ndarray, eps: float, norm: str) -> jnp.
     return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
   k1, k2 = jax.random.split(key)
   direction = jax.random.normal(k1, x.shape, x.dtype)
-  direction /= _per_example_norm(direction) + 1e-12
+  direction /= per_example_norm(direction) + 1e-12
   radius = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
   return direction * radius * eps
 
 
-def _ascent_direction(grad: jnp.ndarray, norm: str) -> jnp.ndarray:
+def ascent_direction(grad: jnp.ndarray, norm: str) -> jnp.ndarray:
   if norm == "linf":
     return jnp.sign(grad)
-  return grad / (_per_example_norm(grad) + 1e-12)
+  return grad / (per_example_norm(grad) + 1e-12)
 
 
 # XLA:CPU runs a while-loop body about 2.3x slower than the same ops unrolled (measured in
@@ -90,7 +90,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
 
   def body(_, x_adv):
     g = input_grad(per_example, x_adv)
-    return project(x_adv + step_size * _ascent_direction(g, norm), x, eps, norm)
+    return project(x_adv + step_size * ascent_direction(g, norm), x, eps, norm)
 
   def one_run(k):
     x_adv = project(x + _random_start(k, x, eps, norm), x, eps, norm) if random_start else x
@@ -115,4 +115,4 @@ def fgsm(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, *, eps: float,
          norm: str = "linf", loss: str = "ce") -> jnp.ndarray:
   """One step of size eps (Goodfellow et al. 2015)."""
   g = input_grad(lambda v: LOSSES[loss](logits_fn(v), y), x)
-  return jax.lax.stop_gradient(project(x + eps * _ascent_direction(g, norm), x, eps, norm))
+  return jax.lax.stop_gradient(project(x + eps * ascent_direction(g, norm), x, eps, norm))

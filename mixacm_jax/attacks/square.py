@@ -1,14 +1,20 @@
-"""Square attack, L-inf (Andriushchenko et al., ECCV 2020): score-based random search.
+"""Square attack, L-inf and L2 (Andriushchenko et al., ECCV 2020): score-based random search.
 
-Start from vertical stripes of +-eps; each query adds, per example, a square of side
-s = round(sqrt(p * H * W)) at a random position with a random +-2 eps per channel, projects,
-and keeps it if the margin loss fell. p follows the paper's schedule (rescaled to the query
-budget). Examples stop being queried once misclassified (a `while_loop` ends when all are).
+Each query changes, per example, a square window at a random position and keeps the change
+if the margin loss fell; the window's area fraction p follows the paper's schedule (rescaled
+to the query budget). Examples stop being queried once misclassified (the `while_loop` ends
+when all are).
+
+L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps per channel.
+L2: start from a grid of "pseudo-Gaussian" bumps (concentric squares weighted 1/k^2, two
+halves of opposite sign); a query moves the perturbation mass of a second window and of the
+chosen one into a new bump in the chosen window, keeping the total norm at eps.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mixacm_jax.attacks.pgd import margin_loss, project
+from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
 _P_BOUNDARIES = jnp.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
@@ -19,14 +25,11 @@ def p_selection(p_init: float, i: jnp.ndarray, n_queries: int) -> jnp.ndarray:
   return p_init / 2.0 ** jnp.sum(it > _P_BOUNDARIES)
 
 
-def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
-           n_queries: int = 5000, p_init: float = 0.8):
-  """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
-  n, h, w, c = x.shape
-  k_init, k_loop = jax.random.split(key)
-  stripes = jax.random.choice(k_init, jnp.array([-eps, eps], x.dtype), (n, 1, w, c))
-  x_best = jnp.clip(x + stripes, 0.0, 1.0)
-  margin = -margin_loss(logits_fn(x_best), y)  # > 0: still correctly classified
+def _random_search(logits_fn, x, y, x_init, propose, n_queries):
+  """Greedy search: `propose(i, x_best) -> x_new` each query; keeps improvements of the
+  margin for the examples still correctly classified."""
+  margin = -margin_loss(logits_fn(x_init), y)  # > 0: still correctly classified
+  bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
 
   def cond(s):
     i, _, margin = s
@@ -34,20 +37,115 @@ def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: fl
 
   def body(s):
     i, x_best, margin = s
+    x_new = propose(i, x_best)
+    new_margin = -margin_loss(logits_fn(x_new), y)
+    better = (new_margin < margin) & (margin > 0)
+    x_best = jnp.where(better.reshape(bshape), x_new, x_best)
+    return i + 1, x_best, jnp.where(better, new_margin, margin)
+
+  _, x_best, margin = jax.lax.while_loop(cond, body, (jnp.array(0), x_init, margin))
+  return jax.lax.stop_gradient(x_best), margin <= 0
+
+
+def _window(h, w, top, left, side):
+  """(N, H, W, 1) mask of the square at (top, left) of size `side` (traced values)."""
+  rows = jnp.arange(h).reshape(1, h, 1, 1)
+  cols = jnp.arange(w).reshape(1, 1, w, 1)
+  return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+
+
+def square_linf(logits_fn, x, y, key, *, eps, n_queries, p_init):
+  n, h, w, c = x.shape
+  k_init, k_loop = jax.random.split(key)
+  stripes = jax.random.choice(k_init, jnp.array([-eps, eps], x.dtype), (n, 1, w, c))
+
+  def propose(i, x_best):
     k1, k2, k3 = jax.random.split(jax.random.fold_in(k_loop, i), 3)
     p = p_selection(p_init, i, n_queries)
     side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
     top = jax.random.randint(k1, (n, 1, 1, 1), 0, h - side + 1)
     left = jax.random.randint(k2, (n, 1, 1, 1), 0, w - side + 1)
-    rows = jnp.arange(h).reshape(1, h, 1, 1)
-    cols = jnp.arange(w).reshape(1, 1, w, 1)
-    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
     signs = jax.random.choice(k3, jnp.array([-2 * eps, 2 * eps], x.dtype), (n, 1, 1, c))
-    x_new = project(jnp.where(inside, x_best + signs, x_best), x, eps, "linf")
-    new_margin = -margin_loss(logits_fn(x_new), y)
-    better = (new_margin < margin) & (margin > 0)
-    x_best = jnp.where(better.reshape(n, 1, 1, 1), x_new, x_best)
-    return i + 1, x_best, jnp.where(better, new_margin, margin)
+    inside = _window(h, w, top, left, side)
+    return project(jnp.where(inside, x_best + signs, x_best), x, eps, "linf")
 
-  _, x_best, margin = jax.lax.while_loop(cond, body, (jnp.array(0), x_best, margin))
-  return jax.lax.stop_gradient(x_best), margin <= 0
+  return _random_search(logits_fn, x, y, jnp.clip(x + stripes, 0.0, 1.0), propose, n_queries)
+
+
+# H[k] = sum_{m=1}^{k} 1/m^2: the bump's value at ring d of a rectangle with M rings is
+# H[M] - H[d] (concentric squares, the k-th weighted 1/k^2).
+_H = jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 1025) ** 2)]), jnp.float32)
+
+
+def _rectangle(i, j, a, b):
+  """The normalised pseudo-Gaussian bump on an a x b rectangle at local coordinates (i, j)
+  (zero outside); a, b may be traced."""
+  ci, cj = a // 2, b // 2
+  rings = jnp.maximum(ci, cj) + 1
+  d = jnp.maximum(jnp.abs(i - ci), jnp.abs(j - cj))
+  inside = (i >= 0) & (i < a) & (j >= 0) & (j < b)
+  v = jnp.where(inside, _H[rings] - _H[jnp.clip(d, 0, rings)], 0.0)
+  return v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=(1, 2), keepdims=True), 1e-24))
+
+
+def bump(h, w, top, left, side, transpose):
+  """(N, H, W, 1) unit-norm bump of size `side` at (top, left): the top half a bump, the
+  bottom half a negative one; transposed where `transpose`."""
+  i = jnp.arange(h).reshape(1, h, 1, 1) - top
+  j = jnp.arange(w).reshape(1, 1, w, 1) - left
+  i, j = jnp.where(transpose, j, i), jnp.where(transpose, i, j)
+  half = side // 2
+  v = _rectangle(i, j, half, side) - _rectangle(i - half, j, side - half, side)
+  return v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=(1, 2), keepdims=True), 1e-24))
+
+
+def _channel_norm(v):
+  return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
+
+
+def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init):
+  n, h, w, c = x.shape
+  k_init, k_loop = jax.random.split(key)
+  # Initial grid of bumps of side h // 5, each with a random sign per example and channel.
+  s0 = max(h // 5, 1)
+  start = (h - 5 * s0) // 2
+  delta = jnp.zeros_like(x)
+  for b, (top, left) in enumerate((t, l) for t in range(start, h - s0 + 1, s0)
+                                  for l in range(start, w - s0 + 1, s0)):
+    kt, ks = jax.random.split(jax.random.fold_in(k_init, b))
+    pattern = bump(h, w, top, left, s0, jax.random.bernoulli(kt))
+    delta = delta + pattern * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, c))
+  x_init = jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
+
+  def propose(i, x_best):
+    k1, k2, k3, k4, k5 = jax.random.split(jax.random.fold_in(k_loop, i), 5)
+    p = p_selection(p_init, i, n_queries)
+    side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
+    side = jnp.minimum(side + (1 - side % 2), min(h, w) - (1 - min(h, w) % 2))  # odd, fits
+    pos = lambda k, size: jax.random.randint(k, (n, 1, 1, 1), 0, size - side + 1)
+    top, left = pos(k1, h), pos(k2, w)
+    win1 = _window(h, w, top, left, side)
+    win2 = _window(h, w, pos(k3, h), pos(k4, w), side)
+    delta = x_best - x
+    kt, ks = jax.random.split(k5)
+    new = bump(h, w, top, left, side, jax.random.bernoulli(kt, 0.5, (n, 1, 1, 1)))
+    new = new * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, c))
+    in1 = jnp.where(win1, delta, 0.0)
+    new = new + in1 / (_channel_norm(in1) + 1e-12)
+    # Rescale so the mass of both windows plus what the total budget has left goes here.
+    budget = jnp.maximum(eps ** 2 - per_example_norm(delta) ** 2, 0.0) / c
+    target = jnp.sqrt(budget + _channel_norm(jnp.where(win1 | win2, delta, 0.0)) ** 2)
+    new = new / (_channel_norm(new) + 1e-12) * target
+    delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
+    return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
+
+  return _random_search(logits_fn, x, y, x_init, propose, n_queries)
+
+
+def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
+           n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf"):
+  """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
+  attacks = {"linf": square_linf, "l2": square_l2}
+  if norm not in attacks:
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+  return attacks[norm](logits_fn, x, y, key, eps=eps, n_queries=n_queries, p_init=p_init)
