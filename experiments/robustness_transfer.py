@@ -49,9 +49,12 @@ _OUT = flags.DEFINE_string("out", "experiments/results/digits", "Where results g
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/experiment", "Checkpoints of every run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own teacher).")
 _STUDENTS = flags.DEFINE_list("students", list(STUDENTS), "Students to train.")
-_ATTACKS = flags.DEFINE_string("attacks", "pgd20,autoattack", "Attacks of the final report.")
-_AA_VERSION = flags.DEFINE_string("autoattack_version", "standard", "standard | apgd")
-_SWEEP = flags.DEFINE_list("eps_sweep", ["0.025", "0.05", "0.1", "0.15", "0.2"],
+_ATTACKS = flags.DEFINE_string("attacks", "pgd20,autoattack",
+                               "Attacks on the AutoAttack subset (PGD-20 also runs on all).")
+_AA_VERSION = flags.DEFINE_string("autoattack_version", "apgd", "standard | apgd | rand")
+_AA_EXAMPLES = flags.DEFINE_integer("autoattack_examples", 180,
+                                    "First n eval examples for AutoAttack (0: all).")
+_SWEEP = flags.DEFINE_list("eps_sweep", ["0.05", "0.1", "0.15", "0.2"],
                            "eps values of the PGD-20 sweep.")
 
 
@@ -61,24 +64,35 @@ def run_one(name, cfg, run_dir, teacher=None):
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
+  summary_path = os.path.join(run_dir, "summary.json")
+  previous = json.load(open(summary_path)) if os.path.exists(summary_path) else None
   result = train.train_and_evaluate(cfg, run_dir, teacher=teacher)
+  if previous and result["resumed_from"] == result["steps"]:  # finished before: its time
+    result["train_seconds"] = previous["train_seconds"]
   info = input_pipeline.get_info(cfg.data)
   model = models.create_model_from_config(cfg.model, info.num_classes)
   variables = teacher_lib.load_variables(model, info.image_shape, run_dir)
-  eval_cfg = cfg.eval.copy_and_resolve_references()
-  eval_cfg.attacks = _ATTACKS.value
-  eval_cfg.autoattack_version = _AA_VERSION.value
   t0 = time.perf_counter()
-  report = robustness.evaluate_robustness(model, variables, cfg.data, eval_cfg, seed=cfg.seed)
+  eval_cfg = cfg.eval.copy_and_resolve_references()
   eval_cfg.attacks = "pgd20"
+  report = robustness.evaluate_robustness(model, variables, cfg.data, eval_cfg, seed=cfg.seed)
   sweep = robustness.eps_sweep(model, variables, cfg.data, eval_cfg,
                                [float(e) for e in _SWEEP.value], seed=cfg.seed)
+  # AutoAttack on a subset (its cost), with PGD-20 on the same points for comparison.
+  eval_cfg.attacks = _ATTACKS.value
+  eval_cfg.autoattack_version = _AA_VERSION.value
+  eval_cfg.num_examples = _AA_EXAMPLES.value
+  subset = robustness.evaluate_robustness(model, variables, cfg.data, eval_cfg, seed=cfg.seed)
+  report["attacks"].update({k if k == "autoattack" else f"{k}_subset": v
+                            for k, v in subset["attacks"].items()})
+  report["autoattack_examples"] = subset["num_examples"]
+  report["clean_accuracy_subset"] = subset["clean_accuracy"]
   row = pipeline.result_row(name, result)
   record = {**row, "seed": cfg.seed, "report": report, "eval_seconds": time.perf_counter() - t0,
             "sweep": {"eps": sweep["epsilons"],
                       "pgd20": [r["attacks"]["pgd20"]["robust_accuracy"]
                                 for r in sweep["reports"]]},
-            "warnings": report["warnings"] + sweep["warnings"]}
+            "warnings": report["warnings"] + subset["warnings"] + sweep["warnings"]}
   with open(path, "w") as f:
     json.dump(record, f, indent=2)
   return record
@@ -138,6 +152,7 @@ def _pct(ms):
 def markdown(rows, records, config, command, elapsed):
   robust_key = "autoattack" if "autoattack" in rows["teacher"] else "pgd20"
   teacher = rows["teacher"]
+  nan = (float("nan"), float("nan"))
   lines = [
       "# Robustness transfer on the embedded digits: results",
       "",
@@ -153,20 +168,23 @@ def markdown(rows, records, config, command, elapsed):
       f"{config.model.name} {dict(config.model.kwargs)}, {_steps(records, 'mixacm')} steps of "
       f"{config.optim.batch_size} examples. "
       f"Attacks: L-inf eps = {config.eval.pgd.eps:g} on the {teacher['seeds']}-seed mean "
-      f"± std; PGD-20 step {config.eval.pgd.step_size:g}; AutoAttack "
-      f"{_AA_VERSION.value} (each stage on the points the earlier ones left). Cost: seconds of "
+      f"± std; clean and PGD-20 (step {config.eval.pgd.step_size:g}) on all "
+      f"{records[0]['report']['num_examples']} eval examples; AutoAttack `{_AA_VERSION.value}` "
+      f"(each stage on the points the earlier ones left) and PGD-20 again on the first "
+      f"{records[0]['report'].get('autoattack_examples', '?')}. Cost: seconds of "
       "training on this machine and network passes (forward + backward, student and teacher) "
       "over all training examples; the teacher's column is its own training.",
       "",
-      "| model | clean % | PGD-20 % | AutoAttack % | robust / teacher's | train s | passes (M) |",
-      "| --- | --- | --- | --- | --- | --- | --- |",
+      "| model | clean % | PGD-20 % | PGD-20 % (subset) | AutoAttack % (subset) | "
+      "AA / teacher's AA | train s | passes (M) |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for name, r in rows.items():
     label = "teacher" if name == "teacher" else STUDENTS[name][2]
     ratio = _ratio(r[robust_key][0], teacher[robust_key][0])
     lines.append(
-        f"| {label} | {_pct(r['clean'])} | {_pct(r.get('pgd20', (float('nan'),) * 2))} | "
-        f"{_pct(r.get('autoattack', (float('nan'),) * 2))} | {ratio:.2f} | "
+        f"| {label} | {_pct(r['clean'])} | {_pct(r.get('pgd20', nan))} | "
+        f"{_pct(r.get('pgd20_subset', nan))} | {_pct(r.get('autoattack', nan))} | {ratio:.2f} | "
         f"{r['train_seconds'][0]:.0f} ± {r['train_seconds'][1]:.0f} | "
         f"{r['total_passes'][0] / 1e6:.2f} |")
   stage_cols = [k for k in teacher if k.startswith("autoattack:")]
@@ -198,11 +216,12 @@ def markdown(rows, records, config, command, elapsed):
                  + ("yes" if ordered else "no") + " (" + ", ".join(
                      f"{k} {100 * v:.1f}" for k, v in zip(present, ours)) + "; paper: " +
                  ", ".join(f"{PAPER_ABLATION[k]}" for k in present) + ").")
-  if "pgd20" in teacher and "autoattack" in teacher:
-    worst = max(rows.items(), key=lambda kv: kv[1]["pgd20"][0] - kv[1]["autoattack"][0])
-    lines.append(f"- Largest PGD-20 minus AutoAttack gap: {worst[0]}, "
-                 f"{100 * (worst[1]['pgd20'][0] - worst[1]['autoattack'][0]):.1f} points "
-                 "(a large gap would point to gradient masking).")
+  if "pgd20_subset" in teacher and "autoattack" in teacher:
+    gap = lambda r: r["pgd20_subset"][0] - r["autoattack"][0]
+    worst = max(rows.items(), key=lambda kv: gap(kv[1]))
+    lines.append(f"- PGD-20 minus AutoAttack on the same points: at most "
+                 f"{100 * gap(worst[1]):.1f} points ({worst[0]}); a large gap would point to "
+                 "gradient masking.")
   warnings = sorted({f"{r['run']} (seed {r['seed']}): {w}" for r in records for w in r["warnings"]})
   lines += ["", "Warnings raised by the evaluation: " + ("none." if not warnings else "")]
   lines += [f"- {w}" for w in warnings]

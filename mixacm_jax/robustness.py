@@ -109,16 +109,26 @@ def _agreed_count(n: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.asarray(n))))
 
 
-def _compact_batches(robust: np.ndarray, batch: int):
+def _padded_size(n: int, batch: int, multiple: int) -> int:
+  """`batch`, or for a smaller remainder the next power of two (a multiple of `multiple`):
+  few shapes to compile, little padding to attack."""
+  size = multiple
+  while size < n:
+    size *= 2
+  return min(size, batch)
+
+
+def _compact_batches(robust: np.ndarray, batch: int, multiple: int = 1):
   """Index batches over the still-robust points only, as AutoAttack runs each stage: a
-  stage costs what is left to attack, not the whole split. Each batch is padded to `batch`
-  (one compilation) and comes with the mask of its real entries."""
+  stage costs what is left to attack, not the whole split. Each batch is padded (see
+  `_padded_size`) and comes with the mask of its real entries."""
   idx = np.flatnonzero(robust)
   for i in range(_agreed_count(-(-len(idx) // batch))):
     sel = idx[i * batch:(i + 1) * batch]
-    valid = np.zeros((batch,), bool)
+    size = _padded_size(_agreed_count(len(sel)), batch, multiple)
+    valid = np.zeros((size,), bool)
     valid[:len(sel)] = True
-    yield sel, np.concatenate([sel, np.zeros((batch - len(sel),), sel.dtype)]), valid
+    yield sel, np.concatenate([sel, np.zeros((size - len(sel),), sel.dtype)]), valid
 
 
 def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = None,
@@ -163,7 +173,7 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
     for j, stage_name in enumerate(stages):
       stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size,
                                              pgd_cfg.get("restarts", 1)))
-      work = list(_compact_batches(robust, batch))
+      work = list(_compact_batches(robust, batch, n_dev))
       progress = reporting.Progress(len(work), batch, label=f"{name}:{stage_name}"
                                     if len(stages) > 1 else name)
       stage_key = jax.random.fold_in(jax.random.PRNGKey(seed), j)

@@ -11,14 +11,16 @@ from mixacm_jax.attacks import autoattack, pgd as pgd_lib
 def test_compact_batches_cover_each_robust_point_once():
   robust = np.zeros((50,), bool)
   robust[[0, 3, 4, 17, 18, 19, 20, 49]] = True
-  work = list(robustness._compact_batches(robust, 3))
-  assert len(work) == 3
+  work = list(robustness._compact_batches(robust, 6, 2))
+  assert len(work) == 2
   seen = np.concatenate([sel for sel, _, _ in work])
   np.testing.assert_array_equal(seen, np.flatnonzero(robust))
+  assert [len(p) for _, p, _ in work] == [6, 2]  # the remainder of 2 is not padded to 6
   for sel, padded, valid in work:
-    assert padded.shape == valid.shape == (3,)
+    assert padded.shape == valid.shape and valid.sum() == len(sel)
     np.testing.assert_array_equal(padded[valid], sel)
   assert list(robustness._compact_batches(np.zeros((5,), bool), 3)) == []
+  assert [robustness._padded_size(n, 128, 2) for n in (1, 3, 33, 100, 128)] == [2, 4, 64, 128, 128]
 
 
 def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
