@@ -16,6 +16,7 @@ from mixacm_jax.attacks import apgd, fab, pgd, square  # noqa: E402
 from mixacm_jax.input_pipeline import _digits_arrays  # noqa: E402
 
 EPS = 0.1
+EPS_L2 = 0.5
 N_EXAMPLES = 500
 
 
@@ -101,28 +102,39 @@ def test_pgd20_matches_torchattacks(setup):
 
 
 @pytest.mark.slow
-def test_autoattack_stages_match_torchattacks(setup):
+@pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", EPS_L2)])
+def test_autoattack_stages_match_torchattacks(setup, norm, eps):
   """AutoAttack's standard stages in sequence, each on the points the earlier ones left:
   APGD-CE (100 it.), APGD-T (9 targets, 100 it.), FAB-T (9 targets, 100 it.), Square (5000
-  queries); torchattacks' stages with the same settings. (torchattacks' own AutoAttack class
-  runs APGD, APGD-T and FAB with 10 steps by default, a weaker attack.)"""
+  queries for L-inf; 1000 for L2, on both sides, to fit CI); torchattacks' stages with the
+  same settings. (torchattacks' own AutoAttack class runs APGD, APGD-T and FAB with 10 steps
+  by default, a weaker attack.)"""
   logits_fn, net, x, y, x_t, y_t = setup
+  queries = 5000 if norm == "linf" else 1000
   key = jax.random.PRNGKey(2)
   robust = np.array(jnp.argmax(logits_fn(x), -1) == y)
   ours_after = []
-  for fn in (lambda x, y, k: apgd.apgd(logits_fn, x, y, k, eps=EPS, n_iter=100),
-             lambda x, y, k: apgd.apgd_targeted(logits_fn, x, y, k, eps=EPS, n_iter=100),
-             lambda x, y, k: fab.fab_targeted(logits_fn, x, y, k, eps=EPS, n_iter=100),
-             lambda x, y, k: square.square(logits_fn, x, y, k, eps=EPS, n_queries=5000)):
+  for fn in (lambda x, y, k: apgd.apgd(logits_fn, x, y, k, eps=eps, n_iter=100, norm=norm),
+             lambda x, y, k: apgd.apgd_targeted(logits_fn, x, y, k, eps=eps, n_iter=100,
+                                                norm=norm),
+             lambda x, y, k: fab.fab_targeted(logits_fn, x, y, k, eps=eps, n_iter=100,
+                                              norm=norm),
+             lambda x, y, k: square.square(logits_fn, x, y, k, eps=eps, n_queries=queries,
+                                           norm=norm)):
     x_adv, fooled = jax.jit(fn)(x, y, key)
-    assert float(jnp.max(jnp.abs(x_adv - x))) <= EPS + 1e-6
+    d = np.asarray(x_adv - x).reshape(len(y), -1)
+    assert (np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)).max() <= eps + 1e-5
     robust &= ~np.asarray(fooled)
     ours_after.append(robust.mean())
-  stages = [torchattacks.APGD(net, eps=EPS, steps=100, loss="ce", n_restarts=1, seed=0),
-            torchattacks.APGDT(net, eps=EPS, steps=100, n_classes=10, n_restarts=1, seed=0),
-            torchattacks.FAB(net, eps=EPS, steps=100, n_classes=10, n_restarts=1,
-                             multi_targeted=True, seed=0),
-            torchattacks.Square(net, eps=EPS, n_queries=5000, n_restarts=1, seed=0)]
+  their_norm = {"linf": "Linf", "l2": "L2"}[norm]
+  stages = [torchattacks.APGD(net, norm=their_norm, eps=eps, steps=100, loss="ce", n_restarts=1,
+                              seed=0),
+            torchattacks.APGDT(net, norm=their_norm, eps=eps, steps=100, n_classes=10,
+                               n_restarts=1, seed=0),
+            torchattacks.FAB(net, norm=their_norm, eps=eps, steps=100, n_classes=10,
+                             n_restarts=1, multi_targeted=True, seed=0),
+            torchattacks.Square(net, norm=their_norm, eps=eps, n_queries=queries, n_restarts=1,
+                                seed=0)]
   with torch.no_grad():
     t_robust = (net(x_t).argmax(1) == y_t).numpy()
   theirs_after = []
@@ -133,7 +145,8 @@ def test_autoattack_stages_match_torchattacks(setup):
       with torch.no_grad():
         t_robust[idx] = (net(adv).argmax(1) == y_t[idx]).numpy()
     theirs_after.append(t_robust.mean())
-  print("robust accuracy after each stage: ours", ours_after, "torchattacks", theirs_after)
+  print(f"{norm} eps={eps}: robust accuracy after each stage: ours", ours_after,
+        "torchattacks", theirs_after)
   assert ours_after[-1] < _acc_ours(logits_fn, x, y)
   assert abs(ours_after[-1] - theirs_after[-1]) <= 0.01
   assert abs(ours_after[0] - theirs_after[0]) <= 0.01

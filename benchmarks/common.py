@@ -1,0 +1,131 @@
+"""The benchmarks' shared harness: device choice, timing, train steps of any objective,
+FLOP counts from XLA's cost analysis and the measured matmul peak.
+
+Every benchmark prints its command line, machine and the figures; nothing here asserts a
+speed (a benchmark is not a test)."""
+import functools
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import cifar10_common  # noqa: E402
+from mixacm_jax import models, objectives, parallel, train  # noqa: E402
+from mixacm_jax.teacher import Teacher  # noqa: E402
+
+
+def add_device_flags(parser):
+  parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                      help="gpu: run our side on the GPU with --dtype compute")
+  parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                      help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")
+
+
+def setup_device(args):
+  """Picks the backend before any computation; returns the compute dtype name."""
+  if args.device == "gpu":
+    if not any(d.platform == "gpu" for d in jax.devices()):
+      raise SystemExit("--device=gpu: no GPU is visible to JAX here")
+    jax.config.update("jax_platforms", "cuda")
+  else:
+    jax.config.update("jax_platforms", "cpu")
+  return args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
+
+
+def describe_machine() -> str:
+  d = jax.devices()[0]
+  return (f"{platform.node() or 'host'}: {d.device_kind} x{jax.device_count()} "
+          f"({jax.default_backend()}), {os.cpu_count()} CPU cores, jax {jax.__version__}")
+
+
+def timed(fn, repeats: int):
+  """(median, min, max) seconds of `repeats` calls to `fn` (which must block)."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), min(times), max(times)
+
+
+def step_config(student: str, student_kwargs, teacher: str, teacher_kwargs, objective: str,
+                dtype: str, attack_steps: int = 10):
+  """A CIFAR-10 MixACM config with the given models and objective (training attack for
+  PGD-AT / TRADES: `attack_steps` steps of 2/255 at eps 8/255, as in the papers)."""
+  stages = (cifar10_common.WRN_TO_RESNET_STAGES if teacher.startswith("wrn") else
+            ("stem", "stage1", "stage2", "stage3", "stage4"))
+  config = cifar10_common.mixacm_config(student, teacher, stages)
+  config.model.kwargs = dict(student_kwargs)
+  config.model.dtype = dtype
+  config.teacher.model.kwargs = dict(teacher_kwargs)
+  config.teacher.model.dtype = dtype
+  config.objective.name = objective
+  config.objective.attack.steps = attack_steps
+  config.objective.attack.step_size = 2 / 255
+  return config
+
+
+def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32, 32, 3),
+                     num_classes: int = 10, seed: int = 0):
+  """The project's pmapped train step of `config.objective` on `n_devices`, with random
+  weights and a random global batch; returns (run_step() -> blocks, p_step, args)."""
+  devices = jax.devices()[:n_devices] if n_devices else jax.devices()
+  objective = objectives.get_objective(config.objective.name)
+  model = models.create_model_from_config(config.model, num_classes)
+  teacher = None
+  if objective.needs_teacher:
+    t_model = models.create_model_from_config(config.teacher.model, num_classes)
+    teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
+                                                     image_shape), "random")
+  params = train._objective_params(config, objective, model, teacher,  # pylint: disable=protected-access
+                                   image_shape) if teacher else {}
+  state = train.create_train_state(config, model, image_shape, 100, 10_000, params)
+  p_step = jax.pmap(functools.partial(
+      train.train_step, objective=objective.loss_fn,
+      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective,
+      teacher_model=teacher and teacher.model), axis_name="batch", devices=devices)
+  rng = np.random.RandomState(seed)
+  n = len(devices)
+  if batch % n:
+    raise SystemExit(f"batch {batch} does not split over {n} devices")
+  images = rng.rand(n, batch // n, *image_shape).astype(np.float32)
+  labels = rng.randint(0, num_classes, (n, batch // n)).astype(np.int32)
+  p_state = parallel.replicate(state, devices=devices)
+  p_teacher = parallel.replicate(teacher.variables if teacher else {}, devices=devices)
+  p_batch = jax.pmap(lambda b: b, devices=devices)({"image": images, "label": labels})
+  holder = {"state": p_state}
+
+  def run_step():
+    # Not donated: the same state is reused, so every timed step does the same work.
+    _, metrics = p_step(holder["state"], p_batch, p_teacher)
+    jax.block_until_ready(metrics)
+  return run_step, p_step, (p_state, p_batch, p_teacher), objective
+
+
+def compiled_flops(jitted, *args) -> float:
+  """FLOPs of one call as XLA's cost analysis counts them (per device for pmap)."""
+  analysis = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+
+
+def matmul_peak(dtype: str = "float32", n: int = None, repeats: int = 5) -> float:
+  """Measured FLOP/s of a large square matmul through JAX on the first device: the
+  practical peak the step is compared against."""
+  n = n or (8192 if jax.default_backend() != "cpu" else 2048)
+  dt = jnp.dtype(dtype)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dt)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dt)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, b))
+  med, _, _ = timed(lambda: jax.block_until_ready(f(a, b)), repeats)
+  return 2.0 * n ** 3 / med
