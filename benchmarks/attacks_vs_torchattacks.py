@@ -1,20 +1,25 @@
-"""PGD-20 and AutoAttack stages: this project vs torchattacks, same model, same examples, one run.
+"""Clean inference, PGD-20, AutoAttack stages and the whole AutoAttack (standard): this
+project vs torchattacks, same model, same examples, one run.
 
 The model is a RobustBench architecture built in PyTorch with random weights and BatchNorm
 statistics, converted with this project's port (logits checked equal before timing). Prints
 examples/s for each side and the ratio (ours / torchattacks; > 1 means we are faster).
+`autoattack` runs the four standard stages in sequence, each on the points the earlier ones
+left, on both sides (torchattacks' stages built with AutoAttack's settings: 100 iterations,
+9 target classes, 5000 Square queries; its own AutoAttack class defaults to 10 iterations).
 
-  python benchmarks/attacks_vs_torchattacks.py --arch=resnet18 --batch=64 --attacks=pgd20
-  python benchmarks/attacks_vs_torchattacks.py --arch=wrn16_2 --batch=64 --attacks=pgd20,apgd-ce,apgd-t
+  python benchmarks/attacks_vs_torchattacks.py --arch=resnet18 --batch=64 --attacks=clean,pgd20
+  python benchmarks/attacks_vs_torchattacks.py --arch=wrn16_2 --attacks=apgd-ce,autoattack
+  python benchmarks/attacks_vs_torchattacks.py --norm=l2 --attacks=pgd20,autoattack
+  python benchmarks/attacks_vs_torchattacks.py --device=gpu --batch=512  # torch stays on CPU
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -22,18 +27,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchattacks  # noqa: E402
 
-from mixacm_jax.attacks import apgd, fab, pgd, square  # noqa: E402
+from mixacm_jax.attacks import autoattack, pgd  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
 
-EPS = 8 / 255
-
+EPS = {"linf": 8 / 255, "l2": 0.5}
+STANDARD = autoattack.VERSIONS["standard"]
 
 ARCHS = {
     "resnet18": (lambda: robustbench.architecture_module("resnet").ResNet18(), "resnet18", {}),
-    "wrn16_2": (lambda: robustbench.architecture_module("wide_resnet").WideResNet(depth=16, widen_factor=2),
-                "wrn", {"depth": 16, "widen_factor": 2}),
-    "preact18": (lambda: robustbench.architecture_module("resnet").PreActResNet18(), "preact_resnet18",
-                 {"final_bn": False, "shortcut_from_preact": False}),
+    "wrn16_2": (lambda: robustbench.architecture_module("wide_resnet").WideResNet(
+        depth=16, widen_factor=2), "wrn", {"depth": 16, "widen_factor": 2}),
+    "preact18": (lambda: robustbench.architecture_module("resnet").PreActResNet18(),
+                 "preact_resnet18", {"final_bn": False, "shortcut_from_preact": False}),
 }
 
 
@@ -45,36 +50,51 @@ def build(arch, path):
   return net, model, variables
 
 
-def ours_attack(name, logits_fn):
+def ours_attack(name, logits_fn, eps, norm):
+  """attack(x, y, key) -> (x_adv, fooled)."""
   if name.startswith("pgd"):
-    steps = int(name[3:])
-    return lambda x, y, k: pgd.pgd(logits_fn, x, y, k, eps=EPS, step_size=EPS / 4, steps=steps)
-  return {"apgd-ce": lambda x, y, k: apgd.apgd(logits_fn, x, y, k, eps=EPS, n_iter=100)[0],
-          "apgd-t": lambda x, y, k: apgd.apgd_targeted(logits_fn, x, y, k, eps=EPS,
-                                                       n_iter=100)[0],
-          "fab-t": lambda x, y, k: fab.fab_targeted(logits_fn, x, y, k, eps=EPS,
-                                                    n_iter=100)[0],
-          "square": lambda x, y, k: square.square(logits_fn, x, y, k, eps=EPS,
-                                                  n_queries=5000)[0]}[name]
+    def run(x, y, k):
+      x_adv = pgd.pgd(logits_fn, x, y, k, eps=eps, step_size=eps / 4, steps=int(name[3:]),
+                      norm=norm)
+      return x_adv, jnp.argmax(logits_fn(x_adv), -1) != y
+    return run
+  stage = autoattack.get_stage(name)
+  return lambda x, y, k: stage(logits_fn, x, y, k, eps, norm)
 
 
-def their_attack(name, net):
+def their_attack(name, net, eps, norm):
+  n = {"linf": "Linf", "l2": "L2"}[norm]
   if name.startswith("pgd"):
-    return torchattacks.PGD(net, eps=EPS, alpha=EPS / 4, steps=int(name[3:]), random_start=True)
-  return {"apgd-ce": lambda: torchattacks.APGD(net, eps=EPS, steps=100, loss="ce"),
-          "apgd-t": lambda: torchattacks.APGDT(net, eps=EPS, steps=100, n_classes=10),
-          "fab-t": lambda: torchattacks.FAB(net, eps=EPS, steps=100, n_classes=10,
+    cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    return cls(net, eps=eps, alpha=eps / 4, steps=int(name[3:]), random_start=True)
+  return {"apgd-ce": lambda: torchattacks.APGD(net, norm=n, eps=eps, steps=100, loss="ce"),
+          "apgd-t": lambda: torchattacks.APGDT(net, norm=n, eps=eps, steps=100, n_classes=10),
+          "fab-t": lambda: torchattacks.FAB(net, norm=n, eps=eps, steps=100, n_classes=10,
                                             multi_targeted=True),
-          "square": lambda: torchattacks.Square(net, eps=EPS, n_queries=5000)}[name]()
+          "square": lambda: torchattacks.Square(net, norm=n, eps=eps, n_queries=5000)}[name]()
 
 
-def timed(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), min(times), max(times)
+def ours_sequence(fns, x, y, key):
+  """Each stage on the points all earlier ones left (a new shape compiles once; the timed
+  repeats reuse the compiled programs)."""
+  robust = np.ones(len(y), bool)
+  for name in STANDARD:
+    idx = np.flatnonzero(robust)
+    if len(idx):
+      _, fooled = fns[name](x[idx], y[idx], key)
+      robust[idx] = ~np.asarray(fooled)
+  return robust.mean()
+
+
+def their_sequence(attacks, net, x_t, y_t):
+  robust = np.ones(len(y_t), bool)
+  for attack in attacks:
+    idx = np.flatnonzero(robust)
+    if len(idx):
+      adv = attack(x_t[idx], y_t[idx])
+      with torch.no_grad():
+        robust[idx] = (net(adv).argmax(1) == y_t[idx]).numpy()
+  return robust.mean()
 
 
 def main():
@@ -82,10 +102,14 @@ def main():
   p.add_argument("--arch", default="resnet18", choices=sorted(ARCHS))
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--attacks", default="pgd20")
+  p.add_argument("--norm", default="linf", choices=sorted(EPS))
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--threads", type=int, default=os.cpu_count())
+  common.add_device_flags(p)
   args = p.parse_args()
+  common.setup_device(args)
   torch.set_num_threads(args.threads)
+  eps = EPS[args.norm]
   net, model, variables = build(args.arch, "/tmp/_bench_weights.pt")
   rng = np.random.RandomState(0)
   x = rng.rand(args.batch, 32, 32, 3).astype(np.float32)
@@ -97,21 +121,39 @@ def main():
   with torch.no_grad():
     diff = np.max(np.abs(np.asarray(logits_fn(x)) - net(x_t).numpy()))
   assert diff < 1e-3, f"the two models differ (max |dlogit| = {diff})"
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-        f"({args.threads} threads); {args.arch}, batch {args.batch}, max |dlogit| {diff:.1e}")
+  print(f"{common.describe_machine()}; torch {torch.__version__} on CPU ({args.threads} "
+        f"threads); {args.arch}, batch {args.batch}, {args.norm} eps {eps:.4g}, "
+        f"max |dlogit| {diff:.1e}")
+  xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0)
   for name in args.attacks.split(","):
-    fn = jax.jit(ours_attack(name, logits_fn))
-    xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0)
+    acc = {}
+    if name == "clean":
+      fwd = jax.jit(logits_fn)
+      ours_fn = lambda: jax.block_until_ready(fwd(xj))
+
+      def theirs_fn():
+        with torch.no_grad():
+          net(x_t)
+    elif name == "autoattack":
+      fns = {s: jax.jit(ours_attack(s, logits_fn, eps, args.norm)) for s in STANDARD}
+      attacks = [their_attack(s, net, eps, args.norm) for s in STANDARD]
+      ours_fn = lambda: acc.__setitem__("ours", ours_sequence(fns, xj, yj, key))
+      theirs_fn = lambda: acc.__setitem__("theirs", their_sequence(attacks, net, x_t, y_t))
+    else:
+      fn = jax.jit(ours_attack(name, logits_fn, eps, args.norm))
+      ours_fn = lambda: jax.block_until_ready(fn(xj, yj, key))
+      attack = their_attack(name, net, eps, args.norm)
+      theirs_fn = lambda: attack(x_t, y_t)
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(xj, yj, key))
+    ours_fn()
     compile_s = time.perf_counter() - t0
-    ours = timed(lambda: jax.block_until_ready(fn(xj, yj, key)), args.repeats)
-    attack = their_attack(name, net)
-    theirs = timed(lambda: attack(x_t, y_t), args.repeats)
-    print(f"{name:8s} ours {args.batch / ours[0]:8.1f} ex/s (median {ours[0]:.2f} s, "
-          f"{ours[1]:.2f}-{ours[2]:.2f}; first call incl. compile {compile_s:.1f} s) | "
-          f"torchattacks {args.batch / theirs[0]:8.1f} ex/s (median {theirs[0]:.2f} s) | "
-          f"ratio {theirs[0] / ours[0]:.2f}x")
+    ours = common.timed(ours_fn, args.repeats)
+    theirs = common.timed(theirs_fn, args.repeats)
+    note = f" robust acc {acc['ours']:.3f} vs {acc['theirs']:.3f};" if acc else ""
+    print(f"{name:10s} ours {args.batch / ours[0]:9.1f} ex/s (median {ours[0]:.3f} s, "
+          f"{ours[1]:.3f}-{ours[2]:.3f}; first call incl. compile {compile_s:.1f} s) | "
+          f"torchattacks {args.batch / theirs[0]:9.1f} ex/s (median {theirs[0]:.3f} s) |{note} "
+          f"ratio {theirs[0] / ours[0]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

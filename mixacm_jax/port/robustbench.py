@@ -6,6 +6,7 @@ builds on some machines), while `model_zoo/architectures/*.py` import only torch
 """
 import importlib.util
 import os
+import sys
 
 from mixacm_jax.errors import ConfigError
 
@@ -20,9 +21,15 @@ def architecture_module(name: str):
                       f"{name}.py")
   if not os.path.isfile(path):
     raise ConfigError(f"robustbench has no architecture file {name}.py")
-  module_spec = importlib.util.spec_from_file_location(f"robustbench_arch_{name}", path)
+  # Loaded from its file (robustbench's package __init__ pulls in heavy optional deps) and
+  # registered, so tools that re-import a class's module (torch.compile) find it.
+  module_name = f"robustbench_arch_{name}"
+  if module_name in sys.modules:
+    return sys.modules[module_name]
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  sys.modules[module_name] = module
   return module
 
 
