@@ -28,18 +28,30 @@ from ml_collections import config_flags  # noqa: E402
 from mixacm_jax import input_pipeline, models, pipeline, robustness, train  # noqa: E402
 from mixacm_jax import teacher as teacher_lib  # noqa: E402
 
-# name -> (objective, overrides of config.objective, label in the table)
+# name -> (objective, overrides (dotted config paths), label in the table)
 STUDENTS = {
     "natural": ("natural", {}, "natural training"),
     "kd": ("kd", {}, "KD only"),
-    "acm": ("mixacm", {"w_kd": 0.0, "mixup_alpha": 0.0}, "ACM only (+ CE)"),
-    "acm_kd": ("mixacm", {"mixup_alpha": 0.0}, "ACM + KD"),
-    "acm_mixup": ("mixacm", {"w_kd": 0.0}, "ACM + mixup"),
+    "acm": ("mixacm", {"objective.w_kd": 0.0, "objective.mixup_alpha": 0.0}, "ACM only (+ CE)"),
+    "acm_kd": ("mixacm", {"objective.mixup_alpha": 0.0}, "ACM + KD"),
+    "acm_mixup": ("mixacm", {"objective.w_kd": 0.0}, "ACM + mixup"),
     "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
     "ard": ("ard", {}, "ARD (adversarial KD)"),
     "rslad": ("rslad", {}, "RSLAD (adversarial KD)"),
     "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
 }
+# Diagnostics of the MixACM result (run with --students=...): one change each.
+DIAGNOSTICS = {
+    "mixacm_teacher_width": ("mixacm", {"model.kwargs.base_width": 16},
+                             "MixACM, student as wide as the teacher"),
+    "mixacm_w_acm_100": ("mixacm", {"objective.w_acm": 100.0}, "MixACM, w_acm = 100"),
+    "mixacm_3x_epochs": ("mixacm", {"optim.num_epochs": 45}, "MixACM, 3x the epochs"),
+    "mixacm_late_stages": ("mixacm", {"objective.acm.stages": ("stage3", "stage4")},
+                           "MixACM, ACM on stages 3-4 only"),
+    "acm_only_no_ce": ("mixacm", {"objective.w_ce": 0.0, "objective.w_kd": 0.0,
+                                  "objective.mixup_alpha": 0.0}, "ACM alone (no CE, no KD)"),
+}
+ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS}
 # The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.
 PAPER_ABLATION = {"acm": 48.38, "acm_kd": 49.53, "acm_mixup": 52.29, "mixacm": 56.65}
 
@@ -99,11 +111,15 @@ def run_one(name, cfg, run_dir, teacher=None):
 
 
 def student_config(config, name, seed):
-  objective, overrides, _ = STUDENTS[name]
+  objective, overrides, _ = ALL_STUDENTS[name]
   cfg = pipeline.student_config(config, objective)
   cfg.seed = seed
-  for k, v in overrides.items():
-    cfg.objective[k] = v
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
   return cfg
 
 
@@ -117,7 +133,7 @@ def mean_std(values):
 def summarise(records):
   """One row per model over seeds: mean and std of every figure."""
   rows = {}
-  for name in ["teacher"] + [s for s in STUDENTS if any(r["run"] == s for r in records)]:
+  for name in ["teacher"] + [s for s in ALL_STUDENTS if any(r["run"] == s for r in records)]:
     mine = [r for r in records if r["run"] == name]
     if not mine:
       continue
@@ -180,7 +196,7 @@ def markdown(rows, records, config, command, elapsed):
       "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for name, r in rows.items():
-    label = "teacher" if name == "teacher" else STUDENTS[name][2]
+    label = "teacher" if name == "teacher" else ALL_STUDENTS[name][2]
     ratio = _ratio(r[robust_key][0], teacher[robust_key][0])
     lines.append(
         f"| {label} | {_pct(r['clean'])} | {_pct(r.get('pgd20', nan))} | "
@@ -235,8 +251,8 @@ def plot(rows, records, out):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   robust_key = "autoattack" if "autoattack" in rows["teacher"] else "pgd20"
-  colors = dict(zip(rows, plt.cm.tab10.colors))
-  label = lambda n: "teacher" if n == "teacher" else STUDENTS[n][2]
+  colors = dict(zip(rows, (plt.cm.tab10 if len(rows) <= 10 else plt.cm.tab20).colors))
+  label = lambda n: "teacher" if n == "teacher" else ALL_STUDENTS[n][2]
 
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for name, r in rows.items():
@@ -280,9 +296,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # orbax logs every save and restore
   config = _CONFIG.value
-  unknown = [s for s in _STUDENTS.value if s not in STUDENTS]
+  unknown = [s for s in _STUDENTS.value if s not in ALL_STUDENTS]
   if unknown:
-    raise app.UsageError(f"unknown students {unknown}; known: {', '.join(STUDENTS)}")
+    raise app.UsageError(f"unknown students {unknown}; known: {', '.join(ALL_STUDENTS)}")
   robustness.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.pgd.norm)
   os.makedirs(_OUT.value, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "xla_cache"))
