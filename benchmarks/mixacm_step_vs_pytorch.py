@@ -78,6 +78,8 @@ def main():
   p.add_argument("--teacher_width", type=int, default=4)
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
+  p.add_argument("--breakdown", action="store_true",
+                 help="also time the teacher forward and the student fwd+bwd alone")
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   config = cifar10_common.mixacm_config("resnet18", "wrn", cifar10_common.WRN_TO_RESNET_STAGES)
@@ -182,6 +184,42 @@ def main():
     print(f"torch {args.batch / mt:7.1f} ex/s (median {mt:.3f} s, {min(theirs):.3f}-"
           f"{max(theirs):.3f}; first step {first:.1f} s) {label}")
     print(f"ratio (ours / PyTorch {label} speed) {mt / mo:.2f}x (target vs eager: >= 1.2x)")
+  if args.breakdown:
+    breakdown(args, t_model, t_vars, s_model, s_vars, t_net, s_net, x, y, x_t, y_t)
+
+
+def breakdown(args, t_model, t_vars, s_model, s_vars, t_net, s_net, x, y, x_t, y_t):
+  """Where the time goes: the teacher's forward and the student's forward + backward (plain
+  CE) alone, each side, same weights and inputs."""
+  import optax  # pylint: disable=g-import-not-at-top
+  t_fwd = jax.jit(lambda v: t_model.apply(t_vars, v))
+  s_grad = jax.jit(jax.grad(lambda p, v: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      s_model.apply({"params": p, "batch_stats": s_vars["batch_stats"]}, v, train=True,
+                    mutable=["batch_stats"])[0], y))))
+  xj = jnp.asarray(x)
+
+  def their_student():
+    s_net.zero_grad()
+    F.cross_entropy(s_net(x_t), y_t).backward()
+
+  def their_teacher():
+    with torch.no_grad():
+      t_net(x_t)
+  parts = [("teacher forward", lambda: jax.block_until_ready(t_fwd(xj)), their_teacher),
+           ("student fwd+bwd", lambda: jax.block_until_ready(s_grad(s_vars["params"], xj)),
+            their_student)]
+  for name, ours_fn, theirs_fn in parts:
+    ours_fn()
+    theirs_fn()
+    o = statistics.median([_time(ours_fn) for _ in range(args.steps)])
+    t = statistics.median([_time(theirs_fn) for _ in range(args.steps)])
+    print(f"  {name:16s} ours {o:.3f} s | PyTorch {t:.3f} s | ratio {t / o:.2f}x")
+
+
+def _time(fn):
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
