@@ -301,8 +301,6 @@ def main(argv):
     raise app.UsageError(f"unknown students {unknown}; known: {', '.join(ALL_STUDENTS)}")
   robustness.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.pgd.norm)
   os.makedirs(_OUT.value, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   t_start = time.perf_counter()
   info = input_pipeline.get_info(config.data)
   records = []
