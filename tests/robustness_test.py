@@ -48,3 +48,19 @@ def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
   stages = report["attacks"]["autoattack"]["after_each_stage"]
   assert abs(stages["fgsm"] - after_fgsm.mean()) < 1e-9
   assert report["attacks"]["autoattack"]["robust_accuracy"] <= stages["fgsm"]
+
+
+def test_rand_version_runs_eot_and_flags_a_deterministic_model(tiny_config, monkeypatch):
+  cfg = tiny_config
+  cfg.eval.num_examples = 32
+  info = input_pipeline.get_info(cfg.data)
+  model = models.create_model_from_config(cfg.model, info.num_classes)
+  variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)
+  monkeypatch.setattr(autoattack, "EOT_ITER", 2)  # the stages read it when called
+  cfg.eval.attacks = "autoattack"
+  cfg.eval.autoattack_version = "rand"
+  report = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, verbose=False)
+  stages = report["attacks"]["autoattack"]["after_each_stage"]
+  assert list(stages) == ["apgd-ce-eot", "apgd-dlr-eot"]
+  assert stages["apgd-dlr-eot"] <= stages["apgd-ce-eot"] <= report["clean_accuracy"]
+  assert any("deterministic" in w for w in report["warnings"])
