@@ -50,6 +50,9 @@ DIAGNOSTICS = {
                            "MixACM, ACM on stages 3-4 only"),
     "acm_only_no_ce": ("mixacm", {"objective.w_ce": 0.0, "objective.w_kd": 0.0,
                                   "objective.mixup_alpha": 0.0}, "ACM alone (no CE, no KD)"),
+    # Controls for the 3x-epochs run: does longer training alone make a student robust?
+    "natural_3x_epochs": ("natural", {"optim.num_epochs": 45}, "natural training, 3x epochs"),
+    "kd_3x_epochs": ("kd", {"optim.num_epochs": 45}, "KD only, 3x epochs"),
 }
 ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS}
 # The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.
@@ -107,6 +110,9 @@ def run_one(name, cfg, run_dir, teacher=None):
             "warnings": report["warnings"] + subset["warnings"] + sweep["warnings"]}
   with open(path, "w") as f:
     json.dump(record, f, indent=2)
+  # Every model compiles its own attack programs; without this a long run exhausts XLA:CPU's
+  # JIT code memory ("LLVM ERROR: Unable to allocate section memory").
+  jax.clear_caches()
   return record
 
 
@@ -153,6 +159,11 @@ def summarise(records):
   return rows
 
 
+def _robust_key(rows):
+  """The strongest attack every row has: AutoAttack, else PGD-20."""
+  return "autoattack" if all("autoattack" in r for r in rows.values()) else "pgd20"
+
+
 def _ratio(a, b):
   return a / b if b else float("nan")
 
@@ -166,7 +177,7 @@ def _pct(ms):
 
 
 def markdown(rows, records, config, command, elapsed):
-  robust_key = "autoattack" if "autoattack" in rows["teacher"] else "pgd20"
+  robust_key = _robust_key(rows)
   teacher = rows["teacher"]
   nan = (float("nan"), float("nan"))
   lines = [
@@ -209,7 +220,8 @@ def markdown(rows, records, config, command, elapsed):
               "| model | " + " | ".join(k.split(":")[1] for k in stage_cols) + " |",
               "| --- |" + " --- |" * len(stage_cols)]
     for name, r in rows.items():
-      lines.append(f"| {name} | " + " | ".join(_pct(r[k]) for k in stage_cols) + " |")
+      if all(k in r for k in stage_cols):
+        lines.append(f"| {name} | " + " | ".join(_pct(r[k]) for k in stage_cols) + " |")
   lines += ["", "## Checks, computed", ""]
   if "mixacm" in rows:
     m = rows["mixacm"]
@@ -232,7 +244,7 @@ def markdown(rows, records, config, command, elapsed):
                  + ("yes" if ordered else "no") + " (" + ", ".join(
                      f"{k} {100 * v:.1f}" for k, v in zip(present, ours)) + "; paper: " +
                  ", ".join(f"{PAPER_ABLATION[k]}" for k in present) + ").")
-  if "pgd20_subset" in teacher and "autoattack" in teacher:
+  if robust_key == "autoattack" and "pgd20_subset" in teacher:
     gap = lambda r: r["pgd20_subset"][0] - r["autoattack"][0]
     worst = max(rows.items(), key=lambda kv: gap(kv[1]))
     lines.append(f"- PGD-20 minus AutoAttack on the same points: at most "
@@ -250,7 +262,7 @@ def plot(rows, records, out):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  robust_key = "autoattack" if "autoattack" in rows["teacher"] else "pgd20"
+  robust_key = _robust_key(rows)
   colors = dict(zip(rows, (plt.cm.tab10 if len(rows) <= 10 else plt.cm.tab20).colors))
   label = lambda n: "teacher" if n == "teacher" else ALL_STUDENTS[n][2]
 
