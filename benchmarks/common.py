@@ -31,12 +31,11 @@ def add_device_flags(parser):
 
 def setup_device(args):
   """Picks the backend before any computation; returns the compute dtype name."""
-  if args.device == "gpu":
-    if not any(d.platform == "gpu" for d in jax.devices()):
-      raise SystemExit("--device=gpu: no GPU is visible to JAX here")
-    jax.config.update("jax_platforms", "cuda")
-  else:
-    jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_platforms", "cuda" if args.device == "gpu" else "cpu")
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:
+    raise SystemExit(f"--device={args.device}: no such device is visible to JAX here ({e})")
   return args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
 
 
