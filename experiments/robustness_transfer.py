@@ -203,7 +203,7 @@ def markdown(rows, records, config, command, elapsed):
       "over all training examples; the teacher's column is its own training.",
       "",
       "| model | clean % | PGD-20 % | PGD-20 % (subset) | AutoAttack % (subset) | "
-      "AA / teacher's AA | train s | passes (M) |",
+      f"{'AA' if robust_key == 'autoattack' else 'PGD-20'} / teacher's | train s | passes (M) |",
       "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for name, r in rows.items():
@@ -237,7 +237,7 @@ def markdown(rows, records, config, command, elapsed):
                      f"; {_ratio(m['train_seconds'][0], rows['pgd_at']['train_seconds'][0]):.2f}x the "
                      "seconds of PGD-AT of the same student" if "pgd_at" in rows else "") + ".")
   present = [k for k in PAPER_ABLATION if k in rows]
-  if present:
+  if len(present) > 1:
     ours = [rows[k][robust_key][0] for k in present]
     ordered = all(a <= b for a, b in zip(ours, ours[1:]))
     lines.append("- Ablation order (" + " <= ".join(present) + ") as in the paper: "
