@@ -280,21 +280,23 @@ def plot(rows, records, out):
   fig.savefig(os.path.join(out, "eps_sweep.png"), dpi=120)
   plt.close(fig)
 
+  # Cost as network passes: deterministic, unlike seconds on a shared machine.
   for fname, xkey, xlabel in (("clean_vs_robust.png", "clean", "clean accuracy (%)"),
-                              ("cost_vs_robust.png", "train_seconds", "training seconds")):
+                              ("cost_vs_robust.png", "total_passes",
+                               "training cost: network passes (millions)")):
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, r in rows.items():
       mine = [x for x in records if x["run"] == name]
-      xs = [(100 * x["report"]["clean_accuracy"] if xkey == "clean" else x["train_seconds"])
+      xs = [(100 * x["report"]["clean_accuracy"] if xkey == "clean" else x[xkey] / 1e6)
             for x in mine]
       ys = [100 * (x["report"]["attacks"][robust_key]["robust_accuracy"]) for x in mine]
       ax.scatter(xs, ys, s=12, alpha=0.4, color=colors[name])
-      mx = 100 * r[xkey][0] if xkey == "clean" else r[xkey][0]
+      mx = 100 * r[xkey][0] if xkey == "clean" else r[xkey][0] / 1e6
       ax.scatter([mx], [100 * r[robust_key][0]], s=70, color=colors[name], label=label(name),
                  edgecolor="k")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{robust_key} robust accuracy (%)")
-    if xkey == "train_seconds":
+    if xkey == "total_passes":
       ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
