@@ -77,6 +77,10 @@ def square_linf(logits_fn, x, y, key, *, eps, n_queries, p_init):
 _H = jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 1025) ** 2)]), jnp.float32)
 
 
+def _channel_norm(v):
+  return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
+
+
 def _rectangle(i, j, a, b):
   """The normalised pseudo-Gaussian bump on an a x b rectangle at local coordinates (i, j)
   (zero outside); a, b may be traced."""
@@ -85,7 +89,7 @@ def _rectangle(i, j, a, b):
   d = jnp.maximum(jnp.abs(i - ci), jnp.abs(j - cj))
   inside = (i >= 0) & (i < a) & (j >= 0) & (j < b)
   v = jnp.where(inside, _H[rings] - _H[jnp.clip(d, 0, rings)], 0.0)
-  return v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=(1, 2), keepdims=True), 1e-24))
+  return v / jnp.maximum(_channel_norm(v), 1e-12)
 
 
 def bump(h, w, top, left, side, transpose):
@@ -96,11 +100,7 @@ def bump(h, w, top, left, side, transpose):
   i, j = jnp.where(transpose, j, i), jnp.where(transpose, i, j)
   half = side // 2
   v = _rectangle(i, j, half, side) - _rectangle(i - half, j, side - half, side)
-  return v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=(1, 2), keepdims=True), 1e-24))
-
-
-def _channel_norm(v):
-  return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
+  return v / jnp.maximum(_channel_norm(v), 1e-12)
 
 
 def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init):
