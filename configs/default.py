@@ -69,6 +69,7 @@ def get_config():
   config.optim.momentum = 0.9
   config.optim.nesterov = False
   config.optim.weight_decay = 5e-4
+  config.optim.decay_acm_transforms = True  # weight decay on MixACM's ACM transformations too
   config.optim.schedule = "cosine"     # cosine | piecewise | constant
   config.optim.warmup_epochs = 1.0
   config.optim.decay_epochs = (50, 75)  # piecewise only

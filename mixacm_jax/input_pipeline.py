@@ -31,20 +31,37 @@ class DatasetInfo:
   num_eval: int
 
 
+DIGITS_SPLITS = ("train", "validation", "test")
+
+
+def digits_split_indices(labels: np.ndarray) -> Dict[str, np.ndarray]:
+  """Fixed, stratified, disjoint splits of the 1797 digits: 36 test images per class (360),
+  then 20 % of each class's remainder for validation (288), the rest for training (1149).
+  Settings are chosen on validation; test is only for reported numbers."""
+  rng = np.random.RandomState(0)
+  test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:36] for c in range(10)])
+  rest = np.setdiff1d(np.arange(len(labels)), test)
+  val_rng = np.random.RandomState(1)
+  validation = []
+  for c in range(10):
+    members = rest[labels[rest] == c]
+    validation.append(val_rng.permutation(members)[:int(round(0.2 * len(members)))])
+  validation = np.concatenate(validation)
+  train = np.setdiff1d(rest, validation)
+  return {"train": train, "validation": np.sort(validation), "test": np.sort(test)}
+
+
 def _digits_arrays(split: str) -> Tuple[np.ndarray, np.ndarray]:
-  """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download):
-  a fixed, stratified 80/20 train/test split, pixels scaled from 0..16 to [0, 1]."""
-  if split not in ("train", "test"):
-    raise ConfigError(f"the embedded 'digits' dataset has splits 'train' and 'test', not {split!r}")
+  """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download), one of
+  DIGITS_SPLITS, pixels scaled from 0..16 to [0, 1]."""
+  if split not in DIGITS_SPLITS:
+    raise ConfigError(f"the embedded 'digits' dataset has splits {', '.join(map(repr, DIGITS_SPLITS))}"
+                      f", not {split!r}")
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   images = (digits.images.astype(np.float32) / 16.0)[..., None]
   labels = digits.target.astype(np.int32)
-  rng = np.random.RandomState(0)
-  test_idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:36] for c in range(10)])
-  is_test = np.zeros(len(labels), bool)
-  is_test[test_idx] = True
-  keep = is_test if split == "test" else ~is_test
+  keep = digits_split_indices(labels)[split]
   return images[keep], labels[keep]
 
 

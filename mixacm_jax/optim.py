@@ -5,11 +5,15 @@ import optax
 from mixacm_jax.errors import ConfigError
 
 
-def _kernel_mask(params):
+def _kernel_mask(params, decay_objective: bool = True):
   """True for conv/dense kernels: PyTorch-trained robust models decay those, and the
-  custom of not decaying BatchNorm scales and biases is followed here."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+  custom of not decaying BatchNorm scales and biases is followed here. `decay_objective`
+  False exempts what the objective learns beside the model (MixACM's ACM transformations)."""
+  def decayed(path, _):
+    if not decay_objective and getattr(path[0], "key", None) == "objective":
+      return False
+    return getattr(path[-1], "key", None) == "kernel"
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def create_schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -32,6 +36,7 @@ def create_schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedu
 def create_optimizer(cfg, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
   """PyTorch-style SGD: the weight decay term joins the gradient before momentum."""
   return optax.chain(
-      optax.masked(optax.add_decayed_weights(cfg.weight_decay), _kernel_mask),
+      optax.masked(optax.add_decayed_weights(cfg.weight_decay),
+                   lambda p: _kernel_mask(p, cfg.get("decay_acm_transforms", True))),
       optax.sgd(create_schedule(cfg, steps_per_epoch, total_steps), momentum=cfg.momentum or None,
                 nesterov=bool(cfg.nesterov)))

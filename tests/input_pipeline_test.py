@@ -17,12 +17,40 @@ def data_cfg():
 
 def test_digits_info_and_split_are_disjoint(data_cfg):
   info = input_pipeline.get_info(data_cfg)
-  assert (info.image_shape, info.num_classes, info.num_train + info.num_eval) == ((8, 8, 1), 10, 1797)
+  assert (info.image_shape, info.num_classes, info.num_eval) == ((8, 8, 1), 10, 360)
   train_x, _ = input_pipeline._digits_arrays("train")
   test_x, test_y = input_pipeline._digits_arrays("test")
   assert np.bincount(test_y).tolist() == [36] * 10
   train_rows = {x.tobytes() for x in train_x}
   assert sum(x.tobytes() in train_rows for x in test_x) < 10  # digits has a few duplicates
+
+
+def test_digits_validation_split_is_disjoint_stratified_and_fixed():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  labels = load_digits().target
+  splits = input_pipeline.digits_split_indices(labels)
+  train, val, test = (set(splits[k].tolist()) for k in ("train", "validation", "test"))
+  assert not (train & val or train & test or val & test)
+  assert len(train | val | test) == len(labels) == 1797
+  # Stratified: each class is ~20 % of its non-test examples (within rounding).
+  for c in range(10):
+    rest = np.sum(labels == c) - 36
+    assert abs(np.sum(labels[splits["validation"]] == c) - 0.2 * rest) <= 0.5
+  assert len(val) == 287 and len(train) == 1797 - 360 - 287
+  # Fixed: the same indices on every call, independent of any global NumPy state.
+  np.random.seed(123)
+  again = input_pipeline.digits_split_indices(labels)
+  for k in splits:
+    np.testing.assert_array_equal(splits[k], again[k])
+  # The arrays served are those rows, and the validation split feeds evaluation.
+  x_val, y_val = input_pipeline._digits_arrays("validation")
+  np.testing.assert_array_equal(y_val, labels[splits["validation"]])
+  cfg = default.get_config().data
+  cfg.eval_split = "validation"
+  assert input_pipeline.get_info(cfg).num_eval == len(x_val)
+  batch = next(input_pipeline.eval_batches(cfg, 300))
+  assert batch["mask"].sum() == 287
+  np.testing.assert_array_equal(batch["label"].reshape(-1)[:287], y_val)
 
 
 def test_train_batches_shape_range_and_determinism(data_cfg):

@@ -195,3 +195,40 @@ def test_rslad_and_ard_examples_stay_in_the_ball(mixacm_config):
   assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
   kl = lambda v: float(common.kl_divergence(t_logits, ctx.eval_logits_fn(state.params)(v)))
   assert kl(x_adv) > kl(x)  # the inner maximisation raised the KL to the teacher
+
+
+def test_one_student_block_matched_to_two_teacher_blocks_keeps_both_pairs(mixacm_config):
+  mixacm_config.objective.acm.stages = ("stage1", "stage1:stage2")
+  _, _, state = _setup(mixacm_config)
+  kernels = state.params["objective"]
+  # Keyed by pair: student stage1 (width 4) -> teacher stage1 (8) and -> teacher stage2 (16).
+  assert set(kernels) == {"stage1", "stage1__stage2"}
+  assert kernels["stage1"]["kernel"].shape == (4, 8)
+  assert kernels["stage1__stage2"]["kernel"].shape == (4, 16)
+  from mixacm_jax.objectives import mixacm  # pylint: disable=g-import-not-at-top
+  feats = {"stage1": jnp.ones((2, 4, 4, 4))}
+  t_feats = {"stage1": jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 4, 8)),
+             "stage2": jax.random.uniform(jax.random.PRNGKey(1), (2, 2, 2, 16))}
+  terms = mixacm.acm_terms(state.params, mixacm_config.objective, feats, t_feats)
+  assert set(terms) == {"stage1", "stage1__stage2"}
+  assert float(terms["stage1"]) != float(terms["stage1__stage2"])
+  # The same pair twice is a config error, not a silent overwrite.
+  mixacm_config.objective.acm.stages = ("stage1", "stem", "stage1")
+  with pytest.raises(ConfigError, match="matches 'stage1' to 'stage1' twice"):
+    _setup(mixacm_config)
+
+
+def test_weight_decay_on_acm_transforms_is_a_switch(mixacm_config):
+  from mixacm_jax import optim  # pylint: disable=g-import-not-at-top
+  params = {"model": {"conv": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}},
+            "objective": {"stage1": {"kernel": jnp.ones((2, 2))}}}
+  for decay in (True, False):
+    mixacm_config.optim.decay_acm_transforms = decay
+    mixacm_config.optim.warmup_epochs = 0.0  # a zero learning rate at step 0 would hide it
+    tx = optim.create_optimizer(mixacm_config.optim, 10, 100)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    # Zero gradients: only weight decay moves a parameter.
+    assert float(jnp.abs(updates["model"]["conv"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(updates["model"]["conv"]["bias"]).sum()) == 0
+    assert (float(jnp.abs(updates["objective"]["stage1"]["kernel"]).sum()) > 0) == decay

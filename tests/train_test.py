@@ -124,8 +124,8 @@ def test_empty_split_and_unknown_digits_split_are_clear_errors(tiny_config, tmp_
                                                                monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mixacm_jax.errors import ConfigError, DataError  # pylint: disable=g-import-not-at-top
-  tiny_config.data.eval_split = "validation"
-  with pytest.raises(ConfigError, match="has splits 'train' and 'test', not 'validation'"):
+  tiny_config.data.eval_split = "val"
+  with pytest.raises(ConfigError, match="has splits 'train', 'validation', 'test', not 'val'"):
     train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
   # TFDS' mock data ignores split slicing, so the empty split is simulated at its size.
   tiny_config.data.name, tiny_config.data.eval_split = "cifar10", "test"

@@ -18,9 +18,11 @@ from mixacm_jax.errors import ConfigError
 from mixacm_jax.objectives.common import accuracy, cross_entropy, kl_divergence
 
 
-def stage_pairs(cfg) -> List[Tuple[str, str, float]]:
-  """(student name, teacher name, weight) for each matched block. A stage spec is `name`
-  (same name in both models) or `student_name:teacher_name`."""
+def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
+  """(key, student name, teacher name, weight) for each matched block. A stage spec is `name`
+  (same name in both models) or `student_name:teacher_name`; the key names the pair's
+  transformation and metric (`name`, or `student__teacher` when they differ), so one student
+  block may be matched to several teacher blocks."""
   stages = list(cfg.acm.stages)
   weights = list(cfg.acm.stage_weights) or [1.0] * len(stages)
   if len(weights) != len(stages):
@@ -29,7 +31,11 @@ def stage_pairs(cfg) -> List[Tuple[str, str, float]]:
   pairs = []
   for spec, w in zip(stages, weights):
     student, _, teacher = spec.partition(":")
-    pairs.append((student, teacher or student, float(w)))
+    teacher = teacher or student
+    key = student if teacher == student else f"{student}__{teacher}"
+    if any(key == p[0] for p in pairs):
+      raise ConfigError(f"objective.acm.stages matches {student!r} to {teacher!r} twice: {stages}")
+    pairs.append((key, student, teacher, float(w)))
   return pairs
 
 
@@ -37,20 +43,20 @@ def feature_names(cfg) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
   if not cfg.w_acm:
     return (), ()
   pairs = stage_pairs(cfg)
-  return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+  return tuple(dict.fromkeys(p[1] for p in pairs)), tuple(dict.fromkeys(p[2] for p in pairs))
 
 
 def init_params(rng, cfg, student_shapes: Dict, teacher_shapes: Dict) -> Dict:
-  """One transformation per matched block, on the student's g_c output."""
+  """One transformation per matched pair, on the student's g_c output."""
   if not cfg.w_acm:
     return {}
   _, per_channel = acm.get_mapping(cfg.acm.mapping)
   params = {}
-  for i, (s, t, _) in enumerate(stage_pairs(cfg)):
+  for i, (key, s, t, _) in enumerate(stage_pairs(cfg)):
     s_shape, t_shape = student_shapes[s], teacher_shapes[t]
     if per_channel:
-      params[s] = acm.init_transform(jax.random.fold_in(rng, i), s_shape[-1], t_shape[-1],
-                                     cfg.acm.transform)
+      params[key] = acm.init_transform(jax.random.fold_in(rng, i), s_shape[-1], t_shape[-1],
+                                       cfg.acm.transform)
     elif s_shape[1:3] != t_shape[1:3]:
       raise ConfigError(f"ACM mapping {cfg.acm.mapping!r} compares spatial maps, but student "
                         f"{s!r} is {s_shape[1:3]} and teacher {t!r} is {t_shape[1:3]}")
@@ -60,9 +66,9 @@ def init_params(rng, cfg, student_shapes: Dict, teacher_shapes: Dict) -> Dict:
 def acm_terms(params, cfg, student_feats, teacher_feats) -> Dict[str, jnp.ndarray]:
   a = cfg.acm
   gc = lambda v: acm.channel_map(v, a.mapping, a.activation, a.p)
-  return {s: w * acm.acm_loss(gc(teacher_feats[t]),
-                              acm.transform(gc(student_feats[s]), params["objective"].get(s)))
-          for s, t, w in stage_pairs(cfg)}
+  return {key: w * acm.acm_loss(gc(teacher_feats[t]),
+                                acm.transform(gc(student_feats[s]), params["objective"].get(key)))
+          for key, s, t, w in stage_pairs(cfg)}
 
 
 def loss_fn(params, ctx, batch):

@@ -1,0 +1,307 @@
+"""Which settings make the MixACM student robust within half the teacher's passes? (issue 12)
+
+Every choice is made on the embedded digits' *validation* split (clean and PGD-20 accuracy at
+the end of training); the test split is left to `robustness_transfer.py`, run once at the
+chosen defaults. For each seed a teacher is trained (the config's own), then the points of the
+chosen groups:
+
+  lengths     MixACM, ACM + mixup, KD only, natural training and PGD-AT of the student at
+              1x, 2x, 3x, 5x the teacher's epochs (robust accuracy vs training cost in passes)
+  variations  one change at a time around the base point (MixACM at --base_multiple x the
+              teacher's epochs): w_acm, w_kd, tau, matched stages, ACM mapping, mixup alpha and
+              per-example lambda, weight decay on the ACM transformations, batch size
+
+Writes `results.md`, `results.json` and `lengths.png` / `variations.png` to --out; every run
+resumes (finished runs are read back from their `record.json`).
+
+  python experiments/transfer_study.py --out=experiments/results/digits_study
+"""
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mixacm_jax import input_pipeline, pipeline, train  # noqa: E402
+from mixacm_jax import teacher as teacher_lib  # noqa: E402
+
+# method -> (objective, overrides, label)
+METHODS = {
+    "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
+    "acm_mixup": ("mixacm", {"objective.w_kd": 0.0}, "ACM + mixup"),
+    "kd": ("kd", {}, "KD only"),
+    "natural": ("natural", {}, "natural training"),
+    "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
+}
+MULTIPLES = (1, 2, 3, 5)
+# One change each from the base MixACM point: name -> overrides.
+VARIATIONS = {
+    "w_acm=3": {"objective.w_acm": 3.0},
+    "w_acm=30": {"objective.w_acm": 30.0},
+    "w_kd=0": {"objective.w_kd": 0.0},
+    "w_kd=3": {"objective.w_kd": 3.0},
+    "tau=4": {"objective.temperature": 4.0},
+    "stages 2-4": {"objective.acm.stages": ("stage2", "stage3", "stage4")},
+    "stages 3-4": {"objective.acm.stages": ("stage3", "stage4")},
+    "mapping mean_pow": {"objective.acm.mapping": "mean_pow"},
+    "mapping max": {"objective.acm.mapping": "max"},
+    "mixup alpha=0.4": {"objective.mixup_alpha": 0.4},
+    "mixup alpha=2": {"objective.mixup_alpha": 2.0},
+    "per-example lambda": {"objective.mixup_per_example": True},
+    "no wd on ACM transforms": {"optim.decay_acm_transforms": False},
+    "batch 32": {"optim.batch_size": 32},
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default_mixacm.py",
+                                          "A pipeline config (teacher + student).")
+_OUT = flags.DEFINE_string("out", "experiments/results/digits_study", "Where results go.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/study", "Checkpoints of every run.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own teacher).")
+_GROUPS = flags.DEFINE_list("groups", ["lengths", "variations"], "lengths | variations")
+_METHODS = flags.DEFINE_list("methods", list(METHODS), "Methods of the lengths group.")
+_MULTIPLES = flags.DEFINE_list("multiples", [str(m) for m in MULTIPLES],
+                               "Training lengths, in multiples of the teacher's epochs.")
+_VARIATIONS = flags.DEFINE_list("variations", list(VARIATIONS), "Variations to run.")
+_BASE_MULTIPLE = flags.DEFINE_float(
+    "base_multiple", 2.0, "Length of the variations' base point, in the teacher's epochs.")
+_SPLIT = flags.DEFINE_string("eval_split", "validation", "Split every choice is made on.")
+
+
+def apply_overrides(cfg, overrides):
+  """Sets dotted config paths, e.g. {"objective.w_kd": 0.0}."""
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+def points(config):
+  """(group, point name, method, multiple, overrides) of every requested run."""
+  out = []
+  if "lengths" in _GROUPS.value:
+    for method in _METHODS.value:
+      for m in _MULTIPLES.value:
+        out.append(("lengths", f"{method}@{m}x", method, float(m), {}))
+  if "variations" in _GROUPS.value:
+    base = _BASE_MULTIPLE.value
+    out.append(("variations", f"mixacm@{base:g}x", "mixacm", base, {}))
+    for name in _VARIATIONS.value:
+      out.append(("variations", f"mixacm@{base:g}x {name}", "mixacm", base, VARIATIONS[name]))
+  del config
+  # A point asked for twice (the base point is also a length) runs once.
+  return list({p[1]: p for p in out}.values())
+
+
+def run_config(config, seed, method, multiple, overrides):
+  objective, method_overrides, _ = METHODS[method]
+  cfg = pipeline.student_config(config, objective)
+  cfg.seed = seed
+  cfg.optim.num_epochs = int(round(config.pipeline.teacher_epochs * multiple))
+  return apply_overrides(apply_overrides(cfg, method_overrides), overrides)
+
+
+def prepare(config):
+  """The study's evaluation: the final clean and PGD-20 accuracy on the chosen split."""
+  config = config.copy_and_resolve_references()
+  config.data.eval_split = _SPLIT.value
+  config.eval.pgd.steps = 20
+  config.checkpoint.every_steps = 500
+  return config
+
+
+def run_one(name, cfg, run_dir, teacher=None):
+  path = os.path.join(run_dir, "record.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  summary_path = os.path.join(run_dir, "summary.json")
+  previous = json.load(open(summary_path)) if os.path.exists(summary_path) else None
+  result = train.train_and_evaluate(cfg, run_dir, teacher=teacher)
+  if previous and result["resumed_from"] == result["steps"]:
+    result["train_seconds"] = previous["train_seconds"]
+  record = {**pipeline.result_row(name, result), "seed": cfg.seed}
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  jax.clear_caches()  # each run compiles its own programs; XLA:CPU's JIT memory is finite
+  return record
+
+
+def summarise(records, specs):
+  """Per point: mean, std and the worst seed of the robust accuracy and its ratio to the
+  same seed's teacher; the passes ratio to the teacher."""
+  teachers = {r["seed"]: r for r in records if r["run"] == "teacher"}
+  rows = {}
+  for group, name, method, multiple, _ in [("teacher", "teacher", "teacher", 1.0, {})] + specs:
+    mine = [r for r in records if r["run"] == name]
+    if not mine:
+      continue
+    robust = [r["robust_accuracy"] for r in mine]
+    ratio = [r["robust_accuracy"] / teachers[r["seed"]]["robust_accuracy"] for r in mine]
+    gap = [r["robust_accuracy"] - next(
+        (n["robust_accuracy"] for n in records
+         if n["run"] == f"natural@{multiple:g}x" and n["seed"] == r["seed"]), float("nan"))
+           for r in mine]
+    rows[name] = {
+        "group": group, "method": method, "multiple": multiple, "seeds": len(mine),
+        "clean": _ms([r["clean_accuracy"] for r in mine]), "robust": _ms(robust),
+        "robust_worst": min(robust), "ratio": _ms(ratio), "ratio_worst": min(ratio),
+        "minus_natural": _ms(gap),
+        "passes_ratio": mine[0]["total_passes"] / teachers[mine[0]["seed"]]["total_passes"],
+        "total_passes": mine[0]["total_passes"],
+        "train_seconds": _ms([r["train_seconds"] for r in mine])}
+  return rows
+
+
+def _ms(values):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  v = np.asarray(values, float)
+  return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+
+
+def _pct(ms):
+  return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+
+
+def markdown(rows, command, elapsed, records):
+  t = rows["teacher"]
+  lines = [
+      "# MixACM on the embedded digits: the validation study", "",
+      f"Generated by `{command}` on {datetime.date.today().isoformat()} ({platform.machine()}, "
+      f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()}); "
+      f"{sum(r['train_seconds'] for r in records) / 60:.1f} min of training in all "
+      f"(this invocation {elapsed / 60:.1f} min; finished runs are read back).", "",
+      f"Split: **{_SPLIT.value}** (every figure here; the test split is not used). Robust = "
+      "PGD-20 L-inf at the config's eps, at the end of training; mean ± std over "
+      f"{t['seeds']} seeds, each with its own teacher; 'x teacher' is the ratio to the same "
+      "seed's teacher (mean ± std, worst seed); passes = network forward + backward passes "
+      "spent on training, as a multiple of the teacher's.", "",
+      f"Teacher: clean {_pct(t['clean'])} %, robust {_pct(t['robust'])} % (worst seed "
+      f"{100 * t['robust_worst']:.1f} %).", ""]
+  for group, title in (("lengths", "Training length"),
+                       ("variations", "One change at a time around the base point")):
+    mine = {k: r for k, r in rows.items() if r["group"] == group}
+    if not mine:
+      continue
+    lines += [f"## {title}", "",
+              "| point | clean % | robust % | worst seed % | x teacher | worst x | "
+              "minus natural (pts) | passes x teacher |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in mine.items():
+      lines.append(
+          f"| {name} | {_pct(r['clean'])} | {_pct(r['robust'])} | {100 * r['robust_worst']:.1f} "
+          f"| {r['ratio'][0]:.2f} ± {r['ratio'][1]:.2f} | {r['ratio_worst']:.2f} | "
+          f"{100 * r['minus_natural'][0]:+.1f} | {r['passes_ratio']:.2f} |")
+    lines.append("")
+  lines += ["Plots: [robust accuracy vs training passes](lengths.png), "
+            "[variations](variations.png)."]
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, out):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  t = rows["teacher"]
+  lengths = {k: r for k, r in rows.items() if r["group"] == "lengths"}
+  if lengths:
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    ax.axhline(100 * t["robust"][0], color="k", lw=1.5, label="teacher (PGD-AT)")
+    ax.axhspan(100 * (t["robust"][0] - t["robust"][1]), 100 * (t["robust"][0] + t["robust"][1]),
+               color="k", alpha=0.08)
+    ax.axhline(80 * t["robust"][0], color="k", ls=":", lw=1, label="0.8x teacher")
+    ax.axvline(0.5, color="gray", ls="--", lw=1, label="half the teacher's passes")
+    for method in METHODS:
+      pts = sorted((r for r in lengths.values() if r["method"] == method),
+                   key=lambda r: r["passes_ratio"])
+      if pts:
+        ax.errorbar([r["passes_ratio"] for r in pts], [100 * r["robust"][0] for r in pts],
+                    yerr=[100 * r["robust"][1] for r in pts], marker="o", capsize=3,
+                    lw=2.5 if method == "mixacm" else 1.2, label=METHODS[method][2])
+        for r in pts:
+          ax.annotate(f"{r['multiple']:g}x", (r["passes_ratio"], 100 * r["robust"][0]),
+                      fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training cost: network passes, multiple of the teacher's (log)")
+    ax.set_ylabel(f"PGD-20 robust accuracy on {_SPLIT.value} (%)")
+    ax.set_title("Robustness bought per training pass (labels: epochs x the teacher's)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "lengths.png"), dpi=120)
+    plt.close(fig)
+  variations = {k: r for k, r in rows.items() if r["group"] == "variations"}
+  if variations:
+    names = list(variations)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.4))
+    ax.barh(range(len(names)), [100 * variations[n]["robust"][0] for n in names],
+            xerr=[100 * variations[n]["robust"][1] for n in names], color="tab:blue",
+            alpha=0.7, capsize=3)
+    ax.axvline(100 * t["robust"][0], color="k", lw=1.5, label="teacher")
+    ax.axvline(80 * t["robust"][0], color="k", ls=":", lw=1, label="0.8x teacher")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"PGD-20 robust accuracy on {_SPLIT.value} (%), mean ± std over seeds")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "variations.png"), dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
+  config = prepare(_CONFIG.value)
+  unknown = ([m for m in _METHODS.value if m not in METHODS] +
+             [v for v in _VARIATIONS.value if v not in VARIATIONS])
+  if unknown:
+    raise app.UsageError(f"unknown methods/variations {unknown}; known: {', '.join(METHODS)}; "
+                         f"{', '.join(VARIATIONS)}")
+  os.makedirs(_OUT.value, exist_ok=True)
+  t_start = time.perf_counter()
+  info = input_pipeline.get_info(config.data)
+  specs = points(config)
+  seeds = [int(s) for s in _SEEDS.value]
+  records, teachers = [], {}
+  for seed in seeds:
+    t_cfg = pipeline.teacher_config(config)
+    t_cfg.seed = seed
+    print(f"== seed {seed}: teacher", flush=True)
+    t_dir = os.path.join(_WORKDIR.value, f"seed{seed}", "teacher")
+    records.append(run_one("teacher", t_cfg, t_dir))
+    teachers[seed] = teacher_lib.load_teacher(config.teacher, info.num_classes,
+                                              info.image_shape, path=t_dir)
+  # Point by point over all seeds, so that an interrupted study has whole points.
+  for _, name, method, multiple, overrides in specs:
+    for seed in seeds:
+      print(f"== seed {seed}: {name}", flush=True)
+      run_dir = os.path.join(_WORKDIR.value, f"seed{seed}",
+                             name.replace(" ", "_").replace("=", "-"))
+      records.append(run_one(name, run_config(config, seed, method, multiple, overrides),
+                             run_dir, teachers[seed]))
+  rows = summarise(records, specs)
+  command = "python experiments/transfer_study.py " + " ".join(sys.argv[1:])
+  text = markdown(rows, command.strip(), time.perf_counter() - t_start, records)
+  with open(os.path.join(_OUT.value, "results.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(_OUT.value, "results.json"), "w") as f:
+    json.dump({"summary": rows, "records": records}, f, indent=2)
+  plot(rows, _OUT.value)
+  print(text, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
