@@ -60,3 +60,48 @@ def test_summary_table_checks_and_plots(tmp_path, monkeypatch):
   rt.plot(rows, records, str(tmp_path))
   for name in ("eps_sweep.png", "clean_vs_robust.png", "cost_vs_robust.png"):
     assert (tmp_path / name).stat().st_size > 5000
+
+
+def _load_study():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  for name in ("config", "out", "workdir", "seeds"):  # the other script's module-level flags
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
+  spec = importlib.util.spec_from_file_location(
+      "transfer_study", os.path.join(ROOT, "experiments", "transfer_study.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["transfer_study"] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
+  from configs import default_mixacm  # pylint: disable=g-import-not-at-top
+  st = _load_study()
+  monkeypatch.setattr(st, "_SPLIT", type("F", (), {"value": "validation"})())
+  config = st.prepare(default_mixacm.get_config())
+  assert (config.data.eval_split, config.eval.pgd.steps) == ("validation", 20)
+  cfg = st.run_config(config, 4, "acm_mixup", 2.0, st.VARIATIONS["stages 3-4"])
+  assert (cfg.seed, cfg.objective.name, cfg.objective.w_kd, cfg.optim.num_epochs) == \
+      (4, "mixacm", 0.0, 2 * config.pipeline.teacher_epochs)
+  assert tuple(cfg.objective.acm.stages) == ("stage3", "stage4")
+  assert st.run_config(config, 0, "pgd_at", 1.0, {}).objective.name == "pgd_at"
+
+  def rec(run, seed, robust, passes):
+    return {"run": run, "seed": seed, "clean_accuracy": 0.95, "robust_accuracy": robust,
+            "total_passes": passes, "train_seconds": 1.0}
+  records = [rec("teacher", s, 0.7 + 0.1 * s, 12.0) for s in range(2)]
+  records += [rec("mixacm@2x", s, 0.6, 6.0) for s in range(2)]
+  records += [rec("natural@2x", s, 0.1 + 0.1 * s, 4.0) for s in range(2)]
+  specs = [("lengths", "mixacm@2x", "mixacm", 2.0, {}),
+           ("lengths", "natural@2x", "natural", 2.0, {})]
+  rows = st.summarise(records, specs)
+  m = rows["mixacm@2x"]
+  # Ratios are per seed, against that seed's own teacher; the worst seed is reported.
+  assert abs(m["ratio"][0] - np.mean([0.6 / 0.7, 0.6 / 0.8])) < 1e-9
+  assert abs(m["ratio_worst"] - 0.6 / 0.8) < 1e-9
+  assert abs(m["minus_natural"][0] - np.mean([0.5, 0.4])) < 1e-9 and m["passes_ratio"] == 0.5
+  text = st.markdown(rows, "cmd", 1.0, records)
+  assert "| mixacm@2x | 95.0 ± 0.0 | 60.0 ± 0.0 | 60.0 | 0.80 ± 0.08 | 0.75 | +45.0 | 0.50 |" in text
+  st.plot(rows, str(tmp_path))
+  assert (tmp_path / "lengths.png").stat().st_size > 5000
