@@ -16,7 +16,8 @@ def get_config():
   config.data.eval_split = "test"
   config.data.crop_padding = 1         # CIFAR configs use 4 (of 32 pixels); digits are 8x8
   config.data.random_flip = False      # digits are not mirror-symmetric
-  config.data.shuffle_buffer = 2048
+  config.data.num_threads = 4          # Grain read-ahead threads (augmentation runs in them)
+  config.data.prefetch = 4             # batches read ahead
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"
@@ -93,10 +94,15 @@ def get_config():
   config.convert.source = ""               # file.pt | file.pth | file.safetensors
   config.convert.num_classes = 0           # 0: read off the classifier's weight
   config.convert.image_shape = (32, 32, 3)
-  # Architecture variants, e.g. {"final_bn": False, "shortcut_from_preact": False} for
-  # RobustBench's plain PreActResNet18().
-  config.convert.kwargs = ml_collections.ConfigDict(
-      {"final_bn": True, "shortcut_from_preact": True})
+  # Constructor fields of the architecture (unset: its default), e.g. depth / widen_factor for
+  # `wrn`, or final_bn=False, shortcut_from_preact=False for RobustBench's plain PreActResNet18().
+  placeholder = ml_collections.config_dict.placeholder
+  config.convert.kwargs = ml_collections.ConfigDict({
+      "depth": placeholder(int), "widen_factor": placeholder(int),
+      "base_width": placeholder(int), "stage_sizes": placeholder(tuple),
+      "final_bn": placeholder(bool), "shortcut_from_preact": placeholder(bool),
+      "shortcut_kernel": placeholder(int), "activation": placeholder(str),
+      "tf_same_padding": placeholder(bool)})
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 100

@@ -43,10 +43,7 @@ def _pipeline(config, workdir):
 
 def _convert(config, workdir):
   from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top
-  cfg = config.convert.copy_and_resolve_references()
-  if not cfg.arch.startswith("preact"):
-    cfg.kwargs = {}  # the PreAct variant switches apply to PreActResNet only
-  info = convert.convert(cfg, workdir)
+  info = convert.convert(config.convert, workdir)
   print(f"Converted {info['source']} -> {workdir}/checkpoints ({info['arch']}, "
         f"{info['num_classes']} classes).")
   if info["mean"] or info["std"]:

@@ -1,23 +1,24 @@
-"""Input pipelines: TFDS image datasets and the embedded `digits` dataset, through one interface.
+"""Input pipelines: TFDS image datasets and the embedded `digits` dataset, through one Grain
+path and without TensorFlow.
 
 Batches are dicts of NumPy arrays shaped `[local_devices, per_device_batch, ...]`:
 `image` float32 in [0, 1] (NHWC), `label` int32, and for eval a `mask` (1 real, 0 padding).
-Training order and augmentation are pure functions of (seed, epoch, index), so a run
-resumed at step s sees exactly the batches an uninterrupted run sees from step s on.
+Training data is a Grain `MapDataset`: random access, so batch k of a run is a pure function of
+(seed, k) -- each epoch a fresh permutation of this host's shard, augmentation seeded by the
+example's position in the stream -- and a run resumed at step s reads batches s, s+1, ...
+directly: no iterator state needs saving beside the checkpoint's step. TFDS datasets are read
+through `tfds.data_source` (ArrayRecord files), which needs no TensorFlow.
 """
 import dataclasses
+import functools
 import math
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
+import grain
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from mixacm_jax.errors import ConfigError, DataError
-
-# tf.data must never grab a GPU/TPU that JAX owns.
-tf.config.set_visible_devices([], "GPU")
 
 EMBEDDED_DATASETS = ("digits",)
 
@@ -36,7 +37,7 @@ DIGITS_SPLITS = ("train", "validation", "test")
 
 def digits_split_indices(labels: np.ndarray) -> Dict[str, np.ndarray]:
   """Fixed, stratified, disjoint splits of the 1797 digits: 36 test images per class (360),
-  then 20 % of each class's remainder for validation (288), the rest for training (1149).
+  then 20 % of each class's remainder for validation (287), the rest for training (1149).
   Settings are chosen on validation; test is only for reported numbers."""
   rng = np.random.RandomState(0)
   test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:36] for c in range(10)])
@@ -57,72 +58,96 @@ def _digits_arrays(split: str) -> Tuple[np.ndarray, np.ndarray]:
   if split not in DIGITS_SPLITS:
     raise ConfigError(f"the embedded 'digits' dataset has splits {', '.join(map(repr, DIGITS_SPLITS))}"
                       f", not {split!r}")
+  images, labels, splits = _digits()
+  return images[splits[split]], labels[splits[split]]
+
+
+@functools.lru_cache(maxsize=1)
+def _digits():
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   images = (digits.images.astype(np.float32) / 16.0)[..., None]
   labels = digits.target.astype(np.int32)
-  keep = digits_split_indices(labels)[split]
-  return images[keep], labels[keep]
+  return images, labels, digits_split_indices(labels)
 
 
-def _check_tfds_prepared(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+class _ArraySource:
+  """A random-access source over in-memory arrays (Grain's data source protocol)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
+    return {"image": self.images[i], "label": self.labels[i]}
+
+
+def _prepare_command(name: str, data_dir: Optional[str]) -> str:
+  return f"`tfds build {name} --data_dir={data_dir or '<dir>'} --file_format=array_record`"
+
+
+def _tfds_source(name: str, split: str, data_dir: Optional[str]):
+  """`tfds.data_source` of a prepared split; never downloads, one clear line when it can't."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise ConfigError(f"unknown dataset {name!r}: not in TFDS and not one of the embedded "
                       f"datasets {EMBEDDED_DATASETS}") from None
-  try:  # not builder.is_prepared(): tfds.testing.mock_data patches as_dataset only
-    builder.as_dataset(split=list(builder.info.splits)[0] if builder.info.splits else "train")
-  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError, ValueError):
-    raise DataError(
-        f"dataset {name!r} is not prepared in data_dir={builder.data_dir!r} and this run does not "
-        f"download. Prepare it once where there is network: `tfds build {name} "
-        f"--data_dir=<dir>`, then pass --config.data.data_dir=<dir>.") from None
-  return builder
+  except NotImplementedError:  # TFRecord files (tfds' default format): no random access
+    if tfds.builder(name, data_dir=data_dir).is_prepared():
+      raise DataError(
+          f"dataset {name!r} in data_dir={data_dir!r} is prepared as TFRecord files, which this "
+          f"TensorFlow-free pipeline cannot read; prepare it as ArrayRecord: "
+          f"{_prepare_command(name, data_dir)}") from None
+  except (AssertionError, FileNotFoundError, ValueError, KeyError) as e:
+    if "split" in str(e).lower() and "not found" in str(e).lower():
+      raise ConfigError(f"dataset {name!r} has no split {split!r}: {e}") from None
+  raise DataError(
+      f"dataset {name!r} is not prepared in data_dir={data_dir!r} and this run does not "
+      f"download. Prepare it once where there is network: {_prepare_command(name, data_dir)}, "
+      "then pass --config.data.data_dir=<dir>.")
 
 
-def _split_size(builder, split: str) -> int:
-  if builder.info.splits:
-    if split not in builder.info.splits:
-      raise ConfigError(f"dataset {builder.name!r} has no split {split!r}; it has "
-                        f"{sorted(builder.info.splits)}")
-    return builder.info.splits[split].num_examples
-  # No split metadata (tfds.testing.mock_data): count the examples.
-  return int(builder.as_dataset(split=split).cardinality())
+def _source(data_cfg, split: str):
+  if data_cfg.name == "digits":
+    return _ArraySource(*_digits_arrays(split))
+  return _tfds_source(data_cfg.name, split, data_cfg.get("data_dir"))
 
 
 def get_info(data_cfg) -> DatasetInfo:
-  """Shapes and sizes of a dataset, without reading it; an empty split is an error."""
+  """Shapes and sizes of a dataset, without reading its examples; an empty split is an error."""
   if data_cfg.name == "digits":
-    train, test = _digits_arrays(data_cfg.train_split), _digits_arrays(data_cfg.eval_split)
-    info = DatasetInfo("digits", (8, 8, 1), 10, len(train[1]), len(test[1]))
+    image_shape, num_classes = (8, 8, 1), 10
   else:
-    builder = _check_tfds_prepared(data_cfg.name, data_cfg.get("data_dir"))
-    info = DatasetInfo(builder.name, tuple(builder.info.features["image"].shape),
-                       builder.info.features["label"].num_classes,
-                       _split_size(builder, data_cfg.train_split),
-                       _split_size(builder, data_cfg.eval_split))
-  for split, size in ((data_cfg.train_split, info.num_train), (data_cfg.eval_split, info.num_eval)):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+      builder = tfds.builder(data_cfg.name, data_dir=data_cfg.get("data_dir"))
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ConfigError(f"unknown dataset {data_cfg.name!r}: not in TFDS and not one of the "
+                        f"embedded datasets {EMBEDDED_DATASETS}") from None
+    image_shape = tuple(builder.info.features["image"].shape)
+    num_classes = builder.info.features["label"].num_classes
+  sizes = [len(_source(data_cfg, s)) for s in (data_cfg.train_split, data_cfg.eval_split)]
+  for split, size in zip((data_cfg.train_split, data_cfg.eval_split), sizes):
     if size <= 0:
       raise DataError(f"split {split!r} of dataset {data_cfg.name!r} is empty")
-  return info
+  return DatasetInfo(data_cfg.name, image_shape, num_classes, *sizes)
 
 
-def _host_dataset(data_cfg, split: str) -> tf.data.Dataset:
-  """This host's shard of a split as {'image': float32 [0,1], 'label': int32}, in a fixed order."""
-  if data_cfg.name == "digits":
-    images, labels = _digits_arrays(split)
-    index = np.arange(len(labels))[jax.process_index()::jax.process_count()]
-    ds = tf.data.Dataset.from_tensor_slices({"image": images[index], "label": labels[index]})
-  else:
-    builder = _check_tfds_prepared(data_cfg.name, data_cfg.get("data_dir"))
-    host_split = tfds.split_for_jax_process(split, drop_remainder=False)
-    ds = builder.as_dataset(split=host_split, shuffle_files=False,
-                            read_config=tfds.ReadConfig(shuffle_seed=0))
-    ds = ds.map(lambda ex: {"image": tf.cast(ex["image"], tf.float32) / 255.0,
-                            "label": tf.cast(ex["label"], tf.int32)},
-                num_parallel_calls=tf.data.AUTOTUNE)
-  return ds
+def _to_float(example: Dict[str, Any]) -> Dict[str, np.ndarray]:
+  image = np.asarray(example["image"])
+  scale = 255.0 if image.dtype == np.uint8 else 1.0
+  return {"image": image.astype(np.float32) / scale,
+          "label": np.asarray(example["label"], np.int32)}
+
+
+def _host_dataset(data_cfg, split: str) -> grain.MapDataset:
+  """This host's shard of a split (every process_count-th example) as float32 images."""
+  ds = grain.MapDataset.source(_source(data_cfg, split))
+  return ds[jax.process_index()::jax.process_count()].map(_to_float)
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -134,15 +159,17 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def augment(image: tf.Tensor, seed: tf.Tensor, crop_padding: int, flip: bool) -> tf.Tensor:
-  """Zero-pad by `crop_padding`, random crop back, optional horizontal flip (stateless ops)."""
+def augment(image: np.ndarray, rng: np.random.Generator, crop_padding: int,
+            flip: bool) -> np.ndarray:
+  """Zero-pad by `crop_padding`, random crop back to size, optional horizontal flip."""
   if crop_padding:
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[crop_padding] * 2, [crop_padding] * 2, [0, 0]])
-    image = tf.image.stateless_random_crop(padded, shape, seed=seed)
-  if flip:
-    image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
-  return image
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)))
+    dy, dx = rng.integers(0, 2 * crop_padding + 1, size=2)
+    image = padded[dy:dy + h, dx:dx + w]
+  if flip and rng.random() < 0.5:
+    image = image[:, ::-1]
+  return np.ascontiguousarray(image)
 
 
 def _device_shape(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -154,29 +181,33 @@ def steps_per_epoch(data_cfg, global_batch_size: int) -> int:
   return max(1, get_info(data_cfg).num_train // global_batch_size)
 
 
-def train_batches(data_cfg, global_batch_size: int, seed: int,
-                  start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless training batches starting at `start_step` (epochs of whole batches; the tail
-  of each shuffled epoch is dropped)."""
+def _read_options(data_cfg) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 4)),
+                           prefetch_buffer_size=int(data_cfg.get("prefetch", 4)))
+
+
+def train_dataset(data_cfg, global_batch_size: int, seed: int) -> grain.MapDataset:
+  """The endless training stream of this host as a random-access dataset of batches:
+  epoch after epoch of shuffled, augmented examples, cut into batches."""
   batch = local_batch_size(global_batch_size)
   base = _host_dataset(data_cfg, data_cfg.train_split)
-  host_examples = int(base.cardinality()) if base.cardinality() >= 0 else None
-  if host_examples == 0:
-    raise DataError(f"split {data_cfg.train_split!r} of {data_cfg.name!r} is empty on this host")
-  per_epoch = steps_per_epoch(data_cfg, global_batch_size)
-  epoch, skip = divmod(start_step, per_epoch)
+  if len(base) < batch:
+    raise DataError(f"split {data_cfg.train_split!r} of {data_cfg.name!r} has {len(base)} "
+                    f"examples on this host, fewer than its batch of {batch}")
   padding, flip = int(data_cfg.crop_padding), bool(data_cfg.random_flip)
-  while True:
-    ds = base.enumerate().shuffle(data_cfg.shuffle_buffer, seed=seed * 100003 + epoch,
-                                  reshuffle_each_iteration=False)
-    ds = ds.map(lambda i, ex: {"image": augment(ex["image"], tf.stack(
-                    [tf.cast(seed, tf.int64) * 7919 + epoch, i]), padding, flip),
-                                "label": ex["label"]},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True).take(per_epoch).skip(skip)
-    for example in tfds.as_numpy(ds.prefetch(2)):
-      yield _device_shape(example)
-    epoch, skip = epoch + 1, 0
+  # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
+  ds = base.shuffle(seed=(seed * 100003) % 2**31).repeat()
+  ds = ds.random_map(lambda ex, rng: {**ex, "image": augment(ex["image"], rng, padding, flip)},
+                     seed=seed)
+  return ds.batch(batch, drop_remainder=True)
+
+
+def train_batches(data_cfg, global_batch_size: int, seed: int,
+                  start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless training batches from batch `start_step` on, read ahead by Grain threads."""
+  ds = train_dataset(data_cfg, global_batch_size, seed)[start_step:]
+  for example in ds.to_iter_dataset(_read_options(data_cfg)):
+    yield _device_shape(example)
 
 
 def eval_batches(data_cfg, global_batch_size: int,
@@ -188,11 +219,8 @@ def eval_batches(data_cfg, global_batch_size: int,
   ds = _host_dataset(data_cfg, data_cfg.eval_split)
   total = info.num_eval if not num_examples else min(num_examples, info.num_eval)
   host_limit = math.ceil(total / jax.process_count())
-  if total == 0:
-    raise DataError(f"split {data_cfg.eval_split!r} of {data_cfg.name!r} is empty")
   num_batches = math.ceil(host_limit / batch)
-  ds = ds.take(host_limit).batch(batch).prefetch(2)
-  it = iter(tfds.as_numpy(ds))
+  it = iter(ds[:host_limit].batch(batch).to_iter_dataset(_read_options(data_cfg)))
   for _ in range(num_batches):
     example = next(it, None)
     if example is None:  # this host's shard ran out first: an all-padding batch

@@ -26,9 +26,12 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      try:  # TensorBoard's own event writer: no TensorFlow needed.
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=g-import-not-at-top
+        self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # e.g. a stock JAX GPU image: JSON lines only
+        print("note: the tensorboard package is not installed; metrics go to "
+              f"{self.path} only", file=sys.stderr)
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
     if not self.enabled:
@@ -36,9 +39,12 @@ class MetricWriter:
     row = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), "time": time.time(), **row}) + "\n")
-    with self._tb.as_default():
-      for k, v in row.items():
-        self._tf.summary.scalar(k, v, step=int(step))
+    if self._tb is None:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)
+                                         for k, v in row.items()])
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
     self._tb.flush()
 
   def close(self) -> None:

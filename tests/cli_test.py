@@ -79,11 +79,23 @@ def test_indivisible_batch_and_unwritable_workdir(tmp_path):
   assert out.returncode == 2 and "is not writable" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_unknown_key_and_wrong_type_are_rejected_by_the_config_parser(tmp_path):
-  out = run(f"--workdir={tmp_path}", "--config.optim.bogus=1")
-  assert out.returncode != 0 and "bogus" in out.stderr
-  out = run(f"--workdir={tmp_path}", "--config.optim.batch_size=abc")
-  assert out.returncode != 0 and "batch_size" in out.stderr
+@pytest.mark.parametrize("args,message", [
+    (["--config.optim.bogus=1"], "error: unknown config key 'optim.bogus' in "
+                                 "--config.optim.bogus=1; config.optim has: batch_size,"),
+    (["--config.optim.batchsize=1"], "did you mean --config.optim.batch_size?"),
+    (["--config.nonexistent=3"], "error: unknown config key 'nonexistent'"),
+    (["--config=configs/default_mixacm.py", "--config.pipeline.studnets=kd"],
+     "did you mean --config.pipeline.students?"),
+    (["--config.seed.x=1"], "config.seed is a value, not a section"),
+    (["--config.optim.batch_size=abc"], "error: flag --config.optim.batch_size=abc: invalid"),
+    (["--config=configs/no_such_config.py"], "error: config file 'configs/no_such_config.py' "
+                                             "not found"),
+])
+def test_unknown_key_wrong_type_and_missing_config_file_are_one_line(tmp_path, args, message):
+  out = run(f"--workdir={tmp_path}", *args)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert message in out.stderr and "Traceback" not in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 @pytest.mark.parametrize("name", ["default", "default_mixacm", "cifar10_resnet18_natural",

@@ -1,8 +1,9 @@
 """Input pipeline: the embedded dataset, augmentation, determinism, resume, eval masking, TFDS."""
+import os
+
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import default
@@ -80,19 +81,34 @@ def test_resume_position_reproduces_the_stream(data_cfg):
 
 
 def test_augmentation_crops_and_flips_within_padding():
-  image = tf.reshape(tf.range(64, dtype=tf.float32), (8, 8, 1)) / 64.0
-  outs = [input_pipeline.augment(image, tf.constant([0, i], tf.int64), 2, True).numpy()
-          for i in range(40)]
+  image = (np.arange(64, dtype=np.float32) / 64.0).reshape(8, 8, 1)
+  outs = [input_pipeline.augment(image, np.random.default_rng(i), 2, True) for i in range(40)]
   assert all(o.shape == (8, 8, 1) for o in outs)
   # Every output is the original shifted by at most 2 pixels (zero fill) and maybe mirrored.
-  padded = np.pad(image.numpy(), ((2, 2), (2, 2), (0, 0)))
+  padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
   windows = [padded[i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
   windows += [w[:, ::-1] for w in windows]
   for o in outs:
     assert any(np.array_equal(o, w) for w in windows)
   assert len({o.tobytes() for o in outs}) > 5
+  assert any(np.array_equal(o, w) for o in outs for w in windows[25:] if not
+             any(np.array_equal(o, u) for u in windows[:25]))  # some are mirrored
   np.testing.assert_array_equal(outs[3], input_pipeline.augment(
-      image, tf.constant([0, 3], tf.int64), 2, True).numpy())
+      image, np.random.default_rng(3), 2, True))
+  np.testing.assert_array_equal(input_pipeline.augment(image, np.random.default_rng(0), 0, False),
+                                image)
+
+
+def test_training_stream_is_random_access_and_augmented(data_cfg):
+  """Batch k of the stream is the k-th item of a Grain MapDataset: what resume relies on."""
+  ds = input_pipeline.train_dataset(data_cfg, 32, seed=5)
+  it = input_pipeline.train_batches(data_cfg, 32, seed=5)
+  stream = [next(it) for _ in range(3)]
+  np.testing.assert_array_equal(ds[2]["image"], stream[2]["image"].reshape(32, 8, 8, 1))
+  # Augmentation is on: the batch is not just shuffled originals.
+  train_x, _ = input_pipeline._digits_arrays("train")
+  originals = {x.tobytes() for x in train_x}
+  assert sum(x.tobytes() not in originals for x in ds[0]["image"]) > 10
 
 
 def test_eval_counts_every_example_once(data_cfg):
@@ -129,10 +145,43 @@ def test_tfds_dataset_through_the_same_pipeline(data_cfg):
     assert sum(e["mask"].sum() for e in evals) == 70
 
 
-def test_unprepared_tfds_dataset_fails_fast_with_how_to(data_cfg, tmp_path):
+def test_unprepared_tfds_dataset_fails_fast_with_how_to(data_cfg, tmp_path, monkeypatch):
   data_cfg.name, data_cfg.data_dir = "cifar10", str(tmp_path)
-  with pytest.raises(DataError, match=f"'cifar10' is not prepared in data_dir=.*{tmp_path}.*tfds build"):
+  with pytest.raises(DataError, match=f"'cifar10' is not prepared in data_dir=.*{tmp_path}.*"
+                                      "tfds build cifar10 .*--file_format=array_record"):
     input_pipeline.get_info(data_cfg)
   data_cfg.name = "no_such_dataset_xyz"
   with pytest.raises(ConfigError, match="unknown dataset 'no_such_dataset_xyz'"):
     input_pipeline.get_info(data_cfg)
+  # Prepared as TFRecord (what tfds does by default): TFDS refuses random access.
+  def tfrecord_only(*args, **kwargs):
+    raise NotImplementedError("Random access data source for file format FileFormat.TFRECORD")
+  monkeypatch.setattr(tfds, "data_source", tfrecord_only)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+  data_cfg.name = "cifar10"
+  with pytest.raises(DataError, match="prepared as TFRecord files.*--file_format=array_record"):
+    input_pipeline.get_info(data_cfg)
+
+
+def test_core_imports_and_trains_without_tensorflow(tmp_path):
+  """The core, with `tensorflow` made unimportable: import, a few training steps, eval."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = f"""
+import sys
+sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
+from configs import default
+from mixacm_jax import cli, input_pipeline, robustness, train, teacher
+from mixacm_jax.port import convert
+config = default.get_config()
+config.optim.num_steps, config.eval.pgd.steps = 3, 1
+config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
+result = train.train_and_evaluate(config, {str(tmp_path)!r})
+assert 0 <= result["robust_accuracy"] <= 1
+assert "tensorflow" not in [m for m in sys.modules if sys.modules[m] is not None]
+print("OK", result["steps"])
+"""
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0 and "OK 3" in out.stdout, out.stderr[-2000:]

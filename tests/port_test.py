@@ -218,3 +218,34 @@ def test_convert_mode_on_the_command_line(tmp_path):
   again = subprocess.run(cmd + [f"--config.convert.source={tmp_path / 'r18.pt'}"],
                          capture_output=True, text=True, cwd=root, env=env)
   assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+
+
+def test_convert_any_depth_wrn_from_the_command_line(tmp_path):
+  """`--config.convert.kwargs.<field>` reaches the architecture (issue 14): a WRN-10-1 file
+  converts, its logits match RobustBench's module, and a field the architecture does not
+  take is one clear line naming the fields it does."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  wrn = _robustbench_module("wide_resnet")
+  net = _randomise(wrn.WideResNet(depth=10, widen_factor=1))
+  torch.save(net.state_dict(), str(tmp_path / "wrn10_1.pt"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "run.py"), "--mode=convert",
+         "--config.convert.arch=wrn", f"--config.convert.source={tmp_path / 'wrn10_1.pt'}",
+         "--config.convert.kwargs.depth=10", "--config.convert.kwargs.widen_factor=1"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  ok = subprocess.run(cmd + [f"--workdir={tmp_path / 'out'}"], capture_output=True, text=True,
+                      cwd=root, env=env)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  model = models.create_model("wrn", num_classes=10, depth=10, widen_factor=1)
+  variables = teacher_lib.load_variables(model, (32, 32, 3), str(tmp_path / "out"))
+  x = np.random.RandomState(0).rand(4, 32, 32, 3).astype(np.float32)
+  with torch.no_grad():
+    ref = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  assert float(np.max(np.abs(np.asarray(model.apply(variables, jnp.asarray(x))) - ref))) <= 1e-4
+  bad = subprocess.run(cmd + [f"--workdir={tmp_path / 'bad'}",
+                              "--config.convert.kwargs.final_bn=False"],
+                       capture_output=True, text=True, cwd=root, env=env)
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert "architecture 'wrn' takes no 'final_bn'; its fields: activation, bn_axis_name, " \
+         "depth, tf_same_padding, widen_factor" in bad.stderr

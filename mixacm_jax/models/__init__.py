@@ -1,4 +1,5 @@
 """Model registry and the one helper that runs a model and returns its sown activations."""
+import dataclasses
 import functools
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -33,6 +34,15 @@ MODELS: Dict[str, Callable[..., Any]] = {
 DM_DEFAULT_NORMALISATION = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Fields set by create_model itself (or by Flax), not through kwargs.
+_SET_HERE = ("parent", "name", "num_classes", "mean", "std", "dtype")
+
+
+def architecture_fields(name: str) -> Tuple[str, ...]:
+  """The constructor fields of a registered architecture that kwargs may override."""
+  fn = MODELS[name]
+  cls = fn.func if isinstance(fn, functools.partial) else fn
+  return tuple(sorted(f.name for f in dataclasses.fields(cls) if f.name not in _SET_HERE))
 
 
 def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]] = None,
@@ -44,6 +54,10 @@ def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]]
     mean, std = DM_DEFAULT_NORMALISATION  # as RobustBench constructs these models
   if dtype not in DTYPES:
     raise ConfigError(f"unknown compute dtype {dtype!r}; known: {', '.join(DTYPES)}")
+  unknown = sorted(set(kwargs) - set(architecture_fields(name)))
+  if unknown:
+    raise ConfigError(f"architecture {name!r} takes no {', '.join(map(repr, unknown))}; its "
+                      f"fields: {', '.join(architecture_fields(name))}")
   try:
     return MODELS[name](num_classes=num_classes, mean=tuple(mean) if mean else None,
                         std=tuple(std) if std else None, dtype=DTYPES[dtype], **kwargs)

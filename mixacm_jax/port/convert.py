@@ -96,9 +96,10 @@ def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
   if not convert_cfg.arch or not convert_cfg.source:
     raise ConfigError("set --config.convert.arch=<architecture> and "
                       "--config.convert.source=<file.pt|.pth|.safetensors>")
+  kwargs = {k: v for k, v in dict(convert_cfg.kwargs).items() if v is not None}  # unset: default
   model, variables, norm = load_pytorch_weights(
       convert_cfg.source, convert_cfg.arch, num_classes=convert_cfg.num_classes,
-      image_shape=tuple(convert_cfg.image_shape), **dict(convert_cfg.kwargs))
+      image_shape=tuple(convert_cfg.image_shape), **kwargs)
   directory = os.path.join(workdir, "checkpoints")
   if os.path.isdir(directory) and os.listdir(directory):
     raise CheckpointError(f"{directory} already holds checkpoints; choose an empty workdir")
@@ -106,7 +107,7 @@ def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
   checkpointer.save(0, variables)
   checkpointer.close()
   info = {"source": os.path.abspath(convert_cfg.source), "arch": convert_cfg.arch,
-          "num_classes": model.num_classes, "kwargs": dict(convert_cfg.kwargs),
+          "num_classes": model.num_classes, "kwargs": kwargs,
           "mean": norm["mean"], "std": norm["std"]}
   with open(os.path.join(workdir, "converted.json"), "w") as f:
     json.dump(info, f, indent=2)
