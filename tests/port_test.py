@@ -118,6 +118,20 @@ def test_pickled_code_is_refused_and_never_run(tmp_path):
   assert not marker.exists()
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_truncated_or_empty_weight_file_is_called_truncated(tmp_path, legacy):
+  path = str(tmp_path / "whole.pt")
+  torch.save({"w": torch.randn(64, 64)}, path, _use_new_zipfile_serialization=not legacy)
+  data = open(path, "rb").read()
+  for name, content in (("half.pt", data[:len(data) // 2]), ("empty.pt", b"")):
+    cut = str(tmp_path / name)
+    with open(cut, "wb") as f:
+      f.write(content)
+    with pytest.raises(CheckpointError, match=f"{name} is truncated or corrupt") as err:
+      convert.load_pytorch_weights(cut, "resnet18")
+    assert "pickled code" not in str(err.value)
+
+
 def test_mismatched_weights_list_every_problem_and_write_nothing(tmp_path):
   resnet = _robustbench_module("resnet")
   state = resnet.ResNet18().state_dict()

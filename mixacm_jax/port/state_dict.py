@@ -5,6 +5,7 @@ checkpoints contain (DataParallel prefixes, nested dicts, BN counters, fp16, mea
 files need torch and are read with `torch.load(..., weights_only=True)` only.
 """
 import os
+import pickle
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -33,13 +34,22 @@ def read_weight_file(path: str) -> Dict[str, np.ndarray]:
                           "convert the file to .safetensors") from None
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
+  except pickle.UnpicklingError as e:  # torch's weights-only unpickler met a disallowed global
     raise CheckpointError(
         f"refusing to load {path}: it cannot be read with torch.load(weights_only=True), so it "
         f"holds more than tensors (pickled code or objects), and this tool never unpickles "
         f"untrusted files. Re-save only the state_dict, or convert it to .safetensors. "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        f"({_first_line(e)})") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"{path} is truncated or corrupt: not a complete PyTorch weight file "
+        f"({os.path.getsize(path)} bytes; {_first_line(e)})") from None
   return _unwrap(obj, path)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0][:160]}" if text else type(error).__name__
 
 
 def _unwrap(obj, path):
