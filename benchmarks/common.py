@@ -3,7 +3,6 @@ FLOP counts from XLA's cost analysis and the measured matmul peak.
 
 Every benchmark prints its command line, machine and the figures; nothing here asserts a
 speed (a benchmark is not a test)."""
-import functools
 import os
 import platform
 import statistics
@@ -84,13 +83,11 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
     t_model = models.create_model_from_config(config.teacher.model, num_classes)
     teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
                                                      image_shape), "random")
-  params = train._objective_params(config, objective, model, teacher,  # pylint: disable=protected-access
-                                   image_shape) if teacher else {}
+  params = train.init_objective_params(config, objective, model, teacher,
+                                       image_shape) if teacher else {}
   state = train.create_train_state(config, model, image_shape, 100, 10_000, params)
-  p_step = jax.pmap(functools.partial(
-      train.train_step, objective=objective.loss_fn,
-      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective,
-      teacher_model=teacher and teacher.model), axis_name="batch", devices=devices)
+  p_step = train.make_p_train_step(config.objective, model, objective,
+                                   teacher and teacher.model, devices=devices)
   rng = np.random.RandomState(seed)
   n = len(devices)
   if batch % n:

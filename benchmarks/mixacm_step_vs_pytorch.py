@@ -15,7 +15,6 @@ Both sides run on this machine's CPU (PyTorch is the CPU build); on a GPU machin
 benchmarks/hardware_limit.py and cost_model.py with --device=gpu for our side.
 """
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from configs import cifar10_common  # noqa: E402
-from mixacm_jax import models, objectives, parallel, train  # noqa: E402
+from mixacm_jax import objectives, parallel, train  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
 from mixacm_jax.teacher import Teacher  # noqa: E402
 
@@ -97,8 +96,8 @@ def main():
   teacher = Teacher(t_model, t_vars, "random")
   objective = objectives.get_objective("mixacm")
   state = train.create_train_state(config, s_model, (32, 32, 3), 100, 10_000,
-                                   train._objective_params(config, objective, s_model, teacher,
-                                                           (32, 32, 3)))
+                                   train.init_objective_params(config, objective, s_model, teacher,
+                                                               (32, 32, 3)))
   state = state.replace(params={"model": s_vars["params"],
                                 "objective": state.params["objective"]},
                         batch_stats=s_vars["batch_stats"])
@@ -131,10 +130,8 @@ def main():
   assert diff < 1e-4, "the two steps compute different losses; timing them would be meaningless"
 
   # 2. Timing: the real pmapped train step vs the PyTorch step, both with mixup (alpha = 1).
-  step = jax.pmap(functools.partial(train.train_step, objective=objective.loss_fn,
-                                    forward=train.make_forward(s_model.clone(bn_axis_name="batch")),
-                                    cfg=cfg, teacher_model=t_model),
-                  axis_name="batch", devices=jax.devices()[:1], donate_argnums=(0,))
+  step = train.make_p_train_step(cfg, s_model, objective, t_model, devices=jax.devices()[:1],
+                                 donate=True)
   p_state = parallel.replicate(state, devices=jax.devices()[:1])
   p_teacher = parallel.replicate(t_vars, devices=jax.devices()[:1])
   batch = {"image": x[None], "label": y[None]}

@@ -18,6 +18,17 @@ def _check_attack(where: str, cfg) -> None:
                       f"got steps={cfg.steps}, step_size={cfg.step_size}")
 
 
+def validate_eval(eval_cfg) -> None:
+  """The evaluation's attack settings (eval.pgd, eval.attacks)."""
+  _check_attack("eval.pgd", eval_cfg.pgd)
+  if "attacks" in eval_cfg:
+    from mixacm_jax import robustness  # pylint: disable=g-import-not-at-top
+    robustness.validate_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
+                                eval_cfg.pgd.norm)
+  if eval_cfg.batch_size <= 0:
+    raise ConfigError(f"eval.batch_size must be positive, got {eval_cfg.batch_size}")
+
+
 def validate(config) -> None:
   """Raises ConfigError on the first value that cannot work."""
   if config.model.name not in models.MODELS:
@@ -31,11 +42,7 @@ def validate(config) -> None:
   if "attack" in config.objective:
     _check_attack("objective.attack", config.objective.attack)
   if config.eval.pgd.steps or "attacks" in config.eval:
-    _check_attack("eval.pgd", config.eval.pgd)
-  if "attacks" in config.eval:
-    from mixacm_jax import robustness  # pylint: disable=g-import-not-at-top
-    robustness.validate_attacks(config.eval.attacks, config.eval.autoattack_version,
-                                config.eval.pgd.norm)
+    validate_eval(config.eval)
   o = config.optim
   if o.batch_size <= 0 or config.eval.batch_size <= 0:
     raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "

@@ -22,11 +22,15 @@ def mix_batch(batch: Dict[str, jnp.ndarray], key: jax.Array, alpha: float, *,
   """Returns (x_mix, y_partner, lam): x_mix = lam * x_i + (1 - lam) * x_j, lam of shape (n,).
 
   `key` must be the same on every device; `example_offset` is this device's first global index.
+  `axis_name=None` mixes within this batch only (outside pmap, e.g. in a plain jitted step).
   """
   x, y = batch["image"], batch["label"]
   n = y.shape[0]
-  all_x = jax.lax.all_gather(x, axis_name, tiled=True)
-  all_y = jax.lax.all_gather(y, axis_name, tiled=True)
+  if axis_name is None:
+    all_x, all_y = x, y
+  else:
+    all_x = jax.lax.all_gather(x, axis_name, tiled=True)
+    all_y = jax.lax.all_gather(y, axis_name, tiled=True)
   perm_key, lam_key = jax.random.split(key)
   perm = jax.random.permutation(perm_key, all_y.shape[0])
   partner = jax.lax.dynamic_slice_in_dim(perm, example_offset, n)

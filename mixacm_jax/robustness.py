@@ -41,7 +41,7 @@ def stage_fn(name: str, eps: float, norm: str, step_size: float,
     if norm not in ("linf", "l2"):
       raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
     stage = autoattack.get_stage(name)
-    return lambda f, x, y, k: stage(f, x, y, k, eps, norm)[0]
+    return lambda f, x, y, k: stage(f, x, y, k, eps=eps, norm=norm)[0]
   raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
                     f"{', '.join(autoattack.STAGES)}, autoattack")
 
@@ -51,10 +51,10 @@ def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
   out = []
   for name in [s.strip() for s in spec.split(",") if s.strip()]:
     if name == "autoattack":
-      if version not in autoattack.VERSIONS:
-        raise ConfigError(f"unknown AutoAttack version {version!r}; known: "
-                          f"{', '.join(autoattack.VERSIONS)}")
-      out.append((name, list(autoattack.VERSIONS[version])))
+      try:
+        out.append((name, autoattack.get_version(version)))
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
     else:
       out.append((name, [name]))
   return out
@@ -133,27 +133,42 @@ def _compact_batches(robust: np.ndarray, batch: int, multiple: int = 1):
 
 def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = None,
                         seed: int = 0, verbose: bool = True) -> Dict[str, Any]:
-  """Clean and robust accuracy for each attack in `eval_cfg.attacks`."""
-  pgd_cfg = eval_cfg.pgd
-  eps = pgd_cfg.eps if eps is None else eps
-  attacks = parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
+  """Clean and robust accuracy for each attack in `eval_cfg.attacks` over the eval split."""
   batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
                                              eval_cfg.get("num_examples")))
   flat = lambda v: v.reshape((-1,) + v.shape[2:])
-  images = np.concatenate([flat(b["image"]) for b in batches])
-  labels = np.concatenate([flat(b["label"]) for b in batches])
-  real = np.concatenate([flat(b["mask"]) for b in batches]) > 0
+  return evaluate_arrays(model, variables, np.concatenate([flat(b["image"]) for b in batches]),
+                         np.concatenate([flat(b["label"]) for b in batches]), eval_cfg,
+                         real=np.concatenate([flat(b["mask"]) for b in batches]) > 0,
+                         eps=eps, seed=seed, verbose=verbose)
+
+
+def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
+                    real: np.ndarray = None, eps: float = None, seed: int = 0,
+                    verbose: bool = True) -> Dict[str, Any]:
+  """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries."""
+  pgd_cfg = eval_cfg.pgd
+  eps = pgd_cfg.eps if eps is None else eps
+  attacks = parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
   n_dev, batch = jax.local_device_count(), input_pipeline.local_batch_size(eval_cfg.batch_size)
+  real = np.ones(len(labels), bool) if real is None else np.asarray(real, bool)
+  pad = -len(labels) % batch
+  images = np.concatenate([np.asarray(images, np.float32),
+                           np.zeros((pad,) + np.shape(images)[1:], np.float32)])
+  labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
+  real = np.concatenate([real, np.zeros((pad,), bool)])
+  flat = lambda v: v.reshape((-1,) + v.shape[2:])
   to_devices = lambda v: v.reshape((n_dev, -1) + v.shape[1:])
   p_vars = parallel.replicate(variables)
   n_total = float(real.sum())
   clean_fn = _pmapped_clean(model)
   t0 = time.perf_counter()
   clean_correct, bad_grads = [], 0
-  for b in batches:
-    correct, bad = clean_fn(p_vars, b["image"], b["label"])
-    clean_correct.append(flat(np.asarray(correct)) & (flat(b["mask"]) > 0))
-    bad_grads += int(np.sum(np.asarray(bad) & (b["mask"] > 0)))
+  for i in range(0, len(labels), batch):
+    correct, bad = clean_fn(p_vars, to_devices(images[i:i + batch]),
+                            to_devices(labels[i:i + batch]))
+    clean_correct.append(flat(np.asarray(correct)) & real[i:i + batch])
+    bad_grads += int(np.sum(flat(np.asarray(bad)) & real[i:i + batch]))
   clean_correct = np.concatenate(clean_correct)
   report = {"num_examples": int(n_total), "eps": eps, "norm": pgd_cfg.norm,
             "clean_accuracy": float(clean_correct.sum()) / n_total,

@@ -74,6 +74,18 @@ def train_step(state: TrainState, batch, teacher_variables, *, objective, forwar
   return state, metrics
 
 
+def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
+                      teacher_model=None, *, devices=None, donate: bool = False) -> Callable:
+  """The data-parallel train step: p_step(p_state, batch, p_teacher_variables) ->
+  (p_state, metrics), with `batch` shaped [devices, per-device batch, ...] and the state and
+  teacher variables replicated (`parallel.replicate`); BatchNorm syncs over the device axis."""
+  return jax.pmap(
+      functools.partial(train_step, objective=objective.loss_fn,
+                        forward=make_forward(model.clone(bn_axis_name=parallel.AXIS)),
+                        cfg=objective_cfg, teacher_model=teacher_model),
+      axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
+
+
 def make_teacher(teacher_model, teacher_variables):
   """teacher(x, names) -> (logits, {name: act}): eval mode, no gradient, no BN update."""
   if teacher_model is None:
@@ -157,7 +169,7 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _objective_params(config, objective, model, teacher, image_shape):
+def init_objective_params(config, objective, model, teacher, image_shape):
   """Initial params the objective learns beside the model (e.g. ACM transformations)."""
   if objective.init_params is None:
     return {}
@@ -209,7 +221,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   teacher = _resolve_teacher(config, objective, teacher, info)
 
   state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps,
-                             _objective_params(config, objective, model, teacher, info.image_shape))
+                             init_objective_params(config, objective, model, teacher, info.image_shape))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
@@ -218,11 +230,8 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   if restored_step is not None and reporting.is_primary():
     print(f"Resuming from the checkpoint of step {restored_step} in {workdir}", flush=True)
 
-  p_train_step = jax.pmap(
-      functools.partial(train_step, objective=objective.loss_fn,
-                        forward=make_forward(model.clone(bn_axis_name="batch")),
-                        cfg=config.objective, teacher_model=teacher and teacher.model),
-      axis_name="batch", donate_argnums=(0,))
+  p_train_step = make_p_train_step(config.objective, model, objective,
+                                   teacher and teacher.model, donate=True)
   p_teacher_variables = parallel.replicate(teacher.variables if teacher else {})
   p_eval_step = make_p_eval_step(model, config.eval.pgd)
 

@@ -2,7 +2,6 @@
 saved to an .npz. Run as a script, with the device count set through XLA_FLAGS; with
 --num_processes > 1 it joins a jax.distributed run and feeds only its own slice."""
 import argparse
-import functools
 import os
 import sys
 
@@ -38,10 +37,8 @@ def main():
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100)
   images, labels = input_pipeline._digits_arrays("train")
-  step = jax.pmap(functools.partial(
-      train.train_step, objective=objectives.get_objective(args.objective).loss_fn,
-      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective),
-      axis_name="batch")
+  step = train.make_p_train_step(config.objective, model,
+                                 objectives.get_objective(args.objective))
   p_state = parallel.replicate(state)
   n_local, global_batch = jax.local_device_count(), 16
   per_process = global_batch // jax.process_count()

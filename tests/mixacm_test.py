@@ -1,6 +1,5 @@
 """MixACM step: frozen teacher, device-count invariance, transformations, end-to-end signal,
 teacher loading errors."""
-import functools
 import json
 
 import jax
@@ -40,17 +39,15 @@ def _setup(config):
   teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100,
-                                   train._objective_params(config, objective, model, teacher,
-                                                           info.image_shape))
+                                   train.init_objective_params(config, objective, model, teacher,
+                                                               info.image_shape))
   return model, teacher, state
 
 
 def _run(config, model, teacher, state, batches, n_devices):
   devices = jax.devices()[:n_devices]
-  step = jax.pmap(functools.partial(
-      train.train_step, objective=objectives.get_objective("mixacm").loss_fn,
-      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective,
-      teacher_model=teacher.model), axis_name="batch", devices=devices)
+  step = train.make_p_train_step(config.objective, model, objectives.get_objective("mixacm"),
+                                 teacher.model, devices=devices)
   p_state = parallel.replicate(state, devices=devices)
   p_teacher = parallel.replicate(teacher.variables, devices=devices)
   for b in batches:
@@ -209,7 +206,7 @@ def test_one_student_block_matched_to_two_teacher_blocks_keeps_both_pairs(mixacm
   feats = {"stage1": jnp.ones((2, 4, 4, 4))}
   t_feats = {"stage1": jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 4, 8)),
              "stage2": jax.random.uniform(jax.random.PRNGKey(1), (2, 2, 2, 16))}
-  terms = mixacm.acm_terms(state.params, mixacm_config.objective, feats, t_feats)
+  terms = mixacm.acm_terms(state.params["objective"], mixacm_config.objective, feats, t_feats)
   assert set(terms) == {"stage1", "stage1__stage2"}
   assert float(terms["stage1"]) != float(terms["stage1__stage2"])
   # The same pair twice is a config error, not a silent overwrite.

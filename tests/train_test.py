@@ -1,5 +1,4 @@
 """Training engine: data-parallel equivalence, loss decrease, resume, NaN handling."""
-import functools
 import json
 import os
 
@@ -21,10 +20,9 @@ def _setup(config):
 
 
 def _pmapped_step(config, model, n_devices, objective_name):
-  return jax.pmap(functools.partial(
-      train.train_step, objective=objectives.get_objective(objective_name).loss_fn,
-      forward=train.make_forward(model.clone(bn_axis_name="batch")), cfg=config.objective),
-      axis_name="batch", devices=jax.devices()[:n_devices])
+  return train.make_p_train_step(config.objective, model,
+                                 objectives.get_objective(objective_name),
+                                 devices=jax.devices()[:n_devices])
 
 
 def _run_steps(step, state, batches, n_devices):

@@ -8,7 +8,11 @@ Versions, for L-inf and L2 alike (eps and norm from the config):
   EOT average over 20 draws of the model's randomness (`logits_fn(x, rng=key)`);
 - `apgd`: APGD-CE and APGD-T only (a cheaper subset).
 """
-from typing import Callable, Dict, List
+import functools
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
 
 from mixacm_jax.attacks import apgd as apgd_lib
 from mixacm_jax.attacks import fab as fab_lib
@@ -16,22 +20,16 @@ from mixacm_jax.attacks import square as square_lib
 
 EOT_ITER = 20
 
-# name -> attack(logits_fn, x, y, key, eps, norm) -> (x_adv, fooled)
+# name -> attack(logits_fn, x, y, key, *, eps, norm, **overrides) -> (x_adv, fooled), with the
+# original AutoAttack's settings as keyword defaults (each can be overridden by keyword).
 STAGES: Dict[str, Callable] = {
-    "apgd-ce": lambda f, x, y, k, eps, norm: apgd_lib.apgd(
-        f, x, y, k, eps=eps, n_iter=100, loss="ce", norm=norm),
-    "apgd-dlr": lambda f, x, y, k, eps, norm: apgd_lib.apgd(
-        f, x, y, k, eps=eps, n_iter=100, loss="dlr", norm=norm),
-    "apgd-t": lambda f, x, y, k, eps, norm: apgd_lib.apgd_targeted(
-        f, x, y, k, eps=eps, n_iter=100, n_target_classes=9, norm=norm),
-    "fab-t": lambda f, x, y, k, eps, norm: fab_lib.fab_targeted(
-        f, x, y, k, eps=eps, n_iter=100, n_target_classes=9, norm=norm),
-    "square": lambda f, x, y, k, eps, norm: square_lib.square(
-        f, x, y, k, eps=eps, n_queries=5000, norm=norm),
-    "apgd-ce-eot": lambda f, x, y, k, eps, norm: apgd_lib.apgd(
-        f, x, y, k, eps=eps, n_iter=100, loss="ce", norm=norm, eot_iter=EOT_ITER),
-    "apgd-dlr-eot": lambda f, x, y, k, eps, norm: apgd_lib.apgd(
-        f, x, y, k, eps=eps, n_iter=100, loss="dlr", norm=norm, eot_iter=EOT_ITER),
+    "apgd-ce": functools.partial(apgd_lib.apgd, n_iter=100, loss="ce"),
+    "apgd-dlr": functools.partial(apgd_lib.apgd, n_iter=100, loss="dlr"),
+    "apgd-t": functools.partial(apgd_lib.apgd_targeted, n_iter=100, n_target_classes=9),
+    "fab-t": functools.partial(fab_lib.fab_targeted, n_iter=100, n_target_classes=9),
+    "square": functools.partial(square_lib.square, n_queries=5000),
+    "apgd-ce-eot": functools.partial(apgd_lib.apgd, n_iter=100, loss="ce", eot_iter=EOT_ITER),
+    "apgd-dlr-eot": functools.partial(apgd_lib.apgd, n_iter=100, loss="dlr", eot_iter=EOT_ITER),
 }
 VERSIONS: Dict[str, List[str]] = {
     "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
@@ -44,3 +42,46 @@ def get_stage(name: str) -> Callable:
   if name not in STAGES:
     raise ValueError(f"unknown AutoAttack stage {name!r}; known: {', '.join(STAGES)}")
   return STAGES[name]
+
+
+def get_version(version: str) -> List[str]:
+  if version not in VERSIONS:
+    raise ValueError(f"unknown AutoAttack version {version!r}; known: {', '.join(VERSIONS)}")
+  return list(VERSIONS[version])
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "name", "eps", "norm", "settings"))
+def _run_stage(x, y, key, *, logits_fn, name, eps, norm, settings):
+  """One stage, compiled once per (logits_fn, stage, settings, shape): repeated calls with
+  the same model function reuse the program."""
+  return get_stage(name)(logits_fn, x, y, key, eps=eps, norm=norm, **dict(settings))
+
+
+def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
+                   norm: str = "linf", version: str = "standard",
+                   overrides: Optional[Mapping[str, Mapping[str, Any]]] = None
+                   ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+  """The whole AutoAttack on one batch: each stage of `version`, jitted, runs only on the
+  points every earlier stage left correctly classified (so a stage costs what is left).
+
+  Returns (x_adv, robust_after): the adversarial inputs (the first found for each point; the
+  clean input where none was), and for each stage a boolean array, True where the point is
+  still correctly classified after it. `overrides` changes a stage's settings, e.g.
+  `{"square": {"n_queries": 1000}}`.
+  """
+  x, y = np.asarray(x), np.asarray(y)
+  overrides = overrides or {}
+  x_adv = x.copy()
+  robust = np.asarray(np.argmax(np.asarray(logits_fn(x)), -1) == y)
+  robust_after = {}
+  for i, name in enumerate(get_version(version)):
+    idx = np.flatnonzero(robust)
+    if len(idx):
+      adv, fooled = _run_stage(x[idx], y[idx], jax.random.fold_in(key, i),
+                               logits_fn=logits_fn, name=name, eps=float(eps), norm=norm,
+                               settings=tuple(sorted(overrides.get(name, {}).items())))
+      fooled = np.asarray(fooled)
+      x_adv[idx[fooled]] = np.asarray(adv)[fooled]
+      robust[idx[fooled]] = False
+    robust_after[name] = robust.copy()
+  return x_adv, robust_after

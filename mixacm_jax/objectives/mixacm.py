@@ -8,7 +8,7 @@ mixup batch; the student minimises
 No adversarial examples are made. Ablations are switches: w_ce/w_kd/w_acm = 0 drop a term,
 mixup_alpha = 0 trains on clean inputs. `kd` is Hinton's KD (CE + KL) on clean inputs.
 """
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -63,12 +63,35 @@ def init_params(rng, cfg, student_shapes: Dict, teacher_shapes: Dict) -> Dict:
   return params
 
 
-def acm_terms(params, cfg, student_feats, teacher_feats) -> Dict[str, jnp.ndarray]:
+def acm_terms(transforms, cfg, student_feats, teacher_feats) -> Dict[str, jnp.ndarray]:
+  """Weighted ACM loss of each matched pair; `transforms` = the pairs' transformations."""
   a = cfg.acm
   gc = lambda v: acm.channel_map(v, a.mapping, a.activation, a.p)
   return {key: w * acm.acm_loss(gc(teacher_feats[t]),
-                                acm.transform(gc(student_feats[s]), params["objective"].get(key)))
+                                acm.transform(gc(student_feats[s]), transforms.get(key)))
           for key, s, t, w in stage_pairs(cfg)}
+
+
+def mixacm_loss(student_logits, student_feats, teacher_logits, teacher_feats, labels,
+                partner_labels, lam, transforms, cfg) -> Tuple[jnp.ndarray, Dict[str, Any]]:
+  """The MixACM loss of one mixed batch, for use in any training step.
+
+  student_logits / teacher_logits: (N, classes) on the same mixed inputs
+  x = lam * x_i + (1 - lam) * x_partner; student_feats / teacher_feats: {block name:
+  (N, H, W, C) activation} for the blocks of `cfg.acm.stages`; labels / partner_labels: (N,)
+  int labels of x_i and of its partner; lam: scalar or (N,); transforms: the learned ACM
+  transformations, {pair key: {"kernel": (C_s, C_t)}} (see `init_params`; {} for none);
+  cfg: the `objective` config (w_ce, w_kd, w_acm, temperature, acm.*).
+  Returns (loss, metrics) with the terms `ce`, `kd`, `acm`, `acm_<pair>` and `accuracy`.
+  """
+  ce = mixup.mixup_cross_entropy(student_logits, labels, partner_labels, lam)
+  kd = cfg.temperature ** 2 * kl_divergence(teacher_logits, student_logits, cfg.temperature)
+  terms = acm_terms(transforms, cfg, student_feats, teacher_feats) if cfg.w_acm else {}
+  acm_total = sum(terms.values()) if terms else jnp.zeros(())
+  loss = cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_acm * acm_total
+  return loss, {"loss": loss, "ce": ce, "kd": kd, "acm": acm_total,
+                "accuracy": mixup.mixup_accuracy(student_logits, labels, partner_labels, lam),
+                **{f"acm_{k}": v for k, v in terms.items()}}
 
 
 def loss_fn(params, ctx, batch):
@@ -79,15 +102,10 @@ def loss_fn(params, ctx, batch):
                                       example_offset=ctx.example_offset)
   t_logits, t_feats = ctx.teacher(x, teacher_names)
   s_logits, s_feats, batch_stats = ctx.forward(params, ctx.batch_stats, x, True, student_names)
-  ce = mixup.mixup_cross_entropy(s_logits, batch["label"], y_partner, lam)
-  kd = cfg.temperature ** 2 * kl_divergence(t_logits, s_logits, cfg.temperature)
-  terms = acm_terms(params, cfg, s_feats, t_feats) if cfg.w_acm else {}
-  acm_total = sum(terms.values()) if terms else jnp.zeros(())
-  loss = cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_acm * acm_total
-  metrics = {"loss": loss, "ce": ce, "kd": kd, "acm": acm_total,
-             "accuracy": mixup.mixup_accuracy(s_logits, batch["label"], y_partner, lam),
-             "teacher_agreement": jnp.mean(jnp.argmax(s_logits, -1) == jnp.argmax(t_logits, -1)),
-             **{f"acm_{k}": v for k, v in terms.items()}}
+  loss, metrics = mixacm_loss(s_logits, s_feats, t_logits, t_feats, batch["label"], y_partner,
+                              lam, params["objective"], cfg)
+  metrics["teacher_agreement"] = jnp.mean(
+      jnp.argmax(s_logits, -1) == jnp.argmax(t_logits, -1))
   return loss, (batch_stats, metrics)
 
 

@@ -1,0 +1,67 @@
+"""The library in one call each: bring PyTorch weights, evaluate any Flax model's robustness.
+
+    model, variables = mixacm_jax.load_pytorch("model.pt", "wrn34_10")
+    report = mixacm_jax.evaluate(model, variables, x, labels=y, eps=8 / 255)
+    x_adv, robust_after = mixacm_jax.run_autoattack(logits_fn, x, y, key, eps=8 / 255)
+
+and `mixacm_jax.mixacm_loss` for a training step of your own.
+"""
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import ml_collections
+import numpy as np
+
+from mixacm_jax import robustness
+from mixacm_jax.errors import ConfigError
+
+
+def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
+                 image_shape: Sequence[int] = (32, 32, 3), dtype: str = "float32",
+                 **arch_kwargs) -> Tuple[Any, Dict[str, Any]]:
+  """(Flax model, {"params", "batch_stats"}) from a PyTorch state_dict file (.pt / .pth, read
+  with weights_only=True, or .safetensors). `arch` is a registered architecture
+  (`mixacm_jax.models.MODELS`), `arch_kwargs` its fields (e.g. depth=22, widen_factor=2);
+  input normalisation found in the file (mu / sigma buffers) goes inside the model."""
+  from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top
+  model, variables, _ = convert.load_pytorch_weights(
+      path, arch, num_classes=num_classes, image_shape=tuple(image_shape), dtype=dtype,
+      **arch_kwargs)
+  return model, variables
+
+
+def eval_config(*, attacks: str = "clean,pgd20,autoattack", eps: float = 8 / 255,
+                norm: str = "linf", step_size: Optional[float] = None,
+                version: str = "standard", batch_size: int = 128,
+                num_examples: int = 0) -> ml_collections.ConfigDict:
+  """The `eval` config of the robustness report; the PGD step defaults to eps / 4."""
+  return ml_collections.ConfigDict({
+      "attacks": attacks, "autoattack_version": version, "batch_size": batch_size,
+      "num_examples": num_examples,
+      "pgd": {"eps": eps, "step_size": step_size or eps / 4, "steps": 20, "norm": norm,
+              "loss": "ce", "restarts": 1}})
+
+
+def evaluate(model, variables, data: Union[str, np.ndarray], *, labels=None,
+             split: str = "test", data_dir: Optional[str] = None, seed: int = 0,
+             verbose: bool = False, **eval_kwargs) -> Dict[str, Any]:
+  """The robustness report of any Flax `model` (taking NHWC inputs in [0, 1]) with its
+  `variables`: clean accuracy and each attack's robust accuracy (AutoAttack per stage).
+
+  `data` is a dataset name (`digits`, or a prepared TFDS dataset in `data_dir`) or an array of
+  images with `labels`. `eval_kwargs` go to `eval_config` (attacks, eps, norm, step_size,
+  version, batch_size, num_examples)."""
+  eval_cfg = eval_config(**eval_kwargs)
+  from mixacm_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config_checks.validate_eval(eval_cfg)
+  if isinstance(data, str):
+    data_cfg = ml_collections.ConfigDict({
+        "name": data, "data_dir": data_dir, "train_split": "train", "eval_split": split})
+    return robustness.evaluate_robustness(model, variables, data_cfg, eval_cfg, seed=seed,
+                                          verbose=verbose)
+  if labels is None or len(labels) != len(data):
+    raise ConfigError("evaluate(model, variables, images, labels=...) needs one label per "
+                      "image")
+  images = np.asarray(data, np.float32)
+  n = eval_cfg.num_examples or len(images)
+  return robustness.evaluate_arrays(model, variables, images[:n], np.asarray(labels)[:n],
+                                    eval_cfg, seed=seed, verbose=verbose)

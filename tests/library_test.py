@@ -1,0 +1,93 @@
+"""The README's "Use it as a library" section, run as written, plus the one-call API's checks
+against the pieces it is made of."""
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _library_snippets():
+  text = open(os.path.join(ROOT, "README.md")).read()
+  section = text.split("## Use it as a library", 1)[1].split("\n## ", 1)[0]
+  return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_library_section_runs_as_written(tmp_path, monkeypatch, capsys):
+  torch = pytest.importorskip("torch", reason="the PyTorch-weights snippet needs torch "
+                                              "(the `port` extra)")
+  from mixacm_jax.port import robustbench  # pylint: disable=g-import-not-at-top
+  snippets = _library_snippets()
+  assert len(snippets) == 3
+  # The file the weights snippet loads: RobustBench's WRN-16-2 with random weights.
+  net = robustbench.randomise_batchnorm(
+      robustbench.architecture_module("wide_resnet").WideResNet(depth=16, widen_factor=2), 0)
+  torch.save(net.state_dict(), str(tmp_path / "wrn.pt"))
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  for code in snippets:  # one namespace: later snippets use the names of earlier ones
+    exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  out = capsys.readouterr().out.splitlines()
+  clean, robust = map(float, out[0].split())
+  assert 0 <= robust <= clean <= 1
+  assert set(namespace["robust_after"]) == {"apgd-ce", "apgd-t"}
+  with torch.no_grad():
+    ref = net.eval()(torch.zeros(1, 3, 32, 32)).numpy()
+  np.testing.assert_allclose(np.asarray(namespace["logits"]), ref, atol=1e-4)
+  loss, metrics = namespace["loss"], namespace["metrics"]
+  assert np.isfinite(float(loss)) and float(metrics["acm"]) > 0
+  assert set(metrics) >= {"ce", "kd", "acm", "acm_stage1", "acm_stage2", "accuracy"}
+
+
+def test_evaluate_on_arrays_equals_evaluate_on_the_dataset():
+  from mixacm_jax import input_pipeline, models  # pylint: disable=g-import-not-at-top
+  import mixacm_jax  # pylint: disable=g-import-not-at-top
+  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  x, y = input_pipeline._digits_arrays("test")
+  kwargs = dict(attacks="clean,fgsm", eps=0.1, batch_size=64, num_examples=100)
+  by_name = mixacm_jax.evaluate(model, variables, "digits", **kwargs)
+  by_arrays = mixacm_jax.evaluate(model, variables, x, labels=y, **kwargs)
+  assert by_name["num_examples"] == by_arrays["num_examples"] == 100
+  assert by_name["clean_accuracy"] == by_arrays["clean_accuracy"]
+  assert by_name["attacks"]["fgsm"] == by_arrays["attacks"]["fgsm"]
+  from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="one label per image"):
+    mixacm_jax.evaluate(model, variables, x)
+  with pytest.raises(ConfigError, match="unknown attack 'pgdx'"):
+    mixacm_jax.evaluate(model, variables, x, labels=y, attacks="pgdx")
+
+
+def test_run_autoattack_keeps_the_first_adversarial_and_runs_stages_on_what_is_left():
+  """A linear model on 2-D points: APGD-CE breaks those near the boundary, and each later
+  stage sees only what is left (checked by counting the points each stage receives)."""
+  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  w = np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32)
+  logits_fn = lambda v: v.reshape(v.shape[0], -1)[:, :2] @ w
+  rng = np.random.RandomState(0)
+  x = rng.rand(32, 2, 1, 1).astype(np.float32)
+  y = np.asarray(logits_fn(x).argmax(-1))
+  seen = {}
+  real = autoattack.STAGES["apgd-t"]
+
+  def counting(f, a, b, k, **kw):
+    seen["apgd-t"] = a.shape[0]
+    return real(f, a, b, k, **kw)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(autoattack.STAGES, "apgd-t", counting)
+    x_adv, after = autoattack.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=0.1,
+                                             version="apgd",
+                                             overrides={"apgd-ce": {"n_iter": 10},
+                                                        "apgd-t": {"n_iter": 10}})
+  margin = np.abs(x[:, 0, 0, 0] - x[:, 1, 0, 0])
+  # Points within 2*eps (in the L-inf sense) of the boundary x0 = x1 can be flipped.
+  assert np.all(after["apgd-ce"][margin > 0.2 + 1e-6])
+  assert not np.any(after["apgd-ce"][margin < 0.15])
+  assert seen["apgd-t"] == after["apgd-ce"].sum()
+  broken = ~after["apgd-t"]
+  assert np.all(np.asarray(logits_fn(x_adv).argmax(-1))[broken] != y[broken])
+  np.testing.assert_array_equal(x_adv[~broken], x[~broken])
+  assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
