@@ -16,7 +16,7 @@ def get_config():
   config.data.eval_split = "test"
   config.data.crop_padding = 1         # CIFAR configs use 4 (of 32 pixels); digits are 8x8
   config.data.random_flip = False      # digits are not mirror-symmetric
-  config.data.num_threads = 4          # Grain read-ahead threads (augmentation runs in them)
+  config.data.num_threads = 2          # Grain read-ahead threads (augmentation runs in them)
   config.data.prefetch = 4             # batches read ahead
 
   config.model = ml_collections.ConfigDict()

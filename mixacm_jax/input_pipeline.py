@@ -159,17 +159,22 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, crop_padding: int,
+def augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int,
             flip: bool) -> np.ndarray:
-  """Zero-pad by `crop_padding`, random crop back to size, optional horizontal flip."""
+  """A batch (N, H, W, C): zero-pad each image by `crop_padding`, crop a random window back
+  to size, and flip it horizontally with probability 1/2 (per image; one generator a batch,
+  which keeps the Python work per step small)."""
+  n, h, w = images.shape[:3]
+  out = images
   if crop_padding:
-    h, w = image.shape[:2]
-    padded = np.pad(image, ((crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)))
-    dy, dx = rng.integers(0, 2 * crop_padding + 1, size=2)
-    image = padded[dy:dy + h, dx:dx + w]
-  if flip and rng.random() < 0.5:
-    image = image[:, ::-1]
-  return np.ascontiguousarray(image)
+    p = crop_padding
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    offsets = rng.integers(0, 2 * p + 1, size=(n, 2))
+    out = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+  if flip:
+    mirrored = rng.random(n) < 0.5
+    out = np.where(mirrored[:, None, None, None], out[:, :, ::-1], out)
+  return np.ascontiguousarray(out)
 
 
 def _device_shape(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -182,7 +187,7 @@ def steps_per_epoch(data_cfg, global_batch_size: int) -> int:
 
 
 def _read_options(data_cfg) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 4)),
+  return grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)),
                            prefetch_buffer_size=int(data_cfg.get("prefetch", 4)))
 
 
@@ -196,10 +201,12 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int) -> grain.MapDatas
                     f"examples on this host, fewer than its batch of {batch}")
   padding, flip = int(data_cfg.crop_padding), bool(data_cfg.random_flip)
   # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
-  ds = base.shuffle(seed=(seed * 100003) % 2**31).repeat()
-  ds = ds.random_map(lambda ex, rng: {**ex, "image": augment(ex["image"], rng, padding, flip)},
-                     seed=seed)
-  return ds.batch(batch, drop_remainder=True)
+  ds = base.shuffle(seed=(seed * 100003) % 2**31).repeat().batch(batch, drop_remainder=True)
+  if not (padding or flip):
+    return ds
+  # Augmented per batch, seeded by (seed, batch index): still a pure function of the step.
+  return ds.random_map(lambda b, rng: {**b, "image": augment(b["image"], rng, padding, flip)},
+                       seed=seed)
 
 
 def train_batches(data_cfg, global_batch_size: int, seed: int,
