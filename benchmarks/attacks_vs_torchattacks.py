@@ -12,6 +12,8 @@ left, on both sides (torchattacks' stages built with AutoAttack's settings: 100 
   python benchmarks/attacks_vs_torchattacks.py --arch=wrn16_2 --attacks=apgd-ce,autoattack
   python benchmarks/attacks_vs_torchattacks.py --norm=l2 --attacks=pgd20,autoattack
   python benchmarks/attacks_vs_torchattacks.py --device=gpu --batch=512  # torch stays on CPU
+  python benchmarks/attacks_vs_torchattacks.py --arch=autoattack_resnet18 --batch=16 \
+      --attacks=autoattack --original --repeats=1   # a robust model: every stage works
 """
 import argparse
 import os
@@ -42,12 +44,41 @@ ARCHS = {
 }
 
 
+def authors_resnet18():
+  """The original AutoAttack authors' robust CIFAR-10 ResNet-18, shipped in `pyautoattack`
+  (examples/model_test.pt, 45 MB: loaded from the installed package, never copied here)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pyautoattack  # pylint: disable=g-import-not-at-top
+  examples = os.path.join(os.path.dirname(pyautoattack.__file__), "examples")
+  spec = importlib.util.spec_from_file_location("aa_resnet", os.path.join(examples, "resnet.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  path = os.path.join(examples, "model_test.pt")
+  net = module.ResNet18()
+  net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+  model, variables, _ = convert.load_pytorch_weights(path, "resnet18")
+  return net.eval(), model, variables
+
+
 def build(arch, path):
+  if arch == "autoattack_resnet18":
+    return authors_resnet18()
   factory, name, kwargs = ARCHS[arch]
   net = robustbench.randomise_batchnorm(factory(), 0)
   torch.save(net.state_dict(), path)
   model, variables, _ = convert.load_pytorch_weights(path, name, **kwargs)
   return net, model, variables
+
+
+def original_sequence(net, x_t, y_t, eps, norm):
+  """The original AutoAttack code's standard version (`pyautoattack`), robust accuracy."""
+  import pyautoattack  # pylint: disable=g-import-not-at-top
+  adversary = pyautoattack.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
+                                      version="standard", seed=0)
+  adversary.verbose = False
+  x_adv = adversary.run_standard_evaluation(x_t, y_t, bs=len(y_t))
+  with torch.no_grad():
+    return float((net(x_adv).argmax(1) == y_t).float().mean())
 
 
 def ours_attack(name, logits_fn, eps, norm):
@@ -71,7 +102,8 @@ def their_attack(name, net, eps, norm):
           "apgd-t": lambda: torchattacks.APGDT(net, norm=n, eps=eps, steps=100, n_classes=10),
           "fab-t": lambda: torchattacks.FAB(net, norm=n, eps=eps, steps=100, n_classes=10,
                                             multi_targeted=True),
-          "square": lambda: torchattacks.Square(net, norm=n, eps=eps, n_queries=5000)}[name]()
+          "square": lambda: torchattacks.Square(net, norm=n, eps=eps, n_queries=5000,
+                                                resc_schedule=False)}[name]()
 
 
 def their_sequence(attacks, net, x_t, y_t):
@@ -87,11 +119,14 @@ def their_sequence(attacks, net, x_t, y_t):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--arch", default="resnet18", choices=sorted(ARCHS))
+  p.add_argument("--arch", default="resnet18", choices=sorted(ARCHS) + ["autoattack_resnet18"],
+                 help="autoattack_resnet18: the AutoAttack authors' robust model (pyautoattack)")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--attacks", default="pgd20")
   p.add_argument("--norm", default="linf", choices=sorted(EPS))
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--original", action="store_true",
+                 help="also time the original AutoAttack code (pyautoattack) on `autoattack`")
   p.add_argument("--threads", type=int, default=os.cpu_count())
   common.add_device_flags(p)
   args = p.parse_args()
@@ -139,6 +174,12 @@ def main():
     ours = common.timed(ours_fn, args.repeats)
     theirs = common.timed(theirs_fn, args.repeats)
     note = f" robust acc {acc['ours']:.3f} vs {acc['theirs']:.3f};" if acc else ""
+    if name == "autoattack" and args.original:
+      original = common.timed(lambda: acc.__setitem__(
+          "original", original_sequence(net, x_t, y_t, eps, args.norm)), args.repeats)
+      note += (f" original AutoAttack {args.batch / original[0]:.1f} ex/s (median "
+               f"{original[0]:.3f} s), robust acc {acc['original']:.3f}, ratio "
+               f"{original[0] / ours[0]:.2f}x;")
     print(f"{name:10s} ours {args.batch / ours[0]:9.1f} ex/s (median {ours[0]:.3f} s, "
           f"{ours[1]:.3f}-{ours[2]:.3f}; first call incl. compile {compile_s:.1f} s) | "
           f"torchattacks {args.batch / theirs[0]:9.1f} ex/s (median {theirs[0]:.3f} s) |{note} "

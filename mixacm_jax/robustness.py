@@ -27,21 +27,23 @@ class AttackConstraintError(MixACMError):
 
 def stage_fn(name: str, eps: float, norm: str, step_size: float,
              restarts: int = 1) -> Callable:
-  """attack(logits_fn, x, y, key) -> x_adv for one named attack."""
+  """attack(logits_fn, x, y, key, rank) -> x_adv for one named attack; `rank` (a target
+  class rank, see `autoattack.stage_ranks`) is read by targeted AutoAttack stages only."""
   m = re.fullmatch(r"(pgd|cw)(\d+)", name)
   if m:
     loss = "ce" if m.group(1) == "pgd" else "margin"
     steps = int(m.group(2))
-    return lambda f, x, y, k: pgd_lib.pgd(f, x, y, k, eps=eps, step_size=step_size,
-                                          steps=steps, norm=norm, loss=loss,
-                                          restarts=restarts)
+    return lambda f, x, y, k, rank: pgd_lib.pgd(f, x, y, k, eps=eps, step_size=step_size,
+                                                steps=steps, norm=norm, loss=loss,
+                                                restarts=restarts)
   if name == "fgsm":
-    return lambda f, x, y, k: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
+    return lambda f, x, y, k, rank: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
   if name in autoattack.STAGES:
     if norm not in ("linf", "l2"):
       raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
-    stage = autoattack.get_stage(name)
-    return lambda f, x, y, k: stage(f, x, y, k, eps=eps, norm=norm)[0]
+    targeted = autoattack.is_targeted(name)
+    return lambda f, x, y, k, rank: autoattack.call_stage(
+        name, f, x, y, k, rank if targeted else None, eps=eps, norm=norm)[0]
   raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
                     f"{', '.join(autoattack.STAGES)}, autoattack")
 
@@ -70,14 +72,14 @@ def validate_attacks(spec: str, version: str, norm: str) -> None:
 
 
 def _pmapped_stage(model, stage: Callable):
-  """(variables, x, y, robust, key) -> (still robust, x_adv), over the device axis."""
-  def run(variables, x, y, robust, key):
+  """(variables, x, y, robust, key, rank) -> (still robust, x_adv), over the device axis."""
+  def run(variables, x, y, robust, key, rank):
     # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
     logits_fn = lambda v, rng=None: model.apply(variables, v, rngs=None if rng is None
                                                 else {"noise": rng})
     n = y.shape[0]
     keys = jax.random.fold_in(key, jax.lax.axis_index("batch"))
-    x_adv = stage(logits_fn, x, y, keys)
+    x_adv = stage(logits_fn, x, y, keys, rank)
     x_adv = jnp.where(robust.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
     correct = jnp.argmax(logits_fn(x_adv), -1) == y
     return robust & correct, x_adv
@@ -162,6 +164,7 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
   p_vars = parallel.replicate(variables)
   n_total = float(real.sum())
   clean_fn = _pmapped_clean(model)
+  num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
   t0 = time.perf_counter()
   clean_correct, bad_grads = [], 0
   for i in range(0, len(labels), batch):
@@ -188,22 +191,28 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
     for j, stage_name in enumerate(stages):
       stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size,
                                              pgd_cfg.get("restarts", 1)))
-      work = list(_compact_batches(robust, batch, n_dev))
-      progress = reporting.Progress(len(work), batch, label=f"{name}:{stage_name}"
-                                    if len(stages) > 1 else name)
+      ranks = (autoattack.stage_ranks(stage_name, num_classes)
+               if stage_name in autoattack.STAGES else [None])
       stage_key = jax.random.fold_in(jax.random.PRNGKey(seed), j)
-      for i, (sel, padded, valid) in enumerate(work):
-        key = parallel.replicate(jax.random.fold_in(stage_key, i))
-        x, y = images[padded], labels[padded]
-        still, x_adv = stage(p_vars, to_devices(x), to_devices(y), to_devices(valid), key)
-        x_adv = flat(np.asarray(x_adv))
-        bad = _violations(x_adv[valid], x[valid], eps, pgd_cfg.norm)
-        if bad:
-          raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
-                                      f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
-        robust[sel] &= flat(np.asarray(still))[:len(sel)]
-        if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
-          progress.report(i + 1, {"robust_acc": robust.sum() / n_total})
+      for rank in ranks:  # a targeted stage: target by target, each on what is left
+        work = list(_compact_batches(robust, batch, n_dev))
+        label = name if len(stages) == 1 else f"{name}:{stage_name}"
+        progress = reporting.Progress(len(work), batch, label=label if rank is None
+                                      else f"{label} target {rank}")
+        p_rank = parallel.replicate(np.int32(rank or 0))
+        for i, (sel, padded, valid) in enumerate(work):
+          key = parallel.replicate(jax.random.fold_in(stage_key, i))
+          x, y = images[padded], labels[padded]
+          still, x_adv = stage(p_vars, to_devices(x), to_devices(y), to_devices(valid), key,
+                               p_rank)
+          x_adv = flat(np.asarray(x_adv))
+          bad = _violations(x_adv[valid], x[valid], eps, pgd_cfg.norm)
+          if bad:
+            raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
+                                        f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
+          robust[sel] &= flat(np.asarray(still))[:len(sel)]
+          if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
+            progress.report(i + 1, {"robust_acc": robust.sum() / n_total})
       per_stage[stage_name] = float(robust.sum()) / n_total
     acc = float(robust.sum()) / n_total
     report["attacks"][name] = {"robust_accuracy": acc}

@@ -297,3 +297,44 @@ def test_eot_on_a_deterministic_model_is_the_plain_attack():
   eot = apgd.apgd(logits_fn, x, y, jax.random.PRNGKey(3), eps=0.05, n_iter=10, eot_iter=4)
   np.testing.assert_allclose(plain[0], eot[0], atol=1e-5)
   np.testing.assert_array_equal(plain[1], eot[1])
+
+
+def test_square_schedule_halves_p_at_the_original_autoattack_query_counts():
+  """AutoAttack's standard Square (resc_schedule=False): p_init/2 after query 10, ... down to
+  p_init/128 after query 4000 of 5000; the rescaled schedule reaches p_init/512."""
+  from mixacm_jax.attacks import square  # pylint: disable=g-import-not-at-top
+  p = lambda i, rescale=False: float(square.p_selection(0.8, jnp.asarray(i), 5000, rescale))
+  assert [p(i) for i in (0, 10, 11, 50, 51, 200, 201, 4000, 4001, 4999)] == pytest.approx(
+      [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.8 / 64, 0.8 / 128, 0.8 / 128])
+  assert p(4999, rescale=True) == pytest.approx(0.8 / 512)
+  assert p(1000, rescale=True) == pytest.approx(0.8 / 32)  # query 1000 of 5000 = 2000/10000
+  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  assert not autoattack.STAGES["square"].keywords.get("rescale_schedule", False)
+
+
+def test_targeted_stages_stop_attacking_points_already_broken(monkeypatch):
+  """APGD-T in `run_autoattack` goes target class by target class, each on the points
+  still robust: a point broken towards the 2nd class costs nothing towards the 3rd."""
+  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  w = jnp.asarray(np.random.RandomState(0).randn(16, 4).astype(np.float32))
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  x = np.random.RandomState(1).rand(48, 4, 4, 1).astype(np.float32)
+  y = np.asarray(jnp.argmax(logits_fn(x), -1))
+  assert autoattack.stage_ranks("apgd-t", 4) == [2, 3, 4]
+  assert autoattack.stage_ranks("apgd-ce", 4) == [None]
+  calls = []
+  real = autoattack._run_stage
+
+  def recording(x, y, key, rank, **kw):
+    calls.append((kw["name"], None if rank is None else int(rank), x.shape[0]))
+    return real(x, y, key, rank, **kw)
+  monkeypatch.setattr(autoattack, "_run_stage", recording)
+  monkeypatch.setitem(autoattack.VERSIONS, "targeted_only", ["apgd-t"])
+  _, after = autoattack.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=0.1,
+                                       version="targeted_only",
+                                       overrides={"apgd-t": {"n_iter": 5}})
+  assert [c[1] for c in calls] == [2, 3, 4][:len(calls)] and calls
+  sizes = [c[2] for c in calls]
+  assert sizes[0] == len(y)
+  assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]  # fewer left each time
+  assert 0 < after["apgd-t"].sum() < len(y)

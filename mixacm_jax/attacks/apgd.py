@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixacm_jax.attacks import targets
 from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
 
 
@@ -150,20 +151,11 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 100,
-                  n_target_classes: int = 9, norm: str = "linf"):
+                  n_target_classes: int = 9, norm: str = "linf", target_rank=None):
   """APGD-T: APGD on the targeted DLR loss towards the 2nd, 3rd, ... most likely classes
-  at the clean input, each run on the points the previous ones did not fool."""
-  clean = logits_fn(x)
-  order = jnp.argsort(clean, axis=-1)  # ascending
-  x_out, fooled = x, jnp.argmax(clean, -1) != y
-  n_target_classes = min(n_target_classes, clean.shape[-1] - 1)
-  for t in range(2, n_target_classes + 2):
-    y_target = order[:, -t]
-    x_t, fooled_t = apgd(logits_fn, x, y, jax.random.fold_in(key, t), eps=eps, n_iter=n_iter,
-                         loss="dlr_targeted", y_target=y_target, norm=norm)
-    take = fooled_t & ~fooled
-    x_out = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_t, x_out)
-    fooled = fooled | fooled_t
-  return x_out, fooled
-
-
+  at the clean input, each run on the points the previous ones did not fool (or only
+  towards `target_rank`, see `targets.over_targets`)."""
+  attack_one = lambda y_target, k: apgd(logits_fn, x, y, k, eps=eps, n_iter=n_iter,
+                                        loss="dlr_targeted", y_target=y_target, norm=norm)
+  return targets.over_targets(attack_one, logits_fn, x, y, key,
+                              n_target_classes=n_target_classes, target_rank=target_rank)

@@ -17,6 +17,7 @@ import numpy as np
 from mixacm_jax.attacks import apgd as apgd_lib
 from mixacm_jax.attacks import fab as fab_lib
 from mixacm_jax.attacks import square as square_lib
+from mixacm_jax.attacks import targets
 
 EOT_ITER = 20
 
@@ -44,6 +45,27 @@ def get_stage(name: str) -> Callable:
   return STAGES[name]
 
 
+def is_targeted(name: str) -> bool:
+  return "n_target_classes" in get_stage(name).keywords
+
+
+def stage_ranks(name: str, num_classes: int,
+                settings: Optional[Mapping[str, Any]] = None) -> List[Optional[int]]:
+  """The target ranks a runner attacks one by one, each on the points still robust (as the
+  original AutoAttack stops attacking a point once it is broken); [None] for an untargeted
+  stage (one call)."""
+  if not is_targeted(name):
+    return [None]
+  n = dict(settings or {}).get("n_target_classes", get_stage(name).keywords["n_target_classes"])
+  return list(targets.target_ranks(n, num_classes))
+
+
+def call_stage(name: str, logits_fn, x, y, key, rank, *, eps: float, norm: str, **settings):
+  """One stage (or, with `rank`, one target class of a targeted stage) -> (x_adv, fooled)."""
+  extra = {} if rank is None else {"target_rank": rank}
+  return get_stage(name)(logits_fn, x, y, key, eps=eps, norm=norm, **settings, **extra)
+
+
 def get_version(version: str) -> List[str]:
   if version not in VERSIONS:
     raise ValueError(f"unknown AutoAttack version {version!r}; known: {', '.join(VERSIONS)}")
@@ -51,10 +73,10 @@ def get_version(version: str) -> List[str]:
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "name", "eps", "norm", "settings"))
-def _run_stage(x, y, key, *, logits_fn, name, eps, norm, settings):
-  """One stage, compiled once per (logits_fn, stage, settings, shape): repeated calls with
-  the same model function reuse the program."""
-  return get_stage(name)(logits_fn, x, y, key, eps=eps, norm=norm, **dict(settings))
+def _run_stage(x, y, key, rank, *, logits_fn, name, eps, norm, settings):
+  """Compiled once per (logits_fn, stage, settings, shape); the target rank is traced, so
+  one program serves every target class."""
+  return call_stage(name, logits_fn, x, y, key, rank, eps=eps, norm=norm, **dict(settings))
 
 
 def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
@@ -62,7 +84,8 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
                    overrides: Optional[Mapping[str, Mapping[str, Any]]] = None
                    ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
   """The whole AutoAttack on one batch: each stage of `version`, jitted, runs only on the
-  points every earlier stage left correctly classified (so a stage costs what is left).
+  points every earlier stage left correctly classified (so a stage costs what is left; a
+  targeted stage goes target class by target class, each on the points still robust).
 
   Returns (x_adv, robust_after): the adversarial inputs (the first found for each point; the
   clean input where none was), and for each stage a boolean array, True where the point is
@@ -72,14 +95,18 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   x, y = np.asarray(x), np.asarray(y)
   overrides = overrides or {}
   x_adv = x.copy()
-  robust = np.asarray(np.argmax(np.asarray(logits_fn(x)), -1) == y)
+  clean_logits = np.asarray(logits_fn(x))
+  robust = clean_logits.argmax(-1) == y
   robust_after = {}
   for i, name in enumerate(get_version(version)):
-    idx = np.flatnonzero(robust)
-    if len(idx):
+    settings = tuple(sorted(overrides.get(name, {}).items()))
+    for rank in stage_ranks(name, clean_logits.shape[-1], dict(settings)):
+      idx = np.flatnonzero(robust)
+      if not len(idx):
+        break
       adv, fooled = _run_stage(x[idx], y[idx], jax.random.fold_in(key, i),
-                               logits_fn=logits_fn, name=name, eps=float(eps), norm=norm,
-                               settings=tuple(sorted(overrides.get(name, {}).items())))
+                               None if rank is None else np.int32(rank), logits_fn=logits_fn,
+                               name=name, eps=float(eps), norm=norm, settings=settings)
       fooled = np.asarray(fooled)
       x_adv[idx[fooled]] = np.asarray(adv)[fooled]
       robust[idx[fooled]] = False

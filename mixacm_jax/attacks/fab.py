@@ -11,6 +11,7 @@ A point counts as broken when that perturbation is within eps.
 import jax
 import jax.numpy as jnp
 
+from mixacm_jax.attacks import targets
 from mixacm_jax.attacks.pgd import project
 
 
@@ -98,16 +99,11 @@ def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps
 
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,
-                 n_target_classes: int = 9, norm: str = "linf"):
-  """FAB-T: FAB towards the 2nd, 3rd, ... most likely classes at the clean input."""
-  del key  # the first (and in AutoAttack's standard version only) restart starts at x
-  clean = logits_fn(x)
-  order = jnp.argsort(clean, axis=-1)
-  fooled = jnp.argmax(clean, -1) != y
-  x_out = x
-  for t in range(2, min(n_target_classes, clean.shape[-1] - 1) + 2):
-    x_t, fooled_t = fab(logits_fn, x, y, order[:, -t], eps=eps, n_iter=n_iter, norm=norm)
-    take = fooled_t & ~fooled
-    x_out = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_t, x_out)
-    fooled = fooled | fooled_t
-  return x_out, fooled
+                 n_target_classes: int = 9, norm: str = "linf", target_rank=None):
+  """FAB-T: FAB towards the 2nd, 3rd, ... most likely classes at the clean input (or only
+  towards `target_rank`). The first (in AutoAttack's standard version the only) restart
+  starts at x, so no randomness is used."""
+  attack_one = lambda y_target, _: fab(logits_fn, x, y, y_target, eps=eps, n_iter=n_iter,
+                                       norm=norm)
+  return targets.over_targets(attack_one, logits_fn, x, y, key,
+                              n_target_classes=n_target_classes, target_rank=target_rank)

@@ -1,8 +1,10 @@
 """Square attack, L-inf and L2 (Andriushchenko et al., ECCV 2020): score-based random search.
 
 Each query changes, per example, a square window at a random position and keeps the change
-if the margin loss fell; the window's area fraction p follows the paper's schedule (rescaled
-to the query budget). Examples stop being queried once misclassified (the `while_loop` ends
+if the margin loss fell; the window's area fraction p follows the paper's schedule: halved
+after query 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 -- at those query counts, as the
+original AutoAttack runs it (`resc_schedule=False`), or at those fractions of 10,000 of the
+budget with `rescale_schedule=True` (the Square paper's code default). Examples stop being queried once misclassified (the `while_loop` ends
 when all are).
 
 L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps per channel.
@@ -20,8 +22,10 @@ from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
 _P_BOUNDARIES = jnp.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 
 
-def p_selection(p_init: float, i: jnp.ndarray, n_queries: int) -> jnp.ndarray:
-  it = jnp.floor(i / n_queries * 10000)
+def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
+                rescale: bool = False) -> jnp.ndarray:
+  """The window fraction at query `i` (0-based)."""
+  it = jnp.floor(i / n_queries * 10000) if rescale else i
   return p_init / 2.0 ** jnp.sum(it > _P_BOUNDARIES)
 
 
@@ -54,14 +58,14 @@ def _window(h, w, top, left, side):
   return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
 
-def square_linf(logits_fn, x, y, key, *, eps, n_queries, p_init):
+def square_linf(logits_fn, x, y, key, *, eps, n_queries, p_init, rescale_schedule=False):
   n, h, w, c = x.shape
   k_init, k_loop = jax.random.split(key)
   stripes = jax.random.choice(k_init, jnp.array([-eps, eps], x.dtype), (n, 1, w, c))
 
   def propose(i, x_best):
     k1, k2, k3 = jax.random.split(jax.random.fold_in(k_loop, i), 3)
-    p = p_selection(p_init, i, n_queries)
+    p = p_selection(p_init, i, n_queries, rescale_schedule)
     side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
     top = jax.random.randint(k1, (n, 1, 1, 1), 0, h - side + 1)
     left = jax.random.randint(k2, (n, 1, 1, 1), 0, w - side + 1)
@@ -103,7 +107,7 @@ def bump(h, w, top, left, side, transpose):
   return v / jnp.maximum(_channel_norm(v), 1e-12)
 
 
-def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init):
+def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init, rescale_schedule=False):
   n, h, w, c = x.shape
   k_init, k_loop = jax.random.split(key)
   # Initial grid of bumps of side h // 5, each with a random sign per example and channel.
@@ -119,7 +123,7 @@ def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init):
 
   def propose(i, x_best):
     k1, k2, k3, k4, k5 = jax.random.split(jax.random.fold_in(k_loop, i), 5)
-    p = p_selection(p_init, i, n_queries)
+    p = p_selection(p_init, i, n_queries, rescale_schedule)
     side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
     side = jnp.minimum(side + (1 - side % 2), min(h, w) - (1 - min(h, w) % 2))  # odd, fits
     pos = lambda k, size: jax.random.randint(k, (n, 1, 1, 1), 0, size - side + 1)
@@ -143,9 +147,11 @@ def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init):
 
 
 def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
-           n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf"):
+           n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
+           rescale_schedule: bool = False):
   """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
   attacks = {"linf": square_linf, "l2": square_l2}
   if norm not in attacks:
     raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
-  return attacks[norm](logits_fn, x, y, key, eps=eps, n_queries=n_queries, p_init=p_init)
+  return attacks[norm](logits_fn, x, y, key, eps=eps, n_queries=n_queries, p_init=p_init,
+                       rescale_schedule=rescale_schedule)
