@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -25,24 +25,24 @@ class AttackConstraintError(MixACMError):
   """An attack returned points outside the eps-ball or the [0, 1] box."""
 
 
-def stage_fn(name: str, eps: float, norm: str, step_size: float,
-             restarts: int = 1) -> Callable:
-  """attack(logits_fn, x, y, key, rank) -> x_adv for one named attack; `rank` (a target
-  class rank, see `autoattack.stage_ranks`) is read by targeted AutoAttack stages only."""
+def stage_fn(name: str, norm: str, restarts: int = 1) -> Callable:
+  """attack(logits_fn, x, y, key, rank, eps, step_size) -> x_adv for one named attack. eps
+  and the PGD step are arguments (traced), so an eps sweep compiles each attack once; `rank`
+  (a target class rank, see `autoattack.stage_ranks`) is read by targeted stages only."""
   m = re.fullmatch(r"(pgd|cw)(\d+)", name)
   if m:
     loss = "ce" if m.group(1) == "pgd" else "margin"
     steps = int(m.group(2))
-    return lambda f, x, y, k, rank: pgd_lib.pgd(f, x, y, k, eps=eps, step_size=step_size,
-                                                steps=steps, norm=norm, loss=loss,
-                                                restarts=restarts)
+    return lambda f, x, y, k, rank, eps, step: pgd_lib.pgd(
+        f, x, y, k, eps=eps, step_size=step, steps=steps, norm=norm, loss=loss,
+        restarts=restarts)
   if name == "fgsm":
-    return lambda f, x, y, k, rank: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
+    return lambda f, x, y, k, rank, eps, step: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
   if name in autoattack.STAGES:
     if norm not in ("linf", "l2"):
       raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
     targeted = autoattack.is_targeted(name)
-    return lambda f, x, y, k, rank: autoattack.call_stage(
+    return lambda f, x, y, k, rank, eps, step: autoattack.call_stage(
         name, f, x, y, k, rank if targeted else None, eps=eps, norm=norm)[0]
   raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
                     f"{', '.join(autoattack.STAGES)}, autoattack")
@@ -68,18 +68,19 @@ def validate_attacks(spec: str, version: str, norm: str) -> None:
   for _, stages in parse_attacks(spec, version):
     for stage in stages:
       if stage != "clean":
-        stage_fn(stage, 0.1, norm, 0.1)
+        stage_fn(stage, norm)
 
 
 def _pmapped_stage(model, stage: Callable):
-  """(variables, x, y, robust, key, rank) -> (still robust, x_adv), over the device axis."""
-  def run(variables, x, y, robust, key, rank):
+  """(variables, x, y, robust, key, rank, eps, step) -> (still robust, x_adv), over the
+  device axis."""
+  def run(variables, x, y, robust, key, rank, eps, step):
     # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
     logits_fn = lambda v, rng=None: model.apply(variables, v, rngs=None if rng is None
                                                 else {"noise": rng})
     n = y.shape[0]
     keys = jax.random.fold_in(key, jax.lax.axis_index("batch"))
-    x_adv = stage(logits_fn, x, y, keys, rank)
+    x_adv = stage(logits_fn, x, y, keys, rank, eps, step)
     x_adv = jnp.where(robust.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
     correct = jnp.argmax(logits_fn(x_adv), -1) == y
     return robust & correct, x_adv
@@ -133,8 +134,19 @@ def _compact_batches(robust: np.ndarray, batch: int, multiple: int = 1):
     yield sel, np.concatenate([sel, np.zeros((size - len(sel),), sel.dtype)]), valid
 
 
+def _compiled(programs: Optional[Dict], key, build: Callable):
+  """The pmapped program for `key`, built once per `programs` dict (an eps sweep shares one:
+  the same program, and so the same compilation, serves every eps)."""
+  if programs is None:
+    return build()
+  if key not in programs:
+    programs[key] = build()
+  return programs[key]
+
+
 def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = None,
-                        seed: int = 0, verbose: bool = True) -> Dict[str, Any]:
+                        seed: int = 0, verbose: bool = True,
+                        programs: Optional[Dict] = None) -> Dict[str, Any]:
   """Clean and robust accuracy for each attack in `eval_cfg.attacks` over the eval split."""
   batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
                                              eval_cfg.get("num_examples")))
@@ -142,12 +154,12 @@ def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = No
   return evaluate_arrays(model, variables, np.concatenate([flat(b["image"]) for b in batches]),
                          np.concatenate([flat(b["label"]) for b in batches]), eval_cfg,
                          real=np.concatenate([flat(b["mask"]) for b in batches]) > 0,
-                         eps=eps, seed=seed, verbose=verbose)
+                         eps=eps, seed=seed, verbose=verbose, programs=programs)
 
 
 def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
                     real: np.ndarray = None, eps: float = None, seed: int = 0,
-                    verbose: bool = True) -> Dict[str, Any]:
+                    verbose: bool = True, programs: Optional[Dict] = None) -> Dict[str, Any]:
   """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries."""
   pgd_cfg = eval_cfg.pgd
   eps = pgd_cfg.eps if eps is None else eps
@@ -163,7 +175,9 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
   to_devices = lambda v: v.reshape((n_dev, -1) + v.shape[1:])
   p_vars = parallel.replicate(variables)
   n_total = float(real.sum())
-  clean_fn = _pmapped_clean(model)
+  clean_fn = _compiled(programs, "clean", lambda: _pmapped_clean(model))
+  step_size = pgd_cfg.step_size * eps / pgd_cfg.eps  # the step scales with eps
+  p_eps, p_step = parallel.replicate(np.float32(eps)), parallel.replicate(np.float32(step_size))
   num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
   t0 = time.perf_counter()
   clean_correct, bad_grads = [], 0
@@ -189,8 +203,9 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
     robust = clean_correct.copy()
     per_stage = {}
     for j, stage_name in enumerate(stages):
-      stage = _pmapped_stage(model, stage_fn(stage_name, eps, pgd_cfg.norm, pgd_cfg.step_size,
-                                             pgd_cfg.get("restarts", 1)))
+      restarts = pgd_cfg.get("restarts", 1)
+      stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts), lambda: _pmapped_stage(
+          model, stage_fn(stage_name, pgd_cfg.norm, restarts)))
       ranks = (autoattack.stage_ranks(stage_name, num_classes)
                if stage_name in autoattack.STAGES else [None])
       stage_key = jax.random.fold_in(jax.random.PRNGKey(seed), j)
@@ -204,7 +219,7 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
           key = parallel.replicate(jax.random.fold_in(stage_key, i))
           x, y = images[padded], labels[padded]
           still, x_adv = stage(p_vars, to_devices(x), to_devices(y), to_devices(valid), key,
-                               p_rank)
+                               p_rank, p_eps, p_step)
           x_adv = flat(np.asarray(x_adv))
           bad = _violations(x_adv[valid], x[valid], eps, pgd_cfg.norm)
           if bad:
@@ -232,13 +247,11 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
               seed: int = 0) -> Dict[str, Any]:
   """Robust accuracy of each attack at each eps; flags accuracy that rises with eps. The PGD
-  step size scales with eps (step / eps as in `eval_cfg.pgd`)."""
-  rows = []
-  for e in epsilons:
-    cfg = eval_cfg.copy_and_resolve_references()
-    cfg.pgd.step_size = eval_cfg.pgd.step_size * e / eval_cfg.pgd.eps
-    rows.append(evaluate_robustness(model, variables, data_cfg, cfg, eps=e, seed=seed,
-                                    verbose=False))
+  step size scales with eps (step / eps as in `eval_cfg.pgd`); eps is a traced argument, so
+  every attack compiles once for the whole sweep."""
+  programs = {}
+  rows = [evaluate_robustness(model, variables, data_cfg, eval_cfg, eps=e, seed=seed,
+                              verbose=False, programs=programs) for e in epsilons]
   warnings = []
   for name in rows[0]["attacks"] if rows else []:
     accs = [r["attacks"][name]["robust_accuracy"] for r in rows]

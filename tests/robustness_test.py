@@ -64,3 +64,42 @@ def test_rand_version_runs_eot_and_flags_a_deterministic_model(tiny_config, monk
   assert list(stages) == ["apgd-ce-eot", "apgd-dlr-eot"]
   assert stages["apgd-dlr-eot"] <= stages["apgd-ce-eot"] <= report["clean_accuracy"]
   assert any("deterministic" in w for w in report["warnings"])
+
+
+def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
+  """eps and the PGD step are traced arguments: the 2nd and 3rd eps of a sweep compile
+  nothing new (eps tiny, so no point is broken and the stages see the same shapes)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config
+  cfg.eval.num_examples = 32
+  cfg.eval.attacks = "clean,pgd3,fgsm"
+  info = input_pipeline.get_info(cfg.data)
+  model = models.create_model_from_config(cfg.model, info.num_classes)
+  variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)
+  programs = {}
+  first = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, eps=1e-5,
+                                         verbose=False, programs=programs)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      later = [robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, eps=e,
+                                              verbose=False, programs=programs)
+               for e in (2e-5, 3e-5)]
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  compiles = [r.getMessage()[:100] for r in caplog.records
+              if r.getMessage().startswith("Compiling") and "run" in r.getMessage()]
+  assert compiles == []
+  assert set(programs) == {"clean", ("pgd3", "linf", 1), ("fgsm", "linf", 1)}
+  for report in [first] + later:  # the traced eps is the one used: nothing moved far
+    assert report["attacks"]["pgd3"]["robust_accuracy"] == first["clean_accuracy"]
+  # The traced eps is the one used: each sweep point equals FGSM computed directly at it.
+  sweep = robustness.eps_sweep(model, variables, cfg.data, cfg.eval, [0.05, 0.5])
+  x, y = input_pipeline._digits_arrays("test")
+  x, y = x[:32], y[:32]
+  logits_fn = lambda v: model.apply(variables, v)
+  clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
+  for e, report in zip([0.05, 0.5], sweep["reports"]):
+    x_adv = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=e)
+    direct = (clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)).mean()
+    assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - direct) < 1e-9, e

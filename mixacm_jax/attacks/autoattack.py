@@ -29,8 +29,9 @@ STAGES: Dict[str, Callable] = {
     "apgd-t": functools.partial(apgd_lib.apgd_targeted, n_iter=100, n_target_classes=9),
     "fab-t": functools.partial(fab_lib.fab_targeted, n_iter=100, n_target_classes=9),
     "square": functools.partial(square_lib.square, n_queries=5000),
-    "apgd-ce-eot": functools.partial(apgd_lib.apgd, n_iter=100, loss="ce", eot_iter=EOT_ITER),
-    "apgd-dlr-eot": functools.partial(apgd_lib.apgd, n_iter=100, loss="dlr", eot_iter=EOT_ITER),
+    # eot_iter: EOT_ITER, read when the stage is called (see call_stage)
+    "apgd-ce-eot": functools.partial(apgd_lib.apgd, n_iter=100, loss="ce"),
+    "apgd-dlr-eot": functools.partial(apgd_lib.apgd, n_iter=100, loss="dlr"),
 }
 VERSIONS: Dict[str, List[str]] = {
     "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
@@ -63,6 +64,8 @@ def stage_ranks(name: str, num_classes: int,
 def call_stage(name: str, logits_fn, x, y, key, rank, *, eps: float, norm: str, **settings):
   """One stage (or, with `rank`, one target class of a targeted stage) -> (x_adv, fooled)."""
   extra = {} if rank is None else {"target_rank": rank}
+  if name.endswith("-eot"):
+    settings = {"eot_iter": EOT_ITER, **settings}
   return get_stage(name)(logits_fn, x, y, key, eps=eps, norm=norm, **settings, **extra)
 
 
