@@ -10,6 +10,7 @@ chosen groups:
   variations  one change at a time around the base point (MixACM at --base_multiple x the
               teacher's epochs): w_acm, w_kd, tau, matched stages, ACM mapping, mixup alpha and
               per-example lambda, weight decay on the ACM transformations, batch size
+  combos      the changes that helped, together (COMBOS)
 
 Writes `results.md`, `results.json` and `lengths.png` / `variations.png` to --out; every run
 resumes (finished runs are read back from their `record.json`).
@@ -60,16 +61,27 @@ VARIATIONS = {
     "batch 32": {"optim.batch_size": 32},
 }
 
+# Combinations of the variations that helped (chosen from the variations' validation
+# results, then run on validation like them): name -> names of VARIATIONS applied together.
+COMBOS = {
+    "w_acm=3 + tau=4": ("w_acm=3", "tau=4"),
+    "w_acm=3 + stages 3-4": ("w_acm=3", "stages 3-4"),
+    "tau=4 + stages 3-4": ("tau=4", "stages 3-4"),
+    "w_acm=3 + tau=4 + stages 3-4": ("w_acm=3", "tau=4", "stages 3-4"),
+}
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default_mixacm.py",
                                           "A pipeline config (teacher + student).")
 _OUT = flags.DEFINE_string("out", "experiments/results/digits_study", "Where results go.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/study", "Checkpoints of every run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own teacher).")
-_GROUPS = flags.DEFINE_list("groups", ["lengths", "variations"], "lengths | variations")
+_GROUPS = flags.DEFINE_list("groups", ["lengths", "variations", "combos"],
+                            "lengths | variations | combos")
 _METHODS = flags.DEFINE_list("methods", list(METHODS), "Methods of the lengths group.")
 _MULTIPLES = flags.DEFINE_list("multiples", [str(m) for m in MULTIPLES],
                                "Training lengths, in multiples of the teacher's epochs.")
 _VARIATIONS = flags.DEFINE_list("variations", list(VARIATIONS), "Variations to run.")
+_COMBOS = flags.DEFINE_list("combos", list(COMBOS), "Combinations to run (group combos).")
 _BASE_MULTIPLE = flags.DEFINE_float(
     "base_multiple", 2.0, "Length of the variations' base point, in the teacher's epochs.")
 _SPLIT = flags.DEFINE_string("eval_split", "validation", "Split every choice is made on.")
@@ -98,6 +110,11 @@ def points(config):
     out.append(("variations", f"mixacm@{base:g}x", "mixacm", base, {}))
     for name in _VARIATIONS.value:
       out.append(("variations", f"mixacm@{base:g}x {name}", "mixacm", base, VARIATIONS[name]))
+  if "combos" in _GROUPS.value:
+    base = _BASE_MULTIPLE.value
+    for name in _COMBOS.value:
+      overrides = {k: v for variation in COMBOS[name] for k, v in VARIATIONS[variation].items()}
+      out.append(("combos", f"mixacm@{base:g}x {name}", "mixacm", base, overrides))
   del config
   # A point asked for twice (the base point is also a length) runs once.
   return list({p[1]: p for p in out}.values())
@@ -189,7 +206,8 @@ def markdown(rows, command, elapsed, records):
       f"Teacher: clean {_pct(t['clean'])} %, robust {_pct(t['robust'])} % (worst seed "
       f"{100 * t['robust_worst']:.1f} %).", ""]
   for group, title in (("lengths", "Training length"),
-                       ("variations", "One change at a time around the base point")):
+                       ("variations", "One change at a time around the base point"),
+                       ("combos", "Combinations of the changes that helped")):
     mine = {k: r for k, r in rows.items() if r["group"] == group}
     if not mine:
       continue
@@ -241,7 +259,7 @@ def plot(rows, out):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "lengths.png"), dpi=120)
     plt.close(fig)
-  variations = {k: r for k, r in rows.items() if r["group"] == "variations"}
+  variations = {k: r for k, r in rows.items() if r["group"] in ("variations", "combos")}
   if variations:
     names = list(variations)
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.4))
@@ -266,7 +284,8 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
   config = prepare(_CONFIG.value)
   unknown = ([m for m in _METHODS.value if m not in METHODS] +
-             [v for v in _VARIATIONS.value if v not in VARIATIONS])
+             [v for v in _VARIATIONS.value if v not in VARIATIONS] +
+             [c for c in _COMBOS.value if c not in COMBOS])
   if unknown:
     raise app.UsageError(f"unknown methods/variations {unknown}; known: {', '.join(METHODS)}; "
                          f"{', '.join(VARIATIONS)}")
