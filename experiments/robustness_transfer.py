@@ -176,6 +176,22 @@ def _pct(ms):
   return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
 
 
+def _per_seed(records, robust_key):
+  """For each seed with a teacher and a MixACM student: the student's robust accuracy as a
+  ratio to that seed's teacher, and its gap to that seed's natural student."""
+  out = []
+  for seed in sorted({r["seed"] for r in records}):
+    by = {r["run"]: r for r in records if r["seed"] == seed}
+    if "teacher" not in by or "mixacm" not in by:
+      continue
+    acc = lambda r: r["report"]["attacks"].get(robust_key, {}).get("robust_accuracy")
+    row = {"seed": seed, "ratio": _ratio(acc(by["mixacm"]), acc(by["teacher"]))}
+    if "natural" in by:
+      row["gap"] = acc(by["mixacm"]) - acc(by["natural"])
+    out.append(row)
+  return out
+
+
 def markdown(rows, records, config, command, elapsed):
   robust_key = _robust_key(rows)
   teacher = rows["teacher"]
@@ -228,9 +244,18 @@ def markdown(rows, records, config, command, elapsed):
     ratio = _ratio(m[robust_key][0], teacher[robust_key][0])
     lines.append(f"- MixACM student's {robust_key} accuracy is {ratio:.2f}x the teacher's "
                  f"(expectation: >= 0.8x): {'met' if ratio >= 0.8 else 'NOT met'}.")
+    per_seed = _per_seed(records, robust_key)
+    if per_seed:
+      worst = min(per_seed, key=lambda r: r["ratio"])
+      lines.append(f"- Per seed (ratio to that seed's teacher): " + ", ".join(
+          f"seed {r['seed']} {r['ratio']:.2f}x" for r in per_seed) + f"; worst seed "
+          f"{worst['seed']}: {worst['ratio']:.2f}x, "
+          f"{'>= 0.8x on every seed' if worst['ratio'] >= 0.8 else 'below 0.8x on some seed'}.")
     if "natural" in rows:
       gap = m[robust_key][0] - rows["natural"][robust_key][0]
-      lines.append(f"- MixACM minus natural training: {100 * gap:+.1f} points.")
+      lines.append(f"- MixACM minus natural training: {100 * gap:+.1f} points on average" + (
+          f", {100 * min(r['gap'] for r in per_seed):+.1f} on the worst seed (expectation: "
+          ">= +30)" if per_seed and all("gap" in r for r in per_seed) else "") + ".")
     lines.append(f"- MixACM training cost: {_ratio(m['total_passes'][0], teacher['total_passes'][0]):.2f}"
                  f"x the teacher's passes, {_ratio(m['train_seconds'][0], teacher['train_seconds'][0]):.2f}"
                  "x its seconds" + (

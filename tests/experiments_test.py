@@ -55,7 +55,9 @@ def test_summary_table_checks_and_plots(tmp_path, monkeypatch):
   text = rt.markdown(rows, records, default_mixacm.get_config(), "cmd", 1.0)
   ratio = 0.41 / 0.80
   assert f"{ratio:.2f}x the teacher's (expectation: >= 0.8x): NOT met" in text
-  assert "MixACM minus natural training: +37.0 points" in text
+  assert "MixACM minus natural training: +37.0 points on average, +36.0 on the worst seed" in text
+  assert "Per seed (ratio to that seed's teacher): seed 0 0.51x, seed 1 0.51x, seed 2 0.51x" in text
+  assert "below 0.8x on some seed" in text
   assert "| teacher | 97.0 ± 0.0 | 80.0 ± 0.0 |" in text
   rt.plot(rows, records, str(tmp_path))
   for name in ("eps_sweep.png", "clean_vs_robust.png", "cost_vs_robust.png"):
