@@ -3,10 +3,12 @@
 The partner of each example is drawn by a permutation of the *global* batch (all-gathered
 over the pmap axis), so splitting the batch over more devices does not change the mix.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+
+from mixacm_jax import parallel
 
 
 def sample_lambda(key: jax.Array, alpha: float, shape=()) -> jnp.ndarray:
@@ -18,7 +20,8 @@ def sample_lambda(key: jax.Array, alpha: float, shape=()) -> jnp.ndarray:
 
 def mix_batch(batch: Dict[str, jnp.ndarray], key: jax.Array, alpha: float, *,
               per_example: bool = False, example_offset=0,
-              axis_name: str = "batch") -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+              axis_name: Optional[str] = parallel.AXIS
+              ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Returns (x_mix, y_partner, lam): x_mix = lam * x_i + (1 - lam) * x_j, lam of shape (n,).
 
   `key` must be the same on every device; `example_offset` is this device's first global index.

@@ -79,12 +79,12 @@ def _pmapped_stage(model, stage: Callable):
     logits_fn = lambda v, rng=None: model.apply(variables, v, rngs=None if rng is None
                                                 else {"noise": rng})
     n = y.shape[0]
-    keys = jax.random.fold_in(key, jax.lax.axis_index("batch"))
+    keys = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
     x_adv = stage(logits_fn, x, y, keys, rank, eps, step)
     x_adv = jnp.where(robust.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
     correct = jnp.argmax(logits_fn(x_adv), -1) == y
     return robust & correct, x_adv
-  return jax.pmap(run, axis_name="batch")
+  return jax.pmap(run, axis_name=parallel.AXIS)
 
 
 def _pmapped_clean(model):
@@ -94,7 +94,7 @@ def _pmapped_clean(model):
     g = grad.reshape(grad.shape[0], -1)
     bad_grad = jnp.all(g == 0, axis=1) | ~jnp.all(jnp.isfinite(g), axis=1)
     return jnp.argmax(logits, -1) == y, bad_grad
-  return jax.pmap(run, axis_name="batch")
+  return jax.pmap(run, axis_name=parallel.AXIS)
 
 
 def _violations(x_adv, x, eps, norm, tol=1e-5):

@@ -65,10 +65,10 @@ def train_step(state: TrainState, batch, teacher_variables, *, objective, forwar
       forward=lambda p, *args: forward(p["model"], *args), batch_stats=state.batch_stats,
       cfg=cfg, teacher=make_teacher(teacher_model, teacher_variables),
       rng=jax.random.fold_in(state.rng, state.step),
-      example_offset=jax.lax.axis_index("batch") * n)
+      example_offset=jax.lax.axis_index(parallel.AXIS) * n)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
   (_, (batch_stats, metrics)), grads = grad_fn(state.params, ctx, batch)
-  grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), "batch")
+  grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), parallel.AXIS)
   metrics["grad_norm"] = optax.global_norm(grads)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return state, metrics
@@ -104,7 +104,7 @@ def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
   x, y, mask = batch["image"], batch["label"], batch["mask"]
   n = y.shape[0]
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(
-      jax.lax.axis_index("batch") * n + jnp.arange(n))
+      jax.lax.axis_index(parallel.AXIS) * n + jnp.arange(n))
   clean_logits = logits_fn(x)
   sums = {"count": jnp.sum(mask),
           "clean_correct": jnp.sum((jnp.argmax(clean_logits, -1) == y) * mask),
@@ -113,12 +113,12 @@ def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
     x_adv = pgd_lib.pgd(logits_fn, x, y, keys, eps=pgd_cfg.eps, step_size=pgd_cfg.step_size,
                     steps=pgd_cfg.steps, norm=pgd_cfg.norm, loss=pgd_cfg.loss)
     sums["robust_correct"] = jnp.sum((jnp.argmax(logits_fn(x_adv), -1) == y) * mask)
-  return jax.lax.psum(sums, "batch")
+  return jax.lax.psum(sums, parallel.AXIS)
 
 
 def make_p_eval_step(model, pgd_cfg):
   return jax.pmap(functools.partial(eval_step, forward=make_forward(model), pgd_cfg=pgd_cfg),
-                  axis_name="batch")
+                  axis_name=parallel.AXIS)
 
 
 def evaluate(p_eval_step, params, batch_stats, data_cfg, eval_cfg, seed: int = 0) -> Dict[str, float]:

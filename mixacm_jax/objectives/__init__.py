@@ -9,7 +9,7 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives import ard, mixacm, natural, pgd_at, rslad, trades
+from mixacm_jax.objectives import ard, kd, mixacm, natural, pgd_at, rslad, trades
 from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 
@@ -31,7 +31,7 @@ OBJECTIVES: Dict[str, Objective] = {
     "trades": Objective(trades.loss_fn, trades.passes),
     "mixacm": Objective(mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
                         mixacm.feature_names),
-    "kd": Objective(mixacm.kd_loss_fn, mixacm.kd_passes, True),
+    "kd": Objective(kd.loss_fn, kd.passes, True),
     "ard": Objective(ard.loss_fn, ard.passes, True),
     "rslad": Objective(rslad.loss_fn, rslad.passes, True),
 }

@@ -6,7 +6,7 @@ mixup batch; the student minimises
   + w_acm * sum_l  weight_l * ACM_loss(g_c(F_T^l(x)), transform_l(g_c(F_S^l(x))))
 
 No adversarial examples are made. Ablations are switches: w_ce/w_kd/w_acm = 0 drop a term,
-mixup_alpha = 0 trains on clean inputs. `kd` is Hinton's KD (CE + KL) on clean inputs.
+mixup_alpha = 0 trains on clean inputs. (`kd`, Hinton's KD on clean inputs, is objectives/kd.py.)
 """
 from typing import Any, Dict, List, Tuple
 
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from mixacm_jax import acm, mixup
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives.common import accuracy, cross_entropy, kl_divergence
+from mixacm_jax.objectives.common import distillation_passes, kl_divergence
 
 
 def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
@@ -109,23 +109,4 @@ def loss_fn(params, ctx, batch):
   return loss, (batch_stats, metrics)
 
 
-def kd_loss_fn(params, ctx, batch):
-  """Hinton et al. 2015: w_ce * CE(S(x), y) + w_kd * tau^2 * KL(T/tau || S/tau), clean x."""
-  cfg = ctx.cfg
-  x = batch["image"]
-  t_logits, _ = ctx.teacher(x, ())
-  s_logits, _, batch_stats = ctx.forward(params, ctx.batch_stats, x, True, ())
-  ce = cross_entropy(s_logits, batch["label"])
-  kd = cfg.temperature ** 2 * kl_divergence(t_logits, s_logits, cfg.temperature)
-  loss = cfg.w_ce * ce + cfg.w_kd * kd
-  return loss, (batch_stats, {
-      "loss": loss, "ce": ce, "kd": kd, "accuracy": accuracy(s_logits, batch["label"]),
-      "teacher_agreement": jnp.mean(jnp.argmax(s_logits, -1) == jnp.argmax(t_logits, -1))})
-
-
-def passes(cfg):
-  del cfg
-  return {"forward": 1, "backward": 1, "teacher_forward": 1}
-
-
-kd_passes = passes
+passes = distillation_passes
