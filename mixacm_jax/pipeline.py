@@ -17,6 +17,7 @@ def teacher_config(config):
   cfg.model = config.teacher.model.copy_and_resolve_references()
   cfg.objective.name = config.pipeline.teacher_objective
   cfg.optim.num_epochs = config.pipeline.teacher_epochs
+  cfg.optim.batch_size = config.pipeline.get("teacher_batch_size") or config.optim.batch_size
   return cfg
 
 
