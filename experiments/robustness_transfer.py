@@ -25,7 +25,7 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mixacm_jax import input_pipeline, models, pipeline, robustness, train  # noqa: E402
+from mixacm_jax import input_pipeline, models, pipeline, robustness  # noqa: E402
 from mixacm_jax import teacher as teacher_lib  # noqa: E402
 
 # name -> (objective, overrides (dotted config paths), label in the table)
@@ -79,11 +79,7 @@ def run_one(name, cfg, run_dir, teacher=None):
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  summary_path = os.path.join(run_dir, "summary.json")
-  previous = json.load(open(summary_path)) if os.path.exists(summary_path) else None
-  result = train.train_and_evaluate(cfg, run_dir, teacher=teacher)
-  if previous and result["resumed_from"] == result["steps"]:  # finished before: its time
-    result["train_seconds"] = previous["train_seconds"]
+  result = pipeline.train_resumable(cfg, run_dir, teacher)
   info = input_pipeline.get_info(cfg.data)
   model = models.create_model_from_config(cfg.model, info.num_classes)
   variables = teacher_lib.load_variables(model, info.image_shape, run_dir)
@@ -120,13 +116,7 @@ def student_config(config, name, seed):
   objective, overrides, _ = ALL_STUDENTS[name]
   cfg = pipeline.student_config(config, objective)
   cfg.seed = seed
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return pipeline.apply_overrides(cfg, overrides)
 
 
 def mean_std(values):
@@ -247,7 +237,7 @@ def markdown(rows, records, config, command, elapsed):
     per_seed = _per_seed(records, robust_key)
     if per_seed:
       worst = min(per_seed, key=lambda r: r["ratio"])
-      lines.append(f"- Per seed (ratio to that seed's teacher): " + ", ".join(
+      lines.append("- Per seed (ratio to that seed's teacher): " + ", ".join(
           f"seed {r['seed']} {r['ratio']:.2f}x" for r in per_seed) + f"; worst seed "
           f"{worst['seed']}: {worst['ratio']:.2f}x, "
           f"{'>= 0.8x on every seed' if worst['ratio'] >= 0.8 else 'below 0.8x on some seed'}.")

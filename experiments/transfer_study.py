@@ -31,7 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mixacm_jax import input_pipeline, pipeline, train  # noqa: E402
+from mixacm_jax import input_pipeline, pipeline  # noqa: E402
 from mixacm_jax import teacher as teacher_lib  # noqa: E402
 
 # method -> (objective, overrides, label)
@@ -92,17 +92,6 @@ _BASE_MULTIPLE = flags.DEFINE_float(
 _SPLIT = flags.DEFINE_string("eval_split", "validation", "Split every choice is made on.")
 
 
-def apply_overrides(cfg, overrides):
-  """Sets dotted config paths, e.g. {"objective.w_kd": 0.0}."""
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
-
-
 def points(config):
   """(group, point name, method, multiple, overrides) of every requested run."""
   out = []
@@ -131,7 +120,7 @@ def run_config(config, seed, method, multiple, overrides):
   cfg = pipeline.student_config(config, objective)
   cfg.seed = seed
   cfg.optim.num_epochs = int(round(config.pipeline.teacher_epochs * multiple))
-  return apply_overrides(apply_overrides(cfg, method_overrides), overrides)
+  return pipeline.apply_overrides(pipeline.apply_overrides(cfg, method_overrides), overrides)
 
 
 # The point the study varies around: the MixACM settings before it (issue 12), fixed here so
@@ -150,7 +139,7 @@ STUDY_BASE = {
 def prepare(config):
   """The study's base point and evaluation: the final clean and PGD-20 accuracy on the
   chosen split."""
-  config = apply_overrides(config.copy_and_resolve_references(), STUDY_BASE)
+  config = pipeline.apply_overrides(config.copy_and_resolve_references(), STUDY_BASE)
   config.data.eval_split = _SPLIT.value
   config.eval.pgd.steps = 20
   config.checkpoint.every_steps = 500
@@ -162,11 +151,7 @@ def run_one(name, cfg, run_dir, teacher=None):
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  summary_path = os.path.join(run_dir, "summary.json")
-  previous = json.load(open(summary_path)) if os.path.exists(summary_path) else None
-  result = train.train_and_evaluate(cfg, run_dir, teacher=teacher)
-  if previous and result["resumed_from"] == result["steps"]:
-    result["train_seconds"] = previous["train_seconds"]
+  result = pipeline.train_resumable(cfg, run_dir, teacher)
   record = {**pipeline.result_row(name, result), "seed": cfg.seed}
   with open(path, "w") as f:
     json.dump(record, f, indent=2)

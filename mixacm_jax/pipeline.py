@@ -21,10 +21,35 @@ def teacher_config(config):
   return cfg
 
 
+def apply_overrides(cfg, overrides: Dict[str, Any]):
+  """Sets dotted config paths in place, e.g. {"objective.w_kd": 0.0}; returns cfg."""
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
 def student_config(config, objective: str):
   cfg = config.copy_and_resolve_references()
   cfg.objective.name = objective
   return cfg
+
+
+def train_resumable(cfg, run_dir: str, teacher=None) -> Dict[str, Any]:
+  """`train.train_and_evaluate`, keeping the training seconds of a run that had already
+  finished (running it again only restores and evaluates it)."""
+  summary_path = os.path.join(run_dir, "summary.json")
+  previous = None
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      previous = json.load(f)
+  result = train.train_and_evaluate(cfg, run_dir, teacher=teacher)
+  if previous and result["resumed_from"] == result["steps"]:
+    result["train_seconds"] = previous["train_seconds"]
+  return result
 
 
 def result_row(run: str, result: Dict[str, Any]) -> Dict[str, Any]:

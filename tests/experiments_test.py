@@ -9,11 +9,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load():
+def _load(name="robustness_transfer"):
   spec = importlib.util.spec_from_file_location(
-      "robustness_transfer", os.path.join(ROOT, "experiments", "robustness_transfer.py"))
+      name, os.path.join(ROOT, "experiments", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
-  sys.modules["robustness_transfer"] = module
+  sys.modules[name] = module
   spec.loader.exec_module(module)
   return module
 
@@ -69,12 +69,7 @@ def _load_study():
   for name in ("config", "out", "workdir", "seeds"):  # the other script's module-level flags
     if name in flags.FLAGS:
       delattr(flags.FLAGS, name)
-  spec = importlib.util.spec_from_file_location(
-      "transfer_study", os.path.join(ROOT, "experiments", "transfer_study.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["transfer_study"] = module
-  spec.loader.exec_module(module)
-  return module
+  return _load("transfer_study")
 
 
 def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
