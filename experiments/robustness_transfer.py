@@ -40,19 +40,14 @@ STUDENTS = {
     "rslad": ("rslad", {}, "RSLAD (adversarial KD)"),
     "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
 }
-# Diagnostics of the MixACM result (run with --students=...): one change each.
+# Diagnostics of the MixACM result (run with --students=...): one change each. (Lengths and
+# the other settings are studied on the validation split by transfer_study.py.)
 DIAGNOSTICS = {
     "mixacm_teacher_width": ("mixacm", {"model.kwargs.base_width": 16},
                              "MixACM, student as wide as the teacher"),
     "mixacm_w_acm_100": ("mixacm", {"objective.w_acm": 100.0}, "MixACM, w_acm = 100"),
-    "mixacm_3x_epochs": ("mixacm", {"optim.num_epochs": 45}, "MixACM, 3x the epochs"),
-    "mixacm_late_stages": ("mixacm", {"objective.acm.stages": ("stage3", "stage4")},
-                           "MixACM, ACM on stages 3-4 only"),
     "acm_only_no_ce": ("mixacm", {"objective.w_ce": 0.0, "objective.w_kd": 0.0,
                                   "objective.mixup_alpha": 0.0}, "ACM alone (no CE, no KD)"),
-    # Controls for the 3x-epochs run: does longer training alone make a student robust?
-    "natural_3x_epochs": ("natural", {"optim.num_epochs": 45}, "natural training, 3x epochs"),
-    "kd_3x_epochs": ("kd", {"optim.num_epochs": 45}, "KD only, 3x epochs"),
 }
 ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS}
 # The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.
