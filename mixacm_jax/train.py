@@ -282,6 +282,9 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
         if stop:
           raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
                            "run the same command to resume")
+    if start_step == total_steps:  # finished before: restored, so evaluate what was restored
+      eval_metrics = evaluate(p_eval_step, p_state.params["model"], p_state.batch_stats,
+                              config.data, config.eval, config.seed)
   finally:
     checkpointer.close()  # commits any save still in flight, even on a crash
     writer.close()

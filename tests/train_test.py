@@ -103,6 +103,12 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(tiny_config, tmp
   summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
   assert summary["steps"] == 6 and summary["resumed_from"] == 3
   assert os.path.exists(tmp_path / "resumed" / "metrics.jsonl")
+  # Run again once finished: nothing to train, the restored model is evaluated (the
+  # pipeline's table must not lose its accuracies on a second run).
+  again = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  assert again["resumed_from"] == again["steps"] == 6
+  assert again["clean_accuracy"] == full["clean_accuracy"]
+  assert again["robust_accuracy"] == full["robust_accuracy"]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
