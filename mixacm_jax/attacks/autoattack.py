@@ -47,7 +47,8 @@ def get_stage(name: str) -> Callable:
 
 
 def is_targeted(name: str) -> bool:
-  return "n_target_classes" in get_stage(name).keywords
+  """Whether a stage attacks ranked target classes (its settings name n_target_classes)."""
+  return "n_target_classes" in getattr(get_stage(name), "keywords", {})
 
 
 def stage_ranks(name: str, num_classes: int,
