@@ -56,8 +56,9 @@ def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]]
     raise ConfigError(f"unknown compute dtype {dtype!r}; known: {', '.join(DTYPES)}")
   unknown = sorted(set(kwargs) - set(architecture_fields(name)))
   if unknown:
-    raise ConfigError(f"architecture {name!r} takes no {', '.join(map(repr, unknown))}; its "
-                      f"fields: {', '.join(architecture_fields(name))}")
+    raise ConfigError(f"bad model.kwargs for {name!r}: architecture {name!r} takes no "
+                      f"{', '.join(map(repr, unknown))}; its fields: "
+                      f"{', '.join(architecture_fields(name))}")
   try:
     return MODELS[name](num_classes=num_classes, mean=tuple(mean) if mean else None,
                         std=tuple(std) if std else None, dtype=DTYPES[dtype], **kwargs)
