@@ -76,7 +76,7 @@ def original_sequence(net, x_t, y_t, eps, norm):
   adversary = pyautoattack.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
                                       version="standard", seed=0)
   adversary.verbose = False
-  x_adv = adversary.run_standard_evaluation(x_t, y_t, batch_size=len(y_t))
+  x_adv, _ = adversary.run_standard_evaluation(x_t, y_t, batch_size=len(y_t))
   with torch.no_grad():
     return float((net(x_adv).argmax(1) == y_t).float().mean())
 
