@@ -70,10 +70,10 @@ _SWEEP = flags.DEFINE_list("eps_sweep", ["0.05", "0.1", "0.15", "0.2"],
 
 def run_one(name, cfg, run_dir, teacher=None):
   """Trains (or resumes) one model and evaluates it; the record is cached in run_dir."""
-  path = os.path.join(run_dir, "record.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  return pipeline.cached_record(run_dir, lambda: _train_and_attack(name, cfg, run_dir, teacher))
+
+
+def _train_and_attack(name, cfg, run_dir, teacher):
   result = pipeline.train_resumable(cfg, run_dir, teacher)
   info = input_pipeline.get_info(cfg.data)
   model = models.create_model_from_config(cfg.model, info.num_classes)
@@ -94,17 +94,11 @@ def run_one(name, cfg, run_dir, teacher=None):
   report["autoattack_examples"] = subset["num_examples"]
   report["clean_accuracy_subset"] = subset["clean_accuracy"]
   row = pipeline.result_row(name, result)
-  record = {**row, "seed": cfg.seed, "report": report, "eval_seconds": time.perf_counter() - t0,
-            "sweep": {"eps": sweep["epsilons"],
-                      "pgd20": [r["attacks"]["pgd20"]["robust_accuracy"]
-                                for r in sweep["reports"]]},
-            "warnings": report["warnings"] + subset["warnings"] + sweep["warnings"]}
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
-  # Every model compiles its own attack programs; without this a long run exhausts XLA:CPU's
-  # JIT code memory ("LLVM ERROR: Unable to allocate section memory").
-  jax.clear_caches()
-  return record
+  return {**row, "seed": cfg.seed, "report": report, "eval_seconds": time.perf_counter() - t0,
+          "sweep": {"eps": sweep["epsilons"],
+                    "pgd20": [r["attacks"]["pgd20"]["robust_accuracy"]
+                              for r in sweep["reports"]]},
+          "warnings": report["warnings"] + subset["warnings"] + sweep["warnings"]}
 
 
 def student_config(config, name, seed):

@@ -160,16 +160,9 @@ def prepare(config):
 
 
 def run_one(name, cfg, run_dir, teacher=None):
-  path = os.path.join(run_dir, "record.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  result = pipeline.train_resumable(cfg, run_dir, teacher)
-  record = {**pipeline.result_row(name, result), "seed": cfg.seed}
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
-  jax.clear_caches()  # each run compiles its own programs; XLA:CPU's JIT memory is finite
-  return record
+  return pipeline.cached_record(run_dir, lambda: {
+      **pipeline.result_row(name, pipeline.train_resumable(cfg, run_dir, teacher)),
+      "seed": cfg.seed})
 
 
 def summarise(records, specs):

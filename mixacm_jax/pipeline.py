@@ -2,7 +2,9 @@
 distilled from it and baselines, and a robustness/cost report produced by the code."""
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
+
+import jax
 
 from mixacm_jax import input_pipeline, reporting, train
 from mixacm_jax import teacher as teacher_lib
@@ -50,6 +52,22 @@ def train_resumable(cfg, run_dir: str, teacher=None) -> Dict[str, Any]:
   if previous and result["resumed_from"] == result["steps"]:
     result["train_seconds"] = previous["train_seconds"]
   return result
+
+
+def cached_record(run_dir: str, make: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+  """`make()` once per run directory: its record is kept in `run_dir/record.json` and read
+  back on later calls (so a study resumes run by run)."""
+  path = os.path.join(run_dir, "record.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  record = make()
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  # Every run compiles its own programs; without this a long study exhausts XLA:CPU's JIT
+  # code memory ("LLVM ERROR: Unable to allocate section memory").
+  jax.clear_caches()
+  return record
 
 
 def result_row(run: str, result: Dict[str, Any]) -> Dict[str, Any]:

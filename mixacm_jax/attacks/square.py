@@ -4,8 +4,8 @@ Each query changes, per example, a square window at a random position and keeps 
 if the margin loss fell; the window's area fraction p follows the paper's schedule: halved
 after query 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 -- at those query counts, as the
 original AutoAttack runs it (`resc_schedule=False`), or at those fractions of 10,000 of the
-budget with `rescale_schedule=True` (the Square paper's code default). Examples stop being queried once misclassified (the `while_loop` ends
-when all are).
+budget with `rescale_schedule=True` (the Square paper's code default). Examples stop being
+queried once misclassified (the `while_loop` ends when all are).
 
 L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps per channel.
 L2: start from a grid of "pseudo-Gaussian" bumps (concentric squares weighted 1/k^2, two

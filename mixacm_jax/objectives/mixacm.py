@@ -34,7 +34,8 @@ def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
     teacher = teacher or student
     key = student if teacher == student else f"{student}__{teacher}"
     if any(key == p[0] for p in pairs):
-      raise ConfigError(f"objective.acm.stages matches {student!r} to {teacher!r} twice: {stages}")
+      raise ConfigError(f"objective.acm.stages matches {student!r} to {teacher!r} twice: "
+                        f"{stages}")
     pairs.append((key, student, teacher, float(w)))
   return pairs
 
