@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax import input_pipeline, parallel, reporting
-from mixacm_jax.attacks import autoattack, pgd as pgd_lib
+from mixacm_jax.attacks import autoattack, loop, pgd as pgd_lib
 from mixacm_jax.errors import ConfigError, MixACMError
 
 
@@ -71,20 +71,41 @@ def validate_attacks(spec: str, version: str, norm: str) -> None:
         stage_fn(stage, norm)
 
 
-def _pmapped_stage(model, stage: Callable):
-  """(variables, x, y, robust, key, rank, eps, step) -> (still robust, x_adv), over the
-  device axis."""
-  def run(variables, x, y, robust, key, rank, eps, step):
-    # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
-    logits_fn = lambda v, rng=None: model.apply(variables, v, rngs=None if rng is None
-                                                else {"noise": rng})
-    n = y.shape[0]
-    keys = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
-    x_adv = stage(logits_fn, x, y, keys, rank, eps, step)
-    x_adv = jnp.where(robust.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
-    correct = jnp.argmax(logits_fn(x_adv), -1) == y
-    return robust & correct, x_adv
-  return jax.pmap(run, axis_name=parallel.AXIS)
+def _still_robust(logits_fn, x, y, robust, x_adv):
+  """(robust after the attack, x_adv): entries that were not robust keep x."""
+  x_adv = jnp.where(robust.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+  return robust & (jnp.argmax(logits_fn(x_adv), -1) == y), x_adv
+
+
+def _stage_program(model, stage: Callable, host: bool):
+  """(variables, x, y, robust, key, rank, eps, step) -> (still robust, x_adv), each with a
+  leading device axis. `pmap`ped, or with `host` each device's shard in turn from Python,
+  so that the attack's loop runs from Python too (fast on CPU, see `attacks.loop`); both
+  give shard d the key `fold_in(key, d)`."""
+  # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
+  apply = lambda variables, v, rng=None: model.apply(variables, v, rngs=None if rng is None
+                                                     else {"noise": rng})
+
+  def run(variables, x, y, robust, key, rank, eps, step, device_index):
+    logits_fn = jax.tree_util.Partial(apply, variables)
+    x_adv = stage(logits_fn, x, y, jax.random.fold_in(key, device_index), rank, eps, step)
+    return loop.call(_still_robust, logits_fn, x, y, robust, x_adv)
+
+  if not host:
+    return jax.pmap(lambda *a: run(*a, jax.lax.axis_index(parallel.AXIS)),
+                    axis_name=parallel.AXIS)
+
+  def run_shards(*args):
+    first = jax.process_index() * jax.local_device_count()
+    outs = [run(*jax.tree_util.tree_map(lambda a: a[d], args), first + d)  # pylint: disable=cell-var-from-loop
+            for d in range(len(args[1]))]
+    return tuple(np.stack([np.asarray(o[k]) for o in outs]) for k in range(2))
+  return run_shards
+
+
+def host_loops() -> bool:
+  """Whether the report runs AutoAttack's stages from Python (CPU) or pmapped."""
+  return loop.host_driven()
 
 
 def _pmapped_clean(model):
@@ -204,8 +225,10 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
     per_stage = {}
     for j, stage_name in enumerate(stages):
       restarts = pgd_cfg.get("restarts", 1)
-      stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts), lambda: _pmapped_stage(
-          model, stage_fn(stage_name, pgd_cfg.norm, restarts)))
+      host = stage_name in autoattack.STAGES and host_loops()
+      stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts),
+                        lambda: _stage_program(model, stage_fn(stage_name, pgd_cfg.norm,
+                                                               restarts), host))
       ranks = (autoattack.stage_ranks(stage_name, num_classes)
                if stage_name in autoattack.STAGES else [None])
       stage_key = jax.random.fold_in(jax.random.PRNGKey(seed), j)

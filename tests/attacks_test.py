@@ -338,3 +338,57 @@ def test_targeted_stages_stop_attacking_points_already_broken(monkeypatch):
   assert sizes[0] == len(y)
   assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]  # fewer left each time
   assert 0 < after["apgd-t"].sum() < len(y)
+
+
+def _small_net(key, dim, classes=4):
+  """A nonlinear model (so attack steps matter) as a `Partial`, as the report passes it."""
+  k1, k2 = jax.random.split(key)
+  params = (jax.random.normal(k1, (dim, 16)) / np.sqrt(dim), jax.random.normal(k2, (16, classes)))
+  net = lambda p, v: jnp.tanh(v.reshape(v.shape[0], -1) @ p[0]) @ p[1]
+  return jax.tree_util.Partial(net, params)
+
+
+@pytest.mark.parametrize("name,norm", [("apgd-ce", "linf"), ("apgd-t", "l2"),
+                                       ("fab-t", "linf"), ("square", "linf"),
+                                       ("square", "l2")])
+def test_attack_loops_run_from_python_give_the_compiled_loops_result(name, norm):
+  """On CPU a stage called outside `jit` runs its loop from Python over jitted chunks
+  (`attacks.loop`); inside `jit` it is one `fori_loop`/`while_loop`: the same result."""
+  from mixacm_jax.attacks import autoattack, loop  # pylint: disable=g-import-not-at-top
+  net = _small_net(jax.random.PRNGKey(0), 6 * 6 * 3)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (24, 6, 6, 3))
+  y = jnp.argmax(net(x), -1)
+  eps = {"linf": 0.06, "l2": 0.4}[norm]
+  settings = {"n_queries": 150} if name == "square" else {"n_iter": 12}
+  run = lambda f, v: autoattack.call_stage(name, f, v, y, jax.random.PRNGKey(2),
+                                           2 if autoattack.is_targeted(name) else None,
+                                           eps=eps, norm=norm, **settings)
+  assert loop.host_driven(x)
+  from_python = run(net, x)
+  compiled = jax.jit(run)(net, x)
+  np.testing.assert_array_equal(from_python[1], compiled[1])
+  assert 0 < int(np.sum(compiled[1])) < len(y)  # some points broken, some not: a real check
+  np.testing.assert_allclose(from_python[0], compiled[0], atol=1e-5)
+
+
+def test_apgd_ends_once_every_point_is_fooled_with_the_same_result(monkeypatch):
+  """Once all points are fooled the loop stops (APGD keeps the first adversarial point, so
+  nothing could change), and the result is that of all the iterations."""
+  from mixacm_jax.attacks import apgd, loop  # pylint: disable=g-import-not-at-top
+  net = _small_net(jax.random.PRNGKey(0), 4 * 4 * 3)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (16, 4, 4, 3))
+  y = jnp.argmax(net(x), -1)
+  calls = []
+  real = loop._chunk  # pylint: disable=protected-access
+
+  def counting(*args, **kw):
+    calls.append(kw["length"])
+    return real(*args, **kw)
+  monkeypatch.setattr(loop, "_chunk", counting)
+  early = apgd.apgd(net, x, y, jax.random.PRNGKey(2), eps=0.5, n_iter=60)
+  assert bool(np.all(early[1])) and sum(calls) < 60
+  init, step, _, finish = apgd._program("ce", "linf", 60, 0.75, 1)  # pylint: disable=protected-access
+  consts = dict(logits_fn=net, x=x, y=y, y_target=None, key=jax.random.PRNGKey(2),
+                eps=jnp.float32(0.5))
+  full = finish(loop.fori(60, step, init(consts), consts), consts)  # no early end
+  np.testing.assert_array_equal(early[0], full[0])

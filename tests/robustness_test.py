@@ -1,5 +1,7 @@
 """The robustness report: stages run only on the points still robust (compacted batches), and
 the counts equal a direct computation over the whole split."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +105,27 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
     x_adv = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=e)
     direct = (clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)).mean()
     assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - direct) < 1e-9, e
+
+
+def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkeypatch):
+  """The report runs AutoAttack's stages from Python on CPU, device shard by device shard
+  with the pmapped run's keys: the same robust points as the pmapped stages."""
+  cfg = tiny_config
+  cfg.eval.num_examples = 48
+  cfg.eval.attacks = "autoattack"
+  cfg.eval.autoattack_version = "apgd"
+  cfg.eval.pgd.eps = 0.03
+  info = input_pipeline.get_info(cfg.data)
+  model = models.create_model_from_config(cfg.model, info.num_classes)
+  variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)
+  monkeypatch.setitem(autoattack.STAGES, "apgd-ce",
+                      functools.partial(autoattack.STAGES["apgd-ce"], n_iter=8))
+  monkeypatch.setitem(autoattack.STAGES, "apgd-t", functools.partial(
+      autoattack.STAGES["apgd-t"], n_iter=8, n_target_classes=2))
+  reports = {}
+  for host in (True, False):
+    monkeypatch.setattr(robustness, "host_loops", lambda h=host: h)
+    reports[host] = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval,
+                                                   verbose=False)["attacks"]["autoattack"]
+  assert reports[True] == reports[False]
+  assert 0 < reports[True]["robust_accuracy"]

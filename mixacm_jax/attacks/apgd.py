@@ -10,13 +10,14 @@ steps mix the new point with momentum 0.75. With `eot_iter` > 1 (AutoAttack's `r
 version, for randomized models) loss and gradient are averaged over that many draws of the
 model's randomness: `logits_fn(x, rng=key)`.
 """
+import functools
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks import targets
+from mixacm_jax.attacks import loop, targets
 from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
 
 
@@ -63,64 +64,64 @@ def checkpoints(n_iter: int):
   return out
 
 
-def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
-         n_iter: int = 100, loss: str = "ce", y_target: Optional[jnp.ndarray] = None,
-         rho: float = 0.75, norm: str = "linf", eot_iter: int = 1):
-  """Returns (x_adv, fooled): for each example the first misclassified point found (or the
-  highest-loss point) and whether it is misclassified."""
-  if loss == "ce":
-    loss_of = lambda logits: ce_loss(logits, y)
-  elif loss == "dlr":
-    loss_of = lambda logits: dlr_loss(logits, y)
-  elif loss == "dlr_targeted":
-    loss_of = lambda logits: dlr_loss_targeted(logits, y, y_target)
-  else:
-    raise ValueError(f"unknown APGD loss {loss!r}; known: ce, dlr, dlr_targeted")
-  k_eot = jax.random.fold_in(key, 0x5EED)  # the run itself starts from `key`, as without EOT
+LOSSES = {
+    "ce": lambda logits, y, y_target: ce_loss(logits, y),
+    "dlr": lambda logits, y, y_target: dlr_loss(logits, y),
+    "dlr_targeted": dlr_loss_targeted,
+}
 
-  def one_draw(v, rng):
-    def total(v):
-      logits = logits_fn(v) if rng is None else logits_fn(v, rng=rng)
-      per = loss_of(logits)
-      return jnp.sum(per), (per, logits)
-    (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(v)
-    return per, logits, g
 
-  def value_and_grad(v, i):
-    if eot_iter <= 1:
-      return one_draw(v, None)
-    return eot_value_and_grad(one_draw, v, jax.random.split(jax.random.fold_in(k_eot, i),
-                                                            eot_iter))
-
-  n = x.shape[0]
-  bshape = (n,) + (1,) * (x.ndim - 1)
-  if norm == "linf":
-    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-    t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
-  else:
-    t = jax.random.normal(key, x.shape, x.dtype)
-    t = t / (per_example_norm(t) + 1e-12)
-  x_adv = jnp.clip(x + eps * t, 0.0, 1.0)
-  per, logits, grad = value_and_grad(x_adv, 0)
-  fooled = jnp.argmax(logits, -1) != y
+@functools.lru_cache(maxsize=None)
+def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
+  """(init, step, done, finish) of APGD for these static settings, for `loop.fori`; the
+  arrays (model, x, y, target, key, eps) come in `consts`."""
+  loss_of = LOSSES[loss]
   ckpt_at, ckpt_len = np.zeros((n_iter,), bool), np.zeros((n_iter,), np.int32)
   for i, k in checkpoints(n_iter):
     ckpt_at[i], ckpt_len[i] = True, k
-  ckpt_at, ckpt_len = jnp.asarray(ckpt_at), jnp.asarray(ckpt_len)
 
-  state = dict(x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad,
-               loss_best=per, x_found=x_adv, fooled=fooled,
-               step=jnp.full(bshape, 2.0 * eps, x.dtype), prev_loss=per,
-               increases=jnp.zeros((n,), jnp.int32), reduced_last=jnp.ones((n,), bool),
-               loss_best_last=per)
+  def value_and_grad(c, v, i):
+    def one_draw(v, rng):
+      def total(v):
+        logits = c["logits_fn"](v) if rng is None else c["logits_fn"](v, rng=rng)
+        per = loss_of(logits, c["y"], c["y_target"])
+        return jnp.sum(per), (per, logits)
+      (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(v)
+      return per, logits, g
+    if eot_iter <= 1:
+      return one_draw(v, None)
+    # The run itself starts from `key`, as without EOT.
+    rngs = jax.random.split(jax.random.fold_in(jax.random.fold_in(c["key"], 0x5EED), i),
+                            eot_iter)
+    return eot_value_and_grad(one_draw, v, rngs)
 
-  def body(i, s):
+  def init(c):
+    x, key, eps = c["x"], c["key"], c["eps"]
+    n = x.shape[0]
+    bshape = (n,) + (1,) * (x.ndim - 1)
+    if norm == "linf":
+      t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+      t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
+    else:
+      t = jax.random.normal(key, x.shape, x.dtype)
+      t = t / (per_example_norm(t) + 1e-12)
+    x_adv = jnp.clip(x + eps * t, 0.0, 1.0)
+    per, logits, grad = value_and_grad(c, x_adv, 0)
+    return dict(x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad,
+                loss_best=per, x_found=x_adv, fooled=jnp.argmax(logits, -1) != c["y"],
+                step=jnp.broadcast_to(2.0 * eps, bshape).astype(x.dtype), prev_loss=per,
+                increases=jnp.zeros((n,), jnp.int32), reduced_last=jnp.ones((n,), bool),
+                loss_best_last=per)
+
+  def step(i, s, c):
+    x, eps = c["x"], c["eps"]
+    bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
     a = jnp.where(i > 0, 0.75, 1.0)
     z = project(s["x_adv"] + s["step"] * ascent_direction(s["grad"], norm), x, eps, norm)
     x_new = project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_old"]),
                     x, eps, norm)
-    per, logits, grad = value_and_grad(x_new, i + 1)
-    miss = jnp.argmax(logits, -1) != y
+    per, logits, grad = value_and_grad(c, x_new, i + 1)
+    miss = jnp.argmax(logits, -1) != c["y"]
     newly = miss & ~s["fooled"]
     x_found = jnp.where(newly.reshape(bshape), x_new, s["x_found"])
     improved = per > s["loss_best"]
@@ -130,8 +131,8 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
     loss_best = jnp.where(improved, per, s["loss_best"])
     increases = s["increases"] + (per > s["prev_loss"]).astype(jnp.int32)
     # At a checkpoint: halve the step and restart from the best point where progress stalled.
-    at = ckpt_at[i]
-    k = ckpt_len[i]
+    at = jnp.asarray(ckpt_at)[i]
+    k = jnp.asarray(ckpt_len)[i]
     oscillating = increases <= k * rho
     no_improvement = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
     reduce = at & (oscillating | no_improvement)
@@ -145,9 +146,32 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
         reduced_last=jnp.where(at, reduce, s["reduced_last"]),
         loss_best_last=jnp.where(at, loss_best, s["loss_best_last"]))
 
-  s = jax.lax.fori_loop(0, n_iter, body, state)
-  x_out = jnp.where(s["fooled"].reshape(bshape), s["x_found"], s["x_best"])
-  return jax.lax.stop_gradient(x_out), s["fooled"]
+  def done(s, c):
+    # Every point fooled: the result (the first adversarial of each) can no longer change.
+    del c
+    return jnp.all(s["fooled"])
+
+  def finish(s, c):
+    bshape = (c["x"].shape[0],) + (1,) * (c["x"].ndim - 1)
+    x_out = jnp.where(s["fooled"].reshape(bshape), s["x_found"], s["x_best"])
+    return jax.lax.stop_gradient(x_out), s["fooled"]
+
+  return init, step, done, finish
+
+
+def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
+         n_iter: int = 100, loss: str = "ce", y_target: Optional[jnp.ndarray] = None,
+         rho: float = 0.75, norm: str = "linf", eot_iter: int = 1):
+  """Returns (x_adv, fooled): for each example the first misclassified point found (or the
+  highest-loss point) and whether it is misclassified. Ends early once every example is
+  fooled (nothing can change after that)."""
+  if loss not in LOSSES:
+    raise ValueError(f"unknown APGD loss {loss!r}; known: {', '.join(LOSSES)}")
+  init, step, done, finish = _program(loss, norm, n_iter, float(rho), max(int(eot_iter), 1))
+  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target, key=key,
+                eps=jnp.asarray(eps, x.dtype))
+  state = loop.fori(n_iter, step, loop.call(init, consts), consts, done=done)
+  return loop.call(finish, state, consts)
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 100,

@@ -16,6 +16,7 @@ import numpy as np
 
 from mixacm_jax.attacks import apgd as apgd_lib
 from mixacm_jax.attacks import fab as fab_lib
+from mixacm_jax.attacks import loop
 from mixacm_jax.attacks import square as square_lib
 from mixacm_jax.attacks import targets
 
@@ -76,11 +77,20 @@ def get_version(version: str) -> List[str]:
   return list(VERSIONS[version])
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "name", "eps", "norm", "settings"))
-def _run_stage(x, y, key, rank, *, logits_fn, name, eps, norm, settings):
-  """Compiled once per (logits_fn, stage, settings, shape); the target rank is traced, so
-  one program serves every target class."""
+@functools.partial(jax.jit, static_argnames=("logits_fn", "name", "norm", "settings"))
+def _compiled_stage(x, y, key, rank, eps, *, logits_fn, name, norm, settings):
+  """Compiled once per (logits_fn, stage, settings, shape); the target rank and eps are
+  traced, so one program serves every target class and every eps."""
   return call_stage(name, logits_fn, x, y, key, rank, eps=eps, norm=norm, **dict(settings))
+
+
+def _run_stage(x, y, key, rank, *, logits_fn, name, eps, norm, settings):
+  """One stage: on CPU its loop runs from Python over jitted steps (see `loop`); elsewhere
+  the stage is one compiled program."""
+  if loop.host_driven():
+    return call_stage(name, logits_fn, x, y, key, rank, eps=eps, norm=norm, **dict(settings))
+  return _compiled_stage(x, y, key, rank, eps, logits_fn=logits_fn, name=name, norm=norm,
+                         settings=settings)
 
 
 def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,

@@ -8,10 +8,12 @@ a1 / (a1 + a2), at most alpha_max), overshooting by eta. Once a point is adversa
 search steps back towards the original by beta, keeping the smallest perturbation found.
 A point counts as broken when that perturbation is within eps.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.attacks import targets
+from mixacm_jax.attacks import loop, targets
 from mixacm_jax.attacks.pgd import project
 
 
@@ -55,34 +57,31 @@ def _norm(d: jnp.ndarray, norm: str) -> jnp.ndarray:
   return jnp.max(jnp.abs(d), 1) if norm == "linf" else jnp.sqrt(jnp.sum(d * d, 1))
 
 
-def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps: float,
-        n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-        norm: str = "linf"):
-  """Targeted FAB towards `y_target`; returns (x_adv, fooled) with ||x_adv - x|| <= eps."""
-  n = x.shape[0]
-  flat = lambda v: v.reshape(n, -1)
-  shape = lambda v: v.reshape(x.shape)
+@functools.lru_cache(maxsize=None)
+def _program(norm: str, alpha_max: float, eta: float, beta: float):
+  """(init, step, finish) of FAB for these static settings, for `loop.fori`."""
+  def init(c):
+    x0 = c["x"].reshape(c["x"].shape[0], -1)
+    return x0, x0, jnp.full((x0.shape[0],), jnp.inf, x0.dtype)
 
-  def g_and_grad(v):
+  def step(i, s, c):
+    del i
+    x, y, y_target, logits_fn = c["x"], c["y"], c["y_target"], c["logits_fn"]
+    x0 = x.reshape(x.shape[0], -1)
+    cur, best, best_norm = s
+
     def g(v):
       z = logits_fn(v)
       per = (jnp.take_along_axis(z, y_target[:, None], 1) - jnp.take_along_axis(z, y[:, None], 1))
       return jnp.sum(per), per[:, 0]
-    (_, per), grad = jax.value_and_grad(g, has_aux=True)(v)
-    return per, grad
-
-  x0 = flat(x)
-
-  def body(_, s):
-    cur, best, best_norm = s
-    g, grad = g_and_grad(shape(cur))
-    w = flat(grad)
-    d1 = project_hyperplane(w, -g, -cur, 1.0 - cur, norm)
-    d2 = project_hyperplane(w, -g - jnp.sum(w * (x0 - cur), 1), -x0, 1.0 - x0, norm)
+    (_, gap), grad = jax.value_and_grad(g, has_aux=True)(cur.reshape(x.shape))
+    w = grad.reshape(x0.shape)
+    d1 = project_hyperplane(w, -gap, -cur, 1.0 - cur, norm)
+    d2 = project_hyperplane(w, -gap - jnp.sum(w * (x0 - cur), 1), -x0, 1.0 - x0, norm)
     a1, a2 = _norm(d1, norm)[:, None], _norm(d2, norm)[:, None]
     alpha = jnp.clip(a1 / jnp.maximum(a1 + a2, 1e-12), 0.0, alpha_max)
     new = jnp.clip((cur + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
-    adv = jnp.argmax(logits_fn(shape(new)), -1) != y
+    adv = jnp.argmax(logits_fn(new.reshape(x.shape)), -1) != y
     size = _norm(new - x0, norm)
     better = adv & (size < best_norm)
     best = jnp.where(better[:, None], new, best)
@@ -90,12 +89,25 @@ def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps
     cur = jnp.where(adv[:, None], (1 - beta) * x0 + beta * new, new)
     return cur, best, best_norm
 
-  _, best, best_norm = jax.lax.fori_loop(
-      0, n_iter, body, (x0, x0, jnp.full((n,), jnp.inf, x.dtype)))
-  x_adv = project(shape(best), x, eps, norm)
-  fooled = (best_norm <= eps) & (jnp.argmax(logits_fn(x_adv), -1) != y)
-  x_adv = jnp.where(fooled.reshape((n,) + (1,) * (x.ndim - 1)), x_adv, x)
-  return jax.lax.stop_gradient(x_adv), fooled
+  def finish(s, c):
+    x, eps = c["x"], c["eps"]
+    _, best, best_norm = s
+    x_adv = project(best.reshape(x.shape), x, eps, norm)
+    fooled = (best_norm <= eps) & (jnp.argmax(c["logits_fn"](x_adv), -1) != c["y"])
+    x_adv = jnp.where(fooled.reshape((x.shape[0],) + (1,) * (x.ndim - 1)), x_adv, x)
+    return jax.lax.stop_gradient(x_adv), fooled
+
+  return init, step, finish
+
+
+def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps: float,
+        n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+        norm: str = "linf"):
+  """Targeted FAB towards `y_target`; returns (x_adv, fooled) with ||x_adv - x|| <= eps."""
+  init, step, finish = _program(norm, float(alpha_max), float(eta), float(beta))
+  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target,
+                eps=jnp.asarray(eps, x.dtype))
+  return loop.call(finish, loop.fori(n_iter, step, loop.call(init, consts), consts), consts)
 
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,

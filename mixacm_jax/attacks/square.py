@@ -5,17 +5,20 @@ if the margin loss fell; the window's area fraction p follows the paper's schedu
 after query 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 -- at those query counts, as the
 original AutoAttack runs it (`resc_schedule=False`), or at those fractions of 10,000 of the
 budget with `rescale_schedule=True` (the Square paper's code default). Examples stop being
-queried once misclassified (the `while_loop` ends when all are).
+queried once misclassified (the search ends when all are).
 
 L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps per channel.
 L2: start from a grid of "pseudo-Gaussian" bumps (concentric squares weighted 1/k^2, two
 halves of opposite sign); a query moves the perturbation mass of a second window and of the
 chosen one into a new bump in the chosen window, keeping the total norm at eps.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixacm_jax.attacks import loop
 from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
@@ -29,26 +32,34 @@ def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
   return p_init / 2.0 ** jnp.sum(it > _P_BOUNDARIES)
 
 
-def _random_search(logits_fn, x, y, x_init, propose, n_queries):
-  """Greedy search: `propose(i, x_best) -> x_new` each query; keeps improvements of the
-  margin for the examples still correctly classified."""
-  margin = -margin_loss(logits_fn(x_init), y)  # > 0: still correctly classified
-  bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
+@functools.lru_cache(maxsize=None)
+def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
+  """(init, step, done, finish) of the greedy search for `loop.fori`: each query
+  `propose(i, x_best)` keeps improvements of the margin for the examples still correctly
+  classified; the search ends when none is left."""
+  start, propose = {"linf": (_start_linf, _propose_linf), "l2": (_start_l2, _propose_l2)}[norm]
 
-  def cond(s):
-    i, _, margin = s
-    return (i < n_queries) & jnp.any(margin > 0)
+  def init(c):
+    x_init = start(c)
+    return x_init, -margin_loss(c["logits_fn"](x_init), c["y"])  # > 0: still correct
 
-  def body(s):
-    i, x_best, margin = s
-    x_new = propose(i, x_best)
-    new_margin = -margin_loss(logits_fn(x_new), y)
+  def step(i, s, c):
+    x_best, margin = s
+    x_new = propose(i, x_best, c, p_selection(p_init, i, n_queries, rescale))
+    new_margin = -margin_loss(c["logits_fn"](x_new), c["y"])
     better = (new_margin < margin) & (margin > 0)
-    x_best = jnp.where(better.reshape(bshape), x_new, x_best)
-    return i + 1, x_best, jnp.where(better, new_margin, margin)
+    x_best = jnp.where(better.reshape((-1,) + (1,) * (x_best.ndim - 1)), x_new, x_best)
+    return x_best, jnp.where(better, new_margin, margin)
 
-  _, x_best, margin = jax.lax.while_loop(cond, body, (jnp.array(0), x_init, margin))
-  return jax.lax.stop_gradient(x_best), margin <= 0
+  def done(s, c):
+    del c
+    return ~jnp.any(s[1] > 0)
+
+  def finish(s, c):
+    del c
+    return jax.lax.stop_gradient(s[0]), s[1] <= 0
+
+  return init, step, done, finish
 
 
 def _window(h, w, top, left, side):
@@ -58,22 +69,27 @@ def _window(h, w, top, left, side):
   return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
 
-def square_linf(logits_fn, x, y, key, *, eps, n_queries, p_init, rescale_schedule=False):
-  n, h, w, c = x.shape
-  k_init, k_loop = jax.random.split(key)
-  stripes = jax.random.choice(k_init, jnp.array([-eps, eps], x.dtype), (n, 1, w, c))
+def _keys(c):
+  return jax.random.split(c["key"])  # (initialisation, queries)
 
-  def propose(i, x_best):
-    k1, k2, k3 = jax.random.split(jax.random.fold_in(k_loop, i), 3)
-    p = p_selection(p_init, i, n_queries, rescale_schedule)
-    side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
-    top = jax.random.randint(k1, (n, 1, 1, 1), 0, h - side + 1)
-    left = jax.random.randint(k2, (n, 1, 1, 1), 0, w - side + 1)
-    signs = jax.random.choice(k3, jnp.array([-2 * eps, 2 * eps], x.dtype), (n, 1, 1, c))
-    inside = _window(h, w, top, left, side)
-    return project(jnp.where(inside, x_best + signs, x_best), x, eps, "linf")
 
-  return _random_search(logits_fn, x, y, jnp.clip(x + stripes, 0.0, 1.0), propose, n_queries)
+def _start_linf(c):
+  x, eps = c["x"], c["eps"]
+  n, _, w, ch = x.shape
+  stripes = jax.random.choice(_keys(c)[0], jnp.stack([-eps, eps]).astype(x.dtype), (n, 1, w, ch))
+  return jnp.clip(x + stripes, 0.0, 1.0)
+
+
+def _propose_linf(i, x_best, c, p):
+  x, eps = c["x"], c["eps"]
+  n, h, w, ch = x.shape
+  k1, k2, k3 = jax.random.split(jax.random.fold_in(_keys(c)[1], i), 3)
+  side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
+  top = jax.random.randint(k1, (n, 1, 1, 1), 0, h - side + 1)
+  left = jax.random.randint(k2, (n, 1, 1, 1), 0, w - side + 1)
+  signs = jax.random.choice(k3, jnp.stack([-2 * eps, 2 * eps]).astype(x.dtype), (n, 1, 1, ch))
+  inside = _window(h, w, top, left, side)
+  return project(jnp.where(inside, x_best + signs, x_best), x, eps, "linf")
 
 
 # H[k] = sum_{m=1}^{k} 1/m^2: the bump's value at ring d of a rectangle with M rings is
@@ -107,51 +123,53 @@ def bump(h, w, top, left, side, transpose):
   return v / jnp.maximum(_channel_norm(v), 1e-12)
 
 
-def square_l2(logits_fn, x, y, key, *, eps, n_queries, p_init, rescale_schedule=False):
-  n, h, w, c = x.shape
-  k_init, k_loop = jax.random.split(key)
-  # Initial grid of bumps of side h // 5, each with a random sign per example and channel.
+def _start_l2(c):
+  """A grid of bumps of side h // 5, each with a random sign per example and channel."""
+  x, eps = c["x"], c["eps"]
+  n, h, w, ch = x.shape
   s0 = max(h // 5, 1)
   start = (h - 5 * s0) // 2
   delta = jnp.zeros_like(x)
   for b, (top, left) in enumerate((t, l) for t in range(start, h - s0 + 1, s0)
                                   for l in range(start, w - s0 + 1, s0)):
-    kt, ks = jax.random.split(jax.random.fold_in(k_init, b))
+    kt, ks = jax.random.split(jax.random.fold_in(_keys(c)[0], b))
     pattern = bump(h, w, top, left, s0, jax.random.bernoulli(kt))
-    delta = delta + pattern * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, c))
-  x_init = jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
+    delta = delta + pattern * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, ch))
+  return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
-  def propose(i, x_best):
-    k1, k2, k3, k4, k5 = jax.random.split(jax.random.fold_in(k_loop, i), 5)
-    p = p_selection(p_init, i, n_queries, rescale_schedule)
-    side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
-    side = jnp.minimum(side + (1 - side % 2), min(h, w) - (1 - min(h, w) % 2))  # odd, fits
-    pos = lambda k, size: jax.random.randint(k, (n, 1, 1, 1), 0, size - side + 1)
-    top, left = pos(k1, h), pos(k2, w)
-    win1 = _window(h, w, top, left, side)
-    win2 = _window(h, w, pos(k3, h), pos(k4, w), side)
-    delta = x_best - x
-    kt, ks = jax.random.split(k5)
-    new = bump(h, w, top, left, side, jax.random.bernoulli(kt, 0.5, (n, 1, 1, 1)))
-    new = new * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, c))
-    in1 = jnp.where(win1, delta, 0.0)
-    new = new + in1 / (_channel_norm(in1) + 1e-12)
-    # Rescale so the mass of both windows plus what the total budget has left goes here.
-    budget = jnp.maximum(eps ** 2 - per_example_norm(delta) ** 2, 0.0) / c
-    target = jnp.sqrt(budget + _channel_norm(jnp.where(win1 | win2, delta, 0.0)) ** 2)
-    new = new / (_channel_norm(new) + 1e-12) * target
-    delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
-    return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
-  return _random_search(logits_fn, x, y, x_init, propose, n_queries)
+def _propose_l2(i, x_best, c, p):
+  x, eps = c["x"], c["eps"]
+  n, h, w, ch = x.shape
+  k1, k2, k3, k4, k5 = jax.random.split(jax.random.fold_in(_keys(c)[1], i), 5)
+  side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
+  side = jnp.minimum(side + (1 - side % 2), min(h, w) - (1 - min(h, w) % 2))  # odd, fits
+  pos = lambda k, size: jax.random.randint(k, (n, 1, 1, 1), 0, size - side + 1)
+  top, left = pos(k1, h), pos(k2, w)
+  win1 = _window(h, w, top, left, side)
+  win2 = _window(h, w, pos(k3, h), pos(k4, w), side)
+  delta = x_best - x
+  kt, ks = jax.random.split(k5)
+  new = bump(h, w, top, left, side, jax.random.bernoulli(kt, 0.5, (n, 1, 1, 1)))
+  new = new * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, ch))
+  in1 = jnp.where(win1, delta, 0.0)
+  new = new + in1 / (_channel_norm(in1) + 1e-12)
+  # Rescale so the mass of both windows plus what the total budget has left goes here.
+  budget = jnp.maximum(eps ** 2 - per_example_norm(delta) ** 2, 0.0) / ch
+  target = jnp.sqrt(budget + _channel_norm(jnp.where(win1 | win2, delta, 0.0)) ** 2)
+  new = new / (_channel_norm(new) + 1e-12) * target
+  delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
+  return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
 
 def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
            n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
            rescale_schedule: bool = False):
   """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
-  attacks = {"linf": square_linf, "l2": square_l2}
-  if norm not in attacks:
+  if norm not in ("linf", "l2"):
     raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
-  return attacks[norm](logits_fn, x, y, key, eps=eps, n_queries=n_queries, p_init=p_init,
-                       rescale_schedule=rescale_schedule)
+  init, step, done, finish = _program(norm, int(n_queries), float(p_init), bool(rescale_schedule))
+  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, key=key,
+                eps=jnp.asarray(eps, x.dtype))
+  state = loop.fori(n_queries, step, loop.call(init, consts), consts, done=done)
+  return loop.call(finish, state, consts)
