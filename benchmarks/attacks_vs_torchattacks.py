@@ -13,7 +13,7 @@ left, on both sides (torchattacks' stages built with AutoAttack's settings: 100 
   python benchmarks/attacks_vs_torchattacks.py --norm=l2 --attacks=pgd20,autoattack
   python benchmarks/attacks_vs_torchattacks.py --device=gpu --batch=512  # torch stays on CPU
   python benchmarks/attacks_vs_torchattacks.py --arch=autoattack_resnet18 --batch=16 \
-      --attacks=autoattack --original --repeats=1   # a robust model: every stage works
+      --inputs=confident --attacks=autoattack --original --repeats=1  # every stage works
 """
 import argparse
 import os
@@ -64,10 +64,26 @@ def build(arch, path):
   if arch == "autoattack_resnet18":
     return authors_resnet18()
   factory, name, kwargs = ARCHS[arch]
+  torch.manual_seed(0)  # the weights too, not only the BatchNorm statistics: same run each time
   net = robustbench.randomise_batchnorm(factory(), 0)
   torch.save(net.state_dict(), path)
   model, variables, _ = convert.load_pytorch_weights(path, name, **kwargs)
   return net, model, variables
+
+
+def confident_inputs(model, variables, n, seed=0, max_steps=60):
+  """Fixed inputs on which a robust model is partly robust, so that every AutoAttack stage
+  has work (uniform noise is broken by APGD-CE alone). Seeded uniform noise, then for
+  example i, k_i signed-gradient steps of 2/255 *down* the cross-entropy of class i mod 10
+  (k_i spread evenly over 0..max_steps): from no margin at all to a large one."""
+  x = np.random.RandomState(seed).rand(n, 32, 32, 3).astype(np.float32)
+  target = jnp.arange(n) % 10
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(pgd.ce_loss(model.apply(variables, v), target))))
+  steps = jnp.asarray(np.linspace(0, max_steps, n).astype(int))
+  for k in range(max_steps):
+    moved = jnp.clip(x - 2 / 255 * jnp.sign(grad(x)), 0.0, 1.0)
+    x = jnp.where((k < steps)[:, None, None, None], moved, x)
+  return np.asarray(x)
 
 
 def original_sequence(net, x_t, y_t, eps, norm):
@@ -90,7 +106,7 @@ def ours_attack(name, logits_fn, eps, norm):
       return x_adv, jnp.argmax(logits_fn(x_adv), -1) != y
     return run
   stage = autoattack.get_stage(name)
-  return lambda x, y, k: stage(logits_fn, x, y, k, eps, norm)
+  return lambda x, y, k: stage(logits_fn, x, y, k, eps=eps, norm=norm)
 
 
 def their_attack(name, net, eps, norm):
@@ -125,6 +141,9 @@ def main():
   p.add_argument("--attacks", default="pgd20")
   p.add_argument("--norm", default="linf", choices=sorted(EPS))
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--inputs", default="noise", choices=["noise", "confident"],
+                 help="confident: inputs a robust model is partly robust on (see "
+                      "confident_inputs), so every AutoAttack stage works")
   p.add_argument("--original", action="store_true",
                  help="also time the original AutoAttack code (pyautoattack) on `autoattack`")
   p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -134,8 +153,8 @@ def main():
   torch.set_num_threads(args.threads)
   eps = EPS[args.norm]
   net, model, variables = build(args.arch, "/tmp/_bench_weights.pt")
-  rng = np.random.RandomState(0)
-  x = rng.rand(args.batch, 32, 32, 3).astype(np.float32)
+  x = (confident_inputs(model, variables, args.batch) if args.inputs == "confident" else
+       np.random.RandomState(0).rand(args.batch, 32, 32, 3).astype(np.float32))
   logits_fn = lambda v: model.apply(variables, v)
   # Labels = the model's predictions, so every example starts correctly classified and both
   # sides attack all of them (torchattacks' APGD/FAB/Square skip misclassified inputs).
@@ -145,7 +164,8 @@ def main():
     diff = np.max(np.abs(np.asarray(logits_fn(x)) - net(x_t).numpy()))
   assert diff < 1e-3, f"the two models differ (max |dlogit| = {diff})"
   print(f"{common.describe_machine()}; torch {torch.__version__} on CPU ({args.threads} "
-        f"threads); {args.arch}, batch {args.batch}, {args.norm} eps {eps:.4g}, "
+        f"threads); {args.arch}, batch {args.batch} ({args.inputs} inputs), {args.norm} eps "
+        f"{eps:.4g}, "
         f"max |dlogit| {diff:.1e}")
   xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0)
   for name in args.attacks.split(","):
@@ -164,7 +184,9 @@ def main():
           logits_fn, x, y, key, eps=eps, norm=args.norm)[1]["square"].mean())
       theirs_fn = lambda: acc.__setitem__("theirs", their_sequence(attacks, net, x_t, y_t))
     else:
-      fn = jax.jit(ours_attack(name, logits_fn, eps, args.norm))
+      # PGD is one jitted program; AutoAttack's stages drive their own loops (attacks.loop).
+      fn = ours_attack(name, logits_fn, eps, args.norm)
+      fn = jax.jit(fn) if name.startswith("pgd") else fn
       ours_fn = lambda: jax.block_until_ready(fn(xj, yj, key))
       attack = their_attack(name, net, eps, args.norm)
       theirs_fn = lambda: attack(x_t, y_t)
