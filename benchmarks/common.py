@@ -17,7 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import cifar10_common  # noqa: E402
-from mixacm_jax import models, objectives, parallel, train  # noqa: E402
+from mixacm_jax import models, objective_setup, objectives, parallel, train  # noqa: E402
 from mixacm_jax.teacher import Teacher  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
     t_model = models.create_model_from_config(config.teacher.model, num_classes)
     teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
                                                      image_shape), "random")
-  params = train.init_objective_params(config, objective, model, teacher,
+  params = objective_setup.init_objective_params(config, objective, model, teacher,
                                        image_shape) if teacher else {}
   state = train.create_train_state(config, model, image_shape, 100, 10_000, params)
   p_step = train.make_p_train_step(config.objective, model, objective,

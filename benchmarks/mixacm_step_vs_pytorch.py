@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from configs import cifar10_common  # noqa: E402
-from mixacm_jax import objectives, parallel, train  # noqa: E402
+from mixacm_jax import objective_setup, objectives, parallel, train  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
 from mixacm_jax.teacher import Teacher  # noqa: E402
 
@@ -96,7 +96,7 @@ def main():
   teacher = Teacher(t_model, t_vars, "random")
   objective = objectives.get_objective("mixacm")
   state = train.create_train_state(config, s_model, (32, 32, 3), 100, 10_000,
-                                   train.init_objective_params(config, objective, s_model, teacher,
+                                   objective_setup.init_objective_params(config, objective, s_model, teacher,
                                                                (32, 32, 3)))
   state = state.replace(params={"model": s_vars["params"],
                                 "objective": state.params["objective"]},

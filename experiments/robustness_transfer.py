@@ -25,8 +25,9 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mixacm_jax import input_pipeline, models, pipeline, robustness  # noqa: E402
+from mixacm_jax import checkpoint, input_pipeline, models, pipeline, robustness  # noqa: E402
 from mixacm_jax import teacher as teacher_lib  # noqa: E402
+from mixacm_jax.attacks import registry  # noqa: E402
 
 # name -> (objective, overrides (dotted config paths), label in the table)
 STUDENTS = {
@@ -77,7 +78,7 @@ def _train_and_attack(name, cfg, run_dir, teacher):
   result = pipeline.train_resumable(cfg, run_dir, teacher)
   info = input_pipeline.get_info(cfg.data)
   model = models.create_model_from_config(cfg.model, info.num_classes)
-  variables = teacher_lib.load_variables(model, info.image_shape, run_dir)
+  variables = checkpoint.load_variables(model, info.image_shape, run_dir)
   t0 = time.perf_counter()
   eval_cfg = cfg.eval.copy_and_resolve_references()
   eval_cfg.attacks = "pgd20"
@@ -317,7 +318,7 @@ def main(argv):
   unknown = [s for s in _STUDENTS.value if s not in ALL_STUDENTS]
   if unknown:
     raise app.UsageError(f"unknown students {unknown}; known: {', '.join(ALL_STUDENTS)}")
-  robustness.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.pgd.norm)
+  registry.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.pgd.norm)
   os.makedirs(_OUT.value, exist_ok=True)
   t_start = time.perf_counter()
   info = input_pipeline.get_info(config.data)

@@ -1,13 +1,16 @@
 """Orbax checkpoints in `workdir/checkpoints`: every N steps and at the end, the last k kept
-plus the best by a chosen eval metric; a step is visible only once orbax has committed it."""
+plus the best by a chosen eval metric; a step is visible only once orbax has committed it.
+Also loading a model's variables from one, strictly checked against the architecture."""
 import logging
 import os
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from mixacm_jax import models
 from mixacm_jax.errors import CheckpointError
 
 
@@ -79,3 +82,61 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self.manager.close()
+
+
+def _shapes(tree) -> Dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+def compare_shapes(expected: Mapping[Any, tuple], found: Mapping[Any, tuple]
+                   ) -> Tuple[List[Any], List[Any], List[Any]]:
+  """(missing, unexpected, wrongly shaped) keys of two {key: shape} tables: the one
+  comparison behind every weight-loading error (checkpoints here, the PyTorch port)."""
+  missing = [k for k in expected if k not in found]
+  unexpected = [k for k in found if k not in expected]
+  wrong = [k for k in expected if k in found and tuple(expected[k]) != tuple(found[k])]
+  return missing, unexpected, wrong
+
+
+def short_list(items: Sequence[str], n: int = 5) -> str:
+  return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def check_same_structure(expected: Mapping, found: Mapping, what: str) -> None:
+  """Raises a CheckpointError listing missing, unexpected and wrongly shaped entries."""
+  e, f = _shapes(expected), _shapes(found)
+  missing, unexpected, wrong = (sorted(k) for k in compare_shapes(e, f))
+  wrong = [f"{k}: expected {e[k]}, found {f[k]}" for k in wrong]
+  if missing or unexpected or wrong:
+    parts = [f"{len(missing)} missing ({short_list(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({short_list(unexpected)})" if unexpected else "",
+             f"{len(wrong)} of the wrong shape ({short_list(wrong)})" if wrong else ""]
+    raise CheckpointError(f"{what} does not match: " + "; ".join(p for p in parts if p))
+
+
+def _checkpoint_dir(path: str) -> str:
+  """Accepts a workdir (with checkpoints/ inside) or the checkpoint directory itself."""
+  inner = os.path.join(path, "checkpoints")
+  return inner if os.path.isdir(inner) else path
+
+
+def load_variables(model, image_shape: Sequence[int], path: str,
+                   step: Optional[int] = None) -> Dict[str, Any]:
+  """params + batch_stats of `model` from an orbax checkpoint, strictly checked."""
+  directory = _checkpoint_dir(path)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoint at {path}")
+  checkpointer = Checkpointer(directory, read_only=True, async_save=False)
+  if not checkpointer.all_steps():
+    raise CheckpointError(f"no checkpoint steps in {directory}")
+  raw, step = checkpointer.restore(None, step)
+  params = raw.get("params", {})
+  params = params.get("model", params)  # a TrainState of this project, or bare weights
+  found = {"params": params, "batch_stats": raw.get("batch_stats", {})}
+  expected = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
+                                                          image_shape))
+  check_same_structure(expected, found,
+                       f"checkpoint {directory} (step {step}) vs architecture "
+                       f"{type(model).__name__}")
+  return jax.tree_util.tree_map(np.asarray, found)

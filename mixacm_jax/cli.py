@@ -19,12 +19,12 @@ def _train(config, workdir):
 
 
 def _eval(config, workdir):
-  from mixacm_jax import evaluation, reporting, robustness  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import evaluation, reporting, robustness_output  # pylint: disable=g-import-not-at-top
   report = evaluation.evaluate_checkpoint(config, workdir)
   if reporting.is_primary():
     print(f"\n{report['num_examples']} examples, {report['norm']} eps={report['eps']:.4g}; "
           "accuracy in %\n")
-    print(robustness.report_table(report))
+    print(robustness_output.report_table(report))
     for w in report["warnings"]:
       print(f"WARNING: {w}")
     print(f"\nReport: {os.path.join(workdir, 'robustness.json')}")

@@ -22,8 +22,8 @@ def validate_eval(eval_cfg) -> None:
   """The evaluation's attack settings (eval.pgd, eval.attacks)."""
   _check_attack("eval.pgd", eval_cfg.pgd)
   if "attacks" in eval_cfg:
-    from mixacm_jax import robustness  # pylint: disable=g-import-not-at-top
-    robustness.validate_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
+    from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
+    registry.validate_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
                                 eval_cfg.pgd.norm)
   if eval_cfg.batch_size <= 0:
     raise ConfigError(f"eval.batch_size must be positive, got {eval_cfg.batch_size}")

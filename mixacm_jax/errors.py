@@ -19,3 +19,7 @@ class CheckpointError(MixACMError):
 
 class NonFiniteLossError(MixACMError):
   """Training produced a NaN or inf loss."""
+
+
+class AttackConstraintError(MixACMError):
+  """An attack returned points outside the eps-ball or the [0, 1] box."""

@@ -2,8 +2,8 @@
 import os
 from typing import Any, Dict
 
-from mixacm_jax import config_checks, input_pipeline, models, reporting, robustness
-from mixacm_jax import teacher as teacher_lib
+from mixacm_jax import checkpoint, config_checks, input_pipeline, models, reporting
+from mixacm_jax import robustness, robustness_output
 
 
 def evaluate_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
@@ -12,7 +12,7 @@ def evaluate_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
   config_checks.validate(config)
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
-  variables = teacher_lib.load_variables(model, info.image_shape, workdir, step)
+  variables = checkpoint.load_variables(model, info.image_shape, workdir, step)
   report = robustness.evaluate_robustness(model, variables, config.data, config.eval,
                                           seed=config.seed)
   report["checkpoint"] = os.path.abspath(workdir)
@@ -22,7 +22,7 @@ def evaluate_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
     report["eps_sweep"] = sweep
     report["warnings"] += sweep["warnings"]
     if reporting.is_primary():
-      robustness.plot_sweep(sweep, os.path.join(workdir, "robustness_vs_eps.png"))
+      robustness_output.plot_sweep(sweep, os.path.join(workdir, "robustness_vs_eps.png"))
   if reporting.is_primary():
-    robustness.write_report(report, workdir)
+    robustness_output.write_report(report, workdir)
   return report

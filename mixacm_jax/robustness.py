@@ -1,79 +1,26 @@
 """Robustness report: clean accuracy and each attack's robust accuracy over an eval split,
-with AutoAttack's per-stage accuracy, timings, sanity flags, a JSON report and a plot.
+with AutoAttack's per-stage accuracy, timings and sanity flags (written out by
+`robustness_output`).
 
-Attack names (`config.eval.attacks`, comma-separated): `clean`, `fgsm`, `pgd<k>` (PGD-k on
-cross-entropy), `cw<k>` (PGD-k on the CW margin), `apgd-ce`, `apgd-t`, `square`,
-`autoattack` (the stages of `config.eval.autoattack_version`, each on the points the earlier
-ones left correct). eps, norm and the PGD step size come from `config.eval.pgd`.
+Attacks are named as in `attacks.registry` (`config.eval.attacks`, comma-separated); eps,
+norm and the PGD step size come from `config.eval.pgd`. Each stage runs only on the points
+every earlier stage left correct, in compacted batches.
 """
-import json
-import os
-import re
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax import input_pipeline, parallel, reporting
-from mixacm_jax.attacks import autoattack, loop, pgd as pgd_lib
-from mixacm_jax.errors import ConfigError, MixACMError
-
-
-class AttackConstraintError(MixACMError):
-  """An attack returned points outside the eps-ball or the [0, 1] box."""
-
-
-def stage_fn(name: str, norm: str, restarts: int = 1) -> Callable:
-  """attack(logits_fn, x, y, key, rank, eps, step_size) -> x_adv for one named attack. eps
-  and the PGD step are arguments (traced), so an eps sweep compiles each attack once; `rank`
-  (a target class rank, see `autoattack.stage_ranks`) is read by targeted stages only."""
-  m = re.fullmatch(r"(pgd|cw)(\d+)", name)
-  if m:
-    loss = "ce" if m.group(1) == "pgd" else "margin"
-    steps = int(m.group(2))
-    return lambda f, x, y, k, rank, eps, step: pgd_lib.pgd(
-        f, x, y, k, eps=eps, step_size=step, steps=steps, norm=norm, loss=loss,
-        restarts=restarts)
-  if name == "fgsm":
-    return lambda f, x, y, k, rank, eps, step: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)
-  if name in autoattack.STAGES:
-    if norm not in ("linf", "l2"):
-      raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
-    targeted = autoattack.is_targeted(name)
-    return lambda f, x, y, k, rank, eps, step: autoattack.call_stage(
-        name, f, x, y, k, rank if targeted else None, eps=eps, norm=norm)[0]
-  raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
-                    f"{', '.join(autoattack.STAGES)}, autoattack")
-
-
-def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
-  """[(report name, [stage names])]: `autoattack` expands into its stages."""
-  out = []
-  for name in [s.strip() for s in spec.split(",") if s.strip()]:
-    if name == "autoattack":
-      try:
-        out.append((name, autoattack.get_version(version)))
-      except ValueError as e:
-        raise ConfigError(str(e)) from None
-    else:
-      out.append((name, [name]))
-  return out
-
-
-def validate_attacks(spec: str, version: str, norm: str) -> None:
-  """Raises ConfigError for an unknown attack or AutoAttack version (before any work)."""
-  parse_attacks("autoattack", version)
-  for _, stages in parse_attacks(spec, version):
-    for stage in stages:
-      if stage != "clean":
-        stage_fn(stage, norm)
+from mixacm_jax import input_pipeline, parallel, reporting, shapes
+from mixacm_jax.attacks import autoattack, loop, pgd as pgd_lib, registry
+from mixacm_jax.errors import AttackConstraintError
 
 
 def _still_robust(logits_fn, x, y, robust, x_adv):
   """(robust after the attack, x_adv): entries that were not robust keep x."""
-  x_adv = jnp.where(robust.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+  x_adv = jnp.where(shapes.per_example(robust, x), x_adv, x)
   return robust & (jnp.argmax(logits_fn(x_adv), -1) == y), x_adv
 
 
@@ -182,41 +129,24 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
                     real: np.ndarray = None, eps: float = None, seed: int = 0,
                     verbose: bool = True, programs: Optional[Dict] = None) -> Dict[str, Any]:
   """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries."""
-  pgd_cfg = eval_cfg.pgd
-  eps = pgd_cfg.eps if eps is None else eps
-  attacks = parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
-  n_dev, batch = jax.local_device_count(), input_pipeline.local_batch_size(eval_cfg.batch_size)
+  eps = eval_cfg.pgd.eps if eps is None else eps
+  attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
+  batch = input_pipeline.local_batch_size(eval_cfg.batch_size)
   real = np.ones(len(labels), bool) if real is None else np.asarray(real, bool)
   pad = -len(labels) % batch
-  images = np.concatenate([np.asarray(images, np.float32),
-                           np.zeros((pad,) + np.shape(images)[1:], np.float32)])
-  labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
-  real = np.concatenate([real, np.zeros((pad,), bool)])
-  flat = lambda v: v.reshape((-1,) + v.shape[2:])
-  to_devices = lambda v: v.reshape((n_dev, -1) + v.shape[1:])
+  data = _Split(np.concatenate([np.asarray(images, np.float32),
+                                np.zeros((pad,) + np.shape(images)[1:], np.float32)]),
+                np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)]),
+                np.concatenate([real, np.zeros((pad,), bool)]), batch)
   p_vars = parallel.replicate(variables)
-  n_total = float(real.sum())
-  clean_fn = _compiled(programs, "clean", lambda: _pmapped_clean(model))
-  step_size = pgd_cfg.step_size * eps / pgd_cfg.eps  # the step scales with eps
-  p_eps, p_step = parallel.replicate(np.float32(eps)), parallel.replicate(np.float32(step_size))
-  num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
-  t0 = time.perf_counter()
-  clean_correct, bad_grads = [], 0
-  for i in range(0, len(labels), batch):
-    correct, bad = clean_fn(p_vars, to_devices(images[i:i + batch]),
-                            to_devices(labels[i:i + batch]))
-    clean_correct.append(flat(np.asarray(correct)) & real[i:i + batch])
-    bad_grads += int(np.sum(flat(np.asarray(bad)) & real[i:i + batch]))
-  clean_correct = np.concatenate(clean_correct)
-  report = {"num_examples": int(n_total), "eps": eps, "norm": pgd_cfg.norm,
-            "clean_accuracy": float(clean_correct.sum()) / n_total,
-            "attacks": {}, "warnings": []}
-  report["seconds"] = {"clean": time.perf_counter() - t0}
+  report, clean_correct = _clean_pass(model, p_vars, data, programs)
+  report.update(eps=eps, norm=eval_cfg.pgd.norm)
   if any(st.endswith("-eot") for _, stages in attacks for st in stages):
     draw = lambda k: model.apply(variables, images[:16], rngs={"noise": jax.random.PRNGKey(k)})
     if np.array_equal(np.asarray(draw(0)), np.asarray(draw(1))):
       report["warnings"].append("the model is deterministic: the EOT attacks of AutoAttack's "
                                 "`rand` version only cost more here; use `standard`")
+  num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
   for name, stages in attacks:
     if name == "clean":
       continue
@@ -224,35 +154,11 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
     robust = clean_correct.copy()
     per_stage = {}
     for j, stage_name in enumerate(stages):
-      restarts = pgd_cfg.get("restarts", 1)
-      host = stage_name in autoattack.STAGES and host_loops()
-      stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts),
-                        lambda: _stage_program(model, stage_fn(stage_name, pgd_cfg.norm,
-                                                               restarts), host))
-      ranks = (autoattack.stage_ranks(stage_name, num_classes)
-               if stage_name in autoattack.STAGES else [None])
-      stage_key = jax.random.fold_in(jax.random.PRNGKey(seed), j)
-      for rank in ranks:  # a targeted stage: target by target, each on what is left
-        work = list(_compact_batches(robust, batch, n_dev))
-        label = name if len(stages) == 1 else f"{name}:{stage_name}"
-        progress = reporting.Progress(len(work), batch, label=label if rank is None
-                                      else f"{label} target {rank}")
-        p_rank = parallel.replicate(np.int32(rank or 0))
-        for i, (sel, padded, valid) in enumerate(work):
-          key = parallel.replicate(jax.random.fold_in(stage_key, i))
-          x, y = images[padded], labels[padded]
-          still, x_adv = stage(p_vars, to_devices(x), to_devices(y), to_devices(valid), key,
-                               p_rank, p_eps, p_step)
-          x_adv = flat(np.asarray(x_adv))
-          bad = _violations(x_adv[valid], x[valid], eps, pgd_cfg.norm)
-          if bad:
-            raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
-                                        f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
-          robust[sel] &= flat(np.asarray(still))[:len(sel)]
-          if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
-            progress.report(i + 1, {"robust_acc": robust.sum() / n_total})
-      per_stage[stage_name] = float(robust.sum()) / n_total
-    acc = float(robust.sum()) / n_total
+      _attack_pass(model, p_vars, data, robust, stage_name, eval_cfg.pgd, eps, num_classes,
+                   jax.random.fold_in(jax.random.PRNGKey(seed), j), programs,
+                   label=name if len(stages) == 1 else f"{name}:{stage_name}", verbose=verbose)
+      per_stage[stage_name] = float(robust.sum()) / data.count
+    acc = float(robust.sum()) / data.count
     report["attacks"][name] = {"robust_accuracy": acc}
     if len(stages) > 1:
       report["attacks"][name]["after_each_stage"] = per_stage
@@ -260,11 +166,80 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
     if acc > report["clean_accuracy"] + 1e-9:
       report["warnings"].append(f"{name}: robust accuracy {acc:.4f} above clean "
                                 f"{report['clean_accuracy']:.4f}: the attack or the model is broken")
-  if bad_grads > 0.1 * n_total:
-    report["warnings"].append(f"{bad_grads} of {int(n_total)} inputs have an all-zero or "
-                              "non-finite input gradient: gradient masking is likely, so "
-                              "gradient attacks may overestimate robustness (check Square)")
   return report
+
+
+class _Split:
+  """Padded examples (a multiple of the local batch), the mask of real ones, and the
+  reshapes between flat batches and the device axis."""
+
+  def __init__(self, images, labels, real, batch):
+    self.images, self.labels, self.real, self.batch = images, labels, real, batch
+    self.count = float(real.sum())
+    self.n_dev = jax.local_device_count()
+
+  def to_devices(self, v):
+    return v.reshape((self.n_dev, -1) + v.shape[1:])
+
+  @staticmethod
+  def flat(v):
+    return np.asarray(v).reshape((-1,) + v.shape[2:])
+
+
+def _clean_pass(model, p_vars, data: _Split, programs) -> Tuple[Dict[str, Any], np.ndarray]:
+  """The report's first entries (clean accuracy, the gradient-masking check) and which
+  examples are classified correctly."""
+  clean_fn = _compiled(programs, "clean", lambda: _pmapped_clean(model))
+  t0 = time.perf_counter()
+  clean_correct, bad_grads = [], 0
+  for i in range(0, len(data.labels), data.batch):
+    part = slice(i, i + data.batch)
+    correct, bad = clean_fn(p_vars, data.to_devices(data.images[part]),
+                            data.to_devices(data.labels[part]))
+    clean_correct.append(data.flat(correct) & data.real[part])
+    bad_grads += int(np.sum(data.flat(bad) & data.real[part]))
+  clean_correct = np.concatenate(clean_correct)
+  warnings = []
+  if bad_grads > 0.1 * data.count:
+    warnings.append(f"{bad_grads} of {int(data.count)} inputs have an all-zero or "
+                    "non-finite input gradient: gradient masking is likely, so "
+                    "gradient attacks may overestimate robustness (check Square)")
+  return {"num_examples": int(data.count),
+          "clean_accuracy": float(clean_correct.sum()) / data.count, "attacks": {},
+          "warnings": warnings, "seconds": {"clean": time.perf_counter() - t0}}, clean_correct
+
+
+def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: str, pgd_cfg,
+                 eps: float, num_classes: int, stage_key, programs, *, label: str,
+                 verbose: bool) -> None:
+  """One stage over the points still `robust` (updated in place); a targeted stage goes
+  target by target, each on what is left."""
+  restarts = pgd_cfg.get("restarts", 1)
+  host = stage_name in autoattack.STAGES and host_loops()
+  stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts),
+                    lambda: _stage_program(model, registry.stage_fn(stage_name, pgd_cfg.norm,
+                                                                    restarts), host))
+  step_size = pgd_cfg.step_size * eps / pgd_cfg.eps  # the step scales with eps
+  p_eps, p_step = parallel.replicate(np.float32(eps)), parallel.replicate(np.float32(step_size))
+  ranks = (autoattack.stage_ranks(stage_name, num_classes)
+           if stage_name in autoattack.STAGES else [None])
+  for rank in ranks:
+    work = list(_compact_batches(robust, data.batch, data.n_dev))
+    progress = reporting.Progress(len(work), data.batch, label=label if rank is None
+                                  else f"{label} target {rank}")
+    p_rank = parallel.replicate(np.int32(rank or 0))
+    for i, (sel, padded, valid) in enumerate(work):
+      key = parallel.replicate(jax.random.fold_in(stage_key, i))
+      x, y = data.images[padded], data.labels[padded]
+      still, x_adv = stage(p_vars, data.to_devices(x), data.to_devices(y),
+                           data.to_devices(valid), key, p_rank, p_eps, p_step)
+      bad = _violations(data.flat(x_adv)[valid], x[valid], eps, pgd_cfg.norm)
+      if bad:
+        raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
+                                    f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
+      robust[sel] &= data.flat(still)[:len(sel)]
+      if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
+        progress.report(i + 1, {"robust_acc": robust.sum() / data.count})
 
 
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
@@ -283,42 +258,3 @@ def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
         warnings.append(f"{name}: robust accuracy rises from {a0:.4f} at eps={e0:.4g} to "
                         f"{a1:.4f} at eps={e1:.4g}: the attack is failing at the larger eps")
   return {"epsilons": list(epsilons), "reports": rows, "warnings": warnings}
-
-
-def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  eps = sweep["epsilons"]
-  ax.plot(eps, [100 * r["clean_accuracy"] for r in sweep["reports"]], "k--", label="clean")
-  for name in sweep["reports"][0]["attacks"]:
-    ax.plot(eps, [100 * r["attacks"][name]["robust_accuracy"] for r in sweep["reports"]],
-            marker="o", label=name)
-  ax.set_xlabel("eps")
-  ax.set_ylabel("accuracy (%)")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def report_table(report: Dict[str, Any]) -> str:
-  rows = [{"attack": "clean", "accuracy": report["clean_accuracy"],
-           "seconds": report["seconds"]["clean"]}]
-  for name, r in report["attacks"].items():
-    rows.append({"attack": name, "accuracy": r["robust_accuracy"],
-                 "seconds": report["seconds"][name]})
-    for stage, acc in r.get("after_each_stage", {}).items():
-      rows.append({"attack": f"  after {stage}", "accuracy": acc, "seconds": ""})
-  return reporting.table(rows, ["attack", "accuracy", "seconds"])
-
-
-def write_report(report: Dict[str, Any], workdir: str, name: str = "robustness.json") -> str:
-  path = os.path.join(workdir, name)
-  with open(path, "w") as f:
-    json.dump(report, f, indent=2)
-  return path
-
-

@@ -16,6 +16,7 @@ from mixacm_jax import checkpoint as ckpt_lib
 from mixacm_jax import config_checks
 from mixacm_jax import input_pipeline
 from mixacm_jax import models
+from mixacm_jax import objective_setup
 from mixacm_jax import objectives
 from mixacm_jax import optim
 from mixacm_jax import parallel
@@ -110,9 +111,10 @@ def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
           "clean_correct": jnp.sum((jnp.argmax(clean_logits, -1) == y) * mask),
           "clean_loss": jnp.sum(pgd_lib.ce_loss(clean_logits, y) * mask)}
   if pgd_cfg.steps > 0:
-    x_adv = pgd_lib.pgd(logits_fn, x, y, keys, eps=pgd_cfg.eps, step_size=pgd_cfg.step_size,
-                    steps=pgd_cfg.steps, norm=pgd_cfg.norm, loss=pgd_cfg.loss)
-    sums["robust_correct"] = jnp.sum((jnp.argmax(logits_fn(x_adv), -1) == y) * mask)
+    _, fooled = pgd_lib.pgd(logits_fn, x, y, keys, eps=pgd_cfg.eps,
+                            step_size=pgd_cfg.step_size, steps=pgd_cfg.steps,
+                            norm=pgd_cfg.norm, loss=pgd_cfg.loss)
+    sums["robust_correct"] = jnp.sum(~fooled * mask)
   return jax.lax.psum(sums, parallel.AXIS)
 
 
@@ -169,44 +171,6 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def init_objective_params(config, objective, model, teacher, image_shape):
-  """Initial params the objective learns beside the model (e.g. ACM transformations)."""
-  if objective.init_params is None:
-    return {}
-  student_names, teacher_names = objective.feature_names(config.objective)
-  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-  shapes = lambda m, v, names: {k: a.shape for k, a in jax.eval_shape(
-      lambda v, x: models.apply_model(m, v, x, train=False, names=names)[1], v, x).items()}
-  student_vars = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
-                                                              image_shape))
-  return objective.init_params(jax.random.PRNGKey(config.seed + 2), config.objective,
-                               shapes(model, student_vars, student_names),
-                               shapes(teacher.model, teacher.variables, teacher_names))
-
-
-def _resolve_teacher(config, objective, teacher, info):
-  if not objective.needs_teacher:
-    return None
-  if teacher is None:
-    teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
-  if objective.feature_names is not None:
-    student_names, teacher_names = objective.feature_names(config.objective)
-    teacher_lib.check_feature_names(teacher.model, info.image_shape, teacher_names, "teacher")
-    student = models.create_model_from_config(config.model, info.num_classes)
-    teacher_lib.check_feature_names(student, info.image_shape, student_names, "student")
-  return teacher
-
-
-def training_cost(objective, cfg, steps: int, batch_size: int) -> Dict[str, float]:
-  """Network passes spent on training: per example-step counts times examples seen."""
-  per = objective.passes(cfg)
-  examples = steps * batch_size
-  return {"student_forward_passes": per["forward"] * examples,
-          "student_backward_passes": per["backward"] * examples,
-          "teacher_forward_passes": per["teacher_forward"] * examples,
-          "passes_per_example": per["forward"] + per["backward"] + per["teacher_forward"]}
-
-
 def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Teacher] = None,
                        objective: Optional[objectives.Objective] = None) -> Dict[str, Any]:
   """Trains `config.model` with `config.objective` in `workdir`, resuming from its latest
@@ -218,10 +182,11 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
   total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
   objective = objective or objectives.get_objective(config.objective.name)
-  teacher = _resolve_teacher(config, objective, teacher, info)
+  teacher = objective_setup.resolve_teacher(config, objective, teacher, model, info)
 
   state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps,
-                             init_objective_params(config, objective, model, teacher, info.image_shape))
+                             objective_setup.init_objective_params(config, objective, model,
+                                                                   teacher, info.image_shape))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
@@ -290,7 +255,8 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
     writer.close()
   summary = {"model": config.model.name, "objective": config.objective.name,
              "steps": total_steps, "resumed_from": start_step, "train_seconds": train_seconds,
-             **training_cost(objective, config.objective, total_steps, config.optim.batch_size),
+             **objective_setup.training_cost(objective, config.objective, total_steps,
+                                             config.optim.batch_size),
              **eval_metrics}
   if reporting.is_primary():
     with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -58,7 +58,7 @@ def setup():
   @jax.jit
   def step(params, opt, x, y, key):
     f = lambda v: model.apply({"params": params}, v)
-    x_adv = pgd.pgd(f, x, y, key, eps=EPS, step_size=EPS / 3, steps=3)
+    x_adv, _ = pgd.pgd(f, x, y, key, eps=EPS, step_size=EPS / 3, steps=3)
     loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
         model.apply({"params": p}, x_adv), y))
     g = jax.grad(loss)(params)
@@ -92,7 +92,7 @@ def _acc_torch(net, x_adv, y):
 def test_pgd20_matches_torchattacks(setup):
   logits_fn, net, x, y, x_t, y_t = setup
   ours = _acc_ours(logits_fn, jax.jit(lambda x, y: pgd.pgd(
-      logits_fn, x, y, jax.random.PRNGKey(1), eps=EPS, step_size=EPS / 4, steps=20))(x, y), y)
+      logits_fn, x, y, jax.random.PRNGKey(1), eps=EPS, step_size=EPS / 4, steps=20)[0])(x, y), y)
   torch.manual_seed(0)
   theirs = _acc_torch(net, torchattacks.PGD(net, eps=EPS, alpha=EPS / 4, steps=20,
                                             random_start=True)(x_t, y_t), y_t)

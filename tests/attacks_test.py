@@ -20,7 +20,7 @@ def _linear_model(key, dim, classes=5):
 def _jitted(norm, loss, steps):
   def attack(x, y, key, eps, wkey):
     logits_fn = _linear_model(wkey, x[0].size)
-    x_adv = pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 4, steps=steps,
+    x_adv, _ = pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 4, steps=steps,
                         norm=norm, loss=loss)
     return x_adv, logits_fn(x), logits_fn(x_adv)
   return jax.jit(attack)
@@ -74,7 +74,7 @@ def test_pgd_breaks_a_linear_classifier_and_more_steps_do_not_hurt():
                    for j in range(3) if j != y[i]) for i in range(64)]
   adv_acc = []
   for steps in (1, 10):
-    x_adv = pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 2, steps=steps,
+    x_adv, _ = pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 2, steps=steps,
                         loss="margin")
     adv_acc.append(float(jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y)))
   exact = 1.0 - np.mean(breakable)
@@ -87,7 +87,7 @@ def test_fgsm_is_one_signed_step():
   logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
   x = jnp.full((2, 2, 2, 1), 0.5)
   y = jnp.array([0, 2])
-  x_adv = pgd_lib.fgsm(logits_fn, x, y, eps=0.1)
+  x_adv, _ = pgd_lib.fgsm(logits_fn, x, y, eps=0.1)
   g = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(logits_fn(v), y)))(x)
   np.testing.assert_allclose(x_adv, jnp.clip(x + 0.1 * jnp.sign(g), 0, 1), atol=1e-7)
 
@@ -237,7 +237,7 @@ def test_pgd_restarts_never_weaker_than_one_run():
   y = jnp.argmax(logits_fn(x), -1)
   acc = {}
   for r in (1, 4):
-    x_adv = pgd_lib.pgd(logits_fn, x, y, jax.random.PRNGKey(5), eps=0.03, step_size=0.003,
+    x_adv, _ = pgd_lib.pgd(logits_fn, x, y, jax.random.PRNGKey(5), eps=0.03, step_size=0.003,
                         steps=2, restarts=r)
     assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.03 + 1e-6
     acc[r] = float(jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y))

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax import input_pipeline, models, objectives, parallel, train
+from mixacm_jax import checkpoint, input_pipeline, models, objective_setup, objectives, parallel
+from mixacm_jax import train
 from mixacm_jax import teacher as teacher_lib
 from mixacm_jax.checkpoint import Checkpointer
 from mixacm_jax.errors import CheckpointError, ConfigError
@@ -39,7 +40,7 @@ def _setup(config):
   teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100,
-                                   train.init_objective_params(config, objective, model, teacher,
+                                   objective_setup.init_objective_params(config, objective, model, teacher,
                                                                info.image_shape))
   return model, teacher, state
 
@@ -134,7 +135,7 @@ def test_end_to_end_acm_falls_agreement_rises_and_export_drops_transforms(mixacm
   assert result["teacher_forward_passes"] == 100 * 32 and result["passes_per_example"] == 3
   # Exported / evaluated student weights are the model's alone: no transformation inside.
   student = models.create_model_from_config(mixacm_config.model, 10)
-  variables = teacher_lib.load_variables(student, (8, 8, 1), str(tmp_path / "student"))
+  variables = checkpoint.load_variables(student, (8, 8, 1), str(tmp_path / "student"))
   assert "objective" not in variables["params"] and "stem" not in variables["params"]
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"],
                          jax.device_get(result["state"].params["model"]))

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.txt; the port "
                                             "tests compare against PyTorch")
 
-from mixacm_jax import models, train  # noqa: E402
+from mixacm_jax import checkpoint, models, train  # noqa: E402
 from mixacm_jax import teacher as teacher_lib  # noqa: E402
 from mixacm_jax.errors import CheckpointError  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
@@ -252,7 +252,7 @@ def test_convert_any_depth_wrn_from_the_command_line(tmp_path):
                       cwd=root, env=env)
   assert ok.returncode == 0, ok.stderr[-2000:]
   model = models.create_model("wrn", num_classes=10, depth=10, widen_factor=1)
-  variables = teacher_lib.load_variables(model, (32, 32, 3), str(tmp_path / "out"))
+  variables = checkpoint.load_variables(model, (32, 32, 3), str(tmp_path / "out"))
   x = np.random.RandomState(0).rand(4, 32, 32, 3).astype(np.float32)
   with torch.no_grad():
     ref = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()

@@ -42,7 +42,7 @@ def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
   y = np.concatenate([b["label"].reshape(-1) for b in batches])[:100]
   logits_fn = lambda v: model.apply(variables, v)
   clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
-  x_adv = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=cfg.eval.pgd.eps)
+  x_adv, _ = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=cfg.eval.pgd.eps)
   after_fgsm = clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)
   assert report["num_examples"] == 100
   assert report["clean_accuracy"] == clean.mean()
@@ -102,7 +102,7 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
   logits_fn = lambda v: model.apply(variables, v)
   clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
   for e, report in zip([0.05, 0.5], sweep["reports"]):
-    x_adv = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=e)
+    x_adv, _ = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=e)
     direct = (clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)).mean()
     assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - direct) < 1e-9, e
 

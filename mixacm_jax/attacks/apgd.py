@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixacm_jax import shapes
 from mixacm_jax.attacks import loop, targets
 from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
 
@@ -115,7 +116,6 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
 
   def step(i, s, c):
     x, eps = c["x"], c["eps"]
-    bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
     a = jnp.where(i > 0, 0.75, 1.0)
     z = project(s["x_adv"] + s["step"] * ascent_direction(s["grad"], norm), x, eps, norm)
     x_new = project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_old"]),
@@ -123,9 +123,9 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
     per, logits, grad = value_and_grad(c, x_new, i + 1)
     miss = jnp.argmax(logits, -1) != c["y"]
     newly = miss & ~s["fooled"]
-    x_found = jnp.where(newly.reshape(bshape), x_new, s["x_found"])
+    x_found = jnp.where(shapes.per_example(newly, x), x_new, s["x_found"])
     improved = per > s["loss_best"]
-    ib = improved.reshape(bshape)
+    ib = shapes.per_example(improved, x)
     x_best = jnp.where(ib, x_new, s["x_best"])
     grad_best = jnp.where(ib, grad, s["grad_best"])
     loss_best = jnp.where(improved, per, s["loss_best"])
@@ -136,7 +136,7 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
     oscillating = increases <= k * rho
     no_improvement = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
     reduce = at & (oscillating | no_improvement)
-    rb = reduce.reshape(bshape)
+    rb = shapes.per_example(reduce, x)
     return dict(
         x_adv=jnp.where(rb, x_best, x_new), x_old=s["x_adv"],
         grad=jnp.where(rb, grad_best, grad), x_best=x_best, grad_best=grad_best,
@@ -152,8 +152,7 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
     return jnp.all(s["fooled"])
 
   def finish(s, c):
-    bshape = (c["x"].shape[0],) + (1,) * (c["x"].ndim - 1)
-    x_out = jnp.where(s["fooled"].reshape(bshape), s["x_found"], s["x_best"])
+    x_out = jnp.where(shapes.per_example(s["fooled"], c["x"]), s["x_found"], s["x_best"])
     return jax.lax.stop_gradient(x_out), s["fooled"]
 
   return init, step, done, finish

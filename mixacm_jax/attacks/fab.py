@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mixacm_jax import shapes
 from mixacm_jax.attacks import loop, targets
 from mixacm_jax.attacks.pgd import project
 
@@ -94,7 +95,7 @@ def _program(norm: str, alpha_max: float, eta: float, beta: float):
     _, best, best_norm = s
     x_adv = project(best.reshape(x.shape), x, eps, norm)
     fooled = (best_norm <= eps) & (jnp.argmax(c["logits_fn"](x_adv), -1) != c["y"])
-    x_adv = jnp.where(fooled.reshape((x.shape[0],) + (1,) * (x.ndim - 1)), x_adv, x)
+    x_adv = jnp.where(shapes.per_example(fooled, x), x_adv, x)
     return jax.lax.stop_gradient(x_adv), fooled
 
   return init, step, finish

@@ -3,11 +3,13 @@
 `logits_fn(x) -> logits` closes over the model's variables in eval mode, so BatchNorm
 statistics never change during an attack. Inputs and outputs live in [0, 1].
 """
-from typing import Callable
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from mixacm_jax import shapes
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -81,10 +83,11 @@ def input_grad(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray) ->
 
 def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
         step_size: float, steps: int, norm: str = "linf", loss: str = "ce",
-        random_start: bool = True, restarts: int = 1) -> jnp.ndarray:
+        random_start: bool = True, restarts: int = 1) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Projected gradient ascent on `loss` (Madry et al. 2018) from a random start in the ball.
   With `restarts` > 1, each example keeps the first restart that misclassifies it (else the
-  last one)."""
+  last one). Returns (x_adv, fooled), as every attack here does (under `jit`, an unused
+  `fooled` costs nothing)."""
   loss_of = LOSSES[loss]
   per_example = lambda v: loss_of(logits_fn(v), y)
 
@@ -97,7 +100,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
     return attack_loop(steps, body, x_adv)
 
   if restarts <= 1:
-    return jax.lax.stop_gradient(one_run(key))
+    return _with_fooled(logits_fn, jax.lax.stop_gradient(one_run(key)), y)
   best, fooled = x, jnp.zeros(y.shape, bool)
   for r in range(restarts):
     # Restart 0 uses `key` itself, so it is exactly the single run.
@@ -106,13 +109,18 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
     x_r = one_run(k_r)
     newly = (jnp.argmax(logits_fn(x_r), -1) != y) & ~fooled
     keep = newly | (~fooled & (r == restarts - 1))
-    best = jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, best)
+    best = jnp.where(shapes.per_example(keep, x), x_r, best)
     fooled = fooled | newly
-  return jax.lax.stop_gradient(best)
+  return jax.lax.stop_gradient(best), fooled
 
 
 def fgsm(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, *, eps: float,
-         norm: str = "linf", loss: str = "ce") -> jnp.ndarray:
-  """One step of size eps (Goodfellow et al. 2015)."""
+         norm: str = "linf", loss: str = "ce") -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """One step of size eps (Goodfellow et al. 2015); returns (x_adv, fooled)."""
   g = input_grad(lambda v: LOSSES[loss](logits_fn(v), y), x)
-  return jax.lax.stop_gradient(project(x + eps * ascent_direction(g, norm), x, eps, norm))
+  x_adv = jax.lax.stop_gradient(project(x + eps * ascent_direction(g, norm), x, eps, norm))
+  return _with_fooled(logits_fn, x_adv, y)
+
+
+def _with_fooled(logits_fn: LogitsFn, x_adv: jnp.ndarray, y: jnp.ndarray):
+  return x_adv, jnp.argmax(logits_fn(x_adv), -1) != y

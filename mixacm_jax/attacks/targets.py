@@ -9,6 +9,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from mixacm_jax import shapes
+
 
 def target_ranks(n_target_classes: int, num_classes: int) -> range:
   return range(2, min(n_target_classes, num_classes - 1) + 2)
@@ -32,6 +34,6 @@ def over_targets(attack_one: Callable, logits_fn: Callable, x, y, key, *,
   for rank in target_ranks(n_target_classes, num_classes):
     x_t, fooled_t = one(rank)
     take = fooled_t & ~fooled
-    x_out = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_t, x_out)
+    x_out = jnp.where(shapes.per_example(take, x), x_t, x_out)
     fooled = fooled | fooled_t
   return x_out, fooled

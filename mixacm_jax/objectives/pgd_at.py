@@ -13,7 +13,7 @@ def adversarial_examples(params, ctx, batch, loss: str = "ce"):
   a = ctx.cfg.attack
   return pgd(ctx.eval_logits_fn(jax.lax.stop_gradient(params)), batch["image"], batch["label"],
              ctx.example_keys(batch["label"].shape[0]), eps=a.eps, step_size=a.step_size,
-             steps=a.steps, norm=a.norm, loss=loss, random_start=True)
+             steps=a.steps, norm=a.norm, loss=loss, random_start=True)[0]
 
 
 def loss_fn(params, ctx, batch):

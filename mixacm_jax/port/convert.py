@@ -3,11 +3,12 @@ import json
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from flax import traverse_util
 import jax
 import numpy as np
 
+from mixacm_jax import checkpoint as ckpt_lib
 from mixacm_jax import models
-from mixacm_jax.checkpoint import Checkpointer
 from mixacm_jax.errors import CheckpointError, ConfigError
 from mixacm_jax.port import rules as rules_lib
 from mixacm_jax.port import state_dict as sd_lib
@@ -23,43 +24,42 @@ def rules_for(model):
   return rules_lib.RULES[key]
 
 
-def _list(xs, n=8):
-  return ", ".join(xs[:n]) + (f" (+{len(xs) - n} more)" if len(xs) > n else "")
-
-
 def torch_to_flax(state_dict: Dict[str, np.ndarray], model,
                   image_shape: Sequence[int]) -> Dict[str, Any]:
   """{params, batch_stats} for `model`; any missing, unexpected or wrongly shaped entry
   raises one CheckpointError that lists each."""
   rules = rules_for(model)
-  expected = rules_lib.flatten(jax.eval_shape(
+  expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda: models.init_variables(model, jax.random.PRNGKey(0), image_shape)))
-  converted, sources, unexpected = {}, {}, []
+  converted, sources, unmapped = {}, {}, []
   for key, value in state_dict.items():
     mapped = rules_lib.to_flax(key, value, rules)
     if mapped is None:
-      unexpected.append(key)
+      unmapped.append(key)
     elif mapped[0]:
       converted[mapped[0]], sources[mapped[0]] = mapped[1], key
   name = lambda path: "/".join(path)
-  missing = [name(p) for p in expected if p not in converted]
-  unexpected += [sources[p] for p in converted if p not in expected]
+  missing, unexpected, wrong = ckpt_lib.compare_shapes(
+      {p: v.shape for p, v in expected.items()}, {p: v.shape for p, v in converted.items()})
+  missing = [name(p) for p in missing]
+  unexpected = unmapped + [sources[p] for p in unexpected]
   wrong = [f"{sources[p]} {tuple(converted[p].shape)} -> {name(p)} {tuple(expected[p].shape)}"
-           for p in converted if p in expected and converted[p].shape != expected[p].shape]
+           for p in wrong]
   if missing or unexpected or wrong:
-    parts = [f"{len(missing)} missing Flax entries: {_list(missing)}" if missing else "",
-             f"{len(unexpected)} unexpected PyTorch keys: {_list(unexpected)}" if unexpected else "",
-             f"{len(wrong)} shape mismatches: {_list(wrong)}" if wrong else ""]
+    show = lambda xs: ckpt_lib.short_list(xs, 8)
+    parts = [f"{len(missing)} missing Flax entries: {show(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected PyTorch keys: {show(unexpected)}" if unexpected else "",
+             f"{len(wrong)} shape mismatches: {show(wrong)}" if wrong else ""]
     raise CheckpointError(f"the weights do not fit {type(model).__name__}: " +
                           "; ".join(p for p in parts if p) + ". Nothing was written.")
-  return rules_lib.unflatten({p: converted[p] for p in expected})
+  return traverse_util.unflatten_dict({p: converted[p] for p in expected})
 
 
 def flax_to_torch(variables: Dict[str, Any], model) -> Dict[str, np.ndarray]:
   """A PyTorch state_dict (NumPy arrays) that the RobustBench class loads with strict=True."""
   rules = rules_for(model)
-  flat = rules_lib.flatten({k: jax.device_get(variables[k])
-                            for k in ("params", "batch_stats") if k in variables})
+  flat = traverse_util.flatten_dict({k: jax.device_get(variables[k])
+                                     for k in ("params", "batch_stats") if k in variables})
   out = {}
   for path, value in flat.items():
     mapped = rules_lib.to_torch(path, np.asarray(value), rules)
@@ -103,7 +103,7 @@ def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
   directory = os.path.join(workdir, "checkpoints")
   if os.path.isdir(directory) and os.listdir(directory):
     raise CheckpointError(f"{directory} already holds checkpoints; choose an empty workdir")
-  checkpointer = Checkpointer(directory, async_save=False)
+  checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)
   checkpointer.save(0, variables)
   checkpointer.close()
   info = {"source": os.path.abspath(convert_cfg.source), "arch": convert_cfg.arch,

@@ -127,23 +127,3 @@ def to_torch(path: Tuple[str, ...], value: np.ndarray, rules: List[Rule]) -> Opt
         value = value.T
       return f"{_fill(torch_pat, m)}.{torch_leaf}", value
   return None
-
-
-def flatten(tree: Dict, prefix=()) -> Dict[Tuple[str, ...], np.ndarray]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def unflatten(flat: Dict[Tuple[str, ...], np.ndarray]) -> Dict:
-  tree: Dict = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree

@@ -1,0 +1,57 @@
+"""Attack names, as `config.eval.attacks` spells them, to attack functions.
+
+`clean`, `fgsm`, `pgd<k>` (PGD-k on cross-entropy), `cw<k>` (PGD-k on the CW margin), each
+AutoAttack stage by name (`apgd-ce`, `apgd-t`, `fab-t`, `square`, ...), and `autoattack`
+(the stages of a version, each on the points the earlier ones left correct).
+"""
+import re
+from typing import Callable, List, Tuple
+
+from mixacm_jax.attacks import autoattack, pgd as pgd_lib
+from mixacm_jax.errors import ConfigError
+
+
+def stage_fn(name: str, norm: str, restarts: int = 1) -> Callable:
+  """attack(logits_fn, x, y, key, rank, eps, step_size) -> x_adv for one named attack. eps
+  and the PGD step are arguments (traced), so an eps sweep compiles each attack once; `rank`
+  (a target class rank, see `autoattack.stage_ranks`) is read by targeted stages only."""
+  m = re.fullmatch(r"(pgd|cw)(\d+)", name)
+  if m:
+    loss = "ce" if m.group(1) == "pgd" else "margin"
+    steps = int(m.group(2))
+    return lambda f, x, y, k, rank, eps, step: pgd_lib.pgd(
+        f, x, y, k, eps=eps, step_size=step, steps=steps, norm=norm, loss=loss,
+        restarts=restarts)[0]
+  if name == "fgsm":
+    return lambda f, x, y, k, rank, eps, step: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)[0]
+  if name in autoattack.STAGES:
+    if norm not in ("linf", "l2"):
+      raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
+    targeted = autoattack.is_targeted(name)
+    return lambda f, x, y, k, rank, eps, step: autoattack.call_stage(
+        name, f, x, y, k, rank if targeted else None, eps=eps, norm=norm)[0]
+  raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
+                    f"{', '.join(autoattack.STAGES)}, autoattack")
+
+
+def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
+  """[(report name, [stage names])]: `autoattack` expands into its stages."""
+  out = []
+  for name in [s.strip() for s in spec.split(",") if s.strip()]:
+    if name == "autoattack":
+      try:
+        out.append((name, autoattack.get_version(version)))
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
+    else:
+      out.append((name, [name]))
+  return out
+
+
+def validate_attacks(spec: str, version: str, norm: str) -> None:
+  """Raises ConfigError for an unknown attack or AutoAttack version (before any work)."""
+  parse_attacks("autoattack", version)
+  for _, stages in parse_attacks(spec, version):
+    for stage in stages:
+      if stage != "clean":
+        stage_fn(stage, norm)
