@@ -11,7 +11,7 @@ left, on both sides (torchattacks' stages built with AutoAttack's settings: 100 
   python benchmarks/attacks_vs_torchattacks.py --arch=resnet18 --batch=64 --attacks=clean,pgd20
   python benchmarks/attacks_vs_torchattacks.py --arch=wrn16_2 --attacks=apgd-ce,autoattack
   python benchmarks/attacks_vs_torchattacks.py --norm=l2 --attacks=pgd20,autoattack
-  python benchmarks/attacks_vs_torchattacks.py --device=gpu --batch=512  # torch stays on CPU
+  python benchmarks/attacks_vs_torchattacks.py --device=gpu --batch=512  # both on the GPU
   python benchmarks/attacks_vs_torchattacks.py --arch=autoattack_resnet18 --batch=16 \
       --inputs=confident --attacks=autoattack --original --repeats=1  # every stage works
 """
@@ -90,7 +90,7 @@ def original_sequence(net, x_t, y_t, eps, norm):
   """The original AutoAttack code's standard version (`pyautoattack`), robust accuracy."""
   import pyautoattack  # pylint: disable=g-import-not-at-top
   adversary = pyautoattack.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
-                                      version="standard", seed=0)
+                                      version="standard", seed=0, device=x_t.device)
   adversary.verbose = False
   x_adv, _ = adversary.run_standard_evaluation(x_t, y_t, batch_size=len(y_t))
   with torch.no_grad():
@@ -122,11 +122,11 @@ def their_attack(name, net, eps, norm):
 def their_sequence(attacks, net, x_t, y_t):
   robust = np.ones(len(y_t), bool)
   for attack in attacks:
-    idx = np.flatnonzero(robust)
+    idx = torch.from_numpy(np.flatnonzero(robust)).to(x_t.device)
     if len(idx):
       adv = attack(x_t[idx], y_t[idx])
       with torch.no_grad():
-        robust[idx] = (net(adv).argmax(1) == y_t[idx]).numpy()
+        robust[idx.cpu().numpy()] = (net(adv).argmax(1) == y_t[idx]).cpu().numpy()
   return robust.mean()
 
 
@@ -148,19 +148,23 @@ def main():
   args = p.parse_args()
   common.setup_device(args)
   torch.set_num_threads(args.threads)
+  dev = torch.device("cuda" if args.device == "gpu" else "cpu")
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   eps = EPS[args.norm]
   net, model, variables = build(args.arch, "/tmp/_bench_weights.pt")
+  net = net.to(dev)
   x = (confident_inputs(model, variables, args.batch) if args.inputs == "confident" else
        np.random.RandomState(0).rand(args.batch, 32, 32, 3).astype(np.float32))
   logits_fn = lambda v: model.apply(variables, v)
   # Labels = the model's predictions, so every example starts correctly classified and both
   # sides attack all of them (torchattacks' APGD/FAB/Square skip misclassified inputs).
   y = np.asarray(jnp.argmax(logits_fn(x), -1))
-  x_t, y_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype(np.int64))
+  x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev)
+  y_t = torch.from_numpy(y.astype(np.int64)).to(dev)
   with torch.no_grad():
-    diff = np.max(np.abs(np.asarray(logits_fn(x)) - net(x_t).numpy()))
+    diff = np.max(np.abs(np.asarray(logits_fn(x)) - net(x_t).cpu().numpy()))
   assert diff < 1e-3, f"the two models differ (max |dlogit| = {diff})"
-  print(f"{common.describe_machine()}; torch {torch.__version__} on CPU ({args.threads} "
+  print(f"{common.describe_machine()}; torch {torch.__version__} on {dev.type} ({args.threads} "
         f"threads); {args.arch}, batch {args.batch} ({args.inputs} inputs), {args.norm} eps "
         f"{eps:.4g}, "
         f"max |dlogit| {diff:.1e}")
@@ -174,6 +178,7 @@ def main():
       def theirs_fn():
         with torch.no_grad():
           net(x_t)
+        sync()
     elif name == "autoattack":
       attacks = [their_attack(s, net, eps, args.norm) for s in STANDARD]
       # The library's own sequence; the timed repeats reuse its compiled stages.
@@ -186,7 +191,7 @@ def main():
       fn = jax.jit(fn) if name.startswith("pgd") else fn
       ours_fn = lambda: jax.block_until_ready(fn(xj, yj, key))
       attack = their_attack(name, net, eps, args.norm)
-      theirs_fn = lambda: attack(x_t, y_t)
+      theirs_fn = lambda: (attack(x_t, y_t), sync())
     t0 = time.perf_counter()
     ours_fn()
     compile_s = time.perf_counter() - t0

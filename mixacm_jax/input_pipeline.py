@@ -12,13 +12,15 @@ through `tfds.data_source` (ArrayRecord files), which needs no TensorFlow.
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
-import grain
 import jax
 import numpy as np
 
 from mixacm_jax.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+  import grain  # pylint: disable=g-import-not-at-top
 
 EMBEDDED_DATASETS = ("digits",)
 
@@ -144,9 +146,16 @@ def _to_float(example: Dict[str, Any]) -> Dict[str, np.ndarray]:
           "label": np.asarray(example["label"], np.int32)}
 
 
-def _host_dataset(data_cfg, split: str) -> grain.MapDataset:
+def _grain():
+  """Grain, imported when data is read (not when the package is imported), so that models,
+  attacks and the train step import on machines without it (e.g. a stock JAX GPU image)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  return grain
+
+
+def _host_dataset(data_cfg, split: str) -> "grain.MapDataset":
   """This host's shard of a split (every process_count-th example) as float32 images."""
-  ds = grain.MapDataset.source(_source(data_cfg, split))
+  ds = _grain().MapDataset.source(_source(data_cfg, split))
   return ds[jax.process_index()::jax.process_count()].map(_to_float)
 
 
@@ -186,12 +195,12 @@ def steps_per_epoch(data_cfg, global_batch_size: int) -> int:
   return max(1, get_info(data_cfg).num_train // global_batch_size)
 
 
-def _read_options(data_cfg) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)),
+def _read_options(data_cfg) -> "grain.ReadOptions":
+  return _grain().ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)),
                            prefetch_buffer_size=int(data_cfg.get("prefetch", 4)))
 
 
-def train_dataset(data_cfg, global_batch_size: int, seed: int) -> grain.MapDataset:
+def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapDataset":
   """The endless training stream of this host as a random-access dataset of batches:
   epoch after epoch of shuffled, augmented examples, cut into batches."""
   batch = local_batch_size(global_batch_size)

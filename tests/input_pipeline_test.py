@@ -186,3 +186,23 @@ print("OK", result["steps"])
   out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0 and "OK 3" in out.stdout, out.stderr[-2000:]
+
+
+def test_models_attacks_and_the_train_step_import_without_grain_or_tensorflow():
+  """A stock JAX GPU image has neither: the benchmarks' imports must not need them (only
+  reading data does)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = """
+import sys
+for blocked in ("tensorflow", "tensorflow_datasets", "grain"):
+  sys.modules[blocked] = None  # `import` of these now raises ImportError
+from mixacm_jax import objective_setup, objectives, parallel, robustness, train
+from mixacm_jax.attacks import autoattack
+from mixacm_jax.port import convert
+print("OK")
+"""
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
