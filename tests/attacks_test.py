@@ -387,8 +387,33 @@ def test_apgd_ends_once_every_point_is_fooled_with_the_same_result(monkeypatch):
   monkeypatch.setattr(loop, "_chunk", counting)
   early = apgd.apgd(net, x, y, jax.random.PRNGKey(2), eps=0.5, n_iter=60)
   assert bool(np.all(early[1])) and sum(calls) < 60
-  init, step, _, finish = apgd._program("ce", "linf", 60, 0.75, 1)  # pylint: disable=protected-access
+  init, step, _, _, finish = apgd._program("ce", "linf", 60, 0.75, 1)  # pylint: disable=protected-access
   consts = dict(logits_fn=net, x=x, y=y, y_target=None, key=jax.random.PRNGKey(2),
                 eps=jnp.float32(0.5))
   full = finish(loop.fori(60, step, init(consts), consts), consts)  # no early end
   np.testing.assert_array_equal(early[0], full[0])
+
+
+def test_apgd_drops_fooled_points_from_the_batch_with_the_same_result(monkeypatch):
+  """From Python, APGD shrinks the batch to the points not yet fooled (padded to a power of
+  two) between chunks: fewer rows are computed, and every row's result is the one the
+  compiled loop (which cannot shrink) gives."""
+  from mixacm_jax.attacks import apgd, loop  # pylint: disable=g-import-not-at-top
+  net = _small_net(jax.random.PRNGKey(4), 6 * 6 * 3)
+  x = jax.random.uniform(jax.random.PRNGKey(5), (32, 6, 6, 3))
+  y = jnp.argmax(net(x), -1)
+  sizes = []
+  real = loop._chunk  # pylint: disable=protected-access
+
+  def recording(start, state, consts, **kw):
+    sizes.append(consts["x"].shape[0])
+    return real(start, state, consts, **kw)
+  monkeypatch.setattr(loop, "_chunk", recording)
+  run = lambda f, v: apgd.apgd(f, v, y, jax.random.PRNGKey(6), eps=0.08, n_iter=40)
+  from_python = run(net, x)
+  compiled = jax.jit(run)(net, x)
+  assert sizes[0] == 32 and min(sizes) < 16, sizes  # it shrank, to at most half
+  assert all(s & (s - 1) == 0 for s in sizes), sizes  # powers of two
+  assert 0 < int(np.sum(compiled[1])) < 32
+  np.testing.assert_array_equal(from_python[1], compiled[1])
+  np.testing.assert_allclose(from_python[0], compiled[0], atol=1e-5)

@@ -146,16 +146,19 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
         reduced_last=jnp.where(at, reduce, s["reduced_last"]),
         loss_best_last=jnp.where(at, loss_best, s["loss_best_last"]))
 
-  def done(s, c):
-    # Every point fooled: the result (the first adversarial of each) can no longer change.
+  def settled(s, c):
+    # A fooled point's result (the first adversarial found) can no longer change.
     del c
-    return jnp.all(s["fooled"])
+    return s["fooled"]
+
+  def done(s, c):
+    return jnp.all(settled(s, c))
 
   def finish(s, c):
     x_out = jnp.where(shapes.per_example(s["fooled"], c["x"]), s["x_found"], s["x_best"])
     return jax.lax.stop_gradient(x_out), s["fooled"]
 
-  return init, step, done, finish
+  return init, step, done, settled, finish
 
 
 def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
@@ -163,13 +166,17 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
          rho: float = 0.75, norm: str = "linf", eot_iter: int = 1):
   """Returns (x_adv, fooled): for each example the first misclassified point found (or the
   highest-loss point) and whether it is misclassified. Ends early once every example is
-  fooled (nothing can change after that)."""
+  fooled, and from Python drops fooled examples from the batch as it goes (their result
+  cannot change; without EOT, examples do not interact), see `loop.fori`."""
   if loss not in LOSSES:
     raise ValueError(f"unknown APGD loss {loss!r}; known: {', '.join(LOSSES)}")
-  init, step, done, finish = _program(loss, norm, n_iter, float(rho), max(int(eot_iter), 1))
+  eot_iter = max(int(eot_iter), 1)
+  init, step, done, settled, finish = _program(loss, norm, n_iter, float(rho), eot_iter)
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target, key=key,
                 eps=jnp.asarray(eps, x.dtype))
-  state = loop.fori(n_iter, step, loop.call(init, consts), consts, done=done)
+  # EOT draws the model's noise for the whole batch, so dropping rows would change it.
+  state = loop.fori(n_iter, step, loop.call(init, consts), consts, done=done,
+                    settled=settled if eot_iter == 1 else None, per_example=("x", "y", "y_target"))
   return loop.call(finish, state, consts)
 
 
