@@ -86,6 +86,9 @@ def get_config():
   # --mode=eval: attacks of the robustness report (eps / norm / PGD step from eval.pgd).
   config.eval.attacks = "clean,pgd20,cw20"  # also: fgsm, apgd-ce, apgd-t, square, autoattack
   config.eval.autoattack_version = "standard"
+  # True: APGD as the original code in two details that fool the same points (the last
+  # adversarial point kept, its first step-size window); False ends APGD early instead.
+  config.eval.apgd_as_original = False
   config.eval.eps_sweep = ()                 # e.g. (0.05, 0.1, 0.2): report + plot per eps
 
   # --mode=convert: a PyTorch weight file -> an orbax checkpoint in --workdir.

@@ -156,7 +156,8 @@ def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, ev
     for j, stage_name in enumerate(stages):
       _attack_pass(model, p_vars, data, robust, stage_name, eval_cfg.pgd, eps, num_classes,
                    jax.random.fold_in(jax.random.PRNGKey(seed), j), programs,
-                   label=name if len(stages) == 1 else f"{name}:{stage_name}", verbose=verbose)
+                   label=name if len(stages) == 1 else f"{name}:{stage_name}", verbose=verbose,
+                   as_original=bool(eval_cfg.get("apgd_as_original", False)))
       per_stage[stage_name] = float(robust.sum()) / data.count
     acc = float(robust.sum()) / data.count
     report["attacks"][name] = {"robust_accuracy": acc}
@@ -211,14 +212,14 @@ def _clean_pass(model, p_vars, data: _Split, programs) -> Tuple[Dict[str, Any], 
 
 def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: str, pgd_cfg,
                  eps: float, num_classes: int, stage_key, programs, *, label: str,
-                 verbose: bool) -> None:
+                 verbose: bool, as_original: bool = False) -> None:
   """One stage over the points still `robust` (updated in place); a targeted stage goes
   target by target, each on what is left."""
   restarts = pgd_cfg.get("restarts", 1)
   host = stage_name in autoattack.STAGES and host_loops()
   stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts),
-                    lambda: _stage_program(model, registry.stage_fn(stage_name, pgd_cfg.norm,
-                                                                    restarts), host))
+                    lambda: _stage_program(model, registry.stage_fn(
+                        stage_name, pgd_cfg.norm, restarts, as_original), host))
   step_size = pgd_cfg.step_size * eps / pgd_cfg.eps  # the step scales with eps
   p_eps, p_step = parallel.replicate(np.float32(eps)), parallel.replicate(np.float32(step_size))
   ranks = (autoattack.stage_ranks(stage_name, num_classes)

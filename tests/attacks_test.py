@@ -417,3 +417,21 @@ def test_apgd_drops_fooled_points_from_the_batch_with_the_same_result(monkeypatc
   assert 0 < int(np.sum(compiled[1])) < 32
   np.testing.assert_array_equal(from_python[1], compiled[1])
   np.testing.assert_allclose(from_python[0], compiled[0], atol=1e-5)
+
+
+def test_apgd_as_original_keeps_the_last_adversarial_point_and_fools_the_same_points():
+  """The switch for the original's two details: the same points fooled, but the returned
+  adversarial point is the last one found (so it differs from the first for some points)."""
+  from mixacm_jax.attacks import apgd  # pylint: disable=g-import-not-at-top
+  net = _small_net(jax.random.PRNGKey(7), 6 * 6 * 3)
+  x = jax.random.uniform(jax.random.PRNGKey(8), (32, 6, 6, 3))
+  y = jnp.argmax(net(x), -1)
+  run = lambda original: apgd.apgd(net, x, y, jax.random.PRNGKey(9), eps=0.08, n_iter=40,
+                                   as_original=original)
+  first, last = run(False), run(True)
+  np.testing.assert_array_equal(first[1], last[1])
+  fooled = np.asarray(first[1])
+  assert 0 < fooled.sum() < len(y)
+  moved = np.abs(np.asarray(first[0] - last[0])).reshape(len(y), -1).max(1)
+  assert np.any(moved[fooled] > 1e-4)  # a later adversarial point was kept
+  assert np.all(np.asarray(jnp.argmax(net(last[0]), -1) != y)[fooled])

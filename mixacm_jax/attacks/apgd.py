@@ -73,9 +73,10 @@ LOSSES = {
 
 
 @functools.lru_cache(maxsize=None)
-def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
-  """(init, step, done, finish) of APGD for these static settings, for `loop.fori`; the
-  arrays (model, x, y, target, key, eps) come in `consts`."""
+def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
+             as_original: bool = False):
+  """(init, step, done, settled, finish) of APGD for these static settings, for
+  `loop.fori`; the arrays (model, x, y, target, key, eps) come in `consts`."""
   loss_of = LOSSES[loss]
   ckpt_at, ckpt_len = np.zeros((n_iter,), bool), np.zeros((n_iter,), np.int32)
   for i, k in checkpoints(n_iter):
@@ -110,7 +111,10 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
     per, logits, grad = value_and_grad(c, x_adv, 0)
     return dict(x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad,
                 loss_best=per, x_found=x_adv, fooled=jnp.argmax(logits, -1) != c["y"],
-                step=jnp.broadcast_to(2.0 * eps, bshape).astype(x.dtype), prev_loss=per,
+                step=jnp.broadcast_to(2.0 * eps, bshape).astype(x.dtype),
+                # The original's first window compares step 0's loss with an unset (zero)
+                # entry of its loss history; here, with the loss at the start.
+                prev_loss=jnp.zeros_like(per) if as_original else per,
                 increases=jnp.zeros((n,), jnp.int32), reduced_last=jnp.ones((n,), bool),
                 loss_best_last=per)
 
@@ -122,7 +126,7 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
                     x, eps, norm)
     per, logits, grad = value_and_grad(c, x_new, i + 1)
     miss = jnp.argmax(logits, -1) != c["y"]
-    newly = miss & ~s["fooled"]
+    newly = miss if as_original else miss & ~s["fooled"]  # the last adversarial, or the first
     x_found = jnp.where(shapes.per_example(newly, x), x_new, s["x_found"])
     improved = per > s["loss_best"]
     ib = shapes.per_example(improved, x)
@@ -163,15 +167,23 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int):
 
 def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
          n_iter: int = 100, loss: str = "ce", y_target: Optional[jnp.ndarray] = None,
-         rho: float = 0.75, norm: str = "linf", eot_iter: int = 1):
+         rho: float = 0.75, norm: str = "linf", eot_iter: int = 1, as_original: bool = False):
   """Returns (x_adv, fooled): for each example the first misclassified point found (or the
   highest-loss point) and whether it is misclassified. Ends early once every example is
   fooled, and from Python drops fooled examples from the batch as it goes (their result
-  cannot change; without EOT, examples do not interact), see `loop.fori`."""
+  cannot change; without EOT, examples do not interact), see `loop.fori`.
+
+  `as_original=True` follows the original code in two details that do not change which
+  points are fooled: it returns the *last* misclassified point found (so it can neither end
+  early nor drop fooled points), and its first checkpoint window counts the first step as an
+  increase when its loss is above zero."""
   if loss not in LOSSES:
     raise ValueError(f"unknown APGD loss {loss!r}; known: {', '.join(LOSSES)}")
   eot_iter = max(int(eot_iter), 1)
-  init, step, done, settled, finish = _program(loss, norm, n_iter, float(rho), eot_iter)
+  init, step, done, settled, finish = _program(loss, norm, n_iter, float(rho), eot_iter,
+                                               bool(as_original))
+  if as_original:  # a fooled point's result still changes
+    done = settled = None
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target, key=key,
                 eps=jnp.asarray(eps, x.dtype))
   # EOT draws the model's noise for the whole batch, so dropping rows would change it.
@@ -181,11 +193,13 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 100,
-                  n_target_classes: int = 9, norm: str = "linf", target_rank=None):
+                  n_target_classes: int = 9, norm: str = "linf", target_rank=None,
+                  as_original: bool = False):
   """APGD-T: APGD on the targeted DLR loss towards the 2nd, 3rd, ... most likely classes
   at the clean input, each run on the points the previous ones did not fool (or only
   towards `target_rank`, see `targets.over_targets`)."""
   attack_one = lambda y_target, k: apgd(logits_fn, x, y, k, eps=eps, n_iter=n_iter,
-                                        loss="dlr_targeted", y_target=y_target, norm=norm)
+                                        loss="dlr_targeted", y_target=y_target, norm=norm,
+                                        as_original=as_original)
   return targets.over_targets(attack_one, logits_fn, x, y, key,
                               n_target_classes=n_target_classes, target_rank=target_rank)
