@@ -67,7 +67,8 @@ def torch_loss(student, teacher, s_acts, t_acts, kernels, x, y_a, y_b, lam, cfg)
     s_name, _, t_name = spec.partition(":")
     t_name = t_name or s_name
     t_vec = F.normalize(F.relu(t_acts[t_name]).mean((2, 3)), dim=1, eps=1e-12)
-    s_vec = F.normalize(F.relu(s_acts[s_name]).mean((2, 3)) @ kernels[s_name], dim=1, eps=1e-12)
+    key = s_name if t_name == s_name else f"{s_name}__{t_name}"  # as mixacm.stage_pairs
+    s_vec = F.normalize(F.relu(s_acts[s_name]).mean((2, 3)) @ kernels[key], dim=1, eps=1e-12)
     acm = acm + ((t_vec - s_vec) ** 2).sum(1).mean()
   return cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_acm * acm
 
