@@ -394,11 +394,12 @@ def test_apgd_ends_once_every_point_is_fooled_with_the_same_result(monkeypatch):
   np.testing.assert_array_equal(early[0], full[0])
 
 
-def test_apgd_drops_fooled_points_from_the_batch_with_the_same_result(monkeypatch):
-  """From Python, APGD shrinks the batch to the points not yet fooled (padded to a power of
-  two) between chunks: fewer rows are computed, and every row's result is the one the
-  compiled loop (which cannot shrink) gives."""
-  from mixacm_jax.attacks import apgd, loop  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("name", ["apgd-ce", "square"])
+def test_fooled_points_leave_the_batch_with_the_same_result(monkeypatch, name):
+  """From Python, APGD and Square shrink the batch to the points not yet fooled (padded to
+  a power of two) between chunks: fewer rows are computed, and every row's result is the
+  one the compiled loop (which cannot shrink) gives."""
+  from mixacm_jax.attacks import autoattack, loop  # pylint: disable=g-import-not-at-top
   net = _small_net(jax.random.PRNGKey(4), 6 * 6 * 3)
   x = jax.random.uniform(jax.random.PRNGKey(5), (32, 6, 6, 3))
   y = jnp.argmax(net(x), -1)
@@ -409,7 +410,9 @@ def test_apgd_drops_fooled_points_from_the_batch_with_the_same_result(monkeypatc
     sizes.append(consts["x"].shape[0])
     return real(start, state, consts, **kw)
   monkeypatch.setattr(loop, "_chunk", recording)
-  run = lambda f, v: apgd.apgd(f, v, y, jax.random.PRNGKey(6), eps=0.08, n_iter=40)
+  settings = {"n_queries": 200} if name == "square" else {"n_iter": 40}
+  run = lambda f, v: autoattack.call_stage(name, f, v, y, jax.random.PRNGKey(6), None,
+                                           eps=0.08, norm="linf", **settings)
   from_python = run(net, x)
   compiled = jax.jit(run)(net, x)
   assert sizes[0] == 32 and min(sizes) < 16, sizes  # it shrank, to at most half

@@ -5,7 +5,9 @@ if the margin loss fell; the window's area fraction p follows the paper's schedu
 after query 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 -- at those query counts, as the
 original AutoAttack runs it (`resc_schedule=False`), or at those fractions of 10,000 of the
 budget with `rescale_schedule=True` (the Square paper's code default). Examples stop being
-queried once misclassified (the search ends when all are).
+queried once misclassified: from Python the batch shrinks to the points still correct (each
+query's random draws are per example, so this changes no result), and the search ends when
+none is left.
 
 L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps per channel.
 L2: start from a grid of "pseudo-Gaussian" bumps (concentric squares weighted 1/k^2, two
@@ -35,7 +37,7 @@ def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
 
 @functools.lru_cache(maxsize=None)
 def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
-  """(init, step, done, finish) of the greedy search for `loop.fori`: each query
+  """(init, step, done, settled, finish) of the greedy search for `loop.fori`: each query
   `propose(i, x_best)` keeps improvements of the margin for the examples still correctly
   classified; the search ends when none is left."""
   start, propose = {"linf": (_start_linf, _propose_linf), "l2": (_start_l2, _propose_l2)}[norm]
@@ -52,15 +54,19 @@ def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
     x_best = jnp.where(shapes.per_example(better, x_best), x_new, x_best)
     return x_best, jnp.where(better, new_margin, margin)
 
-  def done(s, c):
+  def settled(s, c):
+    # A fooled point (margin <= 0) is never changed again.
     del c
-    return ~jnp.any(s[1] > 0)
+    return s[1] <= 0
+
+  def done(s, c):
+    return jnp.all(settled(s, c))
 
   def finish(s, c):
     del c
     return jax.lax.stop_gradient(s[0]), s[1] <= 0
 
-  return init, step, done, finish
+  return init, step, done, settled, finish
 
 
 def _window(h, w, top, left, side):
@@ -74,6 +80,19 @@ def _keys(c):
   return jax.random.split(c["key"])  # (initialisation, queries)
 
 
+def _query_draws(c, i, count: int):
+  """`count` keys per example for query `i`, (N, count, 2), each from the example's own
+  index: a point's draws do not depend on which other points are still in the batch, so the
+  batch can shrink to the points not yet fooled without changing any result."""
+  query = jax.random.fold_in(_keys(c)[1], i)
+  return jax.vmap(lambda e: jax.random.split(jax.random.fold_in(query, e), count))(c["index"])
+
+
+def _per_example(keys, j, draw):
+  """`draw(key)` for each example with its j-th key, stacked on a leading axis."""
+  return jax.vmap(draw)(keys[:, j])
+
+
 def _start_linf(c):
   x, eps = c["x"], c["eps"]
   n, _, w, ch = x.shape
@@ -84,11 +103,12 @@ def _start_linf(c):
 def _propose_linf(i, x_best, c, p):
   x, eps = c["x"], c["eps"]
   n, h, w, ch = x.shape
-  k1, k2, k3 = jax.random.split(jax.random.fold_in(_keys(c)[1], i), 3)
+  keys = _query_draws(c, i, 3)
   side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
-  top = jax.random.randint(k1, (n, 1, 1, 1), 0, h - side + 1)
-  left = jax.random.randint(k2, (n, 1, 1, 1), 0, w - side + 1)
-  signs = jax.random.choice(k3, jnp.stack([-2 * eps, 2 * eps]).astype(x.dtype), (n, 1, 1, ch))
+  top = _per_example(keys, 0, lambda k: jax.random.randint(k, (1, 1, 1), 0, h - side + 1))
+  left = _per_example(keys, 1, lambda k: jax.random.randint(k, (1, 1, 1), 0, w - side + 1))
+  signs = _per_example(keys, 2, lambda k: jax.random.choice(
+      k, jnp.stack([-2 * eps, 2 * eps]).astype(x.dtype), (1, 1, ch)))
   inside = _window(h, w, top, left, side)
   return project(jnp.where(inside, x_best + signs, x_best), x, eps, "linf")
 
@@ -142,17 +162,19 @@ def _start_l2(c):
 def _propose_l2(i, x_best, c, p):
   x, eps = c["x"], c["eps"]
   n, h, w, ch = x.shape
-  k1, k2, k3, k4, k5 = jax.random.split(jax.random.fold_in(_keys(c)[1], i), 5)
+  keys = _query_draws(c, i, 6)
   side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
   side = jnp.minimum(side + (1 - side % 2), min(h, w) - (1 - min(h, w) % 2))  # odd, fits
-  pos = lambda k, size: jax.random.randint(k, (n, 1, 1, 1), 0, size - side + 1)
-  top, left = pos(k1, h), pos(k2, w)
+  pos = lambda j, size: _per_example(keys, j, lambda k: jax.random.randint(
+      k, (1, 1, 1), 0, size - side + 1))
+  top, left = pos(0, h), pos(1, w)
   win1 = _window(h, w, top, left, side)
-  win2 = _window(h, w, pos(k3, h), pos(k4, w), side)
+  win2 = _window(h, w, pos(2, h), pos(3, w), side)
   delta = x_best - x
-  kt, ks = jax.random.split(k5)
-  new = bump(h, w, top, left, side, jax.random.bernoulli(kt, 0.5, (n, 1, 1, 1)))
-  new = new * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, ch))
+  transpose = _per_example(keys, 4, lambda k: jax.random.bernoulli(k, 0.5, (1, 1, 1)))
+  new = bump(h, w, top, left, side, transpose)
+  new = new * _per_example(keys, 5, lambda k: jax.random.choice(
+      k, jnp.array([-1.0, 1.0], x.dtype), (1, 1, ch)))
   in1 = jnp.where(win1, delta, 0.0)
   new = new + in1 / (_channel_norm(in1) + 1e-12)
   # Rescale so the mass of both windows plus what the total budget has left goes here.
@@ -169,8 +191,12 @@ def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: fl
   """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
   if norm not in ("linf", "l2"):
     raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
-  init, step, done, finish = _program(norm, int(n_queries), float(p_init), bool(rescale_schedule))
+  init, step, done, settled, finish = _program(norm, int(n_queries), float(p_init),
+                                               bool(rescale_schedule))
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, key=key,
-                eps=jnp.asarray(eps, x.dtype))
-  state = loop.fori(n_queries, step, loop.call(init, consts), consts, done=done)
+                eps=jnp.asarray(eps, x.dtype), index=jnp.arange(x.shape[0]))
+  # Each query's draws are per example, so from Python the batch shrinks to the points not
+  # yet fooled (as the original queries only those) without changing any result.
+  state = loop.fori(n_queries, step, loop.call(init, consts), consts, done=done,
+                    settled=settled, per_example=("x", "y", "index"))
   return loop.call(finish, state, consts)
