@@ -141,7 +141,7 @@ def main():
     ref_loss = torch_loss(s_net, t_net, s_acts, t_acts, kernels, x_t, y_t, y_t,
                           torch.ones(args.batch, device=dev), no_mix)
   diff = abs(float(ours_loss) - float(ref_loss.detach()))
-  tol = 1e-4 if dtype == "float32" else 0.05 * max(1.0, abs(float(ref_loss)))
+  tol = 1e-4 if dtype == "float32" else 0.05 * max(1.0, abs(float(ref_loss.detach())))
   print(f"loss ours {float(ours_loss):.6f} PyTorch {float(ref_loss.detach()):.6f} |diff| {diff:.2e} "
         f"(tolerance {tol:.0e}, {dtype})")
   assert diff < tol, "the two steps compute different losses; timing them would be meaningless"
