@@ -12,9 +12,9 @@ settings only (build it with a `functools.lru_cache`d factory): it is a static a
 the jitted chunk, and everything that is an array (inputs, keys, eps, the model as a
 `jax.tree_util.Partial`) goes in `consts`.
 
-From Python the batch can also shrink: with `settled(state, consts)`, a per-example mask of
-rows whose result can no longer change, the loop drops settled rows between chunks once at
-least half of the batch is settled (to the next power of two of what is left, so a batch
+With `settled(state, consts)`, a per-example mask of rows whose result can no longer change,
+the loop ends once every row is settled; from Python, given which `consts` are per example,
+it also drops settled rows between chunks once at least half of the batch is settled (to the next power of two of what is left, so a batch
 compiles at most log2(N) more programs), and puts every row back in place at the end. That
 is exact only when the examples do not interact and no step draws random numbers shaped by
 the batch; the attack decides (APGD without EOT qualifies).
@@ -30,7 +30,7 @@ import numpy as np
 # on WRN-16-2 with 64 examples 14 % faster (130 vs 151 ms per iteration), while on 3
 # examples it made Square's query 1.5x slower (31 vs 20 ms, ResNet-18): BENCHMARKS.md.
 CPU_CHUNK = {1: 1, 32: 4}  # smallest batch -> steps per call
-# Calls between two looks at `done` / `settled`: each look waits for the device, which stops
+# Calls between two looks at `settled`: each look waits for the device, which stops
 # Python from queueing the next steps while the current one runs.
 CHECK_EVERY = 8
 
@@ -67,18 +67,19 @@ def call(fn: Callable, *args) -> Any:
 
 
 def fori(n: int, step: Callable, state: Any, consts: Any, *,
-         done: Optional[Callable] = None, settled: Optional[Callable] = None,
-         per_example: Sequence[str] = (), chunk: int = None) -> Any:
-  """`state` after `n` steps `state = step(i, state, consts)`, i = 0 .. n-1; with `done`
-  (state, consts) -> bool, it may end earlier once `done` holds, so `step` must leave the
-  result unchanged from then on (checked between chunks on CPU). With `settled` (see the
-  module doc), every leaf of `state` and the entries `per_example` of the dict `consts`
-  have the examples on their leading axis."""
+         settled: Optional[Callable] = None, per_example: Optional[Sequence[str]] = None,
+         chunk: int = None) -> Any:
+  """`state` after `n` steps `state = step(i, state, consts)`, i = 0 .. n-1. With
+  `settled(state, consts)`, a per-example mask of rows `step` no longer changes the result
+  of, it ends once every row is settled (looked at between chunks on CPU); with
+  `per_example` too, the names of the `consts` entries that have the examples on their
+  leading axis (as every leaf of `state` has), settled rows leave the batch from Python
+  (see the module doc)."""
   if not host_driven(state, consts):
     body = lambda i, s: step(i, s, consts)
-    if done is None:
+    if settled is None:
       return jax.lax.fori_loop(0, n, body, state)
-    _, state = jax.lax.while_loop(lambda c: (c[0] < n) & ~done(c[1], consts),
+    _, state = jax.lax.while_loop(lambda c: (c[0] < n) & ~jnp.all(settled(c[1], consts)),
                                   lambda c: (c[0] + 1, body(c[0], c[1])),
                                   (jnp.int32(0), state))
     return state
@@ -87,12 +88,11 @@ def fori(n: int, step: Callable, state: Any, consts: Any, *,
     chunk = max(v for k, v in CPU_CHUNK.items() if batch >= k)
   full, rows = state, None  # rows: where the rows in play sit in `full` (None: all of them)
   for call, start in enumerate(range(0, n, chunk)):
-    look = call % CHECK_EVERY == 0
-    if look and done is not None and bool(_jitted(state, consts, fn=done)):
-      break
-    if look and settled is not None and start:
+    if settled is not None and call % CHECK_EVERY == 0:
       mask = np.asarray(_jitted(state, consts, fn=settled))
-      keep = _rows_to_keep(mask)
+      if mask.all():
+        break
+      keep = _rows_to_keep(mask) if per_example is not None and start else None
       if keep is not None:
         full = _put_back(full, rows, state)
         rows = keep if rows is None else rows[keep]
@@ -100,7 +100,7 @@ def fori(n: int, step: Callable, state: Any, consts: Any, *,
         consts = {k: (v[keep] if k in per_example and v is not None else v)
                   for k, v in consts.items()}
     state = _chunk(jnp.int32(start), state, consts, step=step, length=min(chunk, n - start))
-  return _put_back(full, rows, state) if rows is not None else state
+  return _put_back(full, rows, state)
 
 
 def _rows_to_keep(settled: np.ndarray) -> Optional[np.ndarray]:

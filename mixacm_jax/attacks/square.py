@@ -37,10 +37,10 @@ def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
 
 @functools.lru_cache(maxsize=None)
 def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
-  """(init, step, done, settled, finish) of the greedy search for `loop.fori`: each query
+  """(init, step, settled, finish) of the greedy search for `loop.fori`: each query
   `propose(i, x_best)` keeps improvements of the margin for the examples still correctly
   classified; the search ends when none is left."""
-  start, propose = {"linf": (_start_linf, _propose_linf), "l2": (_start_l2, _propose_l2)}[norm]
+  start, propose = _SEARCHES[norm]
 
   def init(c):
     x_init = start(c)
@@ -59,14 +59,11 @@ def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
     del c
     return s[1] <= 0
 
-  def done(s, c):
-    return jnp.all(settled(s, c))
-
   def finish(s, c):
     del c
     return jax.lax.stop_gradient(s[0]), s[1] <= 0
 
-  return init, step, done, settled, finish
+  return init, step, settled, finish
 
 
 def _window(h, w, top, left, side):
@@ -185,18 +182,22 @@ def _propose_l2(i, x_best, c, p):
   return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
 
+# norm -> (starting point, proposal of a query)
+_SEARCHES = {"linf": (_start_linf, _propose_linf), "l2": (_start_l2, _propose_l2)}
+
+
 def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
            n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
            rescale_schedule: bool = False):
   """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
-  if norm not in ("linf", "l2"):
-    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
-  init, step, done, settled, finish = _program(norm, int(n_queries), float(p_init),
-                                               bool(rescale_schedule))
+  if norm not in _SEARCHES:
+    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(_SEARCHES)}")
+  init, step, settled, finish = _program(norm, int(n_queries), float(p_init),
+                                         bool(rescale_schedule))
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, key=key,
                 eps=jnp.asarray(eps, x.dtype), index=jnp.arange(x.shape[0]))
   # Each query's draws are per example, so from Python the batch shrinks to the points not
   # yet fooled (as the original queries only those) without changing any result.
-  state = loop.fori(n_queries, step, loop.call(init, consts), consts, done=done,
-                    settled=settled, per_example=("x", "y", "index"))
+  state = loop.fori(n_queries, step, loop.call(init, consts), consts, settled=settled,
+                    per_example=("x", "y", "index"))
   return loop.call(finish, state, consts)
