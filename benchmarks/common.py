@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import cifar10_common  # noqa: E402
+from configs import cifar10_common, default  # noqa: E402
 from mixacm_jax import models, objective_setup, objectives, parallel, train  # noqa: E402
 from mixacm_jax.teacher import Teacher  # noqa: E402
 
@@ -66,8 +66,8 @@ def step_config(student: str, student_kwargs, teacher: str, teacher_kwargs, obje
   config.teacher.model.kwargs = dict(teacher_kwargs)
   config.teacher.model.dtype = dtype
   config.objective.name = objective
-  config.objective.attack.steps = attack_steps
-  config.objective.attack.step_size = 2 / 255
+  for method in default.ADVERSARIAL_METHODS:  # cifar10_common: 2/255 steps, eps 8/255
+    config.objective[method].attack.steps = attack_steps
   return config
 
 

@@ -43,7 +43,7 @@ def main():
     flops = common.compiled_flops(p_step, *step_args)
     run_step()  # compiles
     med, lo, hi = common.timed(run_step, args.steps)
-    per = objective.passes(config.objective)
+    per = objective.passes(objective.settings(config.objective))
     passes = per["forward"] + per["backward"] + per["teacher_forward"]
     epoch_s = med * args.epoch_examples / args.batch
     rows[name] = (med, epoch_s, passes, flops)

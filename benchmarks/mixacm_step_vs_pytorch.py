@@ -92,7 +92,7 @@ def main():
                                     enabled=dtype == "bfloat16")
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   config = cifar10_common.mixacm_config("resnet18", "wrn", cifar10_common.WRN_TO_RESNET_STAGES)
-  cfg = config.objective
+  cfg = config.objective  # torch_loss reads its `mixacm` group
 
   torch.manual_seed(0)
   t_net = robustbench.randomise_batchnorm(robustbench.architecture_module("wide_resnet").WideResNet(
@@ -109,8 +109,8 @@ def main():
   teacher = Teacher(t_model, t_vars, "random")
   objective = objectives.get_objective("mixacm")
   state = train.create_train_state(config, s_model, (32, 32, 3), 100, 10_000,
-                                   objective_setup.init_objective_params(config, objective, s_model, teacher,
-                                                               (32, 32, 3)))
+                                   objective_setup.init_objective_params(
+                                       config, objective, s_model, teacher, (32, 32, 3)))
   state = state.replace(params={"model": s_vars["params"],
                                 "objective": state.params["objective"]},
                         batch_stats=s_vars["batch_stats"])
@@ -128,10 +128,10 @@ def main():
 
   # 1. Same loss on the same inputs (mixing off), before any update.
   no_mix = cfg.copy_and_resolve_references()
-  no_mix.mixup_alpha = 0.0
+  no_mix.mixacm.mixup_alpha = 0.0
   ctx = objectives.ObjectiveContext(
       forward=lambda prm, *a: train.make_forward(s_model)(prm["model"], *a),
-      batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=no_mix,
+      batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=no_mix.mixacm,
       teacher=train.make_teacher(t_model, t_vars))
   ours_loss = jax.jit(lambda prm, b: jax.vmap(
       lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name="batch")(
@@ -139,7 +139,7 @@ def main():
               state.params, {"image": x, "label": y})
   with autocast():
     ref_loss = torch_loss(s_net, t_net, s_acts, t_acts, kernels, x_t, y_t, y_t,
-                          torch.ones(args.batch, device=dev), no_mix)
+                          torch.ones(args.batch, device=dev), no_mix.mixacm)
   diff = abs(float(ours_loss) - float(ref_loss.detach()))
   tol = 1e-4 if dtype == "float32" else 0.05 * max(1.0, abs(float(ref_loss.detach())))
   print(f"loss ours {float(ours_loss):.6f} PyTorch {float(ref_loss.detach()):.6f} |diff| {diff:.2e} "
@@ -177,7 +177,7 @@ def main():
     return torch_step
 
   eager_loss = lambda xm, ya, yb, lam: torch_loss(s_net, t_net, s_acts, t_acts, kernels, xm,
-                                                 ya, yb, lam, cfg)
+                                                 ya, yb, lam, cfg.mixacm)
   variants = [("eager", make_torch_step(eager_loss))]
   if args.torch_compile:
     variants.append(("torch.compile", make_torch_step(torch.compile(eager_loss))))

@@ -20,8 +20,8 @@ def get_config():
   config.eval.batch_size = 500
   config.eval.every_steps = 5_000
   eps = 8 / 255
-  config.objective.attack = ml_collections.ConfigDict(
-      {"eps": eps, "step_size": 2 / 255, "steps": 10, "norm": "linf"})
+  for method in default.ADVERSARIAL_METHODS:
+    config.objective[method].attack = default.training_attack(eps, 2 / 255, 10)
   config.eval.pgd = ml_collections.ConfigDict(
       {"eps": eps, "step_size": 2 / 255, "steps": 20, "norm": "linf", "loss": "ce",
        "restarts": 1})
@@ -39,7 +39,7 @@ def mixacm_config(student: str, teacher: str, stages, num_classes_dataset: str =
   config.data.name = num_classes_dataset
   config.model.name = student
   config.objective.name = "mixacm"
-  config.objective.acm.stages = tuple(stages)
+  config.objective.mixacm.acm.stages = tuple(stages)
   config.teacher.model.name = teacher
   config.teacher.model.kwargs = ml_collections.ConfigDict()
   config.optim.num_epochs = 200

@@ -6,7 +6,7 @@ def get_config():
   config = cifar10_common.get_config()
   config.model.name = "wrn34_10"
   config.objective.name = "trades"
-  config.objective.trades_beta = 6.0
+  config.objective.trades.beta = 6.0
   config.optim.weight_decay = 2e-4
   config.optim.num_epochs = 100
   config.optim.decay_epochs = (75, 90)

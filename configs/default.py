@@ -3,6 +3,14 @@ a small ResNet-18, PGD-AT (a robust teacher), evaluated on clean and PGD accurac
 Finishes offline in a few minutes on 2 CPU cores; a smoke-scale stand-in for CIFAR-10."""
 import ml_collections
 
+ADVERSARIAL_METHODS = ("pgd_at", "trades", "ard", "rslad")  # the ones with `attack`
+
+
+def training_attack(eps=0.1, step_size=0.025, steps=5, norm="linf"):
+  """The attack an adversarial method trains on (its `objective.<name>.attack`)."""
+  return ml_collections.ConfigDict(
+      {"eps": eps, "step_size": step_size, "steps": steps, "norm": norm})
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -27,28 +35,30 @@ def get_config():
   config.model.std = ml_collections.config_dict.placeholder(tuple)
   config.model.dtype = "float32"
 
+  # Each method's own settings in its own group, `objective.<name>.*`; natural has none.
   config.objective = ml_collections.ConfigDict()
   config.objective.name = "pgd_at"     # natural | pgd_at | trades | mixacm | kd | ard | rslad
-  config.objective.trades_beta = 6.0
-  # Training-time attack of pgd_at / trades / ard / rslad.
-  config.objective.attack = ml_collections.ConfigDict(
-      {"eps": 0.1, "step_size": 0.025, "steps": 5, "norm": "linf"})
-  # Distillation (mixacm / kd / ard / rslad): weights of the terms, KD temperature.
-  config.objective.w_ce = 1.0
-  config.objective.w_kd = 1.0
-  config.objective.w_acm = 10.0
-  config.objective.temperature = 1.0
-  config.objective.mixup_alpha = 1.0       # Beta(alpha, alpha); 0 trains on clean inputs
-  config.objective.mixup_per_example = False
-  config.objective.ard_alpha = 1.0
-  config.objective.acm = ml_collections.ConfigDict()
-  config.objective.acm.mapping = "mean_act"  # mean_act | mean_pow | max | attention
-  config.objective.acm.activation = "relu"   # applied before pooling (mean_act, max)
-  config.objective.acm.p = 2.0               # power of mean_pow / attention
-  config.objective.acm.transform = "linear"  # linear | none
+  config.objective.natural = ml_collections.ConfigDict()
+  config.objective.pgd_at = ml_collections.ConfigDict({"attack": training_attack()})
+  config.objective.trades = ml_collections.ConfigDict({"beta": 6.0, "attack": training_attack()})
+  config.objective.mixacm = ml_collections.ConfigDict({
+      "w_ce": 1.0, "w_kd": 1.0, "w_acm": 10.0,  # weights of the three terms
+      "temperature": 1.0,                      # of the KD term
+      "mixup_alpha": 1.0,                      # Beta(alpha, alpha); 0 trains on clean inputs
+      "mixup_per_example": False})             # one lambda per example, not per batch
+  config.objective.mixacm.acm = ml_collections.ConfigDict()
+  config.objective.mixacm.acm.mapping = "mean_act"  # mean_act | mean_pow | max | attention
+  config.objective.mixacm.acm.activation = "relu"   # applied before pooling (mean_act, max)
+  config.objective.mixacm.acm.p = 2.0               # power of mean_pow / attention
+  config.objective.mixacm.acm.transform = "linear"  # linear | none
   # Matched blocks: "name" (same in both) or "student_name:teacher_name"; weights default 1.
-  config.objective.acm.stages = ("stem", "stage1", "stage2", "stage3", "stage4")
-  config.objective.acm.stage_weights = ()
+  config.objective.mixacm.acm.stages = ("stem", "stage1", "stage2", "stage3", "stage4")
+  config.objective.mixacm.acm.stage_weights = ()
+  config.objective.kd = ml_collections.ConfigDict({"w_ce": 1.0, "w_kd": 1.0, "temperature": 1.0})
+  # alpha weights the KL term, 1 - alpha the clean cross-entropy.
+  config.objective.ard = ml_collections.ConfigDict(
+      {"alpha": 1.0, "temperature": 1.0, "attack": training_attack()})
+  config.objective.rslad = ml_collections.ConfigDict({"attack": training_attack()})
 
   # The frozen teacher of the distillation objectives.
   config.teacher = ml_collections.ConfigDict()

@@ -15,7 +15,7 @@ def get_config():
   # Chosen on the digits' validation split (experiments/transfer_study.py, 3 seeds): ACM on
   # the last two block groups, batch 32 (twice the updates for the same passes), 29 epochs:
   # within half the teacher's network passes. The teacher keeps batch 64 and 15 epochs.
-  config.objective.acm.stages = ("stage3", "stage4")
+  config.objective.mixacm.acm.stages = ("stage3", "stage4")
   config.optim.batch_size = 32
   config.optim.num_epochs = 29
   config.checkpoint.best_metric = "robust_accuracy"

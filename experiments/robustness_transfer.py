@@ -33,9 +33,10 @@ from mixacm_jax.attacks import registry  # noqa: E402
 STUDENTS = {
     "natural": ("natural", {}, "natural training"),
     "kd": ("kd", {}, "KD only"),
-    "acm": ("mixacm", {"objective.w_kd": 0.0, "objective.mixup_alpha": 0.0}, "ACM only (+ CE)"),
-    "acm_kd": ("mixacm", {"objective.mixup_alpha": 0.0}, "ACM + KD"),
-    "acm_mixup": ("mixacm", {"objective.w_kd": 0.0}, "ACM + mixup"),
+    "acm": ("mixacm", {"objective.mixacm.w_kd": 0.0, "objective.mixacm.mixup_alpha": 0.0},
+            "ACM only (+ CE)"),
+    "acm_kd": ("mixacm", {"objective.mixacm.mixup_alpha": 0.0}, "ACM + KD"),
+    "acm_mixup": ("mixacm", {"objective.mixacm.w_kd": 0.0}, "ACM + mixup"),
     "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
     "ard": ("ard", {}, "ARD (adversarial KD)"),
     "rslad": ("rslad", {}, "RSLAD (adversarial KD)"),
@@ -46,9 +47,10 @@ STUDENTS = {
 DIAGNOSTICS = {
     "mixacm_teacher_width": ("mixacm", {"model.kwargs.base_width": 16},
                              "MixACM, student as wide as the teacher"),
-    "mixacm_w_acm_100": ("mixacm", {"objective.w_acm": 100.0}, "MixACM, w_acm = 100"),
-    "acm_only_no_ce": ("mixacm", {"objective.w_ce": 0.0, "objective.w_kd": 0.0,
-                                  "objective.mixup_alpha": 0.0}, "ACM alone (no CE, no KD)"),
+    "mixacm_w_acm_100": ("mixacm", {"objective.mixacm.w_acm": 100.0}, "MixACM, w_acm = 100"),
+    "acm_only_no_ce": ("mixacm", {"objective.mixacm.w_ce": 0.0, "objective.mixacm.w_kd": 0.0,
+                                  "objective.mixacm.mixup_alpha": 0.0},
+                       "ACM alone (no CE, no KD)"),
 }
 ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS}
 # The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.

@@ -37,7 +37,7 @@ from mixacm_jax import teacher as teacher_lib  # noqa: E402
 # method -> (objective, overrides, label)
 METHODS = {
     "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
-    "acm_mixup": ("mixacm", {"objective.w_kd": 0.0}, "ACM + mixup"),
+    "acm_mixup": ("mixacm", {"objective.mixacm.w_kd": 0.0}, "ACM + mixup"),
     "kd": ("kd", {}, "KD only"),
     "natural": ("natural", {}, "natural training"),
     "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
@@ -45,18 +45,18 @@ METHODS = {
 MULTIPLES = (1, 2, 3, 5)
 # One change each from the base MixACM point: name -> overrides.
 VARIATIONS = {
-    "w_acm=3": {"objective.w_acm": 3.0},
-    "w_acm=30": {"objective.w_acm": 30.0},
-    "w_kd=0": {"objective.w_kd": 0.0},
-    "w_kd=3": {"objective.w_kd": 3.0},
-    "tau=4": {"objective.temperature": 4.0},
-    "stages 2-4": {"objective.acm.stages": ("stage2", "stage3", "stage4")},
-    "stages 3-4": {"objective.acm.stages": ("stage3", "stage4")},
-    "mapping mean_pow": {"objective.acm.mapping": "mean_pow"},
-    "mapping max": {"objective.acm.mapping": "max"},
-    "mixup alpha=0.4": {"objective.mixup_alpha": 0.4},
-    "mixup alpha=2": {"objective.mixup_alpha": 2.0},
-    "per-example lambda": {"objective.mixup_per_example": True},
+    "w_acm=3": {"objective.mixacm.w_acm": 3.0},
+    "w_acm=30": {"objective.mixacm.w_acm": 30.0},
+    "w_kd=0": {"objective.mixacm.w_kd": 0.0},
+    "w_kd=3": {"objective.mixacm.w_kd": 3.0},
+    "tau=4": {"objective.mixacm.temperature": 4.0},
+    "stages 2-4": {"objective.mixacm.acm.stages": ("stage2", "stage3", "stage4")},
+    "stages 3-4": {"objective.mixacm.acm.stages": ("stage3", "stage4")},
+    "mapping mean_pow": {"objective.mixacm.acm.mapping": "mean_pow"},
+    "mapping max": {"objective.mixacm.acm.mapping": "max"},
+    "mixup alpha=0.4": {"objective.mixacm.mixup_alpha": 0.4},
+    "mixup alpha=2": {"objective.mixacm.mixup_alpha": 2.0},
+    "per-example lambda": {"objective.mixacm.mixup_per_example": True},
     "no wd on ACM transforms": {"optim.decay_acm_transforms": False},
     "batch 32": {"optim.batch_size": 32},
 }
@@ -102,8 +102,9 @@ def points(config):
   """(group, point name, method, multiple, overrides) of every requested run."""
   out = []
   if "lengths" in _GROUPS.value:
-    per_example = lambda name: sum(objectives.get_objective(name).passes(config.objective)
-                                   .values())
+    def per_example(name):
+      objective = objectives.get_objective(name)
+      return sum(objective.passes(objective.settings(config.objective)).values())
     teacher = per_example(config.pipeline.teacher_objective)
     for method in _METHODS.value:
       for m in _MULTIPLES.value:
@@ -141,10 +142,11 @@ def run_config(config, seed, method, multiple, overrides):
 # configs/default_mixacm.py.
 STUDY_BASE = {
     "optim.batch_size": 64, "pipeline.teacher_batch_size": 64,
-    "objective.w_ce": 1.0, "objective.w_kd": 1.0, "objective.w_acm": 10.0,
-    "objective.temperature": 1.0, "objective.mixup_alpha": 1.0,
-    "objective.mixup_per_example": False, "objective.acm.mapping": "mean_act",
-    "objective.acm.stages": ("stem", "stage1", "stage2", "stage3", "stage4"),
+    "objective.mixacm.w_ce": 1.0, "objective.mixacm.w_kd": 1.0,
+    "objective.mixacm.w_acm": 10.0,
+    "objective.mixacm.temperature": 1.0, "objective.mixacm.mixup_alpha": 1.0,
+    "objective.mixacm.mixup_per_example": False, "objective.mixacm.acm.mapping": "mean_act",
+    "objective.mixacm.acm.stages": ("stem", "stage1", "stage2", "stage3", "stage4"),
     "optim.decay_acm_transforms": True,
 }
 

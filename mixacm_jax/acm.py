@@ -87,7 +87,7 @@ def init_transform(rng: jax.Array, student_dim: int, teacher_dim: int,
   if kind == "none":
     if student_dim != teacher_dim:
       raise ConfigError(f"ACM transform 'none' needs equal widths, got student {student_dim} "
-                        f"vs teacher {teacher_dim}; use objective.acm.transform='linear'")
+                        f"vs teacher {teacher_dim}; use objective.mixacm.acm.transform='linear'")
     return {}
   if kind != "linear":
     raise ConfigError(f"unknown ACM transform {kind!r}; known: linear, none")

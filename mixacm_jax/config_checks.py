@@ -7,6 +7,50 @@ from mixacm_jax.errors import ConfigError
 
 NORMS = ("linf", "l2")
 
+# `objective` keys from before each method had its own group -> the methods that use them.
+MOVED_KEYS = {
+    "objective.attack": ("pgd_at", "trades", "ard", "rslad"),
+    "objective.trades_beta": ("trades.beta",),
+    "objective.ard_alpha": ("ard.alpha",),
+    "objective.w_ce": ("mixacm", "kd"), "objective.w_kd": ("mixacm", "kd"),
+    "objective.temperature": ("mixacm", "kd", "ard"),
+    "objective.w_acm": ("mixacm",), "objective.mixup_alpha": ("mixacm",),
+    "objective.mixup_per_example": ("mixacm",), "objective.acm": ("mixacm",),
+}
+
+
+def _moved(path: str) -> str:
+  for old, methods in MOVED_KEYS.items():
+    if path == old or path.startswith(old + "."):
+      leaf = old.split(".")[-1]
+      now = [f"objective.{m if '.' in m else m + '.' + leaf}{path[len(old):]}" for m in methods]
+      return (f"moved to {now[0]}" if len(now) == 1 else
+              f"is per method now: {', '.join(now)}")
+  return ""
+
+
+def unknown_key(config, path: str, flag: str = "") -> str:
+  """'' when the dotted `path` names a field of `config`; otherwise why not, in one line:
+  where a moved key lives now, or the nearest valid key. `flag`: the command-line argument
+  that named it, if one did."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  source, dashes = (f" in {flag}", "--") if flag else ("", "")
+  if _moved(path):
+    return f"config key {path!r}{source} {_moved(path)}"
+  parts = path.split(".")
+  node = config
+  for depth, key in enumerate(parts):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if key not in keys:
+      where = ".".join(["config"] + parts[:depth])
+      close = difflib.get_close_matches(key, keys, n=1)
+      hint = (f"; did you mean {dashes}{where}.{close[0]}?" if close else
+              f"; {where} has: {', '.join(sorted(keys))}" if keys else
+              f"; {where} is a value, not a section")
+      return f"unknown config key {path!r}{source}{hint}"
+    node = node[key]
+  return ""
+
 
 def _check_attack(where: str, cfg) -> None:
   if cfg.norm not in NORMS:
@@ -38,9 +82,12 @@ def validate(config) -> None:
     raise ConfigError(f"model.dtype must be one of {list(models.DTYPES)}, "
                       f"got {config.model.dtype!r}")
   from mixacm_jax import objectives  # pylint: disable=g-import-not-at-top
-  objectives.get_objective(config.objective.name)
-  if "attack" in config.objective:
-    _check_attack("objective.attack", config.objective.attack)
+  objectives.get_objective(config.objective.name).settings(config.objective)
+  for key, group in config.objective.items():
+    if _moved(f"objective.{key}"):
+      raise ConfigError(unknown_key(config, f"objective.{key}"))
+    if hasattr(group, "keys") and "attack" in group:
+      _check_attack(f"objective.{key}.attack", group.attack)
   if config.eval.pgd.steps or "attacks" in config.eval:
     validate_eval(config.eval)
   o = config.optim

@@ -52,28 +52,18 @@ def _config_path(argv) -> str:
 
 
 def _unknown_key_message(argv, config_path: str) -> str:
-  """The first `--config.a.b=` override naming no field, with the nearest valid key."""
-  import difflib  # pylint: disable=g-import-not-at-top
+  """The first `--config.a.b=` override naming no field, and why (moved, or the nearest)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import config_checks  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("_user_config", config_path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
   for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    path = arg[len("--config."):].split("=", 1)[0].split(".")
-    node = config
-    for depth, key in enumerate(path):
-      keys = list(node.keys()) if hasattr(node, "keys") else []
-      if key not in keys:
-        where = ".".join(["config"] + path[:depth])
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = (f"; did you mean --{where}.{close[0]}?" if close else
-                f"; {where} has: {', '.join(sorted(keys))}" if keys else
-                f"; {where} is a value, not a section")
-        return f"unknown config key {'.'.join(path)!r} in {arg}{hint}"
-      node = node[key]
+    if arg.startswith("--config."):
+      message = config_checks.unknown_key(config, arg[len("--config."):].split("=", 1)[0], arg)
+      if message:
+        return message
   return ""
 
 

@@ -6,7 +6,8 @@ from typing import Any, Callable, Dict, List
 
 import jax
 
-from mixacm_jax import input_pipeline, reporting, train
+from mixacm_jax import config_checks, input_pipeline, reporting, train
+from mixacm_jax.errors import ConfigError
 from mixacm_jax import teacher as teacher_lib
 
 COLUMNS = ["run", "model", "objective", "clean_accuracy", "robust_accuracy", "train_seconds",
@@ -24,8 +25,12 @@ def teacher_config(config):
 
 
 def apply_overrides(cfg, overrides: Dict[str, Any]):
-  """Sets dotted config paths in place, e.g. {"objective.w_kd": 0.0}; returns cfg."""
+  """Sets dotted config paths in place, e.g. {"objective.mixacm.w_kd": 0.0}; returns cfg.
+  A path that names no field is refused (a new key would be set and silently ignored)."""
   for path, value in overrides.items():
+    problem = config_checks.unknown_key(cfg, path)
+    if problem:
+      raise ConfigError(problem)
     *parents, leaf = path.split(".")
     node = cfg
     for p in parents:

@@ -79,11 +79,12 @@ def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
                       teacher_model=None, *, devices=None, donate: bool = False) -> Callable:
   """The data-parallel train step: p_step(p_state, batch, p_teacher_variables) ->
   (p_state, metrics), with `batch` shaped [devices, per-device batch, ...] and the state and
-  teacher variables replicated (`parallel.replicate`); BatchNorm syncs over the device axis."""
+  teacher variables replicated (`parallel.replicate`); BatchNorm syncs over the device axis.
+  `objective_cfg` is `config.objective`; the objective gets its own group of it."""
   return jax.pmap(
       functools.partial(train_step, objective=objective.loss_fn,
                         forward=make_forward(model.clone(bn_axis_name=parallel.AXIS)),
-                        cfg=objective_cfg, teacher_model=teacher_model),
+                        cfg=objective.settings(objective_cfg), teacher_model=teacher_model),
       axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
 
 

@@ -6,10 +6,12 @@ import sys
 
 import pytest
 
+from configs import default
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
         "--config.optim.batch_size=32", "--config.optim.num_steps=4",
-        "--config.objective.attack.steps=1", "--config.eval.pgd.steps=2",
+        "--config.objective.pgd_at.attack.steps=1", "--config.eval.pgd.steps=2",
         "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
 
 
@@ -58,7 +60,8 @@ def test_train_then_eval(tmp_path):
     (["--config.objective.name=madry"], "error: unknown objective 'madry'; known: "),
     (["--config.data.name=not_a_dataset_xyz"], "error: unknown dataset 'not_a_dataset_xyz'"),
     (["--config.eval.pgd.eps=1.5"], "error: eval.pgd.eps must be in (0, 1]"),
-    (["--config.objective.attack.eps=0"], "error: objective.attack.eps must be in (0, 1]"),
+    (["--config.objective.pgd_at.attack.eps=0"],
+     "error: objective.pgd_at.attack.eps must be in (0, 1]"),
     (["--config.model.dtype=float16"], "error: model.dtype must be one of"),
     (["--config.optim.schedule=linear"], "error: unknown schedule 'linear'"),
     (["--config.eval.attacks=clean,pgdx"], "error: unknown attack 'pgdx'"),
@@ -87,6 +90,11 @@ def test_indivisible_batch_and_unwritable_workdir(tmp_path):
     (["--config=configs/default_mixacm.py", "--config.pipeline.studnets=kd"],
      "did you mean --config.pipeline.students?"),
     (["--config.seed.x=1"], "config.seed is a value, not a section"),
+    (["--config.objective.w_acm=3"], "error: config key 'objective.w_acm' in "
+                                     "--config.objective.w_acm=3 moved to objective.mixacm.w_acm"),
+    (["--config.objective.attack.steps=2"], "is per method now: objective.pgd_at.attack.steps, "
+                                            "objective.trades.attack.steps,"),
+    (["--config.objective.mixacm.w_acn=3"], "did you mean --config.objective.mixacm.w_acm?"),
     (["--config.optim.batch_size=abc"], "error: flag --config.optim.batch_size=abc: invalid"),
     (["--config=configs/no_such_config.py"], "error: config file 'configs/no_such_config.py' "
                                              "not found"),
@@ -110,12 +118,13 @@ def test_every_config_loads_and_validates(name):
   config_checks.validate(config)
   if name.startswith("cifar"):
     assert config.data.name == name.split("_")[0]
-    assert config.objective.attack.eps == pytest.approx(8 / 255)
+    for method in default.ADVERSARIAL_METHODS:
+      assert config.objective[method].attack.eps == pytest.approx(8 / 255)
   if "mixacm" in name:
     # Every matched block exists in both full-size models (traced, not run).
     from mixacm_jax import models  # pylint: disable=g-import-not-at-top
     from mixacm_jax.objectives import mixacm  # pylint: disable=g-import-not-at-top
-    student, teacher = mixacm.feature_names(config.objective)
+    student, teacher = mixacm.feature_names(config.objective.mixacm)
     for cfg, names in ((config.model, student), (config.teacher.model, teacher)):
       sown = models.feature_names(models.create_model_from_config(cfg, 10), (32, 32, 3))
       assert set(names) <= set(sown), (names, sown)
@@ -126,7 +135,7 @@ def test_pipeline_mode_writes_the_report(tmp_path):
   out = run(f"--workdir={tmp_path}", "--mode=pipeline", "--config=configs/default_mixacm.py",
             *TINY, "--config.teacher.model.kwargs.base_width=8",
             "--config.teacher.model.kwargs.stage_sizes=(1, 1)",
-            "--config.objective.acm.stages=('stem', 'stage1', 'stage2')",
+            "--config.objective.mixacm.acm.stages=('stem', 'stage1', 'stage2')",
             "--config.pipeline.teacher_epochs=1", "--config.pipeline.students=('mixacm', 'kd')")
   assert out.returncode == 0, out.stderr[-3000:]
   rows = json.loads((tmp_path / "results.json").read_text())

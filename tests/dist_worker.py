@@ -32,7 +32,8 @@ def main():
   config.model.kwargs.base_width = 4
   config.model.kwargs.stage_sizes = (1, 1)
   config.objective.name = args.objective
-  config.objective.attack.steps = 2
+  for method in default.ADVERSARIAL_METHODS:
+    config.objective[method].attack.steps = 2
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100)

@@ -34,7 +34,8 @@ def test_student_configs_apply_their_overrides():
   rt = _load()
   config = default_mixacm.get_config()
   acm = rt.student_config(config, "acm", 3)
-  assert (acm.objective.name, acm.objective.w_kd, acm.objective.mixup_alpha, acm.seed) == \
+  assert (acm.objective.name, acm.objective.mixacm.w_kd, acm.objective.mixacm.mixup_alpha,
+          acm.seed) == \
       ("mixacm", 0.0, 0.0, 3)
   wide = rt.student_config(config, "mixacm_teacher_width", 0)
   assert wide.model.kwargs.base_width == config.teacher.model.kwargs.base_width
@@ -79,9 +80,9 @@ def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
   config = st.prepare(default_mixacm.get_config())
   assert (config.data.eval_split, config.eval.pgd.steps) == ("validation", 20)
   cfg = st.run_config(config, 4, "acm_mixup", 2.0, st.VARIATIONS["stages 3-4"])
-  assert (cfg.seed, cfg.objective.name, cfg.objective.w_kd, cfg.optim.num_epochs) == \
+  assert (cfg.seed, cfg.objective.name, cfg.objective.mixacm.w_kd, cfg.optim.num_epochs) == \
       (4, "mixacm", 0.0, 2 * config.pipeline.teacher_epochs)
-  assert tuple(cfg.objective.acm.stages) == ("stage3", "stage4")
+  assert tuple(cfg.objective.mixacm.acm.stages) == ("stage3", "stage4")
   assert st.run_config(config, 0, "pgd_at", 1.0, {}).objective.name == "pgd_at"
 
   def rec(run, seed, robust, passes):

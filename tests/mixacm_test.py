@@ -18,7 +18,7 @@ from mixacm_jax.errors import CheckpointError, ConfigError
 def mixacm_config(tiny_config, tmp_path):
   config = tiny_config
   config.objective.name = "mixacm"
-  config.objective.acm.stages = ("stem", "stage1", "stage2")
+  config.objective.mixacm.acm.stages = ("stem", "stage1", "stage2")
   config.teacher.model.kwargs.base_width = 8
   config.teacher.model.kwargs.stage_sizes = (1, 1)
   config.teacher.checkpoint = str(tmp_path / "teacher")
@@ -40,8 +40,8 @@ def _setup(config):
   teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100,
-                                   objective_setup.init_objective_params(config, objective, model, teacher,
-                                                               info.image_shape))
+                                   objective_setup.init_objective_params(
+                                       config, objective, model, teacher, info.image_shape))
   return model, teacher, state
 
 
@@ -70,7 +70,7 @@ def test_transform_shapes_follow_widths(mixacm_config):
 def test_one_vs_two_devices_and_frozen_teacher(mixacm_config):
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
-  mixacm_config.objective.mixup_per_example = True
+  mixacm_config.objective.mixacm.mixup_per_example = True
   model, teacher, state = _setup(mixacm_config)
   original = jax.tree_util.tree_map(np.copy, teacher.variables)
   it = input_pipeline.train_batches(mixacm_config.data, 16, seed=0)
@@ -155,7 +155,7 @@ def test_teacher_errors_name_the_problem(mixacm_config, tmp_path):
   with pytest.raises(CheckpointError, match="no checkpoint at"):
     teacher_lib.load_teacher(mixacm_config.teacher, 10, info.image_shape,
                              path=str(tmp_path / "nowhere"))
-  mixacm_config.objective.acm.stages = ("stem", "stage4")
+  mixacm_config.objective.mixacm.acm.stages = ("stem", "stage4")
   with pytest.raises(ConfigError, match=r"the teacher \(ResNet\) does not sow \['stage4'\]; "
                                         r"expected \['stem', 'stage4'\], found"):
     train.train_and_evaluate(mixacm_config, str(tmp_path / "s"))
@@ -168,7 +168,8 @@ def test_teacher_errors_name_the_problem(mixacm_config, tmp_path):
 def test_baselines_train_and_cost_what_they_should(mixacm_config, tmp_path, name, adversarial):
   """KD, ARD and RSLAD run in the same engine; the adversarial ones count their attack."""
   mixacm_config.objective.name = name
-  mixacm_config.objective.attack.steps = 2
+  if adversarial:
+    mixacm_config.objective[name].attack.steps = 2
   mixacm_config.optim.num_steps = 3
   result = train.train_and_evaluate(mixacm_config, str(tmp_path / name))
   rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -185,18 +186,18 @@ def test_rslad_and_ard_examples_stay_in_the_ball(mixacm_config):
   x = jax.random.uniform(jax.random.PRNGKey(3), (6, 8, 8, 1))
   ctx = objectives.ObjectiveContext(
       forward=lambda p, *a: train.make_forward(model)(p["model"], *a),
-      batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=mixacm_config.objective,
+      batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=mixacm_config.objective.rslad,
       teacher=train.make_teacher(teacher.model, teacher.variables))
   t_logits, _ = ctx.teacher(x, ())
   x_adv = common.kl_adversarial_examples(state.params, ctx, x, t_logits)
-  eps = mixacm_config.objective.attack.eps
+  eps = mixacm_config.objective.rslad.attack.eps
   assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
   kl = lambda v: float(common.kl_divergence(t_logits, ctx.eval_logits_fn(state.params)(v)))
   assert kl(x_adv) > kl(x)  # the inner maximisation raised the KL to the teacher
 
 
 def test_one_student_block_matched_to_two_teacher_blocks_keeps_both_pairs(mixacm_config):
-  mixacm_config.objective.acm.stages = ("stage1", "stage1:stage2")
+  mixacm_config.objective.mixacm.acm.stages = ("stage1", "stage1:stage2")
   _, _, state = _setup(mixacm_config)
   kernels = state.params["objective"]
   # Keyed by pair: student stage1 (width 4) -> teacher stage1 (8) and -> teacher stage2 (16).
@@ -207,11 +208,12 @@ def test_one_student_block_matched_to_two_teacher_blocks_keeps_both_pairs(mixacm
   feats = {"stage1": jnp.ones((2, 4, 4, 4))}
   t_feats = {"stage1": jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 4, 8)),
              "stage2": jax.random.uniform(jax.random.PRNGKey(1), (2, 2, 2, 16))}
-  terms = mixacm.acm_terms(state.params["objective"], mixacm_config.objective, feats, t_feats)
+  terms = mixacm.acm_terms(state.params["objective"], mixacm_config.objective.mixacm, feats,
+                           t_feats)
   assert set(terms) == {"stage1", "stage1__stage2"}
   assert float(terms["stage1"]) != float(terms["stage1__stage2"])
   # The same pair twice is a config error, not a silent overwrite.
-  mixacm_config.objective.acm.stages = ("stage1", "stem", "stage1")
+  mixacm_config.objective.mixacm.acm.stages = ("stage1", "stem", "stage1")
   with pytest.raises(ConfigError, match="matches 'stage1' to 'stage1' twice"):
     _setup(mixacm_config)
 

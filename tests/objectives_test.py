@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import default
 from mixacm_jax import models, objectives, train
@@ -32,8 +33,9 @@ def test_adversarial_examples_in_ball_and_raise_the_loss():
   params = {"model": variables["params"]}
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1))
   batch = {"image": x, "label": jnp.arange(8) % 10}
-  ctx = _ctx(config.objective, model, variables)
-  eps = config.objective.attack.eps
+  ctx = _ctx(config.objective.pgd_at, model, variables)  # TRADES' attack is the same
+  assert config.objective.trades.attack == config.objective.pgd_at.attack
+  eps = config.objective.pgd_at.attack.eps
   logits_fn = ctx.eval_logits_fn(params)
   clean_loss = common.cross_entropy(logits_fn(x), batch["label"])
   for x_adv in (pgd_at.adversarial_examples(params, ctx, batch),
@@ -53,3 +55,46 @@ def test_example_keys_do_not_depend_on_the_device_split():
                                         rng=jax.random.PRNGKey(3), cfg=None,
                                         example_offset=o).example_keys(4) for o in (0, 4)]
   np.testing.assert_array_equal(whole, np.concatenate(halves))
+
+
+def test_each_method_reads_its_own_settings_group():
+  """`objective.trades.beta` reaches TRADES' loss and nothing else's; the flat keys of before
+  are refused with where they went."""
+  from mixacm_jax import config_checks, pipeline  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  params = {"model": variables["params"]}
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
+           "label": jnp.arange(8) % 10}
+  trades_objective = objectives.get_objective("trades")
+  losses = {}
+  for beta in (0.0, 6.0):
+    config.objective.trades.beta = beta
+    ctx = _ctx(trades_objective.settings(config.objective), model, variables)
+    loss, (_, metrics) = trades_objective.loss_fn(params, ctx, batch)
+    losses[beta] = float(loss)
+    assert float(metrics["kl"]) > 0
+  assert losses[0.0] == pytest.approx(float(metrics["ce"]), rel=1e-6)
+  assert losses[6.0] > losses[0.0]
+  # The ARD group's alpha changes ARD's cost (a clean pass when alpha < 1), not TRADES'.
+  ard_objective = objectives.get_objective("ard")
+  before = ard_objective.passes(ard_objective.settings(config.objective))
+  config.objective.ard.alpha = 0.5
+  after = ard_objective.passes(ard_objective.settings(config.objective))
+  assert after["forward"] == before["forward"] + 1
+  del config.objective.kd
+  with pytest.raises(ConfigError, match=r"objective.kd \(the settings of objective 'kd'\) is "
+                                        "missing"):
+    objectives.get_objective("kd").settings(config.objective)
+  config = default.get_config()
+  config.objective.mixup_alpha = 0.0  # a config file of before the groups
+  with pytest.raises(ConfigError, match="'objective.mixup_alpha' moved to "
+                                        "objective.mixacm.mixup_alpha"):
+    config_checks.validate(config)
+  # Overrides by dotted path (the studies') may not create keys nobody reads.
+  with pytest.raises(ConfigError, match="did you mean config.objective.mixacm.w_acm"):
+    pipeline.apply_overrides(default.get_config(), {"objective.mixacm.w_acn": 3.0})
+  assert pipeline.apply_overrides(default.get_config(), {"objective.mixacm.w_acm": 3.0}
+                                  ).objective.mixacm.w_acm == 3.0

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mixacm_jax import parallel
 
-from mixacm_jax import input_pipeline, models, objectives, train
+from configs import default
+from mixacm_jax import input_pipeline, models, objectives, parallel, train
 from mixacm_jax.errors import NonFiniteLossError
 
 
@@ -41,7 +41,8 @@ def test_one_vs_two_devices_same_update(tiny_config, objective, attack_steps):
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
   tiny_config.objective.name = objective
-  tiny_config.objective.attack.steps = attack_steps
+  for method in default.ADVERSARIAL_METHODS:
+    tiny_config.objective[method].attack.steps = attack_steps
   model, state = _setup(tiny_config)
   it = input_pipeline.train_batches(tiny_config.data, 16, seed=0)
   batches = [next(it) for _ in range(3)]
@@ -79,7 +80,7 @@ def _params_equal(a, b):
 def test_resume_after_interruption_reproduces_uninterrupted_run(tiny_config, tmp_path,
                                                                 monkeypatch):
   tiny_config.objective.name = "pgd_at"
-  tiny_config.objective.attack.steps = 1
+  tiny_config.objective.pgd_at.attack.steps = 1
   full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
 
   real_batches = input_pipeline.train_batches

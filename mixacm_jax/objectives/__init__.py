@@ -2,8 +2,10 @@
 
 An objective's `loss_fn(params, ctx, batch) -> (loss, (new_batch_stats, metrics))` gets
 `params = {"model": ..., "objective": ...}` and an `ObjectiveContext` (the student forward
-function, its BatchNorm state, the step's RNG, the objective's config, the frozen teacher).
+function, its BatchNorm state, the step's RNG, the method's settings, the frozen teacher).
 `passes(cfg)` counts the network passes one example costs per step, for the cost report.
+Every hook's `cfg` is the method's own group of the config, `config.objective.<name>`
+(`Objective.settings`), e.g. `objective.trades.beta`, `objective.mixacm.w_acm`.
 """
 import dataclasses
 from typing import Callable, Dict, Optional
@@ -15,6 +17,7 @@ from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
+  name: str
   loss_fn: Callable
   # cfg -> {"forward": student forwards, "backward": student backwards, "teacher_forward": ...}
   passes: Callable
@@ -24,17 +27,24 @@ class Objective:
   # (cfg) -> (student names, teacher names) the objective reads
   feature_names: Optional[Callable] = None
 
+  def settings(self, objective_cfg):
+    """This method's group of `config.objective` (what its hooks get as `cfg`)."""
+    if self.name not in objective_cfg:
+      raise ConfigError(f"objective.{self.name} (the settings of objective {self.name!r}) is "
+                        "missing from the config")
+    return objective_cfg[self.name]
 
-OBJECTIVES: Dict[str, Objective] = {
-    "natural": Objective(natural.loss_fn, natural.passes),
-    "pgd_at": Objective(pgd_at.loss_fn, pgd_at.passes),
-    "trades": Objective(trades.loss_fn, trades.passes),
-    "mixacm": Objective(mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
-                        mixacm.feature_names),
-    "kd": Objective(kd.loss_fn, kd.passes, True),
-    "ard": Objective(ard.loss_fn, ard.passes, True),
-    "rslad": Objective(rslad.loss_fn, rslad.passes, True),
-}
+
+OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
+    Objective("natural", natural.loss_fn, natural.passes),
+    Objective("pgd_at", pgd_at.loss_fn, pgd_at.passes),
+    Objective("trades", trades.loss_fn, trades.passes),
+    Objective("mixacm", mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
+              mixacm.feature_names),
+    Objective("kd", kd.loss_fn, kd.passes, True),
+    Objective("ard", ard.loss_fn, ard.passes, True),
+    Objective("rslad", rslad.loss_fn, rslad.passes, True),
+)}
 
 
 def get_objective(name: str) -> Objective:

@@ -16,14 +16,14 @@ def loss_fn(params, ctx, batch):
   adv, _, batch_stats = ctx.forward(params, ctx.batch_stats, x_adv, True, ())
   kd = cfg.temperature ** 2 * kl_divergence(t_logits, adv, cfg.temperature)
   terms = {"kd": kd}
-  loss = cfg.ard_alpha * kd
-  if cfg.ard_alpha < 1:
+  loss = cfg.alpha * kd
+  if cfg.alpha < 1:
     clean, _, batch_stats = ctx.forward(params, batch_stats, batch["image"], True, ())
     terms["ce"] = cross_entropy(clean, batch["label"])
-    loss = loss + (1 - cfg.ard_alpha) * terms["ce"]
+    loss = loss + (1 - cfg.alpha) * terms["ce"]
   return loss, (batch_stats, metrics_of(loss, adv, batch["label"], **terms))
 
 
 def passes(cfg):
-  k, clean = cfg.attack.steps, 1 if cfg.ard_alpha < 1 else 0
+  k, clean = cfg.attack.steps, 1 if cfg.alpha < 1 else 0
   return {"forward": k + 1 + clean, "backward": k + 1 + clean, "teacher_forward": 1}

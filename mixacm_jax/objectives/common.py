@@ -17,7 +17,7 @@ class ObjectiveContext:
   forward: ForwardFn            # the student (or the model being trained)
   batch_stats: Any              # its BatchNorm running statistics
   rng: jax.Array                # this step's key, identical on every device
-  cfg: Any                      # config.objective
+  cfg: Any                      # the method's settings, config.objective.<name>
   example_offset: Any = 0       # global index of this device's first example
   teacher: Optional[Callable[[jnp.ndarray, Sequence[str]], Any]] = None  # frozen, eval mode
 

@@ -5,8 +5,9 @@ mixup batch; the student minimises
   + w_kd * tau^2 * KL(softmax(T(x)/tau) || softmax(S(x)/tau))
   + w_acm * sum_l  weight_l * ACM_loss(g_c(F_T^l(x)), transform_l(g_c(F_S^l(x))))
 
-No adversarial examples are made. Ablations are switches: w_ce/w_kd/w_acm = 0 drop a term,
-mixup_alpha = 0 trains on clean inputs. (`kd`, Hinton's KD on clean inputs, is objectives/kd.py.)
+No adversarial examples are made. `cfg` below is `config.objective.mixacm`. Ablations are
+switches: w_ce/w_kd/w_acm = 0 drop a term, mixup_alpha = 0 trains on clean inputs. (`kd`,
+Hinton's KD on clean inputs, is objectives/kd.py.)
 """
 from typing import Any, Dict, List, Tuple
 
@@ -26,7 +27,7 @@ def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
   stages = list(cfg.acm.stages)
   weights = list(cfg.acm.stage_weights) or [1.0] * len(stages)
   if len(weights) != len(stages):
-    raise ConfigError(f"objective.acm.stage_weights has {len(weights)} entries for "
+    raise ConfigError(f"objective.mixacm.acm.stage_weights has {len(weights)} entries for "
                       f"{len(stages)} stages {stages}")
   pairs = []
   for spec, w in zip(stages, weights):
@@ -34,7 +35,7 @@ def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
     teacher = teacher or student
     key = student if teacher == student else f"{student}__{teacher}"
     if any(key == p[0] for p in pairs):
-      raise ConfigError(f"objective.acm.stages matches {student!r} to {teacher!r} twice: "
+      raise ConfigError(f"objective.mixacm.acm.stages matches {student!r} to {teacher!r} twice: "
                         f"{stages}")
     pairs.append((key, student, teacher, float(w)))
   return pairs
@@ -82,7 +83,7 @@ def mixacm_loss(student_logits, student_feats, teacher_logits, teacher_feats, la
   (N, H, W, C) activation} for the blocks of `cfg.acm.stages`; labels / partner_labels: (N,)
   int labels of x_i and of its partner; lam: scalar or (N,); transforms: the learned ACM
   transformations, {pair key: {"kernel": (C_s, C_t)}} (see `init_params`; {} for none);
-  cfg: the `objective` config (w_ce, w_kd, w_acm, temperature, acm.*).
+  cfg: `config.objective.mixacm` (w_ce, w_kd, w_acm, temperature, acm.*).
   Returns (loss, metrics) with the terms `ce`, `kd`, `acm`, `acm_<pair>` and `accuracy`.
   """
   ce = mixup.mixup_cross_entropy(student_logits, labels, partner_labels, lam)

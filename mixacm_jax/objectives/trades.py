@@ -18,7 +18,7 @@ def loss_fn(params, ctx, batch):
   adv, _, batch_stats = ctx.forward(params, batch_stats, x_adv, True, ())
   ce = cross_entropy(clean, batch["label"])
   robust = kl_divergence(clean, adv)
-  loss = ce + ctx.cfg.trades_beta * robust
+  loss = ce + ctx.cfg.beta * robust
   return loss, (batch_stats, metrics_of(loss, clean, batch["label"], ce=ce, kl=robust))
 
 
