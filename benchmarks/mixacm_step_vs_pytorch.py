@@ -134,7 +134,7 @@ def main():
       batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=no_mix.mixacm,
       teacher=train.make_teacher(t_model, t_vars))
   ours_loss = jax.jit(lambda prm, b: jax.vmap(
-      lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name="batch")(
+      lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name=parallel.AXIS)(
           jax.tree_util.tree_map(lambda v: v[None], b))[0])(
               state.params, {"image": x, "label": y})
   with autocast():

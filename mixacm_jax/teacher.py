@@ -28,8 +28,5 @@ def load_teacher(teacher_cfg, num_classes: int, image_shape: Sequence[int],
 
 
 def check_feature_names(model, image_shape, names: Sequence[str], role: str) -> None:
-  available = models.feature_names(model, image_shape)
-  missing = [n for n in names if n not in available]
-  if missing:
-    raise ConfigError(f"the {role} ({type(model).__name__}) does not sow {missing}; expected "
-                      f"{list(names)}, found {list(available)}")
+  """Before any work: `apply_model`'s check of the sown names, on a traced model."""
+  models.check_sown(model, names, models.feature_names(model, image_shape), role)

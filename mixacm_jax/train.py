@@ -53,7 +53,7 @@ def create_train_state(config, model, image_shape, steps_per_epoch: int, total_s
 
 def train_step(state: TrainState, batch, teacher_variables, *, objective, forward, cfg,
                teacher_model=None):
-  """One data-parallel update, run under `pmap(axis_name='batch')`.
+  """One data-parallel update, run under `pmap(axis_name=parallel.AXIS)`.
 
   `teacher_variables` (frozen, replicated once before training; {} when unused) are an
   argument rather than a closed-over constant, so they are not baked into the program.

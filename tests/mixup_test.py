@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax import mixup
+from mixacm_jax import mixup, parallel
 
 
 def _mix(batch, key, alpha, per_example=False, devices=1):
@@ -14,7 +14,7 @@ def _mix(batch, key, alpha, per_example=False, devices=1):
   shards = {k: v.reshape((devices, n) + v.shape[1:]) for k, v in batch.items()}
   fn = lambda b, offset: mixup.mix_batch(b, key, alpha, per_example=per_example,
                                          example_offset=offset)
-  x, y, lam = jax.vmap(fn, axis_name="batch")(shards, jnp.arange(devices) * n)
+  x, y, lam = jax.vmap(fn, axis_name=parallel.AXIS)(shards, jnp.arange(devices) * n)
   return x.reshape((-1,) + x.shape[2:]), y.reshape(-1), lam.reshape(-1)
 
 

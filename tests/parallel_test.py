@@ -8,11 +8,11 @@ from mixacm_jax import parallel
 
 
 def _tiny_step(state, x):
-  return {"w": state["w"] + jax.lax.pmean(x, "batch"), "n": state["n"] + 1}
+  return {"w": state["w"] + jax.lax.pmean(x, parallel.AXIS), "n": state["n"] + 1}
 
 
 def test_a_step_fed_its_own_outputs_compiles_once(caplog):
-  step = jax.pmap(_tiny_step, axis_name="batch")
+  step = jax.pmap(_tiny_step, axis_name=parallel.AXIS)
   state = parallel.replicate({"w": np.zeros((3,), np.float32), "n": np.int32(0)})
   x = np.ones((jax.local_device_count(), 3), np.float32)
   jax.config.update("jax_log_compiles", True)

@@ -89,11 +89,19 @@ def apply_model(model, variables: Mapping[str, Any], x: jnp.ndarray, *, train: b
   mutable = ["intermediates"] + (["batch_stats"] if train else [])
   logits, state = model.apply(dict(variables), x, train=train, mutable=mutable)
   sown = state.get("intermediates", {})
-  missing = [n for n in names if n not in sown]
-  if missing:
-    raise ConfigError(f"{type(model).__name__} does not sow {missing}; it sows {sorted(sown)}")
+  check_sown(model, names, sown)
   new_batch_stats = state["batch_stats"] if train else variables.get("batch_stats", {})
   return logits, {n: sown[n] for n in names}, new_batch_stats
+
+
+def check_sown(model, names: Sequence[str], sown, role: str = "") -> None:
+  """Raises ConfigError naming the blocks of `names` that are not among `sown` (the names
+  the model sows); `role` (teacher, student) says which model it is."""
+  missing = [n for n in names if n not in sown]
+  if missing:
+    who = f"the {role} ({type(model).__name__})" if role else type(model).__name__
+    raise ConfigError(f"{who} does not sow {missing}; expected {list(names)}, found "
+                      f"{sorted(sown)}")
 
 
 def feature_names(model, image_shape: Sequence[int]) -> Tuple[str, ...]:
