@@ -34,7 +34,7 @@ def _torch_copy(params):
       torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
       torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
-  p = jax.tree_util.tree_map(np.asarray, params)
+  p = jax.tree_util.tree_map(np.array, params)  # writable copies for torch.from_numpy
   with torch.no_grad():
     for idx, name in ((0, "Conv_0"), (2, "Conv_1")):
       net[idx].weight.copy_(torch.from_numpy(p[name]["kernel"].transpose(3, 2, 0, 1).copy()))

@@ -103,6 +103,8 @@ def test_safetensors_fp16_and_normalisation_buffers(tmp_path):
   assert float(np.max(np.abs(np.asarray(out) - ref))) <= 1e-4
 
 
+# The refused file is pickled with protocol 4 on purpose; torch warns about that first.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_refused_and_never_run(tmp_path):
   marker = tmp_path / "pwned"
 
