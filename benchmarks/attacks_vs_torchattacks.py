@@ -169,6 +169,16 @@ def main():
         f"{eps:.4g}, "
         f"max |dlogit| {diff:.1e}")
   xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0)
+  if jax.device_count() > 1 and args.device == "cpu":
+    # --host_devices: the batch sharded over host devices; jit partitions the one-program
+    # attacks (clean, PGD) over them, same results. AutoAttack's Python-driven loops stay on one.
+    if any(not (a == "clean" or a.startswith("pgd")) for a in args.attacks.split(",")):
+      raise SystemExit("--host_devices > 1 times only clean and pgd<k>")
+    if args.batch % jax.device_count():
+      raise SystemExit(f"--batch={args.batch} does not split over {jax.device_count()} devices")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+    by_example = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    xj, yj = jax.device_put(xj, by_example), jax.device_put(yj, by_example)
   for name in args.attacks.split(","):
     acc = {}
     if name == "clean":

@@ -26,11 +26,16 @@ def add_device_flags(parser):
                       help="gpu: run our side on the GPU with --dtype compute")
   parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                       help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")
+  parser.add_argument("--host_devices", type=int, default=1,
+                      help="CPU only: split the batch over this many host devices (XLA:CPU "
+                           "runs one convolution on one core; devices run at once)")
 
 
 def setup_device(args):
   """Picks the backend before any computation; returns the compute dtype name."""
   jax.config.update("jax_platforms", "cuda" if args.device == "gpu" else "cpu")
+  if args.device == "cpu" and getattr(args, "host_devices", 1) > 1:
+    jax.config.update("jax_num_cpu_devices", args.host_devices)
   try:
     jax.devices()
   except (RuntimeError, AssertionError) as e:

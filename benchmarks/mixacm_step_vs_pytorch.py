@@ -147,11 +147,14 @@ def main():
   assert diff < tol, "the two steps compute different losses; timing them would be meaningless"
 
   # 2. Timing: the real pmapped train step vs the PyTorch step, both with mixup (alpha = 1).
-  step = train.make_p_train_step(cfg, s_model, objective, t_model, devices=jax.devices()[:1],
-                                 donate=True)
-  p_state = parallel.replicate(state, devices=jax.devices()[:1])
-  p_teacher = parallel.replicate(t_vars, devices=jax.devices()[:1])
-  batch = {"image": x[None], "label": y[None]}
+  devices = jax.devices()[:args.host_devices] if args.device == "cpu" else jax.devices()[:1]
+  if args.batch % len(devices):
+    raise SystemExit(f"--batch={args.batch} does not split over {len(devices)} devices")
+  step = train.make_p_train_step(cfg, s_model, objective, t_model, devices=devices, donate=True)
+  p_state = parallel.replicate(state, devices=devices)
+  p_teacher = parallel.replicate(t_vars, devices=devices)
+  batch = {"image": x.reshape(len(devices), -1, *x.shape[1:]),
+           "label": y.reshape(len(devices), -1)}
   t0 = time.perf_counter()
   p_state, m = step(p_state, batch, p_teacher)
   jax.block_until_ready(m)
@@ -184,7 +187,8 @@ def main():
   mo = statistics.median(ours)
   print(f"{common.describe_machine()}; torch {torch.__version__} on {dev.type} "
         f"({args.threads} threads); teacher WRN-{args.teacher_depth}-{args.teacher_width}, "
-        f"student ResNet-18, batch {args.batch}, {dtype}, {args.steps} timed steps")
+        f"student ResNet-18, batch {args.batch} over {len(devices)} device(s), {dtype}, "
+        f"{args.steps} timed steps")
   print(f"ours  {args.batch / mo:7.1f} ex/s (median {mo:.3f} s, {min(ours):.3f}-{max(ours):.3f}; "
         f"first step incl. compile {compile_s:.1f} s)")
   for label, torch_step in variants:

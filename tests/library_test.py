@@ -91,3 +91,25 @@ def test_run_autoattack_keeps_the_first_adversarial_and_runs_stages_on_what_is_l
   assert np.all(np.asarray(logits_fn(x_adv).argmax(-1))[broken] != y[broken])
   np.testing.assert_array_equal(x_adv[~broken], x[~broken])
   assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
+
+
+def test_importing_the_library_leaves_jax_unconfigured():
+  """No module makes a device array at import, so a user can still configure JAX after
+  `import mixacm_jax` (e.g. `jax.config.update("jax_num_cpu_devices", 4)`)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = (
+      "import pkgutil, importlib, mixacm_jax\n"
+      "from jax._src import xla_bridge\n"
+      "names = [m.name for m in pkgutil.walk_packages(mixacm_jax.__path__, 'mixacm_jax.')]\n"
+      "for name in names:\n"
+      "  importlib.import_module(name)\n"
+      "  assert not xla_bridge.backends_are_initialized(), name\n"
+      "import jax\n"
+      "jax.config.update('jax_num_cpu_devices', 3)\n"
+      "print(len(names), jax.device_count())\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  modules, devices = map(int, out.stdout.split())
+  assert modules > 40 and devices == 3

@@ -25,7 +25,7 @@ from mixacm_jax.attacks import loop
 from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
-_P_BOUNDARIES = jnp.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
+_P_BOUNDARIES = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])  # no device array at import
 
 
 def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
@@ -112,7 +112,7 @@ def _propose_linf(i, x_best, c, p):
 
 # H[k] = sum_{m=1}^{k} 1/m^2: the bump's value at ring d of a rectangle with M rings is
 # H[M] - H[d] (concentric squares, the k-th weighted 1/k^2).
-_H = jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 1025) ** 2)]), jnp.float32)
+_H = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 1025) ** 2)]).astype(np.float32)
 
 
 def _channel_norm(v):
@@ -126,7 +126,8 @@ def _rectangle(i, j, a, b):
   rings = jnp.maximum(ci, cj) + 1
   d = jnp.maximum(jnp.abs(i - ci), jnp.abs(j - cj))
   inside = (i >= 0) & (i < a) & (j >= 0) & (j < b)
-  v = jnp.where(inside, _H[rings] - _H[jnp.clip(d, 0, rings)], 0.0)
+  h = jnp.asarray(_H)
+  v = jnp.where(inside, h[rings] - h[jnp.clip(d, 0, rings)], 0.0)
   return v / jnp.maximum(_channel_norm(v), 1e-12)
 
 
