@@ -55,8 +55,11 @@ def _convert(config, workdir):
 MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline, "convert": _convert}
 
 
-def run(mode: str, config, workdir: str, distributed=None) -> int:
+def run(mode: str, config, workdir: str, distributed=None, host_devices: int = 1) -> int:
   try:
+    if host_devices > 1:
+      from mixacm_jax import parallel  # pylint: disable=g-import-not-at-top
+      parallel.use_host_devices(host_devices)
     if distributed:
       from mixacm_jax import distributed as dist  # pylint: disable=g-import-not-at-top
       dist.maybe_initialize(**distributed)

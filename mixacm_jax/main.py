@@ -28,6 +28,10 @@ def define_flags():
   flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
   flags.DEFINE_bool("distributed", False, "Initialise jax.distributed from the cluster's "
                     "environment (TPU pod slices, SLURM, Open MPI).")
+  flags.DEFINE_integer("host_devices", 1, "On CPU: split every batch over this many host "
+                       "devices (XLA:CPU runs a convolution on one core; devices run at once). "
+                       "Up to the number of cores; batches must divide by it. GPU/TPU: ignored.",
+                       lower_bound=1)
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -39,7 +43,7 @@ def main(argv):
   from mixacm_jax import cli  # pylint: disable=g-import-not-at-top
   return cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, distributed=dict(
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-      process_id=FLAGS.process_id, auto=FLAGS.distributed))
+      process_id=FLAGS.process_id, auto=FLAGS.distributed), host_devices=FLAGS.host_devices)
 
 
 def _config_path(argv) -> str:

@@ -1,8 +1,20 @@
-"""Moving pytrees onto and off the pmap device axis."""
+"""Moving pytrees onto and off the pmap device axis; host devices on CPU."""
 import jax
 import numpy as np
 
+from mixacm_jax.errors import ConfigError
+
 AXIS = "batch"  # the axis name of every pmapped step in this project
+
+
+def use_host_devices(n: int) -> None:
+  """`n` CPU devices, so that every pmapped batch runs on `n` cores at once: XLA:CPU runs
+  one convolution on one core (a matmul on all), so on CPU this is how the steps and the
+  report use the machine. Must come before JAX computes anything; GPU/TPU runs ignore it."""
+  try:
+    jax.config.update("jax_num_cpu_devices", int(n))
+  except RuntimeError as e:
+    raise ConfigError(f"host devices must be set before JAX computes anything ({e})") from None
 
 
 def replicate(tree, devices=None):

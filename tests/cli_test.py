@@ -55,6 +55,15 @@ def test_train_then_eval(tmp_path):
   assert again.returncode == 0 and "Resuming from the checkpoint of step 4" in again.stdout
 
 
+def test_host_devices_split_the_batch_on_cpu(tmp_path):
+  """--host_devices=2: two CPU devices from one process (no XLA_FLAGS), the batch split."""
+  out = run(f"--workdir={tmp_path}", *TINY, "--host_devices=2", "--config.optim.num_steps=2")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "examples (" in out.stdout and "on 2 device(s)" in out.stdout
+  bad = run(f"--workdir={tmp_path}", *TINY, "--host_devices=0")
+  assert bad.returncode != 0 and "host_devices" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--config.model.name=resnet19"], "error: unknown architecture 'resnet19'; known: "),
     (["--config.objective.name=madry"], "error: unknown objective 'madry'; known: "),
