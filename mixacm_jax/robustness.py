@@ -6,6 +6,7 @@ Attacks are named as in `attacks.registry` (`config.eval.attacks`, comma-separat
 norm and the PGD step size come from `config.eval.pgd`. Each stage runs only on the points
 every earlier stage left correct, in compacted batches.
 """
+import concurrent.futures
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -26,9 +27,9 @@ def _still_robust(logits_fn, x, y, robust, x_adv):
 
 def _stage_program(model, stage: Callable, host: bool):
   """(variables, x, y, robust, key, rank, eps, step) -> (still robust, x_adv), each with a
-  leading device axis. `pmap`ped, or with `host` each device's shard in turn from Python,
-  so that the attack's loop runs from Python too (fast on CPU, see `attacks.loop`); both
-  give shard d the key `fold_in(key, d)`."""
+  leading device axis. `pmap`ped, or with `host` each device's shard from Python in its own
+  thread, so that the attack's loop runs from Python too (fast on CPU, see `attacks.loop`)
+  and the shards still run at once; both give shard d the key `fold_in(key, d)`."""
   # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
   apply = lambda variables, v, rng=None: model.apply(variables, v, rngs=None if rng is None
                                                      else {"noise": rng})
@@ -43,9 +44,14 @@ def _stage_program(model, stage: Callable, host: bool):
                     axis_name=parallel.AXIS)
 
   def run_shards(*args):
-    first = jax.process_index() * jax.local_device_count()
-    outs = [run(*jax.tree_util.tree_map(lambda a: a[d], args), first + d)  # pylint: disable=cell-var-from-loop
-            for d in range(len(args[1]))]
+    first, devices = jax.process_index() * jax.local_device_count(), jax.local_devices()
+
+    def shard(d):  # on its own device, so that shards (host devices on CPU) run at once
+      with jax.default_device(devices[d]):
+        return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]),
+                   first + d)
+    with concurrent.futures.ThreadPoolExecutor(len(args[1])) as pool:
+      outs = list(pool.map(shard, range(len(args[1]))))
     return tuple(np.stack([np.asarray(o[k]) for o in outs]) for k in range(2))
   return run_shards
 

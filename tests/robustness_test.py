@@ -108,8 +108,8 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
 
 
 def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkeypatch):
-  """The report runs AutoAttack's stages from Python on CPU, device shard by device shard
-  with the pmapped run's keys: the same robust points as the pmapped stages."""
+  """The report runs AutoAttack's stages from Python on CPU, each device's shard in its own
+  thread with the pmapped run's keys: the same robust points as the pmapped stages."""
   cfg = tiny_config
   cfg.eval.num_examples = 48
   cfg.eval.attacks = "autoattack"
