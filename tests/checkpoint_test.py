@@ -42,7 +42,9 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, capsys):
       if not f.startswith("_"):
         with open(os.path.join(root, f), "r+b") as fh:
           fh.truncate(3)
-  restored, step = Checkpointer(str(tmp_path), keep=3).restore(_state(0))
+  reader = Checkpointer(str(tmp_path), keep=3)
+  restored, step = reader.restore(_state(0))
+  reader.close()  # an open async checkpointer's event loop would be collected mid-flight
   assert step == 1 and float(restored["params"]["w"][0, 0]) == 1.0
   assert "checkpoint step 2" in capsys.readouterr().out
 
@@ -52,8 +54,10 @@ def test_only_unreadable_checkpoints_raise(tmp_path):
   ckpt.save(1, _state(1))
   ckpt.close()
   shutil.rmtree(tmp_path / "1" / "default")
+  reader = Checkpointer(str(tmp_path), keep=3)
   with pytest.raises(CheckpointError, match="no readable checkpoint"):
-    Checkpointer(str(tmp_path), keep=3).restore(_state(0))
+    reader.restore(_state(0))
+  reader.close()
 
 
 def test_missing_checkpoint_returns_target(tmp_path):

@@ -122,4 +122,4 @@ def export(variables: Dict[str, Any], model, path: str) -> None:
     save_file({k: np.asarray(v) for k, v in state.items()}, path)
     return
   import torch  # pylint: disable=g-import-not-at-top
-  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, path)
