@@ -70,7 +70,7 @@ def train_step(state: TrainState, batch, teacher_variables, *, objective, forwar
   grad_fn = jax.value_and_grad(objective, has_aux=True)
   (_, (batch_stats, metrics)), grads = grad_fn(state.params, ctx, batch)
   grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), parallel.AXIS)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return state, metrics
 
