@@ -25,7 +25,8 @@ from mixacm_jax.attacks import loop
 from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
-_P_BOUNDARIES = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])  # no device array at import
+# NumPy, as every module-level table here: a device array at import would start JAX's backend.
+_P_BOUNDARIES = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 
 
 def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
