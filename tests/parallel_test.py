@@ -3,8 +3,10 @@ import logging
 
 import jax
 import numpy as np
+import pytest
 
 from mixacm_jax import parallel
+from mixacm_jax.errors import ConfigError
 
 
 def _tiny_step(state, x):
@@ -38,3 +40,10 @@ def test_replicate_copies_every_leaf_to_every_device():
   for i in range(n):
     np.testing.assert_array_equal(np.asarray(rep["a"])[i], tree["a"])
   assert parallel.replicate({}) == {}
+
+
+def test_host_devices_after_jax_started_is_a_clear_error():
+  jax.numpy.zeros(1).block_until_ready()  # the backend runs (as in every test process)
+  with pytest.raises(ConfigError, match="host devices must be set before JAX computes anything"):
+    parallel.use_host_devices(3)
+  assert jax.device_count() == 2  # unchanged (conftest's two devices)
