@@ -1,4 +1,4 @@
-"""replicate / unreplicate: a pmapped step fed its own outputs compiles once."""
+"""replicate / unreplicate: a pmapped step fed its own outputs compiles once; host devices."""
 import logging
 
 import jax
