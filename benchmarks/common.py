@@ -89,7 +89,7 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
     teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
                                                      image_shape), "random")
   params = objective_setup.init_objective_params(config, objective, model, teacher,
-                                       image_shape) if teacher else {}
+                                                 image_shape) if teacher else {}
   state = train.create_train_state(config, model, image_shape, 100, 10_000, params)
   p_step = train.make_p_train_step(config.objective, model, objective,
                                    teacher and teacher.model, devices=devices)

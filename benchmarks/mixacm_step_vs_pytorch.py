@@ -142,8 +142,8 @@ def main():
                           torch.ones(args.batch, device=dev), no_mix.mixacm)
   diff = abs(float(ours_loss) - float(ref_loss.detach()))
   tol = 1e-4 if dtype == "float32" else 0.05 * max(1.0, abs(float(ref_loss.detach())))
-  print(f"loss ours {float(ours_loss):.6f} PyTorch {float(ref_loss.detach()):.6f} |diff| {diff:.2e} "
-        f"(tolerance {tol:.0e}, {dtype})")
+  print(f"loss ours {float(ours_loss):.6f} PyTorch {float(ref_loss.detach()):.6f} "
+        f"|diff| {diff:.2e} (tolerance {tol:.0e}, {dtype})")
   assert diff < tol, "the two steps compute different losses; timing them would be meaningless"
 
   # 2. Timing: the real pmapped train step vs the PyTorch step, both with mixup (alpha = 1).

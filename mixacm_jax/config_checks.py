@@ -7,23 +7,27 @@ from mixacm_jax.errors import ConfigError
 
 NORMS = ("linf", "l2")
 
-# `objective` keys from before each method had its own group -> the methods that use them.
+
+def _in(leaf: str, *methods: str) -> tuple:
+  return tuple(f"objective.{m}.{leaf}" for m in methods)
+
+
+# `objective` keys from before each method had its own group -> where they are now.
 MOVED_KEYS = {
-    "objective.attack": ("pgd_at", "trades", "ard", "rslad"),
-    "objective.trades_beta": ("trades.beta",),
-    "objective.ard_alpha": ("ard.alpha",),
-    "objective.w_ce": ("mixacm", "kd"), "objective.w_kd": ("mixacm", "kd"),
-    "objective.temperature": ("mixacm", "kd", "ard"),
-    "objective.w_acm": ("mixacm",), "objective.mixup_alpha": ("mixacm",),
-    "objective.mixup_per_example": ("mixacm",), "objective.acm": ("mixacm",),
+    "objective.attack": _in("attack", "pgd_at", "trades", "ard", "rslad"),
+    "objective.trades_beta": ("objective.trades.beta",),
+    "objective.ard_alpha": ("objective.ard.alpha",),
+    "objective.w_ce": _in("w_ce", "mixacm", "kd"), "objective.w_kd": _in("w_kd", "mixacm", "kd"),
+    "objective.temperature": _in("temperature", "mixacm", "kd", "ard"),
+    **{f"objective.{k}": _in(k, "mixacm")
+       for k in ("w_acm", "mixup_alpha", "mixup_per_example", "acm")},
 }
 
 
 def _moved(path: str) -> str:
-  for old, methods in MOVED_KEYS.items():
+  for old, new in MOVED_KEYS.items():
     if path == old or path.startswith(old + "."):
-      leaf = old.split(".")[-1]
-      now = [f"objective.{m if '.' in m else m + '.' + leaf}{path[len(old):]}" for m in methods]
+      now = [p + path[len(old):] for p in new]
       return (f"moved to {now[0]}" if len(now) == 1 else
               f"is per method now: {', '.join(now)}")
   return ""

@@ -197,7 +197,7 @@ def steps_per_epoch(data_cfg, global_batch_size: int) -> int:
 
 def _read_options(data_cfg) -> "grain.ReadOptions":
   return _grain().ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)),
-                           prefetch_buffer_size=int(data_cfg.get("prefetch", 4)))
+                              prefetch_buffer_size=int(data_cfg.get("prefetch", 4)))
 
 
 def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapDataset":

@@ -7,8 +7,8 @@ from typing import Any, Callable, Dict, List
 import jax
 
 from mixacm_jax import config_checks, input_pipeline, reporting, train
-from mixacm_jax.errors import ConfigError
 from mixacm_jax import teacher as teacher_lib
+from mixacm_jax.errors import ConfigError
 
 COLUMNS = ["run", "model", "objective", "clean_accuracy", "robust_accuracy", "train_seconds",
            "passes_per_example", "total_passes"]

@@ -47,9 +47,8 @@ def _stage_program(model, stage: Callable, host: bool):
     first, devices = jax.process_index() * jax.local_device_count(), jax.local_devices()
 
     def shard(d):  # on its own device, so that shards (host devices on CPU) run at once
-      with jax.default_device(devices[d]):
-        return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]),
-                   first + d)
+      return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]),
+                 first + d)
     with concurrent.futures.ThreadPoolExecutor(len(args[1])) as pool:
       outs = list(pool.map(shard, range(len(args[1]))))
     return tuple(np.stack([np.asarray(o[k]) for o in outs]) for k in range(2))

@@ -41,5 +41,3 @@ def write_report(report: Dict[str, Any], workdir: str, name: str = "robustness.j
   with open(path, "w") as f:
     json.dump(report, f, indent=2)
   return path
-
-

@@ -14,8 +14,9 @@ the jitted chunk, and everything that is an array (inputs, keys, eps, the model 
 
 With `settled(state, consts)`, a per-example mask of rows whose result can no longer change,
 the loop ends once every row is settled; from Python, given which `consts` are per example,
-it also drops settled rows between chunks once at least half of the batch is settled (to the next power of two of what is left, so a batch
-compiles at most log2(N) more programs), and puts every row back in place at the end. That
+it also drops settled rows between chunks once at least half of the batch is settled (to the
+next power of two of what is left, so a batch compiles at most log2(N) more programs), and
+puts every row back in place at the end. That
 is exact only when the examples do not interact and no step draws random numbers shaped by
 the batch; the attack decides (APGD without EOT qualifies).
 """
@@ -87,8 +88,8 @@ def fori(n: int, step: Callable, state: Any, consts: Any, *,
     batch = jax.tree_util.tree_leaves(state)[0].shape[0]
     chunk = max(v for k, v in CPU_CHUNK.items() if batch >= k)
   full, rows = state, None  # rows: where the rows in play sit in `full` (None: all of them)
-  for call, start in enumerate(range(0, n, chunk)):
-    if settled is not None and call % CHECK_EVERY == 0:
+  for calls, start in enumerate(range(0, n, chunk)):
+    if settled is not None and calls % CHECK_EVERY == 0:
       mask = np.asarray(_jitted(state, consts, fn=settled))
       if mask.all():
         break
