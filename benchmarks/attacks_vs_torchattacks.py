@@ -21,8 +21,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,6 +29,8 @@ import torchattacks  # noqa: E402
 
 from mixacm_jax.attacks import autoattack, pgd  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
+
+import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
 
 EPS = {"linf": 8 / 255, "l2": 0.5}
 STANDARD = autoattack.VERSIONS["standard"]
@@ -48,6 +48,7 @@ def authors_resnet18():
   """The original AutoAttack authors' robust CIFAR-10 ResNet-18, shipped in `pyautoattack`
   (examples/model_test.pt, 45 MB: loaded from the installed package, never copied here)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   import pyautoattack  # pylint: disable=g-import-not-at-top
   examples = os.path.join(os.path.dirname(pyautoattack.__file__), "examples")
   spec = importlib.util.spec_from_file_location("aa_resnet", os.path.join(examples, "resnet.py"))

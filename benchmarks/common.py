@@ -16,9 +16,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import cifar10_common, default  # noqa: E402
-from mixacm_jax import models, objective_setup, objectives, parallel, train  # noqa: E402
-from mixacm_jax.teacher import Teacher  # noqa: E402
+from mixacm_jax import models, objectives  # noqa: E402
+from mixacm_jax.configs import cifar10, default  # noqa: E402
+from mixacm_jax.runtime import parallel  # noqa: E402
+from mixacm_jax.training import train  # noqa: E402
+from mixacm_jax.training.teacher import Teacher  # noqa: E402
 
 
 def add_device_flags(parser):
@@ -63,9 +65,9 @@ def step_config(student: str, student_kwargs, teacher: str, teacher_kwargs, obje
                 dtype: str, attack_steps: int = 10):
   """A CIFAR-10 MixACM config with the given models and objective (training attack for
   PGD-AT / TRADES: `attack_steps` steps of 2/255 at eps 8/255, as in the papers)."""
-  stages = (cifar10_common.WRN_TO_RESNET_STAGES if teacher.startswith("wrn") else
+  stages = (cifar10.WRN_TO_RESNET_STAGES if teacher.startswith("wrn") else
             ("stem", "stage1", "stage2", "stage3", "stage4"))
-  config = cifar10_common.mixacm_config(student, teacher, stages)
+  config = cifar10.mixacm_config(student, teacher, stages)
   config.model.kwargs = dict(student_kwargs)
   config.model.dtype = dtype
   config.teacher.model.kwargs = dict(teacher_kwargs)
@@ -88,8 +90,8 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
     t_model = models.create_model_from_config(config.teacher.model, num_classes)
     teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
                                                      image_shape), "random")
-  params = objective_setup.init_objective_params(config, objective, model, teacher,
-                                                 image_shape) if teacher else {}
+  params = train.init_objective_params(config, objective, model, teacher,
+                                       image_shape) if teacher else {}
   state = train.create_train_state(config, model, image_shape, 100, 10_000, params)
   p_step = train.make_p_train_step(config.objective, model, objective,
                                    teacher and teacher.model, devices=devices)

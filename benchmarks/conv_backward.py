@@ -12,12 +12,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
 
 SHAPES = [(32, 64), (16, 128), (8, 256), (4, 512)]  # (height = width, channels)
 

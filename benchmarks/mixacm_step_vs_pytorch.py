@@ -24,18 +24,19 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from configs import cifar10_common  # noqa: E402
-from mixacm_jax import objective_setup, objectives, parallel, train  # noqa: E402
+from mixacm_jax import objectives  # noqa: E402
+from mixacm_jax.configs import cifar10  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
-from mixacm_jax.teacher import Teacher  # noqa: E402
+from mixacm_jax.runtime import parallel  # noqa: E402
+from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
+
+import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
 
 # (student stage, PyTorch module whose output it is), (teacher stage, module)
 STUDENT_HOOKS = {"stem": "bn1", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",
@@ -91,7 +92,7 @@ def main():
   autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16,
                                     enabled=dtype == "bfloat16")
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-  config = cifar10_common.mixacm_config("resnet18", "wrn", cifar10_common.WRN_TO_RESNET_STAGES)
+  config = cifar10.mixacm_config("resnet18", "wrn", cifar10.WRN_TO_RESNET_STAGES)
   cfg = config.objective  # torch_loss reads its `mixacm` group
 
   torch.manual_seed(0)
@@ -106,11 +107,11 @@ def main():
       dtype=dtype)
   s_model, s_vars, _ = convert.load_pytorch_weights("/tmp/_bench_s.pt", "resnet18", dtype=dtype)
   t_net, s_net = t_net.to(dev), s_net.to(dev)
-  teacher = Teacher(t_model, t_vars, "random")
+  teacher = teacher_lib.Teacher(t_model, t_vars, "random")
   objective = objectives.get_objective("mixacm")
   state = train.create_train_state(config, s_model, (32, 32, 3), 100, 10_000,
-                                   objective_setup.init_objective_params(
-                                       config, objective, s_model, teacher, (32, 32, 3)))
+                                   train.init_objective_params(config, objective, s_model,
+                                                               teacher, (32, 32, 3)))
   state = state.replace(params={"model": s_vars["params"],
                                 "objective": state.params["objective"]},
                         batch_stats=s_vars["batch_stats"])
@@ -132,7 +133,7 @@ def main():
   ctx = objectives.ObjectiveContext(
       forward=lambda prm, *a: train.make_forward(s_model)(prm["model"], *a),
       batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=no_mix.mixacm,
-      teacher=train.make_teacher(t_model, t_vars))
+      teacher=teacher_lib.frozen_forward(t_model, t_vars))
   ours_loss = jax.jit(lambda prm, b: jax.vmap(
       lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name=parallel.AXIS)(
           jax.tree_util.tree_map(lambda v: v[None], b))[0])(

@@ -1,9 +1,9 @@
 """ResNet-18 on CIFAR-10 with standard training (a non-robust baseline / student)."""
-from configs import cifar10_common
+from mixacm_jax.configs import cifar10
 
 
 def get_config():
-  config = cifar10_common.get_config()
+  config = cifar10.get_config()
   config.model.name = "resnet18"
   config.objective.name = "natural"
   config.optim.num_epochs = 200

@@ -5,7 +5,7 @@ with its training cost. A few minutes on 2 CPU cores, offline.
 `--config.teacher.checkpoint=<dir>` skips training the teacher."""
 import ml_collections
 
-from configs import default
+from mixacm_jax.configs import default
 
 
 def get_config():

@@ -11,8 +11,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import ml_collections
 import numpy as np
 
-from mixacm_jax import robustness
 from mixacm_jax.errors import ConfigError
+from mixacm_jax.evaluation import robustness
 
 
 def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
@@ -51,17 +51,17 @@ def evaluate(model, variables, data: Union[str, np.ndarray], *, labels=None,
   images with `labels`. `eval_kwargs` go to `eval_config` (attacks, eps, norm, step_size,
   version, batch_size, num_examples)."""
   eval_cfg = eval_config(**eval_kwargs)
-  from mixacm_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import checks as config_checks  # pylint: disable=g-import-not-at-top
   config_checks.validate_eval(eval_cfg)
   if isinstance(data, str):
     data_cfg = ml_collections.ConfigDict({
         "name": data, "data_dir": data_dir, "train_split": "train", "eval_split": split})
-    return robustness.evaluate_robustness(model, variables, data_cfg, eval_cfg, seed=seed,
-                                          verbose=verbose)
+    return robustness.report_on_split(model, variables, data_cfg, eval_cfg, seed=seed,
+                                      verbose=verbose)
   if labels is None or len(labels) != len(data):
     raise ConfigError("evaluate(model, variables, images, labels=...) needs one label per "
                       "image")
   images = np.asarray(data, np.float32)
   n = eval_cfg.num_examples or len(images)
-  return robustness.evaluate_arrays(model, variables, images[:n], np.asarray(labels)[:n],
-                                    eval_cfg, seed=seed, verbose=verbose)
+  return robustness.report_on_arrays(model, variables, images[:n], np.asarray(labels)[:n],
+                                     eval_cfg, seed=seed, verbose=verbose)

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax import acm
 from mixacm_jax.errors import ConfigError
+from mixacm_jax.objectives.mixacm import acm
 
 
 def np_map(a, mapping, p=2.0):

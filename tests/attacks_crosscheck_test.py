@@ -14,7 +14,7 @@ torchattacks = pytest.importorskip("torchattacks",
                                    reason="pip install --no-deps -r requirements-port.txt")
 
 from mixacm_jax.attacks import autoattack, pgd  # noqa: E402
-from mixacm_jax.input_pipeline import _digits_arrays  # noqa: E402
+from mixacm_jax.data.digits import arrays as digits_arrays  # noqa: E402
 
 EPS = 0.1
 EPS_L2 = 0.5
@@ -46,8 +46,8 @@ def _torch_copy(params):
 
 @pytest.fixture(scope="module")
 def setup():
-  x_train, y_train = _digits_arrays("train")
-  x_test, y_test = _digits_arrays("test")
+  x_train, y_train = digits_arrays("train")
+  x_test, y_test = digits_arrays("test")
   x_all = np.concatenate([x_test, x_train])[:N_EXAMPLES]  # >= 500 real images
   y_all = np.concatenate([y_test, y_train])[:N_EXAMPLES]
   model = SmallCNN()

@@ -154,6 +154,7 @@ def test_dlr_losses_against_numpy():
 def test_fab_projection_is_the_linear_programme_optimum():
   """The smallest L-inf step onto a hyperplane within the box, against scipy's LP solver."""
   from scipy.optimize import linprog  # pylint: disable=g-import-not-at-top
+
   from mixacm_jax.attacks.fab import project_hyperplane  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   dim = 6
@@ -179,6 +180,7 @@ def test_fab_projection_is_the_linear_programme_optimum():
 def test_fab_l2_projection_is_the_quadratic_programme_optimum():
   """The smallest L2 step onto a hyperplane within the box, against scipy's SLSQP."""
   from scipy.optimize import minimize  # pylint: disable=g-import-not-at-top
+
   from mixacm_jax.attacks.fab import project_hyperplane  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(1)
   dim = 6

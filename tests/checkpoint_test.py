@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax.checkpoint import Checkpointer
 from mixacm_jax.errors import CheckpointError
+from mixacm_jax.runtime.checkpoint import Checkpointer
 
 
 def _state(v):

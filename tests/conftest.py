@@ -21,10 +21,19 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_config(name: str):
+  """`get_config()` of the repository's `configs/<name>.py`, loaded by path as the CLI does."""
+  from mixacm_jax import configs  # pylint: disable=g-import-not-at-top
+  return configs.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
+
+
 @pytest.fixture
 def tiny_config():
   """The default config shrunk to a few seconds of work: tiny ResNet, few steps."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.model.kwargs.base_width = 4
   config.model.kwargs.stage_sizes = (1, 1)

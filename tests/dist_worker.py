@@ -20,13 +20,17 @@ def main():
   p.add_argument("--ckpt_dir", default="")
   args = p.parse_args()
 
-  from mixacm_jax import distributed  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
   if args.num_processes > 1:
     distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from mixacm_jax import input_pipeline, models, objectives, parallel, train  # pylint: disable=g-import-not-at-top
+
+  from mixacm_jax import models, objectives
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.data import digits, input_pipeline  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import parallel
+  from mixacm_jax.training import train
 
   config = default.get_config()
   config.model.kwargs.base_width = 4
@@ -37,7 +41,7 @@ def main():
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100)
-  images, labels = input_pipeline._digits_arrays("train")
+  images, labels = digits.arrays("train")
   step = train.make_p_train_step(config.objective, model,
                                  objectives.get_objective(args.objective))
   p_state = parallel.replicate(state)
@@ -50,7 +54,7 @@ def main():
     p_state, _ = step(p_state, batch, parallel.replicate({}))
   final = jax.device_get(parallel.unreplicate(p_state))
   if args.ckpt_dir:  # every process takes part in the save; orbax coordinates the writes
-    from mixacm_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+    from mixacm_jax.runtime.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
     ckpt = Checkpointer(args.ckpt_dir, async_save=False)
     ckpt.save(args.steps, final)
     ckpt.close()

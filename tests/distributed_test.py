@@ -94,7 +94,7 @@ def _train(workdir, stop_at=None, sig=signal.SIGKILL):
 
 
 def _final_params(workdir):
-  from mixacm_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True, async_save=False)
   tree, step = ckpt.restore(None)
   import jax  # pylint: disable=g-import-not-at-top

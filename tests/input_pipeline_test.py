@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
-from mixacm_jax import input_pipeline
+from mixacm_jax.configs import default
+from mixacm_jax.data import digits, input_pipeline
 from mixacm_jax.errors import ConfigError, DataError
 
 
@@ -19,8 +19,8 @@ def data_cfg():
 def test_digits_info_and_split_are_disjoint(data_cfg):
   info = input_pipeline.get_info(data_cfg)
   assert (info.image_shape, info.num_classes, info.num_eval) == ((8, 8, 1), 10, 360)
-  train_x, _ = input_pipeline._digits_arrays("train")
-  test_x, test_y = input_pipeline._digits_arrays("test")
+  train_x, _ = digits.arrays("train")
+  test_x, test_y = digits.arrays("test")
   assert np.bincount(test_y).tolist() == [36] * 10
   train_rows = {x.tobytes() for x in train_x}
   assert sum(x.tobytes() in train_rows for x in test_x) < 10  # digits has a few duplicates
@@ -29,7 +29,7 @@ def test_digits_info_and_split_are_disjoint(data_cfg):
 def test_digits_validation_split_is_disjoint_stratified_and_fixed():
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   labels = load_digits().target
-  splits = input_pipeline.digits_split_indices(labels)
+  splits = digits.split_indices(labels)
   train, val, test = (set(splits[k].tolist()) for k in ("train", "validation", "test"))
   assert not (train & val or train & test or val & test)
   assert len(train | val | test) == len(labels) == 1797
@@ -40,11 +40,11 @@ def test_digits_validation_split_is_disjoint_stratified_and_fixed():
   assert len(val) == 287 and len(train) == 1797 - 360 - 287
   # Fixed: the same indices on every call, independent of any global NumPy state.
   np.random.seed(123)
-  again = input_pipeline.digits_split_indices(labels)
+  again = digits.split_indices(labels)
   for k in splits:
     np.testing.assert_array_equal(splits[k], again[k])
   # The arrays served are those rows, and the validation split feeds evaluation.
-  x_val, y_val = input_pipeline._digits_arrays("validation")
+  x_val, y_val = digits.arrays("validation")
   np.testing.assert_array_equal(y_val, labels[splits["validation"]])
   cfg = default.get_config().data
   cfg.eval_split = "validation"
@@ -107,7 +107,7 @@ def test_training_stream_is_random_access_and_augmented(data_cfg):
   stream = [next(it) for _ in range(3)]
   np.testing.assert_array_equal(ds[2]["image"], stream[2]["image"].reshape(32, 8, 8, 1))
   # Augmentation is on: the batch is not just shuffled originals.
-  train_x, _ = input_pipeline._digits_arrays("train")
+  train_x, _ = digits.arrays("train")
   originals = {x.tobytes() for x in train_x}
   assert sum(x.tobytes() not in originals for x in ds[0]["image"]) > 10
 
@@ -172,8 +172,11 @@ def test_core_imports_and_trains_without_tensorflow(tmp_path):
   code = f"""
 import sys
 sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
-from configs import default
-from mixacm_jax import cli, input_pipeline, robustness, train, teacher
+from mixacm_jax.configs import default
+from mixacm_jax.cli import modes
+from mixacm_jax.data import input_pipeline
+from mixacm_jax.evaluation import robustness
+from mixacm_jax.training import train, teacher
 from mixacm_jax.port import convert
 config = default.get_config()
 config.optim.num_steps, config.eval.pgd.steps = 3, 1
@@ -198,7 +201,10 @@ def test_models_attacks_and_the_train_step_import_without_grain_or_tensorflow():
 import sys
 for blocked in ("tensorflow", "tensorflow_datasets", "grain"):
   sys.modules[blocked] = None  # `import` of these now raises ImportError
-from mixacm_jax import objective_setup, objectives, parallel, robustness, train
+from mixacm_jax.training import train
+from mixacm_jax import objectives
+from mixacm_jax.runtime import parallel
+from mixacm_jax.evaluation import robustness
 from mixacm_jax.attacks import autoattack
 from mixacm_jax.port import convert
 print("OK")

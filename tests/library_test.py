@@ -1,7 +1,11 @@
-"""The README's "Use it as a library" section, run as written, plus the one-call API's checks
-against the pieces it is made of."""
+"""The docs run as written: every Python block of README.md and docs/*.md, and every documented
+command of this project parsed by its real parser; plus the one-call API's checks against the
+pieces it is made of."""
+import ast
+import glob
 import os
 import re
+import shlex
 
 import jax
 import numpy as np
@@ -10,13 +14,89 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT)
+                              for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+DOCS += ["experiments/results/README.md"]
+
+
+def _blocks(doc: str, language: str):
+  return re.findall(rf"```{language}\n(.*?)```", open(os.path.join(ROOT, doc)).read(), re.S)
+
+
 def _library_snippets():
-  text = open(os.path.join(ROOT, "README.md")).read()
-  section = text.split("## Use it as a library", 1)[1].split("\n## ", 1)[0]
-  return re.findall(r"```python\n(.*?)```", section, re.S)
+  return _blocks("docs/library.md", "python")
 
 
-def test_readme_library_section_runs_as_written(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("doc", [d for d in DOCS if d != "docs/library.md"
+                                 and _blocks(d, "python")])
+def test_every_python_block_of_the_docs_runs_as_written(doc, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  for code in _blocks(doc, "python"):  # one namespace per page, in order
+    exec(compile(code, doc, "exec"), namespace)  # pylint: disable=exec-used
+  if doc == "README.md":
+    assert set(namespace["robust_after"]) == {"apgd-ce", "apgd-t"}
+    assert 0 <= namespace["report"]["attacks"]["pgd20"]["robust_accuracy"] <= \
+        namespace["report"]["clean_accuracy"] <= 1
+
+
+def _commands(doc: str):
+  """This project's commands in a page: lines of its bash blocks (continuations joined) and
+  inline `python run.py ...` / `mixacm ...` / `python experiments/...` spans."""
+  text = open(os.path.join(ROOT, doc)).read()
+  lines = []
+  for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    lines += [c.split(" #")[0].strip() for c in block.replace("\\\n", " ").splitlines()]
+  lines += re.findall(r"`((?:python run\.py|mixacm|python experiments/\S+) --[^`]*)`",
+                      text.replace("\n", " "))
+  ours = ("python run.py", "mixacm ", "python experiments/")
+  return [c for c in lines if c.startswith(ours) and "<" not in c and "..." not in c]
+
+
+def _script_flags(path: str):
+  """The flags an experiment script defines (its own and experiments/common.py's)."""
+  names = set()
+  for source in (path, os.path.join(ROOT, "experiments", "common.py")):
+    for node in ast.walk(ast.parse(open(source).read())):
+      if (isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("DEFINE")
+          and node.args and isinstance(node.args[0], ast.Constant)):
+        names.add(node.args[0].value)
+  return names
+
+
+def test_every_documented_command_parses_with_the_real_parser(monkeypatch):
+  """Flags and `--config.*` overrides of each command go through absl and ml_collections as
+  the command would parse them (config files loaded, keys and value types checked); the
+  experiment scripts' flags are checked against the flags they define."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from mixacm_jax.cli import main  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(ROOT)
+  checked = 0
+  assert ("python run.py --config=configs/default_mixacm.py --workdir=workdirs/mixacm "
+          "--mode=pipeline") in _commands("README.md")
+  for doc in DOCS:
+    for command in _commands(doc):
+      argv = shlex.split(command)
+      if argv[0] == "python" and argv[1].startswith("experiments/"):
+        defined = _script_flags(os.path.join(ROOT, argv[1]))
+        used = {a[2:].split("=")[0] for a in argv[2:] if a.startswith("--")}
+        assert used <= defined, (doc, command, used - defined)
+      else:
+        args = argv[2:] if argv[0] == "python" else argv[1:]
+        fv = flags.FlagValues()
+        try:
+          main.define_flags(fv, sys_argv=["mixacm"] + args)
+          fv(["mixacm"] + args)
+          _ = fv.config.keys()  # loads the config file and applies the overrides
+        except Exception as e:  # pylint: disable=broad-except
+          raise AssertionError(f"{doc}: {command}: {type(e).__name__}: {e}") from None
+        assert fv.workdir, (doc, command)
+      checked += 1
+  assert checked >= 9
+
+
+def test_docs_library_page_runs_as_written(tmp_path, monkeypatch, capsys):
   torch = pytest.importorskip("torch", reason="the PyTorch-weights snippet needs torch "
                                               "(the `port` extra)")
   from mixacm_jax.port import robustbench  # pylint: disable=g-import-not-at-top
@@ -43,11 +123,12 @@ def test_readme_library_section_runs_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_evaluate_on_arrays_equals_evaluate_on_the_dataset():
-  from mixacm_jax import input_pipeline, models  # pylint: disable=g-import-not-at-top
   import mixacm_jax  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import models
+  from mixacm_jax.data import digits  # pylint: disable=g-import-not-at-top
   model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
   variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
-  x, y = input_pipeline._digits_arrays("test")
+  x, y = digits.arrays("test")
   kwargs = dict(attacks="clean,fgsm", eps=0.1, batch_size=64, num_examples=100)
   by_name = mixacm_jax.evaluate(model, variables, "digits", **kwargs)
   by_arrays = mixacm_jax.evaluate(model, variables, x, labels=y, **kwargs)
@@ -112,4 +193,5 @@ def test_importing_the_library_leaves_jax_unconfigured():
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   modules, devices = map(int, out.stdout.split())
-  assert modules > 40 and devices == 3
+  files = glob.glob(os.path.join(ROOT, "mixacm_jax", "**", "*.py"), recursive=True)
+  assert modules == len(files) - 1 and devices == 3  # every module but mixacm_jax/__init__

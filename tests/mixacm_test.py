@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax import checkpoint, input_pipeline, models, objective_setup, objectives, parallel
-from mixacm_jax import train
-from mixacm_jax import teacher as teacher_lib
-from mixacm_jax.checkpoint import Checkpointer
+from mixacm_jax import models, objectives
+from mixacm_jax.data import digits, input_pipeline
 from mixacm_jax.errors import CheckpointError, ConfigError
+from mixacm_jax.runtime import checkpoint, parallel
+from mixacm_jax.runtime.checkpoint import Checkpointer
+from mixacm_jax.training import teacher as teacher_lib, train
 
 
 @pytest.fixture
@@ -40,8 +41,8 @@ def _setup(config):
   teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
   model = models.create_model_from_config(config.model, info.num_classes)
   state = train.create_train_state(config, model, info.image_shape, 10, 100,
-                                   objective_setup.init_objective_params(
-                                       config, objective, model, teacher, info.image_shape))
+                                   train.init_objective_params(config, objective, model,
+                                                               teacher, info.image_shape))
   return model, teacher, state
 
 
@@ -97,7 +98,7 @@ def test_no_gradient_reaches_the_teacher(mixacm_config):
   _, teacher, _ = _setup(mixacm_config)
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 1))
   def loss(variables):
-    logits, feats = train.make_teacher(teacher.model, variables)(x, ("stage1",))
+    logits, feats = teacher_lib.frozen_forward(teacher.model, variables)(x, ("stage1",))
     return jnp.sum(logits) + jnp.sum(feats["stage1"])
   grads = jax.grad(loss)(teacher.variables)
   assert all(float(jnp.max(jnp.abs(g))) == 0 for g in jax.tree_util.tree_leaves(grads))
@@ -126,7 +127,7 @@ def test_end_to_end_acm_falls_agreement_rises_and_export_drops_transforms(mixacm
   # Agreement with the teacher on the whole test split, before and after distillation.
   student = models.create_model_from_config(mixacm_config.model, 10)
   teacher = teacher_lib.load_teacher(mixacm_config.teacher, 10, (8, 8, 1))
-  x, _ = input_pipeline._digits_arrays("test")
+  x, _ = digits.arrays("test")
   t_pred = jnp.argmax(teacher.model.apply(teacher.variables, x), -1)
   initial = train.create_train_state(mixacm_config, student, (8, 8, 1), 1, 1)
   agreement = lambda s: float(jnp.mean(jnp.argmax(student.apply(
@@ -187,7 +188,7 @@ def test_rslad_and_ard_examples_stay_in_the_ball(mixacm_config):
   ctx = objectives.ObjectiveContext(
       forward=lambda p, *a: train.make_forward(model)(p["model"], *a),
       batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=mixacm_config.objective.rslad,
-      teacher=train.make_teacher(teacher.model, teacher.variables))
+      teacher=teacher_lib.frozen_forward(teacher.model, teacher.variables))
   t_logits, _ = ctx.teacher(x, ())
   x_adv = common.kl_adversarial_examples(state.params, ctx, x, t_logits)
   eps = mixacm_config.objective.rslad.attack.eps
@@ -219,7 +220,7 @@ def test_one_student_block_matched_to_two_teacher_blocks_keeps_both_pairs(mixacm
 
 
 def test_weight_decay_on_acm_transforms_is_a_switch(mixacm_config):
-  from mixacm_jax import optim  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import optim  # pylint: disable=g-import-not-at-top
   params = {"model": {"conv": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}},
             "objective": {"stage1": {"kernel": jnp.ones((2, 2))}}}
   for decay in (True, False):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax import mixup, parallel
+from mixacm_jax.objectives.mixacm import mixup
+from mixacm_jax.runtime import parallel
 
 
 def _mix(batch, key, alpha, per_example=False, devices=1):

@@ -15,10 +15,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.txt; the port "
                                             "tests compare against PyTorch")
 
-from mixacm_jax import checkpoint, models, train  # noqa: E402
-from mixacm_jax import teacher as teacher_lib  # noqa: E402
+from mixacm_jax import models
 from mixacm_jax.errors import CheckpointError  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
+from mixacm_jax.runtime import checkpoint  # noqa: E402
+from mixacm_jax.training import (
+  teacher as teacher_lib,  # noqa: E402
+  train,
+)
 
 
 def _robustbench_module(name):
@@ -153,7 +157,7 @@ def test_mismatched_weights_list_every_problem_and_write_nothing(tmp_path):
 
 
 def _convert_cfg(source, arch, **kwargs):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config().convert
   cfg.source, cfg.arch = source, arch
   cfg.kwargs = kwargs
@@ -168,7 +172,7 @@ def test_convert_writes_a_teacher_checkpoint(tmp_path):
   info = convert.convert(_convert_cfg(path, "wrn", depth=10, widen_factor=1),
                          str(tmp_path / "out"))
   assert info["num_classes"] == 10
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
   teacher_cfg = default.get_config().teacher
   teacher_cfg.model.name = "wrn"
   teacher_cfg.model.kwargs = {"depth": 10, "widen_factor": 1}

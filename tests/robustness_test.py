@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax import input_pipeline, models, robustness
+from mixacm_jax import models
 from mixacm_jax.attacks import autoattack, pgd as pgd_lib
+from mixacm_jax.data import digits, input_pipeline
+from mixacm_jax.evaluation import robustness
 
 
 def test_compact_batches_cover_each_robust_point_once():
@@ -35,7 +37,7 @@ def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
   monkeypatch.setitem(autoattack.VERSIONS, "two_fgsm", ["fgsm", "fgsm"])
   cfg.eval.attacks = "clean,fgsm,autoattack"
   cfg.eval.autoattack_version = "two_fgsm"
-  report = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, verbose=False)
+  report = robustness.report_on_split(model, variables, cfg.data, cfg.eval, verbose=False)
 
   batches = list(input_pipeline.eval_batches(cfg.data, cfg.eval.batch_size, 100))
   x = np.concatenate([b["image"].reshape((-1,) + info.image_shape) for b in batches])[:100]
@@ -61,7 +63,7 @@ def test_rand_version_runs_eot_and_flags_a_deterministic_model(tiny_config, monk
   monkeypatch.setattr(autoattack, "EOT_ITER", 2)  # the stages read it when called
   cfg.eval.attacks = "autoattack"
   cfg.eval.autoattack_version = "rand"
-  report = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, verbose=False)
+  report = robustness.report_on_split(model, variables, cfg.data, cfg.eval, verbose=False)
   stages = report["attacks"]["autoattack"]["after_each_stage"]
   assert list(stages) == ["apgd-ce-eot", "apgd-dlr-eot"]
   assert stages["apgd-dlr-eot"] <= stages["apgd-ce-eot"] <= report["clean_accuracy"]
@@ -79,13 +81,13 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
   model = models.create_model_from_config(cfg.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)
   programs = {}
-  first = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, eps=1e-5,
-                                         verbose=False, programs=programs)
+  first = robustness.report_on_split(model, variables, cfg.data, cfg.eval, eps=1e-5,
+                                     verbose=False, programs=programs)
   jax.config.update("jax_log_compiles", True)
   try:
     with caplog.at_level(logging.WARNING):
-      later = [robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval, eps=e,
-                                              verbose=False, programs=programs)
+      later = [robustness.report_on_split(model, variables, cfg.data, cfg.eval, eps=e,
+                                          verbose=False, programs=programs)
                for e in (2e-5, 3e-5)]
   finally:
     jax.config.update("jax_log_compiles", False)
@@ -97,7 +99,7 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
     assert report["attacks"]["pgd3"]["robust_accuracy"] == first["clean_accuracy"]
   # The traced eps is the one used: each sweep point equals FGSM computed directly at it.
   sweep = robustness.eps_sweep(model, variables, cfg.data, cfg.eval, [0.05, 0.5])
-  x, y = input_pipeline._digits_arrays("test")
+  x, y = digits.arrays("test")
   x, y = x[:32], y[:32]
   logits_fn = lambda v: model.apply(variables, v)
   clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
@@ -125,7 +127,7 @@ def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkey
   reports = {}
   for host in (True, False):
     monkeypatch.setattr(robustness, "host_loops", lambda h=host: h)
-    reports[host] = robustness.evaluate_robustness(model, variables, cfg.data, cfg.eval,
-                                                   verbose=False)["attacks"]["autoattack"]
+    reports[host] = robustness.report_on_split(model, variables, cfg.data, cfg.eval,
+                                               verbose=False)["attacks"]["autoattack"]
   assert reports[True] == reports[False]
   assert 0 < reports[True]["robust_accuracy"]

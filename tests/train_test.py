@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from mixacm_jax import input_pipeline, models, objectives, parallel, train
+from mixacm_jax import models, objectives
+from mixacm_jax.configs import default
+from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import NonFiniteLossError
+from mixacm_jax.runtime import parallel
+from mixacm_jax.training import train
 
 
 def _setup(config):
@@ -128,6 +131,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
 def test_empty_split_and_unknown_digits_split_are_clear_errors(tiny_config, tmp_path,
                                                                monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from mixacm_jax.errors import ConfigError, DataError  # pylint: disable=g-import-not-at-top
   tiny_config.data.eval_split = "val"
   with pytest.raises(ConfigError, match="has splits 'train', 'validation', 'test', not 'val'"):
@@ -145,7 +149,9 @@ def test_empty_split_and_unknown_digits_split_are_clear_errors(tiny_config, tmp_
 def test_disk_full_on_save_is_one_clear_error_and_keeps_the_last_checkpoint(
     tiny_config, tmp_path, monkeypatch):
   import errno  # pylint: disable=g-import-not-at-top
+
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   from mixacm_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
   real_save = ocp.CheckpointManager.save
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax import shapes
 from mixacm_jax.attacks import loop, targets
 from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
+from mixacm_jax.runtime import parallel
 
 
 def _sorted_desc(logits):
@@ -127,9 +127,9 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
     per, logits, grad = value_and_grad(c, x_new, i + 1)
     miss = jnp.argmax(logits, -1) != c["y"]
     newly = miss if as_original else miss & ~s["fooled"]  # the last adversarial, or the first
-    x_found = jnp.where(shapes.per_example(newly, x), x_new, s["x_found"])
+    x_found = jnp.where(parallel.per_example(newly, x), x_new, s["x_found"])
     improved = per > s["loss_best"]
-    ib = shapes.per_example(improved, x)
+    ib = parallel.per_example(improved, x)
     x_best = jnp.where(ib, x_new, s["x_best"])
     grad_best = jnp.where(ib, grad, s["grad_best"])
     loss_best = jnp.where(improved, per, s["loss_best"])
@@ -140,7 +140,7 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
     oscillating = increases <= k * rho
     no_improvement = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
     reduce = at & (oscillating | no_improvement)
-    rb = shapes.per_example(reduce, x)
+    rb = parallel.per_example(reduce, x)
     return dict(
         x_adv=jnp.where(rb, x_best, x_new), x_old=s["x_adv"],
         grad=jnp.where(rb, grad_best, grad), x_best=x_best, grad_best=grad_best,
@@ -156,7 +156,7 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
     return s["fooled"]
 
   def finish(s, c):
-    x_out = jnp.where(shapes.per_example(s["fooled"], c["x"]), s["x_found"], s["x_best"])
+    x_out = jnp.where(parallel.per_example(s["fooled"], c["x"]), s["x_found"], s["x_best"])
     return jax.lax.stop_gradient(x_out), s["fooled"]
 
   return init, step, settled, finish

@@ -14,11 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
-from mixacm_jax.attacks import apgd as apgd_lib
-from mixacm_jax.attacks import fab as fab_lib
-from mixacm_jax.attacks import loop
-from mixacm_jax.attacks import square as square_lib
-from mixacm_jax.attacks import targets
+from mixacm_jax.attacks import apgd as apgd_lib, fab as fab_lib, loop, square as square_lib, targets
 
 EOT_ITER = 20
 

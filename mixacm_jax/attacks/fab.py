@@ -13,9 +13,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax import shapes
 from mixacm_jax.attacks import loop, targets
 from mixacm_jax.attacks.pgd import project
+from mixacm_jax.runtime import parallel
 
 
 def project_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray, hi: jnp.ndarray,
@@ -95,7 +95,7 @@ def _program(norm: str, alpha_max: float, eta: float, beta: float):
     _, best, best_norm = s
     x_adv = project(best.reshape(x.shape), x, eps, norm)
     fooled = (best_norm <= eps) & (jnp.argmax(c["logits_fn"](x_adv), -1) != c["y"])
-    x_adv = jnp.where(shapes.per_example(fooled, x), x_adv, x)
+    x_adv = jnp.where(parallel.per_example(fooled, x), x_adv, x)
     return jax.lax.stop_gradient(x_adv), fooled
 
   return init, step, finish

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixacm_jax import shapes
+from mixacm_jax.runtime import parallel
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -109,7 +109,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
     x_r = one_run(k_r)
     newly = (jnp.argmax(logits_fn(x_r), -1) != y) & ~fooled
     keep = newly | (~fooled & (r == restarts - 1))
-    best = jnp.where(shapes.per_example(keep, x), x_r, best)
+    best = jnp.where(parallel.per_example(keep, x), x_r, best)
     fooled = fooled | newly
   return jax.lax.stop_gradient(best), fooled
 

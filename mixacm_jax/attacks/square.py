@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax import shapes
 from mixacm_jax.attacks import loop
 from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
+from mixacm_jax.runtime import parallel
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
 # NumPy, as every module-level table here: a device array at import would start JAX's backend.
@@ -52,7 +52,7 @@ def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
     x_new = propose(i, x_best, c, p_selection(p_init, i, n_queries, rescale))
     new_margin = -margin_loss(c["logits_fn"](x_new), c["y"])
     better = (new_margin < margin) & (margin > 0)
-    x_best = jnp.where(shapes.per_example(better, x_best), x_new, x_best)
+    x_best = jnp.where(parallel.per_example(better, x_best), x_new, x_best)
     return x_best, jnp.where(better, new_margin, margin)
 
   def settled(s, c):

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax import shapes
+from mixacm_jax.runtime import parallel
 
 
 def target_ranks(n_target_classes: int, num_classes: int) -> range:
@@ -34,6 +34,6 @@ def over_targets(attack_one: Callable, logits_fn: Callable, x, y, key, *,
   for rank in target_ranks(n_target_classes, num_classes):
     x_t, fooled_t = one(rank)
     take = fooled_t & ~fooled
-    x_out = jnp.where(shapes.per_example(take, x), x_t, x_out)
+    x_out = jnp.where(parallel.per_example(take, x), x_t, x_out)
     fooled = fooled | fooled_t
   return x_out, fooled

@@ -34,6 +34,16 @@ class Objective:
                         "missing from the config")
     return objective_cfg[self.name]
 
+  def training_cost(self, objective_cfg, steps: int, batch_size: int) -> Dict[str, float]:
+    """Network passes spent on training under `config.objective`: the per example-step
+    counts times the examples seen."""
+    per = self.passes(self.settings(objective_cfg))
+    examples = steps * batch_size
+    return {"student_forward_passes": per["forward"] * examples,
+            "student_backward_passes": per["backward"] * examples,
+            "teacher_forward_passes": per["teacher_forward"] * examples,
+            "passes_per_example": per["forward"] + per["backward"] + per["teacher_forward"]}
+
 
 OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("natural", natural.loss_fn, natural.passes),

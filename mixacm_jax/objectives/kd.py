@@ -2,8 +2,7 @@
 w_ce * CE(S(x), y) + w_kd * tau^2 * KL(softmax(T(x)/tau) || softmax(S(x)/tau))."""
 import jax.numpy as jnp
 
-from mixacm_jax.objectives.common import (accuracy, cross_entropy, distillation_passes,
-                                          kl_divergence)
+from mixacm_jax.objectives.common import accuracy, cross_entropy, distillation_passes, kl_divergence
 
 
 def loss_fn(params, ctx, batch):

@@ -7,11 +7,10 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from mixacm_jax import checkpoint as ckpt_lib
 from mixacm_jax import models
 from mixacm_jax.errors import CheckpointError, ConfigError
-from mixacm_jax.port import rules as rules_lib
-from mixacm_jax.port import state_dict as sd_lib
+from mixacm_jax.port import rules as rules_lib, state_dict as sd_lib
+from mixacm_jax.runtime import checkpoint as ckpt_lib
 
 CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "logits.weight")
 

@@ -14,14 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax import input_pipeline, parallel, reporting, shapes
 from mixacm_jax.attacks import autoattack, loop, pgd as pgd_lib, registry
+from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import AttackConstraintError
+from mixacm_jax.runtime import parallel, reporting
 
 
 def _still_robust(logits_fn, x, y, robust, x_adv):
   """(robust after the attack, x_adv): entries that were not robust keep x."""
-  x_adv = jnp.where(shapes.per_example(robust, x), x_adv, x)
+  x_adv = jnp.where(parallel.per_example(robust, x), x_adv, x)
   return robust & (jnp.argmax(logits_fn(x_adv), -1) == y), x_adv
 
 
@@ -117,22 +118,22 @@ def _compiled(programs: Optional[Dict], key, build: Callable):
   return programs[key]
 
 
-def evaluate_robustness(model, variables, data_cfg, eval_cfg, *, eps: float = None,
-                        seed: int = 0, verbose: bool = True,
-                        programs: Optional[Dict] = None) -> Dict[str, Any]:
+def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
+                    seed: int = 0, verbose: bool = True,
+                    programs: Optional[Dict] = None) -> Dict[str, Any]:
   """Clean and robust accuracy for each attack in `eval_cfg.attacks` over the eval split."""
   batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
                                              eval_cfg.get("num_examples")))
   flat = lambda v: v.reshape((-1,) + v.shape[2:])
-  return evaluate_arrays(model, variables, np.concatenate([flat(b["image"]) for b in batches]),
-                         np.concatenate([flat(b["label"]) for b in batches]), eval_cfg,
-                         real=np.concatenate([flat(b["mask"]) for b in batches]) > 0,
-                         eps=eps, seed=seed, verbose=verbose, programs=programs)
+  return report_on_arrays(model, variables, np.concatenate([flat(b["image"]) for b in batches]),
+                          np.concatenate([flat(b["label"]) for b in batches]), eval_cfg,
+                          real=np.concatenate([flat(b["mask"]) for b in batches]) > 0,
+                          eps=eps, seed=seed, verbose=verbose, programs=programs)
 
 
-def evaluate_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
-                    real: np.ndarray = None, eps: float = None, seed: int = 0,
-                    verbose: bool = True, programs: Optional[Dict] = None) -> Dict[str, Any]:
+def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
+                     real: np.ndarray = None, eps: float = None, seed: int = 0,
+                     verbose: bool = True, programs: Optional[Dict] = None) -> Dict[str, Any]:
   """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries."""
   eps = eval_cfg.pgd.eps if eps is None else eps
   attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
@@ -254,8 +255,8 @@ def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
   step size scales with eps (step / eps as in `eval_cfg.pgd`); eps is a traced argument, so
   every attack compiles once for the whole sweep."""
   programs = {}
-  rows = [evaluate_robustness(model, variables, data_cfg, eval_cfg, eps=e, seed=seed,
-                              verbose=False, programs=programs) for e in epsilons]
+  rows = [report_on_split(model, variables, data_cfg, eval_cfg, eps=e, seed=seed,
+                          verbose=False, programs=programs) for e in epsilons]
   warnings = []
   for name in rows[0]["attacks"] if rows else []:
     accs = [r["attacks"][name]["robust_accuracy"] for r in rows]

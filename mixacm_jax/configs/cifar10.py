@@ -1,7 +1,7 @@
 """CIFAR-10 settings shared by the real-scale configs (RobustBench conventions)."""
 import ml_collections
 
-from configs import default
+from mixacm_jax.configs import default
 
 
 def get_config():

@@ -10,19 +10,19 @@ directly: no iterator state needs saving beside the checkpoint's step. TFDS data
 through `tfds.data_source` (ArrayRecord files), which needs no TensorFlow.
 """
 import dataclasses
-import functools
 import math
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
 
+from mixacm_jax.data import digits
 from mixacm_jax.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
   import grain  # pylint: disable=g-import-not-at-top
 
-EMBEDDED_DATASETS = ("digits",)
+EMBEDDED_DATASETS = (digits.NAME,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,45 +32,6 @@ class DatasetInfo:
   num_classes: int
   num_train: int
   num_eval: int
-
-
-DIGITS_SPLITS = ("train", "validation", "test")
-
-
-def digits_split_indices(labels: np.ndarray) -> Dict[str, np.ndarray]:
-  """Fixed, stratified, disjoint splits of the 1797 digits: 36 test images per class (360),
-  then 20 % of each class's remainder for validation (287), the rest for training (1149).
-  Settings are chosen on validation; test is only for reported numbers."""
-  rng = np.random.RandomState(0)
-  test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:36] for c in range(10)])
-  rest = np.setdiff1d(np.arange(len(labels)), test)
-  val_rng = np.random.RandomState(1)
-  validation = []
-  for c in range(10):
-    members = rest[labels[rest] == c]
-    validation.append(val_rng.permutation(members)[:int(round(0.2 * len(members)))])
-  validation = np.concatenate(validation)
-  train = np.setdiff1d(rest, validation)
-  return {"train": train, "validation": np.sort(validation), "test": np.sort(test)}
-
-
-def _digits_arrays(split: str) -> Tuple[np.ndarray, np.ndarray]:
-  """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download), one of
-  DIGITS_SPLITS, pixels scaled from 0..16 to [0, 1]."""
-  if split not in DIGITS_SPLITS:
-    raise ConfigError(f"the embedded 'digits' dataset has splits {', '.join(map(repr, DIGITS_SPLITS))}"
-                      f", not {split!r}")
-  images, labels, splits = _digits()
-  return images[splits[split]], labels[splits[split]]
-
-
-@functools.lru_cache(maxsize=1)
-def _digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  images = (digits.images.astype(np.float32) / 16.0)[..., None]
-  labels = digits.target.astype(np.int32)
-  return images, labels, digits_split_indices(labels)
 
 
 class _ArraySource:
@@ -114,15 +75,15 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str]):
 
 
 def _source(data_cfg, split: str):
-  if data_cfg.name == "digits":
-    return _ArraySource(*_digits_arrays(split))
+  if data_cfg.name == digits.NAME:
+    return _ArraySource(*digits.arrays(split))
   return _tfds_source(data_cfg.name, split, data_cfg.get("data_dir"))
 
 
 def get_info(data_cfg) -> DatasetInfo:
   """Shapes and sizes of a dataset, without reading its examples; an empty split is an error."""
-  if data_cfg.name == "digits":
-    image_shape, num_classes = (8, 8, 1), 10
+  if data_cfg.name == digits.NAME:
+    image_shape, num_classes = digits.IMAGE_SHAPE, digits.NUM_CLASSES
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     try:

@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax import parallel, shapes
+from mixacm_jax.runtime import parallel
 
 
 def sample_lambda(key: jax.Array, alpha: float, shape=()) -> jnp.ndarray:
@@ -42,7 +42,7 @@ def mix_batch(batch: Dict[str, jnp.ndarray], key: jax.Array, alpha: float, *,
     lam = jax.lax.dynamic_slice_in_dim(lam_all, example_offset, n)
   else:
     lam = jnp.full((n,), sample_lambda(lam_key, alpha))
-  lam_x = shapes.per_example(lam, x)
+  lam_x = parallel.per_example(lam, x)
   x_mix = lam_x * x + (1.0 - lam_x) * all_x[partner]
   return x_mix, all_y[partner], lam
 

@@ -3,7 +3,7 @@ import json
 import os
 from typing import Any, Dict
 
-from mixacm_jax import reporting
+from mixacm_jax.runtime import reporting
 
 
 def plot_sweep(sweep: Dict[str, Any], path: str) -> None:

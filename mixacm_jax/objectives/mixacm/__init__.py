@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Tuple
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax import acm, mixup
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.objectives.common import distillation_passes, kl_divergence
+from mixacm_jax.objectives.mixacm import acm, mixup
 
 
 def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:

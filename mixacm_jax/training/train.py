@@ -6,24 +6,19 @@ import signal
 import time
 from typing import Any, Callable, Dict, Optional
 
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
-from mixacm_jax import checkpoint as ckpt_lib
-from mixacm_jax import config_checks
-from mixacm_jax import input_pipeline
-from mixacm_jax import models
-from mixacm_jax import objective_setup
-from mixacm_jax import objectives
-from mixacm_jax import optim
-from mixacm_jax import parallel
-from mixacm_jax import reporting
-from mixacm_jax import teacher as teacher_lib
+from mixacm_jax import models, objectives
 from mixacm_jax.attacks import pgd as pgd_lib
+from mixacm_jax.configs import checks as config_checks
+from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import NonFiniteLossError
+from mixacm_jax.runtime import checkpoint as ckpt_lib, parallel, reporting
+from mixacm_jax.training import optim, teacher as teacher_lib
 
 
 class TrainState(train_state.TrainState):
@@ -51,6 +46,23 @@ def create_train_state(config, model, image_shape, steps_per_epoch: int, total_s
                            batch_stats=variables.get("batch_stats", {}), tx=tx, rng=state_rng)
 
 
+def init_objective_params(config, objective, model, teacher, image_shape):
+  """Initial params the objective learns beside the model (e.g. MixACM's ACM
+  transformations), shaped from both models' sown features (traced, not computed)."""
+  if objective.init_params is None:
+    return {}
+  cfg = objective.settings(config.objective)
+  student_names, teacher_names = objective.feature_names(cfg)
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  shapes = lambda m, v, names: {k: a.shape for k, a in jax.eval_shape(
+      lambda v, x: models.apply_model(m, v, x, train=False, names=names)[1], v, x).items()}
+  student_vars = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
+                                                              image_shape))
+  return objective.init_params(jax.random.PRNGKey(config.seed + 2), cfg,
+                               shapes(model, student_vars, student_names),
+                               shapes(teacher.model, teacher.variables, teacher_names))
+
+
 def train_step(state: TrainState, batch, teacher_variables, *, objective, forward, cfg,
                teacher_model=None):
   """One data-parallel update, run under `pmap(axis_name=parallel.AXIS)`.
@@ -64,7 +76,7 @@ def train_step(state: TrainState, batch, teacher_variables, *, objective, forwar
   n = batch["label"].shape[0]
   ctx = objectives.ObjectiveContext(
       forward=lambda p, *args: forward(p["model"], *args), batch_stats=state.batch_stats,
-      cfg=cfg, teacher=make_teacher(teacher_model, teacher_variables),
+      cfg=cfg, teacher=teacher_lib.frozen_forward(teacher_model, teacher_variables),
       rng=jax.random.fold_in(state.rng, state.step),
       example_offset=jax.lax.axis_index(parallel.AXIS) * n)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
@@ -86,18 +98,6 @@ def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
                         forward=make_forward(model.clone(bn_axis_name=parallel.AXIS)),
                         cfg=objective.settings(objective_cfg), teacher_model=teacher_model),
       axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
-
-
-def make_teacher(teacher_model, teacher_variables):
-  """teacher(x, names) -> (logits, {name: act}): eval mode, no gradient, no BN update."""
-  if teacher_model is None:
-    return None
-  frozen = jax.lax.stop_gradient(teacher_variables)
-
-  def teacher(x, names=()):
-    logits, feats, _ = models.apply_model(teacher_model, frozen, x, train=False, names=names)
-    return logits, feats
-  return teacher
 
 
 def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
@@ -124,7 +124,8 @@ def make_p_eval_step(model, pgd_cfg):
                   axis_name=parallel.AXIS)
 
 
-def evaluate(p_eval_step, params, batch_stats, data_cfg, eval_cfg, seed: int = 0) -> Dict[str, float]:
+def clean_and_pgd_accuracy(p_eval_step, params, batch_stats, data_cfg, eval_cfg,
+                           seed: int = 0) -> Dict[str, float]:
   """Clean and PGD accuracy over the eval split (replicated params)."""
   totals = None
   rng = jax.random.PRNGKey(seed + 1)
@@ -183,11 +184,11 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
   total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
   objective = objective or objectives.get_objective(config.objective.name)
-  teacher = objective_setup.resolve_teacher(config, objective, teacher, model, info)
+  teacher = teacher_lib.resolve_teacher(config, objective, teacher, model, info)
 
   state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps,
-                             objective_setup.init_objective_params(config, objective, model,
-                                                                   teacher, info.image_shape))
+                             init_objective_params(config, objective, model, teacher,
+                                                   info.image_shape))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
@@ -237,8 +238,9 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
             writer.write(step, metrics, prefix="train/")
         train_seconds += time.perf_counter() - t0
         if eval_now:
-          eval_metrics = evaluate(p_eval_step, p_state.params["model"], p_state.batch_stats,
-                                  config.data, config.eval, config.seed)
+          eval_metrics = clean_and_pgd_accuracy(p_eval_step, p_state.params["model"],
+                                                p_state.batch_stats, config.data, config.eval,
+                                                config.seed)
           writer.write(step, eval_metrics, prefix="eval/")
           if reporting.is_primary():
             print(f"[eval] step {step} | " + " | ".join(
@@ -249,15 +251,15 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
           raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
                            "run the same command to resume")
     if start_step == total_steps:  # finished before: restored, so evaluate what was restored
-      eval_metrics = evaluate(p_eval_step, p_state.params["model"], p_state.batch_stats,
-                              config.data, config.eval, config.seed)
+      eval_metrics = clean_and_pgd_accuracy(p_eval_step, p_state.params["model"],
+                                            p_state.batch_stats, config.data, config.eval,
+                                            config.seed)
   finally:
     checkpointer.close()  # commits any save still in flight, even on a crash
     writer.close()
   summary = {"model": config.model.name, "objective": config.objective.name,
              "steps": total_steps, "resumed_from": start_step, "train_seconds": train_seconds,
-             **objective_setup.training_cost(objective, config.objective, total_steps,
-                                             config.optim.batch_size),
+             **objective.training_cost(config.objective, total_steps, config.optim.batch_size),
              **eval_metrics}
   if reporting.is_primary():
     with open(os.path.join(workdir, "summary.json"), "w") as f:

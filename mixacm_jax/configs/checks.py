@@ -8,39 +8,11 @@ from mixacm_jax.errors import ConfigError
 NORMS = ("linf", "l2")
 
 
-def _in(leaf: str, *methods: str) -> tuple:
-  return tuple(f"objective.{m}.{leaf}" for m in methods)
-
-
-# `objective` keys from before each method had its own group -> where they are now.
-MOVED_KEYS = {
-    "objective.attack": _in("attack", "pgd_at", "trades", "ard", "rslad"),
-    "objective.trades_beta": ("objective.trades.beta",),
-    "objective.ard_alpha": ("objective.ard.alpha",),
-    "objective.w_ce": _in("w_ce", "mixacm", "kd"), "objective.w_kd": _in("w_kd", "mixacm", "kd"),
-    "objective.temperature": _in("temperature", "mixacm", "kd", "ard"),
-    **{f"objective.{k}": _in(k, "mixacm")
-       for k in ("w_acm", "mixup_alpha", "mixup_per_example", "acm")},
-}
-
-
-def _moved(path: str) -> str:
-  for old, new in MOVED_KEYS.items():
-    if path == old or path.startswith(old + "."):
-      now = [p + path[len(old):] for p in new]
-      return (f"moved to {now[0]}" if len(now) == 1 else
-              f"is per method now: {', '.join(now)}")
-  return ""
-
-
 def unknown_key(config, path: str, flag: str = "") -> str:
-  """'' when the dotted `path` names a field of `config`; otherwise why not, in one line:
-  where a moved key lives now, or the nearest valid key. `flag`: the command-line argument
-  that named it, if one did."""
+  """'' when the dotted `path` names a field of `config`; otherwise why not, in one line,
+  with the nearest valid key. `flag`: the command-line argument that named it, if one did."""
   import difflib  # pylint: disable=g-import-not-at-top
   source, dashes = (f" in {flag}", "--") if flag else ("", "")
-  if _moved(path):
-    return f"config key {path!r}{source} {_moved(path)}"
   parts = path.split(".")
   node = config
   for depth, key in enumerate(parts):
@@ -88,8 +60,6 @@ def validate(config) -> None:
   from mixacm_jax import objectives  # pylint: disable=g-import-not-at-top
   objectives.get_objective(config.objective.name).settings(config.objective)
   for key, group in config.objective.items():
-    if _moved(f"objective.{key}"):
-      raise ConfigError(unknown_key(config, f"objective.{key}"))
     if hasattr(group, "keys") and "attack" in group:
       _check_attack(f"objective.{key}.attack", group.attack)
   if config.eval.pgd.steps or "attacks" in config.eval:
@@ -101,8 +71,6 @@ def validate(config) -> None:
   if o.learning_rate <= 0 or not 0 <= o.momentum < 1 or o.weight_decay < 0:
     raise ConfigError("optim needs learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0; got "
                       f"{o.learning_rate}, {o.momentum}, {o.weight_decay}")
-  from mixacm_jax import optim  # pylint: disable=g-import-not-at-top
-  optim.create_schedule(o, 1, 1)  # raises on an unknown schedule
   if not (o.get("num_steps") or o.num_epochs > 0):
     raise ConfigError("set optim.num_epochs > 0 or optim.num_steps > 0")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:

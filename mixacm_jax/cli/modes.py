@@ -1,12 +1,13 @@
-"""What run.py does for each mode; every user-fixable error becomes one line on stderr."""
+"""What each mode of the command does; every user-fixable error becomes one line on stderr."""
 import os
 import sys
 
-from mixacm_jax.errors import MixACMError
+from mixacm_jax.errors import ConfigError, MixACMError
 
 
 def _train(config, workdir):
-  from mixacm_jax import reporting, train  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import reporting  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import train
   result = train.train_and_evaluate(config, workdir)
   row = {k: v for k, v in result.items() if k != "state"}
   if reporting.is_primary():
@@ -19,8 +20,12 @@ def _train(config, workdir):
 
 
 def _eval(config, workdir):
-  from mixacm_jax import evaluation, reporting, robustness_output  # pylint: disable=g-import-not-at-top
-  report = evaluation.evaluate_checkpoint(config, workdir)
+  from mixacm_jax.evaluation import (  # pylint: disable=g-import-not-at-top
+    checkpoint_report,
+    robustness_output,
+  )
+  from mixacm_jax.runtime import reporting
+  report = checkpoint_report.robustness_of_checkpoint(config, workdir)
   if reporting.is_primary():
     print(f"\n{report['num_examples']} examples, {report['norm']} eps={report['eps']:.4g}; "
           "accuracy in %\n")
@@ -32,7 +37,7 @@ def _eval(config, workdir):
 
 
 def _pipeline(config, workdir):
-  from mixacm_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import pipeline  # pylint: disable=g-import-not-at-top
   if "pipeline" not in config:
     from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError("--mode=pipeline needs a config with a `pipeline` section, "
@@ -55,13 +60,35 @@ def _convert(config, workdir):
 MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline, "convert": _convert}
 
 
-def run(mode: str, config, workdir: str, distributed=None, host_devices: int = 1) -> int:
+def _host_devices(mode: str, config, host_devices: str) -> int:
+  """The number of host devices `--host_devices` asks for (see `parallel.auto_host_devices`)."""
+  if host_devices != "auto":
+    try:
+      n = int(host_devices)
+    except ValueError:
+      n = 0
+    if n < 1:
+      raise ConfigError(f"--host_devices must be 'auto' or a positive integer, got "
+                        f"{host_devices!r}")
+    return n
+  if mode == "convert":
+    return 1
+  from mixacm_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
+  batches = [config.optim.batch_size, config.eval.batch_size]
+  if mode == "pipeline" and "pipeline" in config:
+    batches.append(config.pipeline.get("teacher_batch_size") or config.optim.batch_size)
+  return parallel.auto_host_devices(input_pipeline.get_info(config.data).image_shape, batches)
+
+
+def run(mode: str, config, workdir: str, distributed=None, host_devices: str = "1") -> int:
   try:
-    if host_devices > 1:
-      from mixacm_jax import parallel  # pylint: disable=g-import-not-at-top
-      parallel.use_host_devices(host_devices)
+    n = _host_devices(mode, config, str(host_devices))
+    if n > 1:
+      from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
+      parallel.use_host_devices(n)
     if distributed:
-      from mixacm_jax import distributed as dist  # pylint: disable=g-import-not-at-top
+      from mixacm_jax.runtime import distributed as dist  # pylint: disable=g-import-not-at-top
       dist.maybe_initialize(**distributed)
     return MODES[mode](config, workdir)
   except MixACMError as e:

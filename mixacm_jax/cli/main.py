@@ -1,0 +1,77 @@
+"""`mixacm --config=configs/default.py --workdir=/tmp/run [--mode=train|eval|pipeline|convert]`
+(or `python run.py ...`): flag parsing and dispatch to `modes`."""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mixacm_jax.cli import config_errors
+
+# Shipped inside the package, so the installed command has a default from any directory.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.py")
+MODES = ("train", "eval", "pipeline", "convert")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS, sys_argv=None):
+  """Defined on the command's start, not at import: ml_collections reads the config file and
+  the command line's overrides already here, and their errors are reported like the others.
+  (The docs' tests parse every documented command with a fresh `flag_values` and its
+  `sys_argv`.)"""
+  fv = dict(flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file.",
+                                  lock_config=True, sys_argv=sys_argv, **fv)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.", **fv)
+  flags.DEFINE_enum("mode", "train", list(MODES),
+                    "train: train (resuming if possible) and evaluate; eval: evaluate the "
+                    "workdir's latest checkpoint; pipeline: teacher -> students -> report "
+                    "(configs/default_mixacm.py); convert: PyTorch weights -> orbax checkpoint.",
+                    **fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host "
+                      "runs started by hand (with --num_processes and --process_id).", **fv)
+  flags.DEFINE_integer("num_processes", 0, "Number of processes (hosts) in a multi-host run.",
+                       **fv)
+  flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.", **fv)
+  flags.DEFINE_bool("distributed", False, "Initialise jax.distributed from the cluster's "
+                    "environment (TPU pod slices, SLURM, Open MPI).", **fv)
+  flags.DEFINE_string("host_devices", "auto", "On CPU: split every batch over this many host "
+                      "devices (XLA:CPU runs a convolution on one core; devices run at once). "
+                      "'auto': every core, when the images are large enough for it to pay "
+                      "(32x32 and up) and the batches divide; 1 turns it off. GPU/TPU: ignored.",
+                      **fv)
+  flags.mark_flags_as_required(["workdir"], **fv)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # orbax logs every save and restore
+  from mixacm_jax.cli import modes  # pylint: disable=g-import-not-at-top
+  return modes.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, distributed=dict(
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id, auto=FLAGS.distributed), host_devices=FLAGS.host_devices)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad config file or override reported in one line."""
+  config_errors.check_config_file(argv, DEFAULT_CONFIG)
+  try:
+    remaining = FLAGS(argv)
+    _ = FLAGS.config.keys()  # the config file loads lazily: load it (and its overrides) now
+    return remaining
+  except flags.Error as e:
+    config_errors.fail(str(e))
+  except (AttributeError, KeyError, OSError) as e:
+    config_errors.fail(config_errors.explain(argv, e, DEFAULT_CONFIG))
+
+
+def entry():
+  try:
+    define_flags()
+  except (AttributeError, KeyError, OSError) as e:
+    config_errors.fail(config_errors.explain(sys.argv, e, DEFAULT_CONFIG))
+  sys.exit(app.run(main, flags_parser=parse_flags))

@@ -1,0 +1,2 @@
+"""What every part runs on: devices (`parallel`), hosts (`distributed`), checkpoints
+(`checkpoint`), progress lines and metrics (`reporting`)."""
