@@ -18,8 +18,8 @@ from mixacm_jax.evaluation import robustness
 def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
                  image_shape: Sequence[int] = (32, 32, 3), dtype: str = "float32",
                  **arch_kwargs) -> Tuple[Any, Dict[str, Any]]:
-  """(Flax model, {"params", "batch_stats"}) from a PyTorch state_dict file (.pt / .pth, read
-  with weights_only=True, or .safetensors). `arch` is a registered architecture
+  """(Flax model, {"params", "batch_stats"}) from a PyTorch checkpoint (.pt / .pth, read
+  without executing anything in it, or .safetensors). `arch` is a registered architecture
   (`mixacm_jax.models.MODELS`), `arch_kwargs` its fields (e.g. depth=22, widen_factor=2);
   input normalisation found in the file (mu / sigma buffers) goes inside the model."""
   from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top

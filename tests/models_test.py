@@ -124,3 +124,19 @@ def test_unknown_architecture_lists_known_ones():
     models.create_model("resnet19", num_classes=10)
   with pytest.raises(ConfigError, match="bad model.kwargs"):
     models.create_model("resnet18", num_classes=10, widht=3)
+
+
+def test_dm_models_get_their_own_datasets_statistics_never_another():
+  """DeepMind-style models keep mean/std as non-persistent buffers (never in the file): 10
+  classes get CIFAR-10's, 100 CIFAR-100's, as RobustBench builds them; other counts must be
+  given, not guessed."""
+  from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  c10 = models.create_model("dm_wrn", num_classes=10, depth=10, widen_factor=1)
+  c100 = models.create_model("dm_wrn", num_classes=100, depth=10, widen_factor=1)
+  assert c10.mean == (0.4914, 0.4822, 0.4465) and c100.mean == (0.5071, 0.4865, 0.4409)
+  assert c100.std == (0.2673, 0.2564, 0.2762)
+  with pytest.raises(ConfigError, match="43 classes match no known dataset: set model.mean"):
+    models.create_model("dm_preact_resnet18", num_classes=43)
+  given = models.create_model("dm_wrn", num_classes=43, depth=10, widen_factor=1,
+                              mean=(0.5,) * 3, std=(0.5,) * 3)
+  assert given.mean == (0.5,) * 3

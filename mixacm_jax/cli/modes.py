@@ -20,11 +20,8 @@ def _train(config, workdir):
 
 
 def _eval(config, workdir):
-  from mixacm_jax.evaluation import (  # pylint: disable=g-import-not-at-top
-    checkpoint_report,
-    robustness_output,
-  )
-  from mixacm_jax.runtime import reporting
+  from mixacm_jax.evaluation import checkpoint_report, robustness_output  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import reporting  # pylint: disable=g-import-not-at-top
   report = checkpoint_report.robustness_of_checkpoint(config, workdir)
   if reporting.is_primary():
     print(f"\n{report['num_examples']} examples, {report['norm']} eps={report['eps']:.4g}; "

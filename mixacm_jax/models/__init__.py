@@ -31,7 +31,12 @@ MODELS: Dict[str, Callable[..., Any]] = {
                                             shortcut_from_preact=False, shortcut_kernel=3,
                                             **_DM),
 }
-DM_DEFAULT_NORMALISATION = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+# The statistics RobustBench's DM models are built with, by dataset (number of classes); they
+# are non-persistent buffers, so a checkpoint never carries them.
+DM_NORMALISATION = {
+    10: ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),    # CIFAR-10
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),   # CIFAR-100
+}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields set by create_model itself (or by Flax), not through kwargs.
@@ -51,7 +56,11 @@ def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]]
   if name not in MODELS:
     raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(sorted(MODELS))}")
   if name.startswith("dm_") and mean is None and std is None:
-    mean, std = DM_DEFAULT_NORMALISATION  # as RobustBench constructs these models
+    if num_classes not in DM_NORMALISATION:  # never another dataset's statistics, silently
+      raise ConfigError(f"{name!r} normalises its inputs inside, with its dataset's mean and "
+                        f"std, and {num_classes} classes match no known dataset: set "
+                        "model.mean and model.std")
+    mean, std = DM_NORMALISATION[num_classes]  # as RobustBench constructs these models
   if dtype not in DTYPES:
     raise ConfigError(f"unknown compute dtype {dtype!r}; known: {', '.join(DTYPES)}")
   unknown = sorted(set(kwargs) - set(architecture_fields(name)))

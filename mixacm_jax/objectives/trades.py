@@ -2,12 +2,8 @@
 maximises the KL by sign-gradient steps in eval mode from x + 0.001 N(0, 1) (reference code)."""
 import jax
 
-from mixacm_jax.objectives.common import (
-  cross_entropy,
-  kl_adversarial_examples,
-  kl_divergence,
-  metrics_of,
-)
+from mixacm_jax.objectives.common import (cross_entropy, kl_adversarial_examples,
+                                          kl_divergence, metrics_of)
 
 
 def adversarial_examples(params, ctx, batch):

@@ -1,18 +1,27 @@
-"""Reading PyTorch weight files without executing pickled code, and normalising what real
-checkpoints contain (DataParallel prefixes, nested dicts, BN counters, fp16, mean/std buffers).
+"""Reading PyTorch weight files without executing anything in them, and normalising what real
+checkpoints contain (nesting as RobustBench's files have it, DataParallel and wrapper prefixes,
+BN counters, fp16, mean/std buffers, non-tensor entries beside the weights).
 
-`.safetensors` files are read with safetensors' NumPy API and need no torch; `.pt`/`.pth`
-files need torch and are read with `torch.load(..., weights_only=True)` only.
+`.safetensors` files are read with safetensors' NumPy API; `.pt`/`.pth` files with
+`torch_file` (no torch needed), which rebuilds tensors and plain containers and turns every
+other pickled name into an inert placeholder: nothing in the file is imported or called.
 """
 import os
 import pickle
+import struct
+import zipfile
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from mixacm_jax.errors import CheckpointError
+from mixacm_jax.port import torch_file
 
-NESTED_KEYS = ("state_dict", "model_state_dict", "net", "model")
+# Where real checkpoints keep their weights (RobustBench's loader: 'last' for the Kireev and
+# Andriushchenko entries, 'state_dict' for most others).
+NESTED_KEYS = ("state_dict", "model_state_dict", "last", "net", "model")
+# Prefixes left by wrappers: nn.DataParallel (`module.`), a model held as `self.model`.
+PREFIXES = ("module.", "model.")
 # Buffers some RobustBench models carry for input normalisation (Rice et al.: mu / sigma).
 NORMALISATION_KEYS = {"mu": "mean", "sigma": "std", "mean": "mean", "std": "std"}
 
@@ -21,30 +30,27 @@ def read_weight_file(path: str) -> Dict[str, np.ndarray]:
   """The raw {key: array} of a .safetensors or .pt/.pth file."""
   if not os.path.isfile(path):
     raise CheckpointError(f"weight file not found: {path}")
+  size = os.path.getsize(path)
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     try:
       return dict(load_file(path))
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+      raise CheckpointError(f"{path} is not a readable safetensors file ({size} bytes): "
+                            f"{_first_line(e)}") from None
   try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise CheckpointError(f"reading {path} needs torch (pip install torch==2.13.0), or "
-                          "convert the file to .safetensors") from None
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:  # torch's weights-only unpickler met a disallowed global
+    obj, placeholders = torch_file.load(path)
+  except torch_file.NotACheckpoint as e:
     raise CheckpointError(
-        f"refusing to load {path}: it cannot be read with torch.load(weights_only=True), so it "
-        f"holds more than tensors (pickled code or objects), and this tool never unpickles "
-        f"untrusted files. Re-save only the state_dict, or convert it to .safetensors. "
-        f"({_first_line(e)})") from None
-  except Exception as e:  # pylint: disable=broad-except
+        f"{path} is {e} ({size} bytes), not a PyTorch checkpoint: the download did not "
+        "complete (a failed Google Drive download leaves an HTML page); download it again"
+        ) from None
+  except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError,
+          IndexError, struct.error) as e:
     raise CheckpointError(
-        f"{path} is truncated or corrupt: not a complete PyTorch weight file "
-        f"({os.path.getsize(path)} bytes; {_first_line(e)})") from None
-  return _unwrap(obj, path)
+        f"{path} is truncated or corrupt: not a complete PyTorch weight file ({size} bytes; "
+        f"{_first_line(e)}); download or save it again") from None
+  return _unwrap(obj, path, placeholders)
 
 
 def _first_line(error: Exception) -> str:
@@ -52,31 +58,45 @@ def _first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0][:160]}" if text else type(error).__name__
 
 
-def _unwrap(obj, path):
-  import torch  # pylint: disable=g-import-not-at-top
-  for _ in range(3):
-    if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-      inner = next((obj[k] for k in NESTED_KEYS if k in obj and isinstance(obj[k], dict)), None)
-      if inner is None:
-        break
-      obj = inner
-  if not isinstance(obj, dict):
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-  out = {}
-  for k, v in obj.items():
-    if isinstance(v, torch.Tensor):
-      out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-  return out
+def _tensors(obj) -> Dict[str, np.ndarray]:
+  return {k: v for k, v in obj.items() if isinstance(v, np.ndarray)} if isinstance(obj, dict) \
+      else {}
+
+
+def _unwrap(obj, path, placeholders=()):
+  """The weights inside a checkpoint: the first nested dict of NESTED_KEYS until one holds
+  tensors; entries that are not tensors (epoch counters, optimizer state, argparse
+  namespaces, all inert here) are dropped."""
+  for _ in range(4):
+    if not isinstance(obj, dict) or _tensors(obj):
+      break
+    inner = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
+    if inner is None:
+      break
+    obj = inner
+  tensors = _tensors(obj)
+  if not tensors:
+    what = type(obj).__name__ if not isinstance(obj, torch_file.Inert) else obj.qualname
+    keys = f" (keys: {', '.join(map(str, list(obj)[:8]))})" if isinstance(obj, dict) else ""
+    named = (f"; it names {', '.join(sorted(placeholders)[:5])}, none of which was run"
+             if placeholders else "")
+    raise CheckpointError(f"{path} holds no tensors: a {what}{keys}{named}. Expected a "
+                          "state_dict (or a dict holding one under "
+                          f"{', '.join(NESTED_KEYS)})")
+  return tensors
 
 
 def clean_state_dict(raw: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray],
                                                         Dict[str, Optional[tuple]]]:
-  """Strips `module.` prefixes, drops `num_batches_tracked`, casts floats to float32 and
-  takes out mean/std buffers. Returns (state_dict, {"mean": ..., "std": ...})."""
+  """Strips wrapper prefixes (`module.`, and `model.` when every key has it), drops
+  `num_batches_tracked`, casts floats to float32 and takes out mean/std buffers. Returns
+  (state_dict, {"mean": ..., "std": ...})."""
   state, norm = {}, {"mean": None, "std": None}
+  for prefix in PREFIXES:
+    if prefix != "module." and not all(k.startswith(prefix) for k in raw):
+      continue
+    raw = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in raw.items()}
   for key, value in raw.items():
-    while key.startswith("module."):
-      key = key[len("module."):]
     if key.endswith("num_batches_tracked"):
       continue
     value = np.asarray(value)

@@ -27,9 +27,7 @@ class MetricWriter:
     self._tb = None
     if self.enabled:
       try:  # TensorBoard's own event writer: no TensorFlow needed.
-        from tensorboard.summary.writer.event_file_writer import (
-          EventFileWriter,  # pylint: disable=g-import-not-at-top
-        )
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=g-import-not-at-top
         self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
       except ImportError:  # e.g. a stock JAX GPU image: JSON lines only
         print("note: the tensorboard package is not installed; metrics go to "
@@ -43,10 +41,7 @@ class MetricWriter:
       f.write(json.dumps({"step": int(step), "time": time.time(), **row}) + "\n")
     if self._tb is None:
       return
-    from tensorboard.compat.proto import (  # pylint: disable=g-import-not-at-top
-      event_pb2,
-      summary_pb2,
-    )
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
     summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)
                                          for k, v in row.items()])
     self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
