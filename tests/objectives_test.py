@@ -94,3 +94,37 @@ def test_each_method_reads_its_own_settings_group():
     pipeline.apply_overrides(default.get_config(), {"objective.mixacm.w_acn": 3.0})
   assert pipeline.apply_overrides(default.get_config(), {"objective.mixacm.w_acm": 3.0}
                                   ).objective.mixacm.w_acm == 3.0
+
+
+def test_fast_at_is_one_fgsm_step_from_a_random_start_and_costs_four_passes():
+  """Wong et al.'s FGSM-RS: start uniform in the eps-ball, one step of 1.25 eps along the
+  sign of the input gradient at the start, projected back; computed here by hand."""
+  from mixacm_jax.attacks import pgd as pgd_lib  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.objectives import fast_at  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  attack = config.objective.fast_at.attack
+  assert (attack.steps, attack.step_size) == (1, pytest.approx(1.25 * attack.eps))
+  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  params = {"model": variables["params"]}
+  x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1), minval=0.3, maxval=0.7)
+  batch = {"image": x, "label": jnp.arange(8) % 10}
+  ctx = _ctx(config.objective.fast_at, model, variables)
+  x_adv = fast_at.adversarial_examples(params, ctx, batch)
+  eps = attack.eps
+  assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
+  # By hand: the same per-example keys give the same uniform start.
+  keys = ctx.example_keys(8)
+  start = x + jax.vmap(lambda k, v: jax.random.uniform(k, v.shape, v.dtype, -eps, eps))(keys, x)
+  assert float(jnp.max(jnp.abs(start - x))) <= eps  # the start is inside the ball
+  logits_fn = ctx.eval_logits_fn(params)
+  grad = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(logits_fn(v), batch["label"])))(start)
+  by_hand = jnp.clip(jnp.clip(start + 1.25 * eps * jnp.sign(grad) - x, -eps, eps) + x, 0, 1)
+  np.testing.assert_allclose(x_adv, by_hand, atol=1e-6)
+  # Not the plain FGSM from x: the random start matters.
+  assert float(jnp.max(jnp.abs(x_adv - jnp.clip(x + eps * jnp.sign(grad), 0, 1)))) > 1e-3
+  objective = objectives.get_objective("fast_at")
+  per = objective.passes(objective.settings(config.objective))
+  assert per == {"forward": 2, "backward": 2, "teacher_forward": 0}
+  cost = objective.training_cost(config.objective, steps=10, batch_size=4)
+  assert cost["passes_per_example"] == 4 and cost["student_forward_passes"] == 80

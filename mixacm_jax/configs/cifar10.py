@@ -22,6 +22,7 @@ def get_config():
   eps = 8 / 255
   for method in default.ADVERSARIAL_METHODS:
     config.objective[method].attack = default.training_attack(eps, 2 / 255, 10)
+  config.objective.fast_at.attack = default.fast_attack(eps)
   config.eval.pgd = ml_collections.ConfigDict(
       {"eps": eps, "step_size": 2 / 255, "steps": 20, "norm": "linf", "loss": "ce",
        "restarts": 1})

@@ -3,13 +3,18 @@ a small ResNet-18, PGD-AT (a robust teacher), evaluated on clean and PGD accurac
 Finishes offline in a few minutes on 2 CPU cores; a smoke-scale stand-in for CIFAR-10."""
 import ml_collections
 
-ADVERSARIAL_METHODS = ("pgd_at", "trades", "ard", "rslad")  # the ones with `attack`
+ADVERSARIAL_METHODS = ("pgd_at", "fast_at", "trades", "ard", "rslad")  # the ones with `attack`
 
 
 def training_attack(eps=0.1, step_size=0.025, steps=5, norm="linf"):
   """The attack an adversarial method trains on (its `objective.<name>.attack`)."""
   return ml_collections.ConfigDict(
       {"eps": eps, "step_size": step_size, "steps": steps, "norm": norm})
+
+
+def fast_attack(eps=0.1, norm="linf"):
+  """Fast-AT's attack (Wong et al. 2020): FGSM from a random start, step 1.25 eps."""
+  return training_attack(eps, 1.25 * eps, 1, norm)
 
 
 def get_config():
@@ -37,9 +42,10 @@ def get_config():
 
   # Each method's own settings in its own group, `objective.<name>.*`; natural has none.
   config.objective = ml_collections.ConfigDict()
-  config.objective.name = "pgd_at"     # natural | pgd_at | trades | mixacm | kd | ard | rslad
+  config.objective.name = "pgd_at"  # natural, pgd_at, fast_at, trades, mixacm, kd, ard, rslad
   config.objective.natural = ml_collections.ConfigDict()
   config.objective.pgd_at = ml_collections.ConfigDict({"attack": training_attack()})
+  config.objective.fast_at = ml_collections.ConfigDict({"attack": fast_attack()})
   config.objective.trades = ml_collections.ConfigDict({"beta": 6.0, "attack": training_attack()})
   config.objective.mixacm = ml_collections.ConfigDict({
       "w_ce": 1.0, "w_kd": 1.0, "w_acm": 10.0,  # weights of the three terms

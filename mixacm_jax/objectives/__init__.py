@@ -11,7 +11,7 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives import ard, kd, mixacm, natural, pgd_at, rslad, trades
+from mixacm_jax.objectives import ard, fast_at, kd, mixacm, natural, pgd_at, rslad, trades
 from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 
@@ -48,6 +48,7 @@ class Objective:
 OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("natural", natural.loss_fn, natural.passes),
     Objective("pgd_at", pgd_at.loss_fn, pgd_at.passes),
+    Objective("fast_at", fast_at.loss_fn, fast_at.passes),
     Objective("trades", trades.loss_fn, trades.passes),
     Objective("mixacm", mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
               mixacm.feature_names),
