@@ -45,34 +45,22 @@ def setup_device(args):
   return args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
 
 
-def processor() -> str:
-  """The CPU's model and its widest vector ISA (what XLA:CPU and oneDNN generate code for)."""
-  model, flags_ = platform.processor() or platform.machine(), set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-          flags_ = set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
-              if flag in flags_), "no AVX")
-  capped = os.environ.get("XLA_FLAGS", "")
-  if "--xla_cpu_max_isa=" in capped:
-    isa += f", XLA capped at {capped.split('--xla_cpu_max_isa=')[1].split()[0]}"
+def isa_caps() -> str:
+  """ISA caps set in the environment (XLA's --xla_cpu_max_isa, oneDNN's ONEDNN_MAX_CPU_ISA)."""
+  caps, xla_flags = [], os.environ.get("XLA_FLAGS", "")
+  if "--xla_cpu_max_isa=" in xla_flags:
+    caps.append(f"XLA capped at {xla_flags.split('--xla_cpu_max_isa=')[1].split()[0]}")
   if os.environ.get("ONEDNN_MAX_CPU_ISA"):
-    isa += f", oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}"
-  return f"{model} ({isa})"
+    caps.append(f"oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}")
+  return "".join(f", {c}" for c in caps)
 
 
 def describe_machine() -> str:
   d = jax.devices()[0]
   from mixacm_jax.models import conv  # pylint: disable=g-import-not-at-top
   return (f"{platform.node() or 'host'}: {d.device_kind} x{jax.device_count()} "
-          f"({jax.default_backend()}), {processor()}, {os.cpu_count()} CPU cores, "
-          f"jax {jax.__version__}, conv backward {os.environ.get(conv.ENV, 'auto')}")
+          f"({jax.default_backend()}), {conv.processor()}{isa_caps()}, {os.cpu_count()} CPU "
+          f"cores, jax {jax.__version__}, conv backward {os.environ.get(conv.ENV, 'auto')}")
 
 
 def timed(fn, repeats: int):

@@ -7,7 +7,7 @@ from mixacm_jax.errors import ConfigError, MixACMError
 
 def _train(config, workdir):
   from mixacm_jax.runtime import reporting  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.training import train
+  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(config, workdir)
   row = {k: v for k, v in result.items() if k != "state"}
   if reporting.is_primary():
@@ -36,7 +36,6 @@ def _eval(config, workdir):
 def _pipeline(config, workdir):
   from mixacm_jax.training import pipeline  # pylint: disable=g-import-not-at-top
   if "pipeline" not in config:
-    from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError("--mode=pipeline needs a config with a `pipeline` section, "
                       "e.g. configs/default_mixacm.py")
   pipeline.run_pipeline(config, workdir)

@@ -119,15 +119,23 @@ def _setting() -> str:
   return value
 
 
-def _processor() -> str:
+@functools.lru_cache(maxsize=1)
+def processor() -> str:
+  """The CPU's model and its widest vector ISA, e.g. 'AMD EPYC (AVX2)': what XLA:CPU generates
+  code for, and so part of every cached choice's key."""
+  model, cpu_flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+          cpu_flags = set(line.split(":", 1)[1].split())
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+              if flag in cpu_flags), "no AVX")
+  return f"{model} ({isa})"
 
 
 def cache_path() -> str:
@@ -141,7 +149,7 @@ def _cores() -> int:
 
 
 def _key(x_shape, w_shape, strides, padding, dtype) -> str:
-  return (f"{_processor()}|{_cores()} cores|jax {jax.__version__}|x{tuple(x_shape)} "
+  return (f"{processor()}|{_cores()} cores|jax {jax.__version__}|x{tuple(x_shape)} "
           f"w{tuple(w_shape)} s{strides} p{padding} {jnp.dtype(dtype).name}")
 
 
