@@ -1,8 +1,13 @@
-"""MixACM on CIFAR-10: a robust WRN-34-10 teacher (e.g. TRADES, converted or trained here)
-distilled into ResNet-18."""
+"""MixACM on CIFAR-10: the paper's robust teacher, TRADES WideResNet-34-10 (RobustBench's
+Zhang2019Theoretically, read from ./models/cifar10/Linf/), distilled into ResNet-18.
+
+    mixacm --config=configs/cifar10_mixacm_wrn34_10_to_resnet18.py --workdir=/tmp/student \
+        --config.data.data_dir=<prepared TFDS> --config.teacher.model_dir=./models
+"""
 from mixacm_jax.configs import cifar10
 
 
 def get_config():
-  return cifar10.mixacm_config("resnet18", "wrn34_10",
-                                      cifar10.WRN_TO_RESNET_STAGES)
+  config = cifar10.mixacm_config("resnet18", "wrn34_10", cifar10.WRN_TO_RESNET_STAGES)
+  config.teacher.robustbench = "Zhang2019Theoretically"
+  return config

@@ -1,14 +1,15 @@
 """mixacm_jax: robustness transfer (MixACM) and jitted adversarial evaluation in JAX/Flax.
 
 One call each (imported on first use, so `import mixacm_jax` stays light):
-`load_pytorch`, `evaluate` (mixacm_jax.api), `run_autoattack` (mixacm_jax.attacks.autoattack),
-`mixacm_loss` (mixacm_jax.objectives.mixacm).
+`load_pytorch`, `load_robustbench`, `evaluate` (mixacm_jax.api), `run_autoattack`
+(mixacm_jax.attacks.autoattack), `mixacm_loss` (mixacm_jax.objectives.mixacm).
 """
 import importlib
 
 __version__ = "0.2.0"
 
-_PUBLIC = {"load_pytorch": "mixacm_jax.api", "evaluate": "mixacm_jax.api",
+_PUBLIC = {"load_pytorch": "mixacm_jax.api", "load_robustbench": "mixacm_jax.api",
+           "evaluate": "mixacm_jax.api",
            "eval_config": "mixacm_jax.api",
            "run_autoattack": "mixacm_jax.attacks.autoattack",
            "mixacm_loss": "mixacm_jax.objectives.mixacm"}

@@ -1,6 +1,7 @@
 """The library in one call each: bring PyTorch weights, evaluate any Flax model's robustness.
 
     model, variables = mixacm_jax.load_pytorch("model.pt", "wrn34_10")
+    model, variables = mixacm_jax.load_robustbench("Zhang2019Theoretically")
     report = mixacm_jax.evaluate(model, variables, x, labels=y, eps=8 / 255)
     x_adv, robust_after = mixacm_jax.run_autoattack(logits_fn, x, y, key, eps=8 / 255)
 
@@ -27,6 +28,17 @@ def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
       path, arch, num_classes=num_classes, image_shape=tuple(image_shape), dtype=dtype,
       **arch_kwargs)
   return model, variables
+
+
+def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
+                     model_dir: str = "./models", dtype: str = "float32"
+                     ) -> Tuple[Any, Dict[str, Any]]:
+  """(Flax model, {"params", "batch_stats"}) of RobustBench's zoo entry `name`, read offline
+  from `<model_dir>/<dataset>/<threat_model>/<name>.pt`, the file RobustBench's `load_model`
+  writes. The model takes NHWC images in [0, 1] and normalises them inside, as RobustBench's
+  module does; the recipe (architecture, normalisation) comes from RobustBench's own zoo."""
+  from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
+  return zoo.load_robustbench(name, dataset, threat_model, model_dir, dtype)
 
 
 def eval_config(*, attacks: str = "clean,pgd20,autoattack", eps: float = 8 / 255,

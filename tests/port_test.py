@@ -6,6 +6,7 @@ no CPU build here), so its architecture files are loaded by path; they import on
 import importlib.util
 import os
 import pickle
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,15 @@ def _randomise(net, seed=0):
 def _nets():
   wrn, resnet = _robustbench_module("wide_resnet"), _robustbench_module("resnet")
   dm = _robustbench_module("dm_wide_resnet")
+  robustbench.zoo_entries("cifar10")  # the zoo's own subclasses, e.g. Ding et al.'s
+  zoo10 = sys.modules["robustbench.model_zoo.cifar10"]
   return {
+      "resnet_bottleneck": (lambda: resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1]), "resnet50",
+                            dict(stage_sizes=(1, 1, 1, 1)),
+                            {"stage1": "layer1", "stage4": "layer4"}),
+      "wrn_per_image": (lambda: zoo10.Ding2020MMANet(depth=10, widen_factor=1), "wrn",
+                        dict(depth=10, widen_factor=1, per_image_standardization=True),
+                        {"stage2": "block2"}),
       "dm_wrn10_2": (lambda: dm.DMWideResNet(depth=10, width=2, activation_fn=dm.Swish),
                      "dm_wrn", dict(depth=10, widen_factor=2),
                      {"stem": "init_conv", "stage1": "layer.0", "stage2": "layer.1",
@@ -59,7 +68,8 @@ def _nets():
 
 
 @pytest.mark.parametrize("name", ["wrn16_2", "resnet18", "resnet34", "preact18", "preact18_rice",
-                                  "dm_wrn10_2", "dm_preact18"])
+                                  "dm_wrn10_2", "dm_preact18", "resnet_bottleneck",
+                                  "wrn_per_image"])
 def test_logits_and_stages_match_robustbench(name, tmp_path):
   factory, arch, kwargs, stages = _nets()[name]
   net = _randomise(factory(), seed=len(name))
@@ -195,7 +205,7 @@ def test_convert_mode_on_the_command_line(tmp_path):
          f"--workdir={tmp_path / 'out'}", "--config.convert.arch=resnet18"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
   missing = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env)
-  assert missing.returncode == 2 and "set --config.convert.arch" in missing.stderr
+  assert missing.returncode == 2 and "--config.convert.source=<file" in missing.stderr
   ok = subprocess.run(cmd + [f"--config.convert.source={tmp_path / 'r18.pt'}"],
                       capture_output=True, text=True, cwd=root, env=env)
   assert ok.returncode == 0, ok.stderr[-2000:]

@@ -47,9 +47,7 @@ def _convert(config, workdir):
   info = convert.convert(config.convert, workdir)
   print(f"Converted {info['source']} -> {workdir}/checkpoints ({info['arch']}, "
         f"{info['num_classes']} classes).")
-  if info["mean"] or info["std"]:
-    print(f"The file normalises its inputs: use it with --config.teacher.model.mean="
-          f"'{info['mean']}' --config.teacher.model.std='{info['std']}'")
+  print(f"As a teacher: {convert.teacher_flags(info, workdir)}")
   return 0
 
 

@@ -17,6 +17,13 @@ def fast_attack(eps=0.1, norm="linf"):
   return training_attack(eps, 1.25 * eps, 1, norm)
 
 
+def robustbench_entry():
+  """A RobustBench zoo entry by name, read from the folder RobustBench's `load_model` fills
+  (<model_dir>/<dataset>/<threat_model>/<name>.pt); "" = not used."""
+  return {"robustbench": "", "dataset": "cifar10", "threat_model": "Linf",
+          "model_dir": "./models"}
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -69,6 +76,7 @@ def get_config():
   # The frozen teacher of the distillation objectives.
   config.teacher = ml_collections.ConfigDict()
   config.teacher.checkpoint = ""           # a workdir or checkpoint dir (orbax)
+  config.teacher.update(robustbench_entry())  # or a RobustBench entry (its own model)
   config.teacher.step = 0                  # 0: the latest
   config.teacher.model = ml_collections.ConfigDict()
   config.teacher.model.name = "resnet18"
@@ -109,7 +117,8 @@ def get_config():
 
   # --mode=convert: a PyTorch weight file -> an orbax checkpoint in --workdir.
   config.convert = ml_collections.ConfigDict()
-  config.convert.arch = ""                 # e.g. wrn34_10, resnet18, preact_resnet18
+  config.convert.update(robustbench_entry())  # by name: architecture and file from the zoo
+  config.convert.arch = ""                 # or by hand: e.g. wrn34_10, resnet18, preact_resnet18
   config.convert.source = ""               # file.pt | file.pth | file.safetensors
   config.convert.num_classes = 0           # 0: read off the classifier's weight
   config.convert.image_shape = (32, 32, 3)
@@ -121,7 +130,8 @@ def get_config():
       "base_width": placeholder(int), "stage_sizes": placeholder(tuple),
       "final_bn": placeholder(bool), "shortcut_from_preact": placeholder(bool),
       "shortcut_kernel": placeholder(int), "activation": placeholder(str),
-      "tf_same_padding": placeholder(bool)})
+      "tf_same_padding": placeholder(bool), "block": placeholder(str),
+      "per_image_standardization": placeholder(bool)})
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 100

@@ -16,6 +16,7 @@ _DM = dict(activation="swish", tf_same_padding=True)
 MODELS: Dict[str, Callable[..., Any]] = {
     "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
     "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)),
+    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck"),
     "preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2)),
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),

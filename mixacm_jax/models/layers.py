@@ -57,6 +57,14 @@ def normalize_input(x: jnp.ndarray, mean: Optional[Sequence[float]],
   return x
 
 
+def per_image_standardize(x: jnp.ndarray) -> jnp.ndarray:
+  """(x - mean) / max(std, 1 / sqrt(n)) over each image's n values; std with n - 1."""
+  n = x[0].size
+  mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+  std = jnp.std(x, axis=(1, 2, 3), keepdims=True, ddof=1)
+  return (x - mean) / jnp.maximum(std, 1.0 / n**0.5)
+
+
 def sow(module: nn.Module, name: str, value: jnp.ndarray) -> None:
   """Hands an activation out through the `intermediates` collection, keeping only the last write."""
   module.sow("intermediates", name, value,
@@ -101,13 +109,18 @@ class ModelBase(ConvBNModule):
   num_classes: int = 10
   mean: Optional[Sequence[float]] = None
   std: Optional[Sequence[float]] = None
+  # Each image scaled to zero mean and unit (sample) std first, as Ding et al.'s MMA models.
+  per_image_standardization: bool = False
 
   def block_kwargs(self):
     return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name, activation=self.activation,
                 tf_same_padding=self.tf_same_padding)
 
   def prepare(self, x: jnp.ndarray) -> jnp.ndarray:
-    return normalize_input(x.astype(self.dtype), self.mean, self.std)
+    x = x.astype(self.dtype)
+    if self.per_image_standardization:
+      x = per_image_standardize(x)
+    return normalize_input(x, self.mean, self.std)
 
   def head(self, x: jnp.ndarray) -> jnp.ndarray:
     """Global average pool, sow `features`, linear classifier; logits are float32."""

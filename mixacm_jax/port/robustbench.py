@@ -1,36 +1,114 @@
-"""RobustBench's PyTorch architecture definitions, loaded by path from the installed package.
+"""RobustBench's PyTorch code, read from the installed package without running its `__init__`,
+and its model zoo turned into recipes for the Flax models.
 
-The package's own `__init__` imports torchvision and timm (not needed here, and without CPU
-builds on some machines), while `model_zoo/architectures/*.py` import only torch, so
-`pip install --no-deps robustbench` and this loader are enough.
+The package's `__init__` imports torchvision and timm (not needed here, and without CPU builds
+on some machines), while the zoo tables and `model_zoo/architectures/*.py` need only torch. So
+`pip install --no-deps robustbench` is enough: `zoo_package()` registers the package's folders
+as bare packages, and a torchvision whose every name refuses to build (the few zoo entries that
+subclass a torchvision model are unsupported here anyway).
+
+`derive_recipes()` builds every zoo entry's own PyTorch module with its weights on the meta
+device (no memory, no initialisation; constants such as a normalisation's mean stay real) and
+reads the recipe off the module itself: its family, its depths and widths, its activation, its
+normalisation (probed through the entry's own `forward`), and where RobustBench's loader finds
+its weights. `python -m mixacm_jax.port.robustbench` writes the result as `port/zoo_recipes.py`
+and the coverage table in `docs/robustbench.md`.
 """
+import ast
+import contextlib
+import dataclasses
+import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
+import types
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from mixacm_jax.errors import ConfigError
+
+# RobustBench's dataset tables: (module, table) in model_zoo/.
+ZOO_TABLES = {"cifar10": ("cifar10", "cifar_10_models"),
+              "cifar100": ("cifar100", "cifar_100_models"),
+              "imagenet": ("imagenet", "imagenet_models")}
+IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "imagenet": (224, 224, 3)}
+
+
+def _package_root() -> str:
+  if "robustbench" in sys.modules:
+    return list(sys.modules["robustbench"].__path__)[0]
+  spec = importlib.util.find_spec("robustbench")
+  if spec is None or not spec.submodule_search_locations:
+    raise ConfigError("robustbench is not installed: pip install --no-deps -r "
+                      "requirements-port.txt")
+  return spec.submodule_search_locations[0]
+
+
+class Unbuildable(Exception):
+  """A zoo entry whose PyTorch module needs a library that is not installed."""
+
+
+def _refusing_module(name: str) -> types.ModuleType:
+  """A stand-in module whose every attribute is a class that refuses to be built."""
+  module = types.ModuleType(name)
+  module.__path__ = []
+
+  def getattr_(attr):
+    if attr.startswith("__"):
+      raise AttributeError(attr)
+    import torch  # pylint: disable=g-import-not-at-top
+
+    class Refused(torch.nn.Module):
+      def __init__(self, *args, **kwargs):
+        raise Unbuildable(f"{name}.{attr}")
+    Refused.__name__ = Refused.__qualname__ = attr
+    Refused.__module__ = name
+    return Refused
+  module.__getattr__ = getattr_
+  return module
+
+
+def zoo_package() -> str:
+  """Registers robustbench, robustbench.model_zoo and its architectures folder as bare
+  packages (unless the real package is already imported); returns the package's folder."""
+  root = _package_root()
+  if "robustbench" in sys.modules:
+    return root
+  for name, folder in (("robustbench", ""), ("robustbench.model_zoo", "model_zoo"),
+                       ("robustbench.model_zoo.architectures",
+                        os.path.join("model_zoo", "architectures"))):
+    package = types.ModuleType(name)
+    package.__path__ = [os.path.join(root, folder)]
+    package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    package.__spec__.submodule_search_locations = package.__path__
+    sys.modules[name] = package
+  if importlib.util.find_spec("torchvision") is None:
+    for name in ("torchvision", "torchvision.models", "torchvision.models.resnet"):
+      sys.modules[name] = _refusing_module(name)
+    sys.modules["torchvision"].models = sys.modules["torchvision.models"]
+    sys.modules["torchvision.models"].resnet = sys.modules["torchvision.models.resnet"]
+  return root
 
 
 def architecture_module(name: str):
   """e.g. `architecture_module("wide_resnet").WideResNet`."""
-  spec = importlib.util.find_spec("robustbench")
-  if spec is None:
-    raise ConfigError("robustbench is not installed: pip install --no-deps -r "
-                      "requirements-port.txt")
-  path = os.path.join(spec.submodule_search_locations[0], "model_zoo", "architectures",
-                      f"{name}.py")
-  if not os.path.isfile(path):
+  root = zoo_package()
+  if not os.path.isfile(os.path.join(root, "model_zoo", "architectures", f"{name}.py")):
     raise ConfigError(f"robustbench has no architecture file {name}.py")
-  # Loaded from its file (robustbench's package __init__ pulls in heavy optional deps) and
-  # registered, so tools that re-import a class's module (torch.compile) find it.
-  module_name = f"robustbench_arch_{name}"
-  if module_name in sys.modules:
-    return sys.modules[module_name]
-  module_spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  sys.modules[module_name] = module
-  return module
+  return importlib.import_module(f"robustbench.model_zoo.architectures.{name}")
+
+
+def zoo_entries(dataset: str) -> Dict[str, Dict[str, dict]]:
+  """{threat model: {entry name: RobustBench's entry ({'model': constructor, ...})}}."""
+  zoo_package()
+  module_name, table = ZOO_TABLES[dataset]
+  try:
+    module = importlib.import_module(f"robustbench.model_zoo.{module_name}")
+  except Exception as e:  # pylint: disable=broad-except
+    raise Unbuildable(f"robustbench's {module_name}.py does not import here "
+                      f"({type(e).__name__}: {e})") from None
+  return {getattr(threat, "value", str(threat)): dict(entries)
+          for threat, entries in getattr(module, table).items()}
 
 
 def randomise_batchnorm(net, seed: int = 0):
@@ -47,3 +125,385 @@ def randomise_batchnorm(net, seed: int = 0):
         m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
         m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
   return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes: what a zoo entry's PyTorch module is, in the terms of the Flax model registry.
+
+
+class Unsupported(Exception):
+  """A zoo entry this project cannot build in Flax; the message says why."""
+
+
+@contextlib.contextmanager
+def weights_on_meta():
+  """Builds modules with every tensor factory on the meta device, except tensors written out
+  as data (`torch.tensor`, `torch.as_tensor`), so normalisation constants stay readable."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.overrides import TorchFunctionMode  # pylint: disable=g-import-not-at-top
+  factories = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+               torch.randint, torch.empty_strided}
+
+  class Meta(TorchFunctionMode):
+    def __torch_function__(self, func, types_, args=(), kwargs=None):
+      kwargs = dict(kwargs or {})
+      if func in factories and kwargs.get("device") is None:
+        kwargs["device"] = "meta"
+      return func(*args, **kwargs)
+  with Meta():
+    yield
+
+
+def _activation(module) -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+  name = type(module).__name__
+  if isinstance(module, torch.nn.ReLU):
+    return "relu"
+  if isinstance(module, torch.nn.SiLU) or name == "Swish":
+    return "swish"
+  raise Unsupported(f"activation {name} (the Flax models have ReLU and Swish)")
+
+
+def _stage_sizes(net, names) -> Tuple[int, ...]:
+  return tuple(len(getattr(net, n)) for n in names)
+
+
+# Each reads, off an instance of a RobustBench family, the Flax class and the fields that
+# build its twin (every field that can differ from the class's default).
+def _wide_resnet(net) -> Tuple[str, dict]:
+  blocks = len(net.block1.layer)
+  widen = net.block1.layer[0].conv1.out_channels // 16
+  expected = [16 * widen, 32 * widen, 64 * widen]
+  found = [getattr(net, f"block{i}").layer[0].conv1.out_channels for i in (1, 2, 3)]
+  if found != expected or net.conv1.out_channels != 16:
+    raise Unsupported(f"per-stage widths {found} (a WideResNet has 16k, 32k, 64k)")
+  if any(len(getattr(net, f"block{i}").layer) != blocks for i in (2, 3)):
+    raise Unsupported("per-stage depths")
+  if net.fc.bias is None:
+    raise Unsupported("a classifier without bias")
+  return "WideResNet", {"depth": 6 * blocks + 4, "widen_factor": widen, "activation": "relu",
+                        "tf_same_padding": False}
+
+
+def _dm_padding(net):
+  if getattr(net, "padding", 0):
+    raise Unsupported(f"pads its input by {net.padding} pixels first")
+
+
+def _dm_wide_resnet(net) -> Tuple[str, dict]:
+  _dm_padding(net)
+  groups = [len(g.block) for g in net.layer]
+  if len(set(groups)) != 1 or len(groups) != 3:
+    raise Unsupported(f"block groups {groups}")
+  return "WideResNet", {"depth": 6 * groups[0] + 4,
+                        "widen_factor": net.layer[0].block[0].conv_0.out_channels // 16,
+                        "activation": _activation(net.relu), "tf_same_padding": True}
+
+
+def _dm_preact_resnet(net) -> Tuple[str, dict]:
+  _dm_padding(net)
+  return "PreActResNet", {
+      "stage_sizes": _stage_sizes(net, ["layer_0", "layer_1", "layer_2", "layer_3"]),
+      "activation": _activation(net.relu), "tf_same_padding": True,
+      "shortcut_from_preact": False, "shortcut_kernel": 3, "final_bn": True}
+
+
+def _resnet(net) -> Tuple[str, dict]:
+  block = type(net.layer1[0]).__name__
+  blocks = {"BasicBlock": "basic", "Bottleneck": "bottleneck"}
+  if block not in blocks:
+    raise Unsupported(f"ResNet with {block} blocks")
+  return "ResNet", {"stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
+                    "block": blocks[block]}
+
+
+def _preact_resnet(net) -> Tuple[str, dict]:
+  block = net.layer1[0]
+  if type(block).__name__ not in ("PreActBlock", "PreActBlockV2"):
+    raise Unsupported(f"PreActResNet with {type(block).__name__} blocks")
+  from_preact = (type(block).__name__ == "PreActBlockV2"
+                 or bool(getattr(block, "out_shortcut", False)))
+  return "PreActResNet", {
+      "stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
+      "activation": "relu", "tf_same_padding": False, "shortcut_from_preact": from_preact,
+      "shortcut_kernel": 1, "final_bn": bool(net.bn_before_fc)}
+
+
+_SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes")
+
+
+def registered_architecture(cls_name: str, fields: dict) -> Tuple[str, dict]:
+  """The most specific `models.MODELS` name building `cls_name` with `fields`, and the fields
+  it leaves to kwargs: every preset of that name must equal the field."""
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  best = None
+  for name, fn in models.MODELS.items():
+    cls = getattr(fn, "func", fn)
+    presets = dict(getattr(fn, "keywords", {}))
+    if cls.__name__ != cls_name or any(
+        k not in fields or tuple_or(fields[k]) != tuple_or(v) for k, v in presets.items()):
+      continue
+    # Presets of style (activation, padding) rank above those of size (depth, widths).
+    score = (sum(k not in _SIZE_FIELDS for k in presets), len(presets))
+    if best is None or score > best[2]:
+      best = (name, presets, score)
+  if best is None:
+    raise Unsupported(f"no registered Flax architecture builds {cls_name}({fields})")
+  fn = models.MODELS[best[0]]
+  defaults = {f.name: f.default for f in dataclasses.fields(getattr(fn, "func", fn))}
+  # Sizes stay explicit; other fields only where they differ from the class's default.
+  kwargs = {k: v for k, v in fields.items() if k not in best[1] and (
+      k in _SIZE_FIELDS or tuple_or(defaults.get(k)) != tuple_or(v))}
+  return best[0], kwargs
+
+
+def tuple_or(value):
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+# RobustBench architecture class (module, name) -> reads the Flax architecture off an instance.
+FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
+    ("wide_resnet", "WideResNet"): _wide_resnet,
+    ("dm_wide_resnet", "DMWideResNet"): _dm_wide_resnet,
+    ("dm_wide_resnet", "DMPreActResNet"): _dm_preact_resnet,
+    ("resnet", "ResNet"): _resnet,
+    ("resnet", "PreActResNet"): _preact_resnet,
+}
+# Families with no Flax twin, and what they are.
+NO_TWIN = {
+    "RobustWideResNet": "WideResNet with per-stage depths, widths and activations",
+    "BoostingWideResNet": "WideResNet with a cosine-similarity (normalised) head",
+    "PAF_WideResNet": "WideResNet with the learnable PSSiLU activation",
+    "ResNest": "ResNeSt-152 (split-attention blocks)",
+    "Chen2020AdversarialNet": "ensemble of three Bottleneck ResNet-50s averaged after softmax",
+    "CifarResNeXt": "ResNeXt-29",
+    "WidePreActResNet": "binarised (CARD) WidePreActResNet",
+    "Diffenderfer2021CARD_Deck_Binary": "ensemble (CARD deck) of binarised networks",
+}
+
+
+def _family(net):
+  for cls in type(net).__mro__:  # the most derived known class decides
+    key = (cls.__module__.rpartition(".")[2], cls.__name__)
+    if cls.__name__ in NO_TWIN:
+      raise Unsupported(NO_TWIN[cls.__name__])
+    if key in FAMILIES:
+      return cls, FAMILIES[key]
+  raise Unsupported(f"{type(net).__name__}: no Flax twin")
+
+
+def _per_image_standardized(x):
+  """tf.image.per_image_standardization, as Ding et al.'s MMA model applies it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  mean = x.mean(dim=(1, 2, 3), keepdim=True)
+  std = x.std(dim=(1, 2, 3), keepdim=True)
+  return (x - mean) / torch.clamp(std, min=1.0 / x[0].numel() ** 0.5)
+
+
+def _probe_normalisation(net, base) -> Dict[str, Any]:
+  """How the entry's own `forward` transforms the input before its family's network, found
+  by running that forward with the family's network replaced by the identity: {} (not at
+  all), {"mean", "std"} per channel, or {"per_image_standardization": True}."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if type(net).forward is base.forward:
+    return {}
+  g = torch.Generator().manual_seed(0)
+  probes = [torch.full((1, 3, 2, 2), v, dtype=torch.float64) for v in (0.0, 1.0, 0.25)]
+  probes.append(torch.rand((2, 3, 4, 4), generator=g, dtype=torch.float64))
+  original = base.forward
+  base.forward = lambda self, x: x
+  try:
+    with torch.no_grad():
+      out = [net.forward(p).to("cpu", torch.float64) for p in probes]
+  except Exception as e:  # pylint: disable=broad-except
+    raise Unsupported(f"its forward does more than normalise ({type(e).__name__})") from None
+  finally:
+    base.forward = original
+  if any(o.shape != p.shape for o, p in zip(out, probes)):
+    raise Unsupported("its forward changes the input's shape before the network")
+  zero, one = out[0][0, :, 0, 0], out[1][0, :, 0, 0]
+  std = 1.0 / (one - zero)
+  mean = -zero * std
+  if torch.allclose(out[3], (probes[3] - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1),
+                    atol=1e-6):
+    if torch.allclose(mean, torch.zeros(3, dtype=mean.dtype)) and torch.allclose(
+        std, torch.ones(3, dtype=std.dtype)):
+      return {}
+    return {"mean": tuple(round(float(v), 7) for v in mean),
+            "std": tuple(round(float(v), 7) for v in std)}
+  if torch.allclose(out[3], _per_image_standardized(probes[3]), atol=1e-6):
+    return {"per_image_standardization": True}
+  raise Unsupported("its forward applies an input transform that is neither per-channel "
+                    "normalisation nor per-image standardisation")
+
+
+def _dm_normalisation(net):
+  mean, std = getattr(net, "mean", None), getattr(net, "std", None)
+  if mean is None or mean.is_meta:
+    return None, None
+  return (tuple(round(float(v), 7) for v in mean.reshape(-1)),
+          tuple(round(float(v), 7) for v in std.reshape(-1)))
+
+
+def _last_checkpoint_rule(root: str) -> Callable[[str], bool]:
+  """Which entries RobustBench's `load_model` takes from the file's 'last' key, read from its
+  own source (`if 'X' in model_name or model_name == 'Y': checkpoint = checkpoint['last']`)."""
+  tree = ast.parse(open(os.path.join(root, "utils.py")).read())
+  substrings, exact = [], []
+  for node in ast.walk(tree):
+    if not (isinstance(node, ast.If) and "'last'" in ast.unparse(node.body[0])):
+      continue
+    for compare in ast.walk(node.test):
+      if isinstance(compare, ast.Compare) and isinstance(compare.left, ast.Constant):
+        substrings.append(compare.left.value)      # 'X' in model_name
+      elif isinstance(compare, ast.Compare) and isinstance(compare.comparators[0], ast.Constant):
+        exact.append(compare.comparators[0].value)  # model_name == 'Y'
+  return lambda name: name in exact or any(s in name for s in substrings)
+
+
+def _torchvision_base(error: BaseException) -> str:
+  """'subclasses torchvision.models.X' when building failed inside a module that does."""
+  tb = error.__traceback__
+  while tb is not None:
+    for cls in getattr(type(tb.tb_frame.f_locals.get("self")), "__mro__", ()):
+      if cls.__module__.startswith("torchvision"):
+        return f"subclasses {cls.__module__}.{cls.__name__}, which has no Flax twin"
+    tb = tb.tb_next
+  return ""
+
+
+def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str], bool]
+                  ) -> Dict[str, Any]:
+  """The recipe of one zoo entry, or {"unsupported": why}."""
+  import torch  # pylint: disable=g-import-not-at-top
+  prefix = "ensemble: " if isinstance(entry.get("gdrive_id"), list) else ""
+  try:
+    with weights_on_meta():
+      try:
+        net = entry["model"]()
+      except Unbuildable:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        raise Unsupported(_torchvision_base(e) or "its PyTorch module does not build here "
+                          f"({type(e).__name__}: {e})") from None
+    base, family = _family(net)
+    arch, kwargs = registered_architecture(*family(net))
+    if base.__name__.startswith("DM"):
+      mean, std = _dm_normalisation(net)
+    else:
+      transform = _probe_normalisation(net, base)
+      mean, std = transform.pop("mean", None), transform.pop("std", None)
+      kwargs.update(transform)
+    classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+  except Unsupported as e:
+    return {"unsupported": (prefix if "ensemble" not in str(e) else "") + str(e)}
+  except Unbuildable as e:
+    return {"unsupported": prefix + f"built from {e}, which has no Flax twin"}
+  if prefix:
+    return {"unsupported": f"an ensemble of {len(entry['gdrive_id'])} networks"}
+  return {"arch": arch, "kwargs": kwargs, "num_classes": classifier.out_features,
+          "mean": mean, "std": std, "image_shape": IMAGE_SHAPES[dataset],
+          "checkpoint_key": "last" if uses_last(name) else "state_dict"}
+
+
+def derive_recipes() -> Dict[str, Dict[str, Dict[str, Dict[str, Any]]]]:
+  """{dataset: {threat model: {entry: recipe}}} for the installed robustbench."""
+  root = zoo_package()
+  uses_last = _last_checkpoint_rule(root)
+  out = {}
+  for dataset in ZOO_TABLES:
+    try:
+      tables = zoo_entries(dataset)
+    except Unbuildable as e:
+      out[dataset] = {"*": {"*": {"unsupported": str(e)}}}
+      continue
+    out[dataset] = {threat: {name: derive_recipe(name, entry, dataset, uses_last)
+                             for name, entry in entries.items()}
+                    for threat, entries in tables.items()}
+  return out
+
+
+def installed_version() -> str:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  return metadata.version("robustbench")
+
+
+# ---------------------------------------------------------------------------------------------
+# The generated files: port/zoo_recipes.py and the coverage table of the README.
+
+RECIPES_FILE = os.path.join(os.path.dirname(__file__), "zoo_recipes.py")
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+COVERAGE_START = "<!-- robustbench coverage: generated by python -m mixacm_jax.port.robustbench -->"
+COVERAGE_END = "<!-- end of robustbench coverage -->"
+
+
+def render_recipes(recipes, version: str) -> str:
+  lines = ["{"]
+  for dataset, tables in recipes.items():
+    lines.append(f"    {dataset!r}: {{")
+    for threat, entries in tables.items():
+      lines.append(f"        {threat!r}: {{")
+      lines += [f"            {name!r}: {entry!r}," for name, entry in entries.items()]
+      lines.append("        },")
+    lines.append("    },")
+  body = "\n".join(lines + ["}"])
+  return (f'"""RobustBench\'s model zoo as recipes for the Flax models: per dataset, threat '
+          f'model and entry,\nthe registered architecture and its fields, the number of '
+          f'classes, the input normalisation,\nthe image shape and the key RobustBench\'s '
+          f'loader opens the file at; or why the entry is\nunsupported.\n\nGenerated from '
+          f'robustbench=={version}\'s own zoo files by `python -m mixacm_jax.port.robustbench`'
+          f';\ndo not edit (a test derives it again and compares).\n"""\n'
+          f'# ruff: noqa: E501  (one entry per line)\nROBUSTBENCH_VERSION = "{version}"\n\n'
+          f'RECIPES = {body}\n')
+
+
+def render_coverage(recipes, version: str) -> str:
+  rows = ["| dataset | threat model | by name | entries |", "|---|---|---:|---:|"]
+  reasons: Dict[str, list] = {}
+  for dataset, tables in recipes.items():
+    for threat, entries in tables.items():
+      ok = sum("arch" in e for e in entries.values())
+      rows.append(f"| {dataset} | {threat} | {ok} | {len(entries)} |")
+      for name, e in entries.items():
+        if "unsupported" in e:
+          reasons.setdefault(e["unsupported"], []).append(f"{name} ({dataset} {threat})")
+  lines = [COVERAGE_START, f"RobustBench entries loadable by name (robustbench=={version}):", "",
+           *rows, "", "Not supported, and why:", ""]
+  for reason, names in reasons.items():
+    lines.append(f"- {reason}: {', '.join(names)}")
+  return "\n".join(lines + [COVERAGE_END])
+
+
+def readme_with_coverage(readme: str, coverage: str) -> str:
+  if COVERAGE_START not in readme or COVERAGE_END not in readme:
+    raise ConfigError(f"README.md has no {COVERAGE_START!r} ... {COVERAGE_END!r} block")
+  head, rest = readme.split(COVERAGE_START, 1)
+  return head + coverage + rest.split(COVERAGE_END, 1)[1]
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description="Writes port/zoo_recipes.py and the README's "
+                                   "coverage table from the installed robustbench.")
+  parser.add_argument("--check", action="store_true",
+                      help="only compare; exit 1 if a generated file is out of date")
+  args = parser.parse_args(argv)
+  version = installed_version()
+  recipes = derive_recipes()
+  want = {RECIPES_FILE: render_recipes(recipes, version)}
+  with open(README) as f:
+    want[README] = readme_with_coverage(f.read(), render_coverage(recipes, version))
+  stale = []
+  for path, text in want.items():
+    with open(path) if os.path.exists(path) else open(os.devnull) as f:
+      if f.read() != text:
+        stale.append(os.path.relpath(path))
+        if not args.check:
+          with open(path, "w") as out:
+            out.write(text)
+  print(("out of date: " if args.check else "wrote: ") + (", ".join(stale) or "nothing"))
+  return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -10,7 +10,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,8 +26,10 @@ PREFIXES = ("module.", "model.")
 NORMALISATION_KEYS = {"mu": "mean", "sigma": "std", "mean": "mean", "std": "std"}
 
 
-def read_weight_file(path: str) -> Dict[str, np.ndarray]:
-  """The raw {key: array} of a .safetensors or .pt/.pth file."""
+def read_weight_file(path: str, nested_keys: Sequence[str] = NESTED_KEYS
+                     ) -> Dict[str, np.ndarray]:
+  """The raw {key: array} of a .safetensors or .pt/.pth file; a nested checkpoint is opened
+  at the first of `nested_keys` it has."""
   if not os.path.isfile(path):
     raise CheckpointError(f"weight file not found: {path}")
   size = os.path.getsize(path)
@@ -50,7 +52,7 @@ def read_weight_file(path: str) -> Dict[str, np.ndarray]:
     raise CheckpointError(
         f"{path} is truncated or corrupt: not a complete PyTorch weight file ({size} bytes; "
         f"{_first_line(e)}); download or save it again") from None
-  return _unwrap(obj, path, placeholders)
+  return _unwrap(obj, path, placeholders, nested_keys)
 
 
 def _first_line(error: Exception) -> str:
@@ -63,14 +65,14 @@ def _tensors(obj) -> Dict[str, np.ndarray]:
       else {}
 
 
-def _unwrap(obj, path, placeholders=()):
+def _unwrap(obj, path, placeholders=(), nested_keys=NESTED_KEYS):
   """The weights inside a checkpoint: the first nested dict of NESTED_KEYS until one holds
   tensors; entries that are not tensors (epoch counters, optimizer state, argparse
   namespaces, all inert here) are dropped."""
   for _ in range(4):
     if not isinstance(obj, dict) or _tensors(obj):
       break
-    inner = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
+    inner = next((obj[k] for k in nested_keys if isinstance(obj.get(k), dict)), None)
     if inner is None:
       break
     obj = inner

@@ -47,9 +47,9 @@ def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
   """Teacher -> students -> report; every stage resumes from its own workdir."""
   info = input_pipeline.get_info(config.data)
   rows = []
-  if config.teacher.checkpoint:
-    source = config.teacher.checkpoint
+  if teacher_lib.is_given(config.teacher):
     teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
+    source = teacher.source
   else:
     source = os.path.join(workdir, "teacher")
     if reporting.is_primary():

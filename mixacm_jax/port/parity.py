@@ -1,0 +1,125 @@
+"""Proof that every supported RobustBench entry loads by name with RobustBench's logits.
+
+For each supported entry: its own PyTorch module (built by the zoo's constructor, random
+weights and BatchNorm statistics), saved as RobustBench lays a file out (under the key its
+loader opens, with DataParallel prefixes), loaded back with `zoo.load_robustbench`, and the
+logits of both on the same random images compared. Entries with the same class and recipe
+are checked once. Needs torch; runs outside CI (about 20 minutes on 2 CPU cores):
+
+    python -m mixacm_jax.port.parity             # writes docs/robustbench_parity.md
+    python -m mixacm_jax.port.parity --only=Zhang2019Theoretically,Ding2020MMA
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mixacm_jax.port import robustbench, zoo, zoo_recipes
+
+TOLERANCE = 1e-4
+REPORT = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustbench_parity.md")
+
+
+def save_as_robustbench(net, recipe, path: str) -> None:
+  """The layouts RobustBench's loader reads: {'last': {...}} for the entries it opens at
+  'last', else {'state_dict': {'module.' + key}} (Carmon et al.'s DataParallel files)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  state = net.state_dict()
+  if recipe["checkpoint_key"] == "last":
+    payload = {"last": state, "best": state, "epoch": 30}
+  else:
+    payload = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 99}
+  torch.save(payload, path)
+
+
+def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: str,
+                batch: int = 2, seed: int = 0) -> Tuple[float, float]:
+  """(max |logit difference| between RobustBench's module and the by-name Flax model,
+  max |logit| of RobustBench's module)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  recipe = zoo.recipe(name, dataset, threat)
+  torch.manual_seed(seed)
+  net = robustbench.randomise_batchnorm(entry["model"](), seed)
+  path = zoo.checkpoint_path(name, dataset, threat, model_dir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  save_as_robustbench(net, recipe, path)
+  h, w, c = recipe["image_shape"]
+  x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
+  with torch.no_grad():
+    ref = net(x).numpy()
+  del net
+  model, variables = zoo.load_robustbench(name, dataset, threat, model_dir)
+  os.remove(path)
+  out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+  return float(np.max(np.abs(out - ref))), float(np.max(np.abs(ref)))
+
+
+def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) -> Dict:
+  results = {}
+  seen: Dict[tuple, tuple] = {}
+  with tempfile.TemporaryDirectory() as model_dir:
+    for dataset, tables in zoo_recipes.RECIPES.items():
+      if not any("arch" in e for es in tables.values() for e in es.values()):
+        continue
+      entries = robustbench.zoo_entries(dataset)
+      for threat, recipes in tables.items():
+        for name, recipe in recipes.items():
+          if "arch" not in recipe or (only and name not in only):
+            continue
+          entry = entries[threat][name]
+          with robustbench.weights_on_meta():
+            cls = type(entry["model"]())
+          signature = (cls.__module__, cls.__qualname__, repr(recipe))
+          if signature in seen:
+            results[(dataset, threat, name)] = seen[signature][:2] + (seen[signature][2],)
+            continue
+          start = time.time()
+          diff, scale = check_entry(name, dataset, threat, entry, model_dir)
+          seen[signature] = (diff, scale, f"{dataset} {threat} {name}")
+          results[(dataset, threat, name)] = (diff, scale, "")
+          print(f"{dataset:8s} {threat:11s} {name:42s} {recipe['arch']:18s} "
+                f"max|dlogit| {diff:.1e} of max|logit| {scale:.1e} "
+                f"({time.time() - start:.0f} s)", flush=True)
+  if report:
+    with open(report, "w") as f:
+      f.write(render(results))
+  return results
+
+
+def render(results) -> str:
+  bad = sum(d > TOLERANCE for d, _, _ in results.values())
+  lines = [
+      "# RobustBench entries by name: logits against RobustBench's own modules", "",
+      "Written by `python -m mixacm_jax.port.parity` (robustbench=="
+      f"{zoo_recipes.ROBUSTBENCH_VERSION}, {time.strftime('%Y-%m-%d')}): each supported entry's "
+      "PyTorch module from the zoo's own constructor, random weights and BatchNorm "
+      "statistics, saved in RobustBench's file layout, loaded with "
+      "`mixacm_jax.load_robustbench`, and the largest logit difference on two random images. "
+      "Entries with the same class and recipe are checked once (\"as\").", "",
+      f"{len(results)} entries, {len(results) - bad} within {TOLERANCE:g}.", "",
+      "| dataset | threat model | entry | architecture | max abs logit difference | "
+      "max abs logit |", "|---|---|---|---|---|---|"]
+  for (dataset, threat, name), (diff, scale, alias) in results.items():
+    arch = zoo_recipes.RECIPES[dataset][threat][name]["arch"]
+    lines.append(f"| {dataset} | {threat} | {name} | {arch} | {diff:.1e}"
+                 + (f" (as {alias})" if alias else "") + f" | {scale:.1e} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", default="", help="comma-separated entry names")
+  args = parser.parse_args(argv)
+  only = [n for n in args.only.split(",") if n]
+  results = run(only, report=None if only else REPORT)
+  worst = max(d for d, _, _ in results.values())
+  print(f"{len(results)} entries; worst max|dlogit| {worst:.2e} (tolerance {TOLERANCE:g})")
+  return 0 if worst <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

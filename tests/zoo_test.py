@@ -1,0 +1,170 @@
+"""RobustBench's zoo by name: the recipe table derived again from the installed robustbench's
+own zoo files, the coverage it claims, the paper's teacher (Zhang2019Theoretically, full size)
+by the library call, by --mode=convert and as a MixACM teacher, RobustBench's loader layout,
+and every wrong input as one line."""
+import importlib.util
+import os
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the zoo's own modules are PyTorch")
+if importlib.util.find_spec("robustbench") is None:
+  pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)",
+              allow_module_level=True)
+
+import mixacm_jax  # noqa: E402
+from mixacm_jax import models  # noqa: E402
+from mixacm_jax.errors import CheckpointError, ConfigError  # noqa: E402
+from mixacm_jax.port import parity, robustbench, zoo, zoo_recipes  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZHANG = "Zhang2019Theoretically"
+
+
+def test_recipe_table_and_readme_coverage_are_derived_from_the_installed_zoo():
+  derived = robustbench.derive_recipes()
+  assert robustbench.installed_version() == zoo_recipes.ROBUSTBENCH_VERSION
+  assert derived == zoo_recipes.RECIPES, "run: python -m mixacm_jax.port.robustbench"
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = f.read()
+  coverage = robustbench.render_coverage(derived, zoo_recipes.ROBUSTBENCH_VERSION)
+  assert coverage in readme, "run: python -m mixacm_jax.port.robustbench"
+
+
+def test_coverage_by_name():
+  cover = zoo.coverage()
+  for key, floor in ((("cifar10", "Linf"), 0.85), (("cifar10", "L2"), 0.85),
+                     (("cifar100", "Linf"), 0.80)):
+    ok, total = cover[key]
+    assert total >= 18 and ok / total >= floor, (key, ok, total)
+
+
+def test_the_committed_parity_proof_covers_every_supported_entry():
+  """docs/robustbench_parity.md (python -m mixacm_jax.port.parity): one row per supported
+  entry of the current table, every one within the tolerance."""
+  with open(os.path.join(ROOT, "docs", "robustbench_parity.md")) as f:
+    rows = [line.split("|")[1:-1] for line in f if re.match(r"\| (cifar|imagenet)", line)]
+  checked = {(r[0].strip(), r[1].strip(), r[2].strip()): float(r[4].split()[0]) for r in rows}
+  supported = {(d, t, n) for d, ts in zoo_recipes.RECIPES.items() for t, es in ts.items()
+               for n, e in es.items() if "arch" in e}
+  assert set(checked) == supported
+  assert max(checked.values()) <= parity.TOLERANCE
+
+
+def test_recipes_read_the_entrys_own_module():
+  r = zoo_recipes.RECIPES
+  assert r["cifar10"]["Linf"][ZHANG]["arch"] == "wrn34_10"
+  # Normalisation written in the subclass's forward (2x - 1), and per-image standardisation.
+  assert r["cifar10"]["Linf"]["Hendrycks2019Using"]["mean"] == (0.5, 0.5, 0.5)
+  assert r["cifar10"]["Linf"]["Ding2020MMA"]["kwargs"]["per_image_standardization"]
+  # RobustBench's loader opens the Kireev / Andriushchenko files at 'last'.
+  assert r["cifar10"]["corruptions"]["Kireev2021Effectiveness_RLAT"]["checkpoint_key"] == "last"
+  assert r["cifar10"]["Linf"]["Andriushchenko2020Understanding"]["checkpoint_key"] == "last"
+  # A DM model's statistics are its dataset's, from the zoo's constructor.
+  dm100 = r["cifar100"]["Linf"]["Rebuffi2021Fixing_R18_ddpm"]
+  assert dm100["mean"] == tuple(models.DM_NORMALISATION[100][0])
+  assert r["cifar10"]["Linf"]["Pang2020Boosting"]["unsupported"].startswith("WideResNet with a")
+
+
+def _save_entry(name, model_dir, dataset="cifar10", threat="Linf", seed=0):
+  """The zoo entry's own module with random weights, in RobustBench's file layout."""
+  entry = robustbench.zoo_entries(dataset)[threat][name]
+  torch.manual_seed(seed)
+  net = robustbench.randomise_batchnorm(entry["model"](), seed)
+  path = zoo.checkpoint_path(name, dataset, threat, str(model_dir))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  parity.save_as_robustbench(net, zoo.recipe(name, dataset, threat), path)
+  x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+  with torch.no_grad():
+    ref = net(x).numpy()
+  return x.numpy().transpose(0, 2, 3, 1), ref
+
+
+@pytest.fixture(scope="module")
+def zhang_dir(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("models")
+  x, ref = _save_entry(ZHANG, model_dir)
+  return str(model_dir), x, ref
+
+
+def test_the_papers_teacher_by_name_and_by_convert_mode(zhang_dir, tmp_path):
+  from mixacm_jax.cli import modes  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
+  model_dir, x, ref = zhang_dir
+  model, variables = mixacm_jax.load_robustbench(ZHANG, model_dir=model_dir)
+  out = np.asarray(model.apply(variables, jnp.asarray(x)))
+  assert float(np.max(np.abs(out - ref))) <= 1e-4
+  np.testing.assert_array_equal(out.argmax(-1), ref.argmax(-1))
+
+  config = default.get_config()
+  config.convert.robustbench, config.convert.model_dir = ZHANG, model_dir
+  workdir = str(tmp_path / "converted")
+  assert modes.run("convert", config, workdir) == 0
+  loaded = checkpoint.load_variables(model, (32, 32, 3), workdir)
+  out2 = np.asarray(model.apply(loaded, jnp.asarray(x)))
+  np.testing.assert_array_equal(out2, out)
+
+
+def test_the_papers_teacher_distils_into_a_student_by_name(zhang_dir, tmp_path, tiny_config):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
+  model_dir, _, _ = zhang_dir
+  config = tiny_config
+  config.data.name = "cifar10"
+  config.objective.name = "mixacm"
+  config.objective.mixacm.acm.stages = cifar10.WRN_TO_RESNET_STAGES[:2]
+  config.model.kwargs.stage_sizes = (1, 1, 1, 1)
+  config.teacher.robustbench, config.teacher.model_dir = ZHANG, model_dir
+  config.optim.batch_size, config.optim.num_steps = 4, 2
+  config.eval.pgd.steps, config.eval.num_examples = 0, 8
+  with tfds.testing.mock_data(num_examples=16):
+    result = train.train_and_evaluate(config, str(tmp_path / "student"))
+  assert result["steps"] == 2 and result["teacher_forward_passes"] > 0
+  assert 0 <= result["clean_accuracy"] <= 100
+
+
+def test_a_cifar100_dm_model_gets_cifar100_statistics(tmp_path):
+  name = "Rebuffi2021Fixing_R18_ddpm"
+  x, ref = _save_entry(name, tmp_path, dataset="cifar100")
+  model, variables = mixacm_jax.load_robustbench(name, "cifar100", "Linf", str(tmp_path))
+  assert model.mean == models.DM_NORMALISATION[100][0] and model.num_classes == 100
+  out = np.asarray(model.apply(variables, jnp.asarray(x)))
+  assert float(np.max(np.abs(out - ref))) <= 1e-4
+
+
+def test_every_wrong_input_is_one_line(zhang_dir, tmp_path):
+  model_dir, _, _ = zhang_dir
+  cases = [
+      (lambda: zoo.recipe("Zhang2019Theoreticaly"), ConfigError, "nearest: " + ZHANG),
+      (lambda: zoo.recipe(ZHANG, "cifar100"), ConfigError, "it is an entry of cifar10 Linf"),
+      (lambda: zoo.recipe(ZHANG, "svhn"), ConfigError, "unknown RobustBench dataset 'svhn'"),
+      (lambda: zoo.recipe(ZHANG, threat_model="L3"), ConfigError, "unknown threat model 'L3'"),
+      (lambda: zoo.recipe("Pang2020Boosting"), ConfigError, "no Flax twin here: WideResNet"),
+      (lambda: zoo.load_robustbench(ZHANG, model_dir=str(tmp_path)), CheckpointError,
+       r"Zhang2019Theoretically.pt not found; .*load_model\('Zhang2019Theoretically', "
+       f"model_dir='{tmp_path}', dataset='cifar10', threat_model='Linf'\\)"),
+  ]
+  for call, error, pattern in cases:
+    with pytest.raises(error, match=pattern) as e:
+      call()
+    assert "\n" not in str(e.value)
+  # A file of another architecture where the entry should be.
+  wrong = zoo.checkpoint_path("Sehwag2021Proxy_R18", model_dir=str(tmp_path))
+  os.makedirs(os.path.dirname(wrong), exist_ok=True)
+  torch.save(robustbench.architecture_module("wide_resnet").WideResNet(
+      depth=10, widen_factor=1).state_dict(), wrong)
+  with pytest.raises(CheckpointError, match=r"does not hold RobustBench's Sehwag2021Proxy_R18 "
+                                            r"\(resnet18.*\): the weights do not fit ResNet"):
+    zoo.load_robustbench("Sehwag2021Proxy_R18", model_dir=str(tmp_path))
+  # A teacher of another dataset.
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config().teacher
+  cfg.robustbench, cfg.model_dir = ZHANG, model_dir
+  with pytest.raises(ConfigError, match="has 10 classes and the data 100"):
+    teacher_lib.load_teacher(cfg, 100, (32, 32, 3))
