@@ -106,6 +106,12 @@ def test_docs_library_page_runs_as_written(tmp_path, monkeypatch, capsys):
   net = robustbench.randomise_batchnorm(
       robustbench.architecture_module("wide_resnet").WideResNet(depth=16, widen_factor=2), 0)
   torch.save(net.state_dict(), str(tmp_path / "wrn.pt"))
+  # ... and the zoo entry the by-name line reads, where RobustBench keeps it.
+  entry = robustbench.zoo_entries("cifar10")["Linf"]["Sehwag2021Proxy_R18"]
+  r18 = robustbench.randomise_batchnorm(entry["model"](), 1)
+  os.makedirs(tmp_path / "models" / "cifar10" / "Linf")
+  torch.save(r18.state_dict(), str(tmp_path / "models" / "cifar10" / "Linf" /
+                                   "Sehwag2021Proxy_R18.pt"))
   monkeypatch.chdir(tmp_path)
   namespace = {}
   for code in snippets:  # one namespace: later snippets use the names of earlier ones
@@ -117,6 +123,11 @@ def test_docs_library_page_runs_as_written(tmp_path, monkeypatch, capsys):
   with torch.no_grad():
     ref = net.eval()(torch.zeros(1, 3, 32, 32)).numpy()
   np.testing.assert_allclose(np.asarray(namespace["logits"]), ref, atol=1e-4)
+  x = np.random.RandomState(1).rand(2, 32, 32, 3).astype(np.float32)
+  with torch.no_grad():
+    ref = r18(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  ours = namespace["r18"].apply(namespace["r18_variables"], x)
+  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4)
   loss, metrics = namespace["loss"], namespace["metrics"]
   assert np.isfinite(float(loss)) and float(metrics["acm"]) > 0
   assert set(metrics) >= {"ce", "kd", "acm", "acm_stage1", "acm_stage2", "accuracy"}

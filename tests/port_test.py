@@ -38,7 +38,19 @@ def _nets():
   dm = _robustbench_module("dm_wide_resnet")
   robustbench.zoo_entries("cifar10")  # the zoo's own subclasses, e.g. Ding et al.'s
   zoo10 = sys.modules["robustbench.model_zoo.cifar10"]
+  robust_wrn = _robustbench_module("robust_wide_resnet")
+  boosting, paf = _robustbench_module("boosting_wide_resnet"), _robustbench_module("paf_wide_resnet")
   return {
+      "wrn_per_stage": (lambda: robust_wrn.RobustWideResNet(
+          channel_configs=[8, 16, 32, 24], depth_configs=[1, 2, 1]), "wrn",
+          dict(stem_width=8, stage_widths=(16, 32, 24), stage_blocks=(1, 2, 1)),
+          {"stem": "stem_conv", "stage2": "blocks.1", "stage3": "blocks.2"}),
+      "wrn_cosine_head": (lambda: boosting.BoostingWideResNet(depth=10, widen_factor=1), "wrn",
+                          dict(depth=10, widen_factor=1, cosine_head=True),  # mu/sigma: file
+                          {"stage3": "block3"}),
+      "wrn_pssilu": (lambda: robustbench.randomise_learned_activations(paf.PAF_WideResNet(
+          paf.PSSiLU(), depth=10, widen_factor=1), 3), "wrn",
+          dict(depth=10, widen_factor=1, activation="pssilu"), {"stage1": "block1"}),
       "resnet_bottleneck": (lambda: resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1]), "resnet50",
                             dict(stage_sizes=(1, 1, 1, 1)),
                             {"stage1": "layer1", "stage4": "layer4"}),
@@ -69,7 +81,8 @@ def _nets():
 
 @pytest.mark.parametrize("name", ["wrn16_2", "resnet18", "resnet34", "preact18", "preact18_rice",
                                   "dm_wrn10_2", "dm_preact18", "resnet_bottleneck",
-                                  "wrn_per_image"])
+                                  "wrn_per_image", "wrn_per_stage", "wrn_cosine_head",
+                                  "wrn_pssilu"])
 def test_logits_and_stages_match_robustbench(name, tmp_path):
   factory, arch, kwargs, stages = _nets()[name]
   net = _randomise(factory(), seed=len(name))

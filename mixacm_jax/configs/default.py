@@ -131,6 +131,8 @@ def get_config():
       "final_bn": placeholder(bool), "shortcut_from_preact": placeholder(bool),
       "shortcut_kernel": placeholder(int), "activation": placeholder(str),
       "tf_same_padding": placeholder(bool), "block": placeholder(str),
+      "stage_widths": placeholder(tuple), "stage_blocks": placeholder(tuple),
+      "stem_width": placeholder(int), "cosine_head": placeholder(bool),
       "per_image_standardization": placeholder(bool)})
 
   config.checkpoint = ml_collections.ConfigDict()

@@ -77,6 +77,22 @@ ACTIVATIONS = {
 }
 
 
+class PSSiLU(nn.Module):
+  """x (sigmoid(|a| x) - |b|) / (1 - |b|) with learned scalars a, b (Dai et al. 2021), one
+  module that every layer of the network shares."""
+
+  @nn.compact
+  def __call__(self, x):
+    alpha = jnp.abs(self.param("alpha", nn.initializers.ones, (1,), jnp.float32))
+    beta = jnp.abs(self.param("beta", nn.initializers.constant(1e-8), (1,), jnp.float32))
+    return x * (nn.sigmoid(alpha.astype(x.dtype) * x) - beta.astype(x.dtype)) / (
+        1 - beta.astype(x.dtype))
+
+
+# Activations with parameters: the model builds one and shares it with every block.
+LEARNED_ACTIVATIONS = {"pssilu": PSSiLU}
+
+
 def activation(name: str):
   try:
     return ACTIVATIONS[name]
@@ -90,8 +106,14 @@ class ConvBNModule(nn.Module):
   bn_axis_name: Optional[str] = None
   activation: str = "relu"
   tf_same_padding: bool = False
+  shared_activation: Any = None  # a learned activation built once by the model
 
   def act(self, x):
+    if self.activation in LEARNED_ACTIVATIONS:
+      if self.shared_activation is None:
+        raise ValueError(f"{type(self).__name__} does not build the learned activation "
+                         f"{self.activation!r}; only WideResNet does")
+      return self.shared_activation(x)
     return ACTIVATIONS[self.activation](x)
 
   def bn(self, train: bool, name: str) -> nn.BatchNorm:
@@ -111,10 +133,18 @@ class ModelBase(ConvBNModule):
   std: Optional[Sequence[float]] = None
   # Each image scaled to zero mean and unit (sample) std first, as Ding et al.'s MMA models.
   per_image_standardization: bool = False
+  # Logits as cosines of the features and each class's weight (Pang et al. 2020), no bias.
+  cosine_head: bool = False
 
   def block_kwargs(self):
     return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name, activation=self.activation,
-                tf_same_padding=self.tf_same_padding)
+                tf_same_padding=self.tf_same_padding, shared_activation=self.shared_activation)
+
+  def learned_activation(self):
+    """The model's one learned activation module (None for a fixed activation); call inside
+    the compact __call__ and pass it to the blocks."""
+    cls = LEARNED_ACTIVATIONS.get(self.activation)
+    return cls(name="activation") if cls else None
 
   def prepare(self, x: jnp.ndarray) -> jnp.ndarray:
     x = x.astype(self.dtype)
@@ -126,6 +156,22 @@ class ModelBase(ConvBNModule):
     """Global average pool, sow `features`, linear classifier; logits are float32."""
     features = jnp.mean(x, axis=(1, 2))
     sow(self, "features", features)
-    logits = dense(self.num_classes, dtype=self.dtype, name="fc")(features)
+    if self.cosine_head:
+      logits = CosineDense(self.num_classes, dtype=self.dtype, name="fc")(features)
+    else:
+      logits = dense(self.num_classes, dtype=self.dtype, name="fc")(features)
     return logits.astype(jnp.float32)
+
+
+class CosineDense(nn.Module):
+  """x / |x| times each column of the kernel over its norm: a linear layer of unit vectors."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+                        jnp.float32)
+    unit = lambda v, axis: v / jnp.maximum(jnp.linalg.norm(v, axis=axis, keepdims=True), 1e-12)
+    return unit(x, -1).astype(self.dtype) @ unit(kernel, 0).astype(self.dtype)
 

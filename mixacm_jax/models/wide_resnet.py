@@ -1,4 +1,7 @@
-"""WideResNet-depth-k as TRADES / RobustBench's `wide_resnet.py` defines it."""
+"""WideResNet-depth-k as TRADES / RobustBench's `wide_resnet.py` defines it, and with per-stage
+widths and depths (RobustBench's `RobustWideResNet`, Huang et al. 2021)."""
+from typing import Sequence
+
 import flax.linen as nn
 
 from mixacm_jax.models.layers import ConvBNModule, ModelBase, sow
@@ -24,21 +27,27 @@ class WideResNet(ModelBase):
   """Sows `stem`, `stage1..3` (pre-activation), `stage3_act` (after the final bn-relu), `features`."""
   depth: int = 34
   widen_factor: int = 10
+  # Per stage, when set (else 16k, 32k, 64k wide and (depth - 4) / 6 blocks each).
+  stage_widths: Sequence[int] = ()
+  stage_blocks: Sequence[int] = ()
+  stem_width: int = 16
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if (self.depth - 4) % 6:
+    if not self.stage_blocks and (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
-    blocks = (self.depth - 4) // 6
-    widths = (16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor)
-    x = self.conv(16, 3, 1, "conv1")(self.prepare(x))
+    widths = tuple(self.stage_widths) or tuple(w * self.widen_factor for w in (16, 32, 64))
+    blocks = tuple(self.stage_blocks) or ((self.depth - 4) // 6,) * len(widths)
+    learned = self.learned_activation()
+    kwargs = {**self.block_kwargs(), **({"shared_activation": learned} if learned else {})}
+    x = self.conv(self.stem_width, 3, 1, "conv1")(self.prepare(x))
     sow(self, "stem", x)
     for i, width in enumerate(widths):
-      for j in range(blocks):
+      for j in range(blocks[i]):
         stride = 2 if (i > 0 and j == 0) else 1
         x = WideBasicBlock(planes=width, stride=stride, name=f"block{i + 1}_{j}",
-                           **self.block_kwargs())(x, train)
+                           **kwargs)(x, train)
       sow(self, f"stage{i + 1}", x)
-    x = self.act(self.bn(train, "bn")(x))
+    x = learned(self.bn(train, "bn")(x)) if learned else self.act(self.bn(train, "bn")(x))
     sow(self, "stage3_act", x)
     return self.head(x)

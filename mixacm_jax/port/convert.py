@@ -15,7 +15,8 @@ from mixacm_jax.runtime import checkpoint as ckpt_lib
 CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "logits.weight")
 
 
-def rules_for(model):
+def layouts_for(model):
+  """The PyTorch layouts (rule tables) `model` reads; the first is the one it writes."""
   key = (type(model).__name__, bool(getattr(model, "tf_same_padding", False)))
   if key not in rules_lib.RULES:
     raise ConfigError(f"no PyTorch weight rules for {key[0]}; ported architectures: "
@@ -23,11 +24,17 @@ def rules_for(model):
   return rules_lib.RULES[key]
 
 
+def rules_for(model):
+  return layouts_for(model)[0]
+
+
 def torch_to_flax(state_dict: Dict[str, np.ndarray], model,
                   image_shape: Sequence[int]) -> Dict[str, Any]:
   """{params, batch_stats} for `model`; any missing, unexpected or wrongly shaped entry
-  raises one CheckpointError that lists each."""
-  rules = rules_for(model)
+  raises one CheckpointError that lists each. Of the layouts the model reads, the one whose
+  rules name the most keys is used."""
+  rules = max(layouts_for(model), key=lambda r: sum(
+      rules_lib.to_flax(k, v, r) is not None for k, v in state_dict.items()))
   expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda: models.init_variables(model, jax.random.PRNGKey(0), image_shape)))
   converted, sources, unmapped = {}, {}, []

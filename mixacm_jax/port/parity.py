@@ -4,7 +4,7 @@ For each supported entry: its own PyTorch module (built by the zoo's constructor
 weights and BatchNorm statistics), saved as RobustBench lays a file out (under the key its
 loader opens, with DataParallel prefixes), loaded back with `zoo.load_robustbench`, and the
 logits of both on the same random images compared. Entries with the same class and recipe
-are checked once. Needs torch; runs outside CI (about 20 minutes on 2 CPU cores):
+are checked once. Needs torch; runs outside CI (about 8 minutes on 2 CPU cores):
 
     python -m mixacm_jax.port.parity             # writes docs/robustbench_parity.md
     python -m mixacm_jax.port.parity --only=Zhang2019Theoretically,Ding2020MMA
@@ -21,6 +21,7 @@ import numpy as np
 from mixacm_jax.port import robustbench, zoo, zoo_recipes
 
 TOLERANCE = 1e-4
+LOGIT_SCALE = 20.0  # the largest |logit| of each check; trained CIFAR models reach 10-30
 REPORT = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustbench_parity.md")
 
 
@@ -36,6 +37,19 @@ def save_as_robustbench(net, recipe, path: str) -> None:
   torch.save(payload, path)
 
 
+def logits_at_scale(net, x, scale: float = LOGIT_SCALE) -> None:
+  """Scales the classifier so that the largest |logit| on `x` is `scale`, as in trained
+  models: random weights without trained BatchNorm give logits anywhere from 0.1 to 1e4,
+  where a fixed tolerance means nothing."""
+  import torch  # pylint: disable=g-import-not-at-top
+  classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+  with torch.no_grad():
+    factor = scale / float(net(x).abs().max())
+    classifier.weight.mul_(factor)
+    if classifier.bias is not None:
+      classifier.bias.mul_(factor)
+
+
 def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: str,
                 batch: int = 2, seed: int = 0) -> Tuple[float, float]:
   """(max |logit difference| between RobustBench's module and the by-name Flax model,
@@ -44,11 +58,13 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   recipe = zoo.recipe(name, dataset, threat)
   torch.manual_seed(seed)
   net = robustbench.randomise_batchnorm(entry["model"](), seed)
+  robustbench.randomise_learned_activations(net, seed)
+  h, w, c = recipe["image_shape"]
+  x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
+  logits_at_scale(net, x)
   path = zoo.checkpoint_path(name, dataset, threat, model_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   save_as_robustbench(net, recipe, path)
-  h, w, c = recipe["image_shape"]
-  x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
   with torch.no_grad():
     ref = net(x).numpy()
   del net
@@ -98,7 +114,9 @@ def render(results) -> str:
       f"{zoo_recipes.ROBUSTBENCH_VERSION}, {time.strftime('%Y-%m-%d')}): each supported entry's "
       "PyTorch module from the zoo's own constructor, random weights and BatchNorm "
       "statistics, saved in RobustBench's file layout, loaded with "
-      "`mixacm_jax.load_robustbench`, and the largest logit difference on two random images. "
+      "`mixacm_jax.load_robustbench`, and the largest logit difference on two random images, "
+      f"the classifier scaled so that the largest |logit| is {LOGIT_SCALE:g} (as in trained "
+      "models; random weights give anything from 0.1 to 1e4). "
       "Entries with the same class and recipe are checked once (\"as\").", "",
       f"{len(results)} entries, {len(results) - bad} within {TOLERANCE:g}.", "",
       "| dataset | threat model | entry | architecture | max abs logit difference | "

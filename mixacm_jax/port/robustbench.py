@@ -127,6 +127,19 @@ def randomise_batchnorm(net, seed: int = 0):
   return net.eval()
 
 
+def randomise_learned_activations(net, seed: int = 0):
+  """Moves PSSiLU's scalars (alpha, beta) off their initial 1 and 1e-8, which a mis-ported
+  activation would match by chance."""
+  import torch  # pylint: disable=g-import-not-at-top
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      if name.endswith(("alpha", "beta")) and p.numel() == 1:
+        p.fill_(float(0.5 + torch.rand(1, generator=g)) if name.endswith("alpha")
+                else float(0.2 * torch.rand(1, generator=g)))
+  return net
+
+
 # ---------------------------------------------------------------------------------------------
 # Recipes: what a zoo entry's PyTorch module is, in the terms of the Flax model registry.
 
@@ -161,7 +174,9 @@ def _activation(module) -> str:
     return "relu"
   if isinstance(module, torch.nn.SiLU) or name == "Swish":
     return "swish"
-  raise Unsupported(f"activation {name} (the Flax models have ReLU and Swish)")
+  if name == "PSSiLU":
+    return "pssilu"
+  raise Unsupported(f"activation {name} (the Flax models have ReLU, Swish and PSSiLU)")
 
 
 def _stage_sizes(net, names) -> Tuple[int, ...]:
@@ -170,7 +185,7 @@ def _stage_sizes(net, names) -> Tuple[int, ...]:
 
 # Each reads, off an instance of a RobustBench family, the Flax class and the fields that
 # build its twin (every field that can differ from the class's default).
-def _wide_resnet(net) -> Tuple[str, dict]:
+def _wide_resnet(net, bias: bool = True) -> Tuple[str, dict]:
   blocks = len(net.block1.layer)
   widen = net.block1.layer[0].conv1.out_channels // 16
   expected = [16 * widen, 32 * widen, 64 * widen]
@@ -179,10 +194,30 @@ def _wide_resnet(net) -> Tuple[str, dict]:
     raise Unsupported(f"per-stage widths {found} (a WideResNet has 16k, 32k, 64k)")
   if any(len(getattr(net, f"block{i}").layer) != blocks for i in (2, 3)):
     raise Unsupported("per-stage depths")
-  if net.fc.bias is None:
-    raise Unsupported("a classifier without bias")
+  if (net.fc.bias is not None) != bias:
+    raise Unsupported("a classifier without bias" if bias else "a classifier with bias")
   return "WideResNet", {"depth": 6 * blocks + 4, "widen_factor": widen, "activation": "relu",
                         "tf_same_padding": False}
+
+
+def _robust_wide_resnet(net) -> Tuple[str, dict]:
+  strides = [g.layer[0].conv1.stride[0] for g in net.blocks]
+  if strides != [1, 2, 2]:
+    raise Unsupported(f"stage strides {strides}")
+  return "WideResNet", {"stem_width": net.stem_conv.out_channels,
+                        "stage_widths": tuple(g.layer[0].conv1.out_channels for g in net.blocks),
+                        "stage_blocks": tuple(len(g.layer) for g in net.blocks),
+                        "activation": "relu", "tf_same_padding": False}
+
+
+def _paf_wide_resnet(net) -> Tuple[str, dict]:
+  cls, fields = _wide_resnet(net)
+  return cls, {**fields, "activation": _activation(net.activation)}
+
+
+def _boosting_wide_resnet(net) -> Tuple[str, dict]:
+  cls, fields = _wide_resnet(net, bias=False)
+  return cls, {**fields, "cosine_head": True}
 
 
 def _dm_padding(net):
@@ -264,6 +299,9 @@ def tuple_or(value):
 # RobustBench architecture class (module, name) -> reads the Flax architecture off an instance.
 FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("wide_resnet", "WideResNet"): _wide_resnet,
+    ("robust_wide_resnet", "RobustWideResNet"): _robust_wide_resnet,
+    ("boosting_wide_resnet", "BoostingWideResNet"): _boosting_wide_resnet,
+    ("paf_wide_resnet", "PAF_WideResNet"): _paf_wide_resnet,
     ("dm_wide_resnet", "DMWideResNet"): _dm_wide_resnet,
     ("dm_wide_resnet", "DMPreActResNet"): _dm_preact_resnet,
     ("resnet", "ResNet"): _resnet,
@@ -271,9 +309,6 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
 }
 # Families with no Flax twin, and what they are.
 NO_TWIN = {
-    "RobustWideResNet": "WideResNet with per-stage depths, widths and activations",
-    "BoostingWideResNet": "WideResNet with a cosine-similarity (normalised) head",
-    "PAF_WideResNet": "WideResNet with the learnable PSSiLU activation",
     "ResNest": "ResNeSt-152 (split-attention blocks)",
     "Chen2020AdversarialNet": "ensemble of three Bottleneck ResNet-50s averaged after softmax",
     "CifarResNeXt": "ResNeXt-29",
@@ -337,12 +372,16 @@ def _probe_normalisation(net, base) -> Dict[str, Any]:
                     "normalisation nor per-image standardisation")
 
 
-def _dm_normalisation(net):
-  mean, std = getattr(net, "mean", None), getattr(net, "std", None)
-  if mean is None or mean.is_meta:
-    return None, None
-  return (tuple(round(float(v), 7) for v in mean.reshape(-1)),
-          tuple(round(float(v), 7) for v in std.reshape(-1)))
+def _buffer_normalisation(net) -> Dict[str, Any]:
+  """The mean/std a module whose own forward normalises keeps as buffers (the DM models'
+  `mean`/`std`, Pang et al.'s `mu`/`sigma`); {} when it keeps none."""
+  import torch  # pylint: disable=g-import-not-at-top
+  for names in (("mean", "std"), ("mu", "sigma")):
+    mean, std = (getattr(net, n, None) for n in names)
+    if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and not mean.is_meta:
+      return {"mean": tuple(round(float(v), 7) for v in mean.reshape(-1)),
+              "std": tuple(round(float(v), 7) for v in std.reshape(-1))}
+  return {}
 
 
 def _last_checkpoint_rule(root: str) -> Callable[[str], bool]:
@@ -388,12 +427,10 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
                           f"({type(e).__name__}: {e})") from None
     base, family = _family(net)
     arch, kwargs = registered_architecture(*family(net))
-    if base.__name__.startswith("DM"):
-      mean, std = _dm_normalisation(net)
-    else:
-      transform = _probe_normalisation(net, base)
-      mean, std = transform.pop("mean", None), transform.pop("std", None)
-      kwargs.update(transform)
+    # Normalisation in a subclass's forward, else in the family's own (from its buffers).
+    transform = _probe_normalisation(net, base) or _buffer_normalisation(net)
+    mean, std = transform.pop("mean", None), transform.pop("std", None)
+    kwargs.update(transform)
     classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
   except Unsupported as e:
     return {"unsupported": (prefix if "ensemble" not in str(e) else "") + str(e)}

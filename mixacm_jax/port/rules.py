@@ -34,6 +34,15 @@ WIDE_RESNET: List[Rule] = [
     ("block{s}.layer.{b}.bn{i}", "block{s}_{b}/bn{i}"),
     ("block{s}.layer.{b}.convShortcut", "block{s}_{b}/shortcut_conv"),
     ("sub_block1.layer.{b}.{rest}", ""),  # TRADES' unused duplicate of block1
+    # A learned activation (PSSiLU) that every block shares: one copy per module that holds it.
+    ("activation", "activation"), ("block{s}.layer.{b}.activation", ""),
+]
+# RobustBench's RobustWideResNet (per-stage widths and depths).
+ROBUST_WIDE_RESNET: List[Rule] = [
+    ("stem_conv", "conv1"), ("bn1", "bn"), ("fc", "fc"),
+    ("blocks.{s}.layer.{b}.conv{i}", "block{s+1}_{b}/conv{i}"),
+    ("blocks.{s}.layer.{b}.bn{i}", "block{s+1}_{b}/bn{i}"),
+    ("blocks.{s}.layer.{b}.convShortcut", "block{s+1}_{b}/shortcut_conv"),
 ]
 # RobustBench's DMWideResNet / DMPreActResNet (DeepMind-style).
 DM_WIDE_RESNET: List[Rule] = [
@@ -52,17 +61,18 @@ DM_PREACT_RESNET: List[Rule] = [
     ("layer_{s}.{b}.conv_2d_2", "layer{s+1}_{b}/conv2"),
     ("layer_{s}.{b}.shortcut", "layer{s+1}_{b}/shortcut_conv"),
 ]
-# (Flax class name, DeepMind-style?) -> rules.
-RULES = {("ResNet", False): RESNET, ("PreActResNet", False): PREACT_RESNET,
-         ("WideResNet", False): WIDE_RESNET, ("WideResNet", True): DM_WIDE_RESNET,
-         ("PreActResNet", True): DM_PREACT_RESNET}
+# (Flax class name, DeepMind-style?) -> the PyTorch layouts it reads, the first also written.
+RULES = {("ResNet", False): [RESNET], ("PreActResNet", False): [PREACT_RESNET],
+         ("WideResNet", False): [WIDE_RESNET, ROBUST_WIDE_RESNET],
+         ("WideResNet", True): [DM_WIDE_RESNET], ("PreActResNet", True): [DM_PREACT_RESNET]}
 
 _FIELD = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
 
 # (PyTorch tensor name, tensor rank) -> (Flax collection, Flax leaf name)
 LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel"),
           ("bias", 1): ("params", "bias"), ("weight", 1): ("params", "scale"),
-          ("running_mean", 1): ("batch_stats", "mean"), ("running_var", 1): ("batch_stats", "var")}
+          ("running_mean", 1): ("batch_stats", "mean"), ("running_var", 1): ("batch_stats", "var"),
+          ("alpha", 1): ("params", "alpha"), ("beta", 1): ("params", "beta")}
 
 
 def _match(pattern: str, text: str) -> Optional[Dict[str, object]]:
