@@ -36,10 +36,12 @@ def dlr_loss(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
 
 
 def dlr_loss_targeted(logits: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray) -> jnp.ndarray:
-  """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), per example."""
+  """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), per example; with 3 classes, where there
+  is no z_pi4, z_pi3 stands for it."""
   z = _sorted_desc(logits)
   pick = lambda c: jnp.take_along_axis(logits, c[:, None], 1)[:, 0]
-  return -(pick(y) - pick(y_target)) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
+  z4 = z[:, 3] if z.shape[-1] > 3 else z[:, 2]
+  return -(pick(y) - pick(y_target)) / (z[:, 0] - 0.5 * (z[:, 2] + z4) + 1e-12)
 
 
 def eot_value_and_grad(one_draw: Callable, v: jnp.ndarray, rngs: jax.Array):

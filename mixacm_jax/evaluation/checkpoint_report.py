@@ -1,23 +1,47 @@
-"""`--mode=eval`: the robustness report of a checkpoint (this project's or converted)."""
+"""`--mode=eval`: the robustness report of a checkpoint (this project's or converted),
+resumable: its progress is committed under `<workdir>/eval_progress` chunk by chunk."""
 import os
 from typing import Any, Dict
 
+import jax
+
 from mixacm_jax import models
+from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
-from mixacm_jax.evaluation import robustness, robustness_output
-from mixacm_jax.runtime import checkpoint, reporting
+from mixacm_jax.evaluation import journal as journal_lib, robustness, robustness_output
+from mixacm_jax.runtime import checkpoint, preemption, reporting
+
+PROGRESS_DIR = "eval_progress"
 
 
 def robustness_of_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
   """Clean and robust accuracy of the model in `config.model` from `workdir`'s latest (or
-  given) checkpoint; writes robustness.json (and an eps-sweep plot when asked)."""
+  given) checkpoint; writes robustness.json and robustness_examples.csv (and an eps-sweep
+  plot when asked). Killed, the same command continues where it stopped."""
   config_checks.validate(config)
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   variables = checkpoint.load_variables(model, info.image_shape, workdir, step)
-  report = robustness.report_on_split(model, variables, config.data, config.eval,
-                                      seed=config.seed)
+  attacks = registry.parse_attacks(config.eval.attacks, config.eval.autoattack_version)
+  settings = robustness.attack_settings(config.eval, attacks, config.eval.pgd.eps,
+                                        config.seed)
+  settings.pop("versions")
+  settings.update(
+      model=config.model.name, variables=journal_lib.fingerprint(variables),
+      data={k: config.data.get(k) for k in ("name", "eval_split")},
+      num_examples=int(config.eval.get("num_examples") or 0),
+      devices=[jax.process_count(), jax.local_device_count()],
+      image_shape=list(info.image_shape))
+  directory = os.path.join(workdir, PROGRESS_DIR, f"host{jax.process_index()}")
+  journal = journal_lib.Journal(directory, settings)
+  if journal.resumed and reporting.is_primary():
+    print(f"Continuing the evaluation in {directory} ({journal.resumed} chunks done)",
+          flush=True)
+  with preemption.SigtermFlag() as sigterm:
+    journal.should_stop = lambda: sigterm.raised
+    report = robustness.report_on_split(model, variables, config.data, config.eval,
+                                        seed=config.seed, journal=journal)
   report["checkpoint"] = os.path.abspath(workdir)
   if config.eval.eps_sweep:
     sweep = robustness.eps_sweep(model, variables, config.data, config.eval,
@@ -28,4 +52,5 @@ def robustness_of_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
       robustness_output.plot_sweep(sweep, os.path.join(workdir, "robustness_vs_eps.png"))
   if reporting.is_primary():
     robustness_output.write_report(report, workdir)
+  journal.finish()
   return report

@@ -4,11 +4,16 @@ with AutoAttack's per-stage accuracy, timings and sanity flags (written out by
 
 Attacks are named as in `attacks.registry` (`config.eval.attacks`, comma-separated); eps,
 norm and the PGD step size come from `config.eval.pgd`. Each stage runs only on the points
-every earlier stage left correct, in compacted batches.
+every earlier stage left correct, in compacted batches. Per example, the report keeps the
+clean prediction and, for each attack, the stage that broke the point, the margin at the
+returned point and its perturbation; every returned point is evaluated again and must agree
+with the attack's flags. With a `journal` (`--mode=eval`), each chunk of points is committed
+as it finishes, so a killed run continues where it stopped.
 """
 import concurrent.futures
+import inspect
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +22,31 @@ import numpy as np
 from mixacm_jax.attacks import autoattack, loop, pgd as pgd_lib, registry
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import AttackConstraintError
+from mixacm_jax.evaluation import sanity
 from mixacm_jax.runtime import parallel, reporting
+
+# A returned point whose margin is within this of 0 may flip between two evaluations (float
+# reductions in batches of other sizes): counted, not an error.
+TIE_MARGIN = 1e-4
+CLEAN_MISCLASSIFIED, ROBUST = -2, -1  # per-example codes beside the stage index
+
+
+class FunctionModel:
+  """A logits function `fn(x)` (or a randomised `fn(x, rng=key)`) where the report expects
+  a Flax model: `apply(variables, x)` ignores `variables`."""
+
+  def __init__(self, fn: Callable):
+    self.fn = fn
+    try:
+      self.takes_rng = "rng" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+      self.takes_rng = False
+
+  def apply(self, variables, x, rngs=None, **_):
+    del variables
+    if self.takes_rng and rngs is not None:
+      return self.fn(x, rng=rngs["noise"])
+    return self.fn(x)
 
 
 def _still_robust(logits_fn, x, y, robust, x_adv):
@@ -61,21 +90,37 @@ def host_loops() -> bool:
   return loop.host_driven()
 
 
+def _prediction_and_margin(logits, y):
+  """argmax, and the true class's logit minus the largest other (< 0: misclassified)."""
+  true = jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
+  other = jnp.max(jnp.where(jax.nn.one_hot(y, logits.shape[-1]) > 0, -jnp.inf, logits), -1)
+  return jnp.argmax(logits, -1), true - other
+
+
 def _pmapped_clean(model):
   def run(variables, x, y):
     logits = model.apply(variables, x)
     grad = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(model.apply(variables, v), y)))(x)
     g = grad.reshape(grad.shape[0], -1)
     bad_grad = jnp.all(g == 0, axis=1) | ~jnp.all(jnp.isfinite(g), axis=1)
-    return jnp.argmax(logits, -1) == y, bad_grad
+    return (*_prediction_and_margin(logits, y), bad_grad)
   return jax.pmap(run, axis_name=parallel.AXIS)
 
 
-def _violations(x_adv, x, eps, norm, tol=1e-5):
+def _pmapped_margins(model):
+  return jax.pmap(lambda variables, x, y: _prediction_and_margin(model.apply(variables, x), y),
+                  axis_name=parallel.AXIS)
+
+
+def _perturbation(x_adv, x, norm):
   d = (x_adv - x).reshape(x.shape[0], -1)
-  size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
-  return int(np.sum((size > eps + tol) | (x_adv.reshape(x.shape[0], -1).min(1) < -tol)
-                    | (x_adv.reshape(x.shape[0], -1).max(1) > 1 + tol)))
+  return np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
+
+
+def _violations(x_adv, x, eps, norm, tol=1e-5):
+  flat = x_adv.reshape(x.shape[0], -1)
+  return int(np.sum((_perturbation(x_adv, x, norm) > eps + tol) | (flat.min(1) < -tol)
+                    | (flat.max(1) > 1 + tol) | ~np.all(np.isfinite(flat), axis=1)))
 
 
 def _agreed_count(n: int) -> int:
@@ -119,8 +164,8 @@ def _compiled(programs: Optional[Dict], key, build: Callable):
 
 
 def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
-                    seed: int = 0, verbose: bool = True,
-                    programs: Optional[Dict] = None) -> Dict[str, Any]:
+                    seed: int = 0, verbose: bool = True, programs: Optional[Dict] = None,
+                    journal=None) -> Dict[str, Any]:
   """Clean and robust accuracy for each attack in `eval_cfg.attacks` over the eval split."""
   batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
                                              eval_cfg.get("num_examples")))
@@ -128,13 +173,19 @@ def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
   return report_on_arrays(model, variables, np.concatenate([flat(b["image"]) for b in batches]),
                           np.concatenate([flat(b["label"]) for b in batches]), eval_cfg,
                           real=np.concatenate([flat(b["mask"]) for b in batches]) > 0,
-                          eps=eps, seed=seed, verbose=verbose, programs=programs)
+                          eps=eps, seed=seed, verbose=verbose, programs=programs,
+                          journal=journal)
 
 
 def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
                      real: np.ndarray = None, eps: float = None, seed: int = 0,
-                     verbose: bool = True, programs: Optional[Dict] = None) -> Dict[str, Any]:
-  """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries."""
+                     verbose: bool = True, programs: Optional[Dict] = None,
+                     journal=None) -> Dict[str, Any]:
+  """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries.
+  `model` is a Flax model or any logits function (see `FunctionModel`); `journal` (see
+  `evaluation.journal`) commits each chunk of points and replays what an earlier run did."""
+  if not hasattr(model, "apply"):
+    model, variables = FunctionModel(model), variables or {}
   eps = eval_cfg.pgd.eps if eps is None else eps
   attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
   batch = input_pipeline.local_batch_size(eval_cfg.batch_size)
@@ -144,36 +195,99 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
                                 np.zeros((pad,) + np.shape(images)[1:], np.float32)]),
                 np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)]),
                 np.concatenate([real, np.zeros((pad,), bool)]), batch)
-  p_vars = parallel.replicate(variables)
-  report, clean_correct = _clean_pass(model, p_vars, data, programs)
-  report.update(eps=eps, norm=eval_cfg.pgd.norm)
-  if any(st.endswith("-eot") for _, stages in attacks for st in stages):
-    draw = lambda k: model.apply(variables, images[:16], rngs={"noise": jax.random.PRNGKey(k)})
-    if np.array_equal(np.asarray(draw(0)), np.asarray(draw(1))):
-      report["warnings"].append("the model is deterministic: the EOT attacks of AutoAttack's "
-                                "`rand` version only cost more here; use `standard`")
   num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
+  all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
+  notes = sanity.check_classes(all_stages, num_classes)  # before any work
+  p_vars = parallel.replicate(variables)
+  report, clean = _clean_pass(model, p_vars, data, programs, journal)
+  report.update(eps=eps, norm=eval_cfg.pgd.norm,
+                settings=attack_settings(eval_cfg, attacks, eps, seed))
+  report["warnings"] += notes + _model_flags(model, variables, images,
+                                              randomized_attacks=any(
+                                                  st.endswith("-eot") for st in all_stages))
+  examples = {"index": np.flatnonzero(real), "label": np.asarray(labels)[real],
+              "clean_prediction": clean["prediction"][data.real],
+              "clean_margin": clean["margin"][data.real], "attacks": {}}
+  margins = _compiled(programs, "margins", lambda: _pmapped_margins(model))
   for name, stages in attacks:
     if name == "clean":
       continue
     t0 = time.perf_counter()
-    robust = clean_correct.copy()
+    robust = clean["correct"].copy()
+    outcome = _Outcome(data, robust)
     per_stage = {}
     for j, stage_name in enumerate(stages):
       _attack_pass(model, p_vars, data, robust, stage_name, eval_cfg.pgd, eps, num_classes,
                    jax.random.fold_in(jax.random.PRNGKey(seed), j), programs,
                    label=name if len(stages) == 1 else f"{name}:{stage_name}", verbose=verbose,
-                   as_original=bool(eval_cfg.get("apgd_as_original", False)))
+                   as_original=bool(eval_cfg.get("apgd_as_original", False)),
+                   outcome=outcome, stage_index=j, journal=journal, journal_key=f"{name}.{j}")
       per_stage[stage_name] = float(robust.sum()) / data.count
     acc = float(robust.sum()) / data.count
-    report["attacks"][name] = {"robust_accuracy": acc}
+    result = {"robust_accuracy": acc}
     if len(stages) > 1:
-      report["attacks"][name]["after_each_stage"] = per_stage
+      result["after_each_stage"] = per_stage
+    per_example = outcome.verify(margins, p_vars, robust, eval_cfg.pgd.norm, name)
+    result["max_perturbation"] = float(per_example["perturbation"].max(initial=0.0))
+    result["ties"] = int(per_example.pop("ties"))
+    examples["attacks"][name] = {
+        "broken_by": [("clean" if c == CLEAN_MISCLASSIFIED else "" if c == ROBUST
+                       else stages[c]) for c in per_example["code"]],
+        "margin": per_example["margin"], "perturbation": per_example["perturbation"]}
+    report["attacks"][name] = result
     report["seconds"][name] = time.perf_counter() - t0
     if acc > report["clean_accuracy"] + 1e-9:
       report["warnings"].append(f"{name}: robust accuracy {acc:.4f} above clean "
                                 f"{report['clean_accuracy']:.4f}: the attack or the model is broken")
+    flag = sanity.square_succeeds(per_stage)
+    if flag:
+      report["warnings"].append(f"{name}: {flag}")
+  report["examples"] = examples
   return report
+
+
+def _model_flags(model, variables, images, randomized_attacks: bool) -> List[str]:
+  """The flags read off the model's outputs on a few inputs: probabilities instead of
+  logits, outputs that change between passes (or, for the `rand` stages, that do not)."""
+  x = np.asarray(images[:16], np.float32)
+  draws = [np.asarray(model.apply(variables, x, rngs={"noise": jax.random.PRNGKey(k)}))
+           for k in range(3)]
+  flags = [sanity.probabilities(draws[0]),
+           sanity.randomized(draws, deterministic_attacks=not randomized_attacks)]
+  if randomized_attacks and np.array_equal(draws[0], draws[1]):
+    flags.append("the model is deterministic: the EOT attacks of AutoAttack's `rand` version "
+                 "only cost more here; use `standard`")
+  return [f for f in flags if f]
+
+
+def attack_settings(eval_cfg, attacks, eps: float, seed: int) -> Dict[str, Any]:
+  """What decides the numbers, as the report records it: the seed and its PRNG key, eps,
+  norm, every attack's stages with their settings, and the package versions."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  stages = {}
+  for _, names in attacks:
+    for stage in names:
+      if stage in autoattack.STAGES:
+        keywords = dict(getattr(autoattack.STAGES[stage], "keywords", {}))
+        if stage.endswith("-eot"):
+          keywords["eot_iter"] = autoattack.EOT_ITER
+        stages[stage] = {k: v for k, v in keywords.items()
+                         if isinstance(v, (int, float, str, bool))}
+      elif stage != "clean":
+        stages[stage] = {"step_size": float(eval_cfg.pgd.step_size * eps / eval_cfg.pgd.eps),
+                         "restarts": int(eval_cfg.pgd.get("restarts", 1))}
+
+  def version(package):
+    try:
+      return metadata.version(package)
+    except metadata.PackageNotFoundError:
+      return None
+  return {"seed": seed, "prng_key": [int(v) for v in np.asarray(jax.random.PRNGKey(seed))],
+          "eps": float(eps), "norm": eval_cfg.pgd.norm, "attacks": eval_cfg.attacks,
+          "autoattack_version": eval_cfg.autoattack_version,
+          "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
+          "batch_size": int(eval_cfg.batch_size), "stages": stages,
+          "versions": {p: version(p) for p in ("mixacm_jax", "jax", "jaxlib", "flax", "numpy")}}
 
 
 class _Split:
@@ -192,35 +306,81 @@ class _Split:
   def flat(v):
     return np.asarray(v).reshape((-1,) + v.shape[2:])
 
+  def batches(self):
+    for i in range(0, len(self.labels), self.batch):
+      yield slice(i, i + self.batch)
 
-def _clean_pass(model, p_vars, data: _Split, programs) -> Tuple[Dict[str, Any], np.ndarray]:
-  """The report's first entries (clean accuracy, the gradient-masking check) and which
-  examples are classified correctly."""
+
+class _Outcome:
+  """Per example, for one attack: the returned point (the first adversarial point found, the
+  clean input where none was) and the stage that broke it."""
+
+  def __init__(self, data: _Split, clean_correct: np.ndarray):
+    self.data = data
+    self.x_adv = data.images.copy()
+    self.code = np.where(clean_correct, ROBUST, CLEAN_MISCLASSIFIED)
+
+  def broken(self, idx: np.ndarray, x_adv: np.ndarray, stage_index: int) -> None:
+    self.x_adv[idx] = x_adv
+    self.code[idx] = stage_index
+
+  def verify(self, margins, p_vars, robust, norm: str, name: str) -> Dict[str, np.ndarray]:
+    """The model's prediction at every returned point must agree with the attack's flags
+    (robust <=> still correctly classified); ties (|margin| < TIE_MARGIN) are counted."""
+    d = self.data
+    pred, margin = [], []
+    for part in d.batches():
+      p, m = margins(p_vars, d.to_devices(self.x_adv[part]), d.to_devices(d.labels[part]))
+      pred.append(d.flat(p))
+      margin.append(d.flat(m))
+    pred, margin = np.concatenate(pred), np.concatenate(margin)
+    disagree = d.real & ((pred == d.labels) != robust)
+    ties = disagree & (np.abs(margin) < TIE_MARGIN)
+    wrong = np.flatnonzero(disagree & ~ties)
+    if len(wrong):
+      raise AttackConstraintError(
+          f"{name}: evaluated again, {len(wrong)} returned points disagree with the attack's "
+          f"robust/broken flags (first indices {wrong[:5].tolist()}): the model is not "
+          "deterministic, or the attack's bookkeeping is wrong")
+    return {"code": self.code[d.real], "margin": margin[d.real],
+            "perturbation": _perturbation(self.x_adv, d.images, norm)[d.real],
+            "ties": int(ties.sum())}
+
+
+def _clean_pass(model, p_vars, data: _Split, programs, journal=None
+                ) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+  """The report's first entries (clean accuracy, the gradient-masking check) and, per
+  example, the clean prediction, margin and whether it is correct."""
   clean_fn = _compiled(programs, "clean", lambda: _pmapped_clean(model))
   t0 = time.perf_counter()
-  clean_correct, bad_grads = [], 0
-  for i in range(0, len(data.labels), data.batch):
-    part = slice(i, i + data.batch)
-    correct, bad = clean_fn(p_vars, data.to_devices(data.images[part]),
-                            data.to_devices(data.labels[part]))
-    clean_correct.append(data.flat(correct) & data.real[part])
-    bad_grads += int(np.sum(data.flat(bad) & data.real[part]))
-  clean_correct = np.concatenate(clean_correct)
-  warnings = []
-  if bad_grads > 0.1 * data.count:
-    warnings.append(f"{bad_grads} of {int(data.count)} inputs have an all-zero or "
-                    "non-finite input gradient: gradient masking is likely, so "
-                    "gradient attacks may overestimate robustness (check Square)")
+  saved = journal.load("clean") if journal else None
+  if saved is None:
+    pred, margin, bad = [], [], []
+    for part in data.batches():
+      p, m, b = clean_fn(p_vars, data.to_devices(data.images[part]),
+                         data.to_devices(data.labels[part]))
+      pred.append(data.flat(p))
+      margin.append(data.flat(m))
+      bad.append(data.flat(b))
+    saved = {"prediction": np.concatenate(pred), "margin": np.concatenate(margin),
+             "bad_gradient": np.concatenate(bad)}
+    if journal:
+      journal.save("clean", **saved)
+  clean = dict(saved, correct=(saved["prediction"] == data.labels) & data.real)
+  flag = sanity.zero_gradients(int(np.sum(saved["bad_gradient"] & data.real)), int(data.count))
   return {"num_examples": int(data.count),
-          "clean_accuracy": float(clean_correct.sum()) / data.count, "attacks": {},
-          "warnings": warnings, "seconds": {"clean": time.perf_counter() - t0}}, clean_correct
+          "clean_accuracy": float(clean["correct"].sum()) / data.count, "attacks": {},
+          "warnings": [flag] if flag else [],
+          "seconds": {"clean": time.perf_counter() - t0}}, clean
 
 
 def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: str, pgd_cfg,
                  eps: float, num_classes: int, stage_key, programs, *, label: str,
-                 verbose: bool, as_original: bool = False) -> None:
+                 verbose: bool, as_original: bool = False, outcome: Optional[_Outcome] = None,
+                 stage_index: int = 0, journal=None, journal_key: str = "") -> None:
   """One stage over the points still `robust` (updated in place); a targeted stage goes
-  target by target, each on what is left."""
+  target by target, each on what is left. Each chunk's result is committed to (or, done
+  before, replayed from) the journal."""
   restarts = pgd_cfg.get("restarts", 1)
   host = stage_name in autoattack.STAGES and host_loops()
   stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts),
@@ -236,17 +396,35 @@ def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: st
                                   else f"{label} target {rank}")
     p_rank = parallel.replicate(np.int32(rank or 0))
     for i, (sel, padded, valid) in enumerate(work):
-      key = parallel.replicate(jax.random.fold_in(stage_key, i))
-      x, y = data.images[padded], data.labels[padded]
-      still, x_adv = stage(p_vars, data.to_devices(x), data.to_devices(y),
-                           data.to_devices(valid), key, p_rank, p_eps, p_step)
-      bad = _violations(data.flat(x_adv)[valid], x[valid], eps, pgd_cfg.norm)
-      if bad:
-        raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
-                                    f"{pgd_cfg.norm} ball of eps={eps} or [0, 1]")
-      robust[sel] &= data.flat(still)[:len(sel)]
+      key = f"{journal_key}.{rank}.{i}"
+      saved = journal.load(key) if journal else None
+      if saved is not None and not np.array_equal(saved["sel"], sel):
+        raise AttackConstraintError(f"evaluation progress {key} was made on other points; "
+                                    f"delete {journal.directory} to start again")
+      if saved is None:
+        x, y = data.images[padded], data.labels[padded]
+        still, x_adv = stage(p_vars, data.to_devices(x), data.to_devices(y),
+                             data.to_devices(valid),
+                             parallel.replicate(jax.random.fold_in(stage_key, i)), p_rank,
+                             p_eps, p_step)
+        x_adv = data.flat(x_adv)[:len(sel)]
+        bad = _violations(x_adv, x[:len(sel)], eps, pgd_cfg.norm)
+        if bad:
+          raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
+                                      f"{pgd_cfg.norm} ball of eps={eps} or [0, 1], or not "
+                                      "finite")
+        still = data.flat(still)[:len(sel)]
+        saved = {"sel": sel, "still": still, "x_adv": x_adv[~still]}
+        if journal:
+          journal.save(key, **saved)
+      robust[sel] &= saved["still"]
+      if outcome is not None:
+        outcome.broken(sel[~saved["still"]], saved["x_adv"], stage_index)
       if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
         progress.report(i + 1, {"robust_acc": robust.sum() / data.count})
+      if journal and journal.should_stop():
+        raise SystemExit(f"SIGTERM: evaluation progress saved in {journal.directory}; run "
+                         "the same command to continue")
 
 
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],

@@ -1,4 +1,6 @@
-"""The robustness report on disk and on screen: JSON, a table, the accuracy-vs-eps plot."""
+"""The robustness report on disk and on screen: JSON, the per-example CSV, a table, the
+accuracy-vs-eps plot."""
+import csv
 import json
 import os
 from typing import Any, Dict
@@ -36,8 +38,45 @@ def report_table(report: Dict[str, Any]) -> str:
   return reporting.table(rows, ["attack", "accuracy", "seconds"])
 
 
+def _without_examples(report):
+  out = {k: v for k, v in report.items() if k != "examples"}
+  if "eps_sweep" in out:
+    out["eps_sweep"] = dict(out["eps_sweep"], reports=[
+        _without_examples(r) for r in out["eps_sweep"]["reports"]])
+  return out
+
+
 def write_report(report: Dict[str, Any], workdir: str, name: str = "robustness.json") -> str:
+  """robustness.json, and beside it robustness_examples.csv when the report has examples."""
   path = os.path.join(workdir, name)
   with open(path, "w") as f:
-    json.dump(report, f, indent=2)
+    json.dump(_without_examples(report), f, indent=2)
+  if "examples" in report:
+    write_examples(report["examples"], os.path.join(workdir, "robustness_examples.csv"))
   return path
+
+
+def example_rows(examples: Dict[str, Any]):
+  """The header and one row per evaluated point: its index in the split, label, clean
+  prediction and margin, and per attack the stage that broke it ('' if robust, 'clean' if
+  misclassified already), the margin (true logit minus the largest other) at the returned
+  point and the perturbation's norm."""
+  attacks = examples["attacks"]
+  header = ["index", "label", "clean_prediction", "clean_margin"] + [
+      f"{a}_{c}" for a in attacks for c in ("broken_by", "margin", "perturbation")]
+  rows = []
+  for i in range(len(examples["index"])):
+    row = [int(examples["index"][i]), int(examples["label"][i]),
+           int(examples["clean_prediction"][i]), f"{examples['clean_margin'][i]:.6g}"]
+    for a in attacks.values():
+      row += [a["broken_by"][i], f"{a['margin'][i]:.6g}", f"{a['perturbation'][i]:.6g}"]
+    rows.append(row)
+  return header, rows
+
+
+def write_examples(examples: Dict[str, Any], path: str) -> None:
+  header, rows = example_rows(examples)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)

@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import signal
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -17,7 +16,7 @@ from mixacm_jax.attacks import pgd as pgd_lib
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import NonFiniteLossError
-from mixacm_jax.runtime import checkpoint as ckpt_lib, parallel, reporting
+from mixacm_jax.runtime import checkpoint as ckpt_lib, parallel, preemption, reporting
 from mixacm_jax.training import optim, teacher as teacher_lib
 
 
@@ -151,28 +150,6 @@ def _check_finite(step: int, metrics: Dict[str, float]) -> None:
         "is kept. Lower optim.learning_rate or check the inputs.")
 
 
-class _SigtermFlag:
-  """Turns SIGTERM (how pods preempt) into a flag the loop checks, to save before exiting."""
-
-  def __init__(self):
-    self.raised = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, *_):
-    self.raised = True
-
-  def __exit__(self, *_):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Teacher] = None,
                        objective: Optional[objectives.Objective] = None) -> Dict[str, Any]:
   """Trains `config.model` with `config.objective` in `workdir`, resuming from its latest
@@ -220,7 +197,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
     checkpointer.save(step, host_state, metrics)
 
   try:
-    with _SigtermFlag() as sigterm:
+    with preemption.SigtermFlag() as sigterm:
       for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
         stop = sigterm.raised  # read once, so a signal mid-step is handled at the next one

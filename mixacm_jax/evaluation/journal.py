@@ -1,0 +1,82 @@
+"""The progress of a long evaluation on disk, so that a killed or preempted `--mode=eval`
+continues where it stopped: one file per finished chunk of points (per attack, stage and
+target), each written atomically, under a manifest of the settings it belongs to. A run
+replays the chunks it finds and computes only the rest, in the same order with the same
+keys, so it ends with exactly the numbers of an uninterrupted run."""
+import hashlib
+import json
+import os
+import re
+import shutil
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from mixacm_jax.errors import CheckpointError, ConfigError
+
+MANIFEST = "manifest.json"
+
+
+class Journal:
+  """Chunks of an evaluation in `directory`, for the settings `settings` (JSON-able)."""
+
+  def __init__(self, directory: str, settings: Dict[str, Any]):
+    self.directory = directory
+    self.should_stop = lambda: False  # e.g. a SIGTERM flag: stop after the chunk in hand
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, MANIFEST)
+    if os.path.exists(path):
+      with open(path) as f:
+        found = json.load(f)
+      changed = [k for k in sorted(set(found) | set(settings)) if found.get(k) != settings.get(k)]
+      if changed:
+        raise ConfigError(
+            f"{directory} holds an unfinished evaluation with other settings ("
+            + "; ".join(f"{k}: {found.get(k)} -> {settings.get(k)}" for k in changed[:4])
+            + "): run it with its settings to finish it, or delete the folder")
+      self.resumed = len(os.listdir(directory)) - 1
+    else:
+      _write_atomic(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+      self.resumed = 0
+
+  def _path(self, key: str) -> str:
+    return os.path.join(self.directory, re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".npz")
+
+  def load(self, key: str) -> Optional[Dict[str, np.ndarray]]:
+    path = self._path(key)
+    if not os.path.exists(path):
+      return None
+    try:
+      with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"evaluation progress {path} is unreadable "
+                            f"({type(e).__name__}); delete it to recompute that chunk") from None
+
+  def save(self, key: str, **arrays: np.ndarray) -> None:
+    import io  # pylint: disable=g-import-not-at-top
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _write_atomic(self._path(key), buffer.getvalue())
+
+  def finish(self) -> None:
+    """The evaluation is complete (its report written): its progress is no longer needed."""
+    shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def fingerprint(tree) -> str:
+  """A short hash of a pytree of arrays (the model's variables), to tell models apart."""
+  import jax  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(tree):
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()[:16]
