@@ -38,6 +38,13 @@ def test_every_python_block_of_the_docs_runs_as_written(doc, tmp_path, monkeypat
     assert set(namespace["robust_after"]) == {"apgd-ce", "apgd-t"}
     assert 0 <= namespace["report"]["attacks"]["pgd20"]["robust_accuracy"] <= \
         namespace["report"]["clean_accuracy"] <= 1
+    # BPDA breaks the quantised model that plain PGD cannot, which raised the gradient flag.
+    plain, broken = namespace["plain"], namespace["broken"]
+    assert plain["clean_accuracy"] == broken["clean_accuracy"] == 1
+    assert broken["attacks"]["pgd20"]["robust_accuracy"] < 0.5 < \
+        plain["attacks"]["pgd20"]["robust_accuracy"]
+    assert any("all-zero or non-finite input gradient" in w for w in plain["warnings"])
+    assert not any("gradient" in w for w in broken["warnings"])
 
 
 def _commands(doc: str):

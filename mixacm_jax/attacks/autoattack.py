@@ -91,8 +91,8 @@ def _run_stage(x, y, key, rank, *, logits_fn, name, eps, norm, settings):
 
 def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
                    norm: str = "linf", version: str = "standard",
-                   overrides: Optional[Mapping[str, Mapping[str, Any]]] = None
-                   ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+                   overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                   per_example: bool = False):
   """The whole AutoAttack on one batch: each stage of `version`, jitted, runs only on the
   points every earlier stage left correctly classified (so a stage costs what is left; a
   targeted stage goes target class by target class, each on the points still robust).
@@ -100,15 +100,23 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   Returns (x_adv, robust_after): the adversarial inputs (the first found for each point; the
   clean input where none was), and for each stage a boolean array, True where the point is
   still correctly classified after it. `overrides` changes a stage's settings, e.g.
-  `{"square": {"n_queries": 1000}}`.
+  `{"square": {"n_queries": 1000}}`. With `per_example`, a third element holds what the
+  robustness report's per-example table does: `clean_prediction`, `broken_by` (the stage
+  that broke each point, '' if robust, 'clean' if misclassified already), `margin` (true
+  logit minus the largest other at the returned point) and `perturbation` (its norm).
   """
   x, y = np.asarray(x), np.asarray(y)
   overrides = overrides or {}
   x_adv = x.copy()
   clean_logits = np.asarray(logits_fn(x))
   robust = clean_logits.argmax(-1) == y
+  broken_by = np.where(robust, "", "clean").astype(object)
   robust_after = {}
-  for i, name in enumerate(get_version(version)):
+  stages = get_version(version)
+  if clean_logits.shape[-1] < 3 and any("dlr" in s or s == "apgd-t" for s in stages):
+    raise ValueError(f"AutoAttack's {version} version uses the DLR loss, which needs at least "
+                     f"3 classes; the model has {clean_logits.shape[-1]}")
+  for i, name in enumerate(stages):
     settings = tuple(sorted(overrides.get(name, {}).items()))
     for rank in stage_ranks(name, clean_logits.shape[-1], dict(settings)):
       idx = np.flatnonzero(robust)
@@ -120,5 +128,15 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
       fooled = np.asarray(fooled)
       x_adv[idx[fooled]] = np.asarray(adv)[fooled]
       robust[idx[fooled]] = False
+      broken_by[idx[fooled]] = name
     robust_after[name] = robust.copy()
-  return x_adv, robust_after
+  if not per_example:
+    return x_adv, robust_after
+  logits = np.asarray(logits_fn(x_adv))
+  true = np.take_along_axis(logits, y[:, None], 1)[:, 0]
+  others = np.where(np.eye(logits.shape[-1], dtype=bool)[y], -np.inf, logits).max(-1)
+  d = (x_adv - x).reshape(len(x), -1)
+  examples = {"clean_prediction": clean_logits.argmax(-1), "broken_by": broken_by.tolist(),
+              "margin": true - others,
+              "perturbation": np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)}
+  return x_adv, robust_after, examples

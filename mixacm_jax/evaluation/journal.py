@@ -62,6 +62,9 @@ class Journal:
   def finish(self) -> None:
     """The evaluation is complete (its report written): its progress is no longer needed."""
     shutil.rmtree(self.directory, ignore_errors=True)
+    parent = os.path.dirname(self.directory)
+    if os.path.isdir(parent) and not os.listdir(parent):
+      os.rmdir(parent)
 
 
 def _write_atomic(path: str, data: bytes) -> None:

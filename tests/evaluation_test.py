@@ -1,0 +1,263 @@
+"""Evaluation a reviewer can audit and a preempted job can resume: a `--mode=eval` killed
+(SIGKILL, SIGTERM) and started again ends with exactly an uninterrupted run's report and
+per-example table; that table reproduces every accuracy; each sanity flag fires on a model
+built to trigger it and stays quiet otherwise; EOT and BPDA do what they say."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mixacm_jax
+from mixacm_jax import api, models
+from mixacm_jax.data import digits
+from mixacm_jax.errors import ConfigError
+from mixacm_jax.evaluation import journal as journal_lib, robustness
+from mixacm_jax.training import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `--mode=eval` with AutoAttack's stages shortened (the same in every run of a test).
+DRIVER = """
+import functools, sys
+from mixacm_jax.attacks import autoattack as aa
+aa.STAGES["apgd-ce"] = functools.partial(aa.STAGES["apgd-ce"], n_iter=6)
+aa.STAGES["apgd-t"] = functools.partial(aa.STAGES["apgd-t"], n_iter=6, n_target_classes=3)
+from mixacm_jax.cli.main import entry
+sys.argv = ["mixacm"] + sys.argv[1:]
+entry()
+"""
+EVAL_FLAGS = ["--mode=eval", "--host_devices=1", "--config.eval.attacks=clean,pgd5,autoattack",
+              "--config.eval.autoattack_version=apgd", "--config.eval.num_examples=320",
+              "--config.eval.batch_size=32", "--config.model.kwargs.base_width=4",
+              "--config.model.kwargs.stage_sizes=(1, 1)"]
+
+
+def _eval(workdir, *extra, wait=True):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-c", DRIVER, f"--workdir={workdir}", *EVAL_FLAGS, *extra]
+  if wait:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT, env=env)
+
+
+def _chunks(workdir):
+  directory = os.path.join(workdir, "eval_progress", "host0")
+  return len([f for f in os.listdir(directory) if f.endswith(".npz")]) \
+      if os.path.isdir(directory) else 0
+
+
+def _stop_after(workdir, n_chunks, sig):
+  proc = _eval(workdir, wait=False)
+  while _chunks(workdir) < n_chunks and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=300)
+  return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny digits model trained a few dozen steps (its checkpoint's workdir)."""
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
+  config.objective.name, config.optim.num_steps = "natural", 40
+  config.eval.pgd.steps = 0
+  config.checkpoint.async_save = False
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_a_killed_eval_continues_to_exactly_the_uninterrupted_result(trained, tmp_path):
+  whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+  for d in (whole, killed):
+    shutil.copytree(trained, d)
+  done = _eval(whole)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert not os.path.exists(os.path.join(whole, "eval_progress"))  # removed when complete
+
+  rng = np.random.RandomState(int(time.time()) % 1000)
+  rc, _ = _stop_after(killed, 2 + rng.randint(3), signal.SIGKILL)
+  assert rc == -signal.SIGKILL and _chunks(killed) >= 2
+  changed = _eval(killed, "--config.eval.pgd.eps=0.2")  # refuses to mix settings
+  assert changed.returncode == 2
+  assert "unfinished evaluation with other settings (eps: 0.1 -> 0.2" in changed.stderr
+  before = _chunks(killed)
+  rc, err = _stop_after(killed, before + 2, signal.SIGTERM)  # preempted: commits, exits
+  assert rc != 0 and "SIGTERM: evaluation progress saved" in err, err[-2000:]
+  resumed = _eval(killed)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "Continuing the evaluation" in resumed.stdout
+
+  reports = [json.load(open(os.path.join(d, "robustness.json"))) for d in (whole, killed)]
+  for key in ("num_examples", "clean_accuracy", "attacks", "settings"):
+    assert reports[0][key] == reports[1][key], key
+  tables = [open(os.path.join(d, "robustness_examples.csv")).read() for d in (whole, killed)]
+  assert tables[0] == tables[1]
+  _check_table_reproduces_the_report(reports[0], os.path.join(whole, "robustness_examples.csv"))
+
+
+def _check_table_reproduces_the_report(report, path):
+  rows = list(csv.DictReader(open(path)))
+  n = len(rows)
+  assert n == report["num_examples"] == 320
+  assert sum(r["clean_prediction"] == r["label"] for r in rows) / n == report["clean_accuracy"]
+  for name, result in report["attacks"].items():
+    broken = [r[f"{name}_broken_by"] for r in rows]
+    assert broken.count("") / n == result["robust_accuracy"], name
+    assert broken.count("clean") / n == pytest.approx(1 - report["clean_accuracy"])
+    seen = {"clean"}
+    for stage, acc in result.get("after_each_stage", {}).items():
+      seen.add(stage)
+      assert sum(b not in seen for b in broken) / n == acc, (name, stage)
+    for r in rows:  # a broken point's returned point is misclassified; a robust one is x
+      margin, size = float(r[f"{name}_margin"]), float(r[f"{name}_perturbation"])
+      if r[f"{name}_broken_by"] == "":
+        assert margin > 0 and size == 0
+      elif r[f"{name}_broken_by"] != "clean":
+        assert margin < 1e-4 and 0 < size <= report["eps"] + 1e-5
+  assert report["settings"]["seed"] == 0 and len(report["settings"]["prng_key"]) == 2
+  assert report["settings"]["stages"]["apgd-ce"]["n_iter"] == 6
+  assert report["settings"]["versions"]["jax"] == jax.__version__
+
+
+def test_a_changed_setting_is_refused_in_one_line(tmp_path):
+  journal_lib.Journal(str(tmp_path), {"eps": 0.1, "attacks": "pgd20"})
+  with pytest.raises(ConfigError, match=r"other settings \(eps: 0.1 -> 0.2\)") as e:
+    journal_lib.Journal(str(tmp_path), {"eps": 0.2, "attacks": "pgd20"})
+  assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sanity flags, each made to fire and kept quiet.
+
+W = jax.random.normal(jax.random.PRNGKey(0), (64, 10))
+linear = lambda v: v.reshape(len(v), -1) @ W
+X = digits.arrays("test")[0][:64]
+Y = np.asarray(linear(X).argmax(-1))
+
+
+def _report(fn, attacks="clean,pgd5", version="standard", x=X, y=Y, eps=0.1):
+  cfg = api.eval_config(attacks=attacks, eps=eps, version=version, batch_size=32)
+  return robustness.report_on_arrays(fn, None, x, y, cfg, verbose=False)
+
+
+def _flags(report, text):
+  return [w for w in report["warnings"] if text in w]
+
+
+def test_the_flags_stay_quiet_on_a_plain_differentiable_model():
+  assert _report(linear)["warnings"] == []
+
+
+def test_the_flags_stay_quiet_on_a_trained_network(trained):
+  from mixacm_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
+  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+  variables = checkpoint.load_variables(model, (8, 8, 1), trained)
+  x, y = digits.arrays("test")
+  cfg = api.eval_config(attacks="clean,pgd5", eps=0.1, batch_size=64, num_examples=128)
+  report = robustness.report_on_arrays(model, variables, x[:128], y[:128], cfg, verbose=False)
+  assert report["warnings"] == []
+
+
+def test_probabilities_instead_of_logits_are_flagged():
+  assert _flags(_report(lambda v: jax.nn.softmax(linear(v))), "probabilities")
+
+
+def test_a_randomised_model_is_flagged():
+  noisy = lambda v, rng=jax.random.PRNGKey(0): linear(v) + jax.random.normal(rng, (len(v), 10))
+  assert _flags(_report(noisy), "randomised defence")
+
+
+def test_zero_gradients_are_flagged():
+  quantised = lambda v: linear(jnp.round(v * 4) / 4)
+  assert _flags(_report(quantised), "64 of 64 inputs have an all-zero")
+
+
+def test_square_beating_the_white_box_stages_is_flagged(monkeypatch):
+  import functools  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(autoattack.VERSIONS, "short", ["apgd-ce", "square"])
+  monkeypatch.setitem(autoattack.STAGES, "apgd-ce",
+                      functools.partial(autoattack.STAGES["apgd-ce"], n_iter=5))
+  monkeypatch.setitem(autoattack.STAGES, "square",
+                      functools.partial(autoattack.STAGES["square"], n_queries=100))
+  # Gradients that point nowhere (a flat, rounded input): only the black-box search works.
+  quantised = lambda v: linear(jnp.round(v * 2) / 2)
+  y = np.asarray(quantised(X).argmax(-1))
+  report = _report(quantised, "clean,autoattack", "short", y=y, eps=0.3)
+  stages = report["attacks"]["autoattack"]["after_each_stage"]
+  assert stages["square"] < stages["apgd-ce"] - 0.002
+  assert _flags(report, "Square lowered the robust accuracy")
+  assert not _flags(_report(linear, "clean,autoattack", "short", eps=0.3),
+                    "Square lowered")
+
+
+def test_class_counts_the_version_cannot_serve():
+  three = lambda v: linear(v)[:, :3]
+  y3 = np.asarray(three(X).argmax(-1))
+  report = _report(three, "clean,autoattack", "apgd", y=y3, eps=0.05)
+  assert _flags(report, "3 classes: the targeted stages attack 2 target classes")
+  assert report["settings"]["stages"]["apgd-t"]["n_target_classes"] == 9
+  two = lambda v: linear(v)[:, :2]
+  with pytest.raises(ConfigError, match="apgd-t use the DLR loss, which needs at least 3 "
+                                        "classes; the model has 2") as e:
+    _report(two, "clean,autoattack", "apgd", y=np.asarray(two(X).argmax(-1)))
+  assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrappers and the per-example arrays of the library calls.
+
+def test_eot_averages_logits_and_gradients_over_the_draws():
+  noisy = lambda v, rng: linear(v) * (1 + jax.random.normal(rng, (len(v), 1)))
+  f = mixacm_jax.eot(noisy, n=4)
+  key = jax.random.PRNGKey(7)
+  draws = jax.random.split(key, 4)
+  manual = np.mean([np.asarray(noisy(X[:5], k)) for k in draws], 0)
+  np.testing.assert_allclose(np.asarray(f(X[:5], rng=key)), manual, rtol=1e-5, atol=1e-5)
+  grad = jax.grad(lambda v: f(v, rng=key)[:, 0].sum())(X[:5])
+  manual_grad = np.mean([np.asarray(jax.grad(lambda v, k=k: noisy(v, k)[:, 0].sum())(X[:5]))
+                         for k in draws], 0)
+  np.testing.assert_allclose(np.asarray(grad), manual_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bpda_has_the_forward_value_and_the_backward_gradient():
+  t = mixacm_jax.bpda(lambda v: jnp.round(v * 4) / 4, backward=lambda v: 2 * v)
+  x = jnp.asarray(X[:3])
+  np.testing.assert_array_equal(np.asarray(t(x)), np.asarray(jnp.round(x * 4) / 4))
+  np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: t(v).sum())(x)), 2.0)
+
+
+def test_run_autoattack_and_evaluate_give_the_same_per_example_arrays(monkeypatch):
+  import functools  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  for stage, extra in (("apgd-ce", {}), ("apgd-t", {"n_target_classes": 3})):
+    monkeypatch.setitem(autoattack.STAGES, stage, functools.partial(
+        autoattack.STAGES[stage], n_iter=10, **extra))
+  x_adv, after, examples = mixacm_jax.run_autoattack(
+      linear, X, Y, jax.random.PRNGKey(0), eps=0.05, version="apgd", per_example=True)
+  robust = after["apgd-t"]
+  assert [b == "" for b in examples["broken_by"]] == robust.tolist()
+  assert np.all((examples["margin"] > 0) == robust)
+  assert np.all(examples["perturbation"][robust] == 0)
+  assert np.all(examples["perturbation"] <= 0.05 + 1e-6)
+  report = mixacm_jax.evaluate(linear, None, X, labels=Y, attacks="clean,autoattack",
+                               eps=0.05, version="apgd")
+  ex = report["examples"]
+  assert set(ex) == {"index", "label", "clean_prediction", "clean_margin", "attacks"}
+  table = ex["attacks"]["autoattack"]
+  assert len(table["broken_by"]) == len(X)
+  assert (np.asarray(table["broken_by"]) == "").mean() == \
+      report["attacks"]["autoattack"]["robust_accuracy"]
+  np.testing.assert_array_equal(ex["clean_prediction"], examples["clean_prediction"])
