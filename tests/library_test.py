@@ -162,9 +162,10 @@ def test_evaluate_on_arrays_equals_evaluate_on_the_dataset():
 
 def test_run_autoattack_keeps_the_first_adversarial_and_runs_stages_on_what_is_left():
   """A linear model on 2-D points: APGD-CE breaks those near the boundary, and each later
-  stage sees only what is left (checked by counting the points each stage receives)."""
+  stage sees only what is left (checked by counting the points each stage receives). A
+  third class that never wins, since the DLR losses need 3."""
   from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
-  w = np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32)
+  w = np.array([[1.0, -1.0, -5.0], [-1.0, 1.0, -5.0]], np.float32)
   logits_fn = lambda v: v.reshape(v.shape[0], -1)[:, :2] @ w
   rng = np.random.RandomState(0)
   x = rng.rand(32, 2, 1, 1).astype(np.float32)
@@ -190,6 +191,9 @@ def test_run_autoattack_keeps_the_first_adversarial_and_runs_stages_on_what_is_l
   assert np.all(np.asarray(logits_fn(x_adv).argmax(-1))[broken] != y[broken])
   np.testing.assert_array_equal(x_adv[~broken], x[~broken])
   assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
+  with pytest.raises(ValueError, match="needs at least 3 classes; the model has 2"):
+    autoattack.run_autoattack(lambda v: logits_fn(v)[:, :2], x, y, jax.random.PRNGKey(0),
+                              eps=0.1, version="apgd")
 
 
 def test_importing_the_library_leaves_jax_unconfigured():
