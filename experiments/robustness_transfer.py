@@ -92,6 +92,8 @@ def _train_and_attack(name, cfg, run_dir, teacher):
   eval_cfg.autoattack_version = _AA_VERSION.value
   eval_cfg.num_examples = _AA_EXAMPLES.value
   subset = robustness.report_on_split(model, variables, cfg.data, eval_cfg, seed=cfg.seed)
+  for r in (report, subset):  # the records keep accuracies; per-example arrays stay out
+    r.pop("examples", None)
   report["attacks"].update({k if k == "autoattack" else f"{k}_subset": v
                             for k, v in subset["attacks"].items()})
   report["autoattack_examples"] = subset["num_examples"]
