@@ -51,6 +51,10 @@ def _nets():
       "wrn_pssilu": (lambda: robustbench.randomise_learned_activations(paf.PAF_WideResNet(
           paf.PSSiLU(), depth=10, widen_factor=1), 3), "wrn",
           dict(depth=10, widen_factor=1, activation="pssilu"), {"stage1": "block1"}),
+      "resnet_preact_bottleneck": (
+          lambda: resnet.ResNet(resnet.BottleneckChen2020AdversarialNet, [1, 1, 1, 1]),
+          "preact_bottleneck_resnet50", dict(stage_sizes=(1, 1, 1, 1)),
+          {"stage2": "layer2", "stage4": "layer4"}),
       "resnet_bottleneck": (lambda: resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1]), "resnet50",
                             dict(stage_sizes=(1, 1, 1, 1)),
                             {"stage1": "layer1", "stage4": "layer4"}),
@@ -82,7 +86,7 @@ def _nets():
 @pytest.mark.parametrize("name", ["wrn16_2", "resnet18", "resnet34", "preact18", "preact18_rice",
                                   "dm_wrn10_2", "dm_preact18", "resnet_bottleneck",
                                   "wrn_per_image", "wrn_per_stage", "wrn_cosine_head",
-                                  "wrn_pssilu"])
+                                  "wrn_pssilu", "resnet_preact_bottleneck"])
 def test_logits_and_stages_match_robustbench(name, tmp_path):
   factory, arch, kwargs, stages = _nets()[name]
   net = _randomise(factory(), seed=len(name))

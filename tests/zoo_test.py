@@ -66,7 +66,9 @@ def test_recipes_read_the_entrys_own_module():
   # A DM model's statistics are its dataset's, from the zoo's constructor.
   dm100 = r["cifar100"]["Linf"]["Rebuffi2021Fixing_R18_ddpm"]
   assert dm100["mean"] == tuple(models.DM_NORMALISATION[100][0])
-  assert r["cifar10"]["Linf"]["Pang2020Boosting"]["unsupported"].startswith("WideResNet with a")
+  assert r["cifar10"]["Linf"]["Pang2020Boosting"]["kwargs"]["cosine_head"]
+  assert r["cifar10"]["Linf"]["Huang2021Exploring"]["kwargs"]["stage_widths"] == (320, 640, 512)
+  assert r["cifar10"]["Linf"]["Dai2021Parameterizing"]["kwargs"]["activation"] == "pssilu"
 
 
 def _save_entry(name, model_dir, dataset="cifar10", threat="Linf", seed=0):
@@ -137,6 +139,35 @@ def test_a_cifar100_dm_model_gets_cifar100_statistics(tmp_path):
   assert float(np.max(np.abs(out - ref))) <= 1e-4
 
 
+def test_an_ensemble_loads_from_robustbenchs_member_files(tmp_path, monkeypatch):
+  """Chen2020Adversarial's layout (<name>.pt_m0.pt ...: one file per member, the mean of the
+  members' softmax after one normalisation), at small size: its own recipe with 1 block per
+  stage, members built from RobustBench's own block."""
+  name = "Chen2020Adversarial"
+  small = dict(zoo_recipes.RECIPES["cifar10"]["Linf"][name])
+  assert small["softmax_ensemble"] == 3 and small["arch"] == "preact_bottleneck_resnet50"
+  small["kwargs"] = dict(small["kwargs"], stage_sizes=(1, 1, 1, 1))
+  monkeypatch.setitem(zoo_recipes.RECIPES["cifar10"]["Linf"], name, small)
+  resnet = robustbench.architecture_module("resnet")
+  members = [robustbench.randomise_batchnorm(
+      resnet.ResNet(resnet.BottleneckChen2020AdversarialNet, [1, 1, 1, 1]), i) for i in range(3)]
+  path = zoo.checkpoint_path(name, model_dir=str(tmp_path))
+  os.makedirs(os.path.dirname(path))
+  for i, m in enumerate(members):
+    torch.save({"state_dict": {f"module.{k}": v for k, v in m.state_dict().items()}},
+               f"{path}_m{i}.pt")
+  x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+  mu, sigma = (torch.tensor(v).view(1, 3, 1, 1) for v in (small["mean"], small["std"]))
+  with torch.no_grad():
+    ref = sum(torch.softmax(m((x - mu) / sigma), 1) for m in members).numpy() / 3
+  model, variables = mixacm_jax.load_robustbench(name, model_dir=str(tmp_path))
+  out = np.asarray(model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1))))
+  assert float(np.max(np.abs(out - ref))) <= 1e-5
+  os.remove(f"{path}_m2.pt")
+  with pytest.raises(CheckpointError, match=r"Chen2020Adversarial.pt_m2.pt not found"):
+    zoo.load_robustbench(name, model_dir=str(tmp_path))
+
+
 def test_every_wrong_input_is_one_line(zhang_dir, tmp_path):
   model_dir, _, _ = zhang_dir
   cases = [
@@ -144,7 +175,8 @@ def test_every_wrong_input_is_one_line(zhang_dir, tmp_path):
       (lambda: zoo.recipe(ZHANG, "cifar100"), ConfigError, "it is an entry of cifar10 Linf"),
       (lambda: zoo.recipe(ZHANG, "svhn"), ConfigError, "unknown RobustBench dataset 'svhn'"),
       (lambda: zoo.recipe(ZHANG, threat_model="L3"), ConfigError, "unknown threat model 'L3'"),
-      (lambda: zoo.recipe("Pang2020Boosting"), ConfigError, "no Flax twin here: WideResNet"),
+      (lambda: zoo.recipe("Sehwag2021Proxy_ResNest152"), ConfigError,
+       r"no Flax twin here: ResNeSt-152"),
       (lambda: zoo.load_robustbench(ZHANG, model_dir=str(tmp_path)), CheckpointError,
        r"Zhang2019Theoretically.pt not found; .*load_model\('Zhang2019Theoretically', "
        f"model_dir='{tmp_path}', dataset='cifar10', threat_model='Linf'\\)"),

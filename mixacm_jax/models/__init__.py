@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.models.preact_resnet import PreActResNet
-from mixacm_jax.models.resnet import ResNet
+from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.wide_resnet import WideResNet
 
 _DM = dict(activation="swish", tf_same_padding=True)
@@ -17,6 +17,10 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)),
     "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)),
     "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck"),
+    # Chen et al. 2020's pre-activation bottleneck (bn0-relu first), the branches of their
+    # RobustBench ensemble.
+    "preact_bottleneck_resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                                                    block="preact_bottleneck"),
     "preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2)),
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),

@@ -1,8 +1,11 @@
 """CIFAR ResNets (3x3 stem, no max-pool) as RobustBench's `resnet.py` defines them: basic
-blocks (ResNet-18/34) or bottleneck blocks (ResNet-50, expansion 4)."""
-from typing import Sequence
+blocks (ResNet-18/34) or bottleneck blocks (ResNet-50, expansion 4, also with a
+pre-activation bn0); and the softmax ensemble of several (RobustBench's Chen2020Adversarial)."""
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from mixacm_jax.models.layers import ConvBNModule, ModelBase, sow
 
@@ -40,7 +43,25 @@ class BottleneckBlock(BasicBlock):
     return self.add_shortcut(x, out, train)
 
 
-BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+class PreActBottleneckBlock(BasicBlock):
+  """bn0-relu first (Chen et al. 2020's branches): 1x1 conv-bn-relu, 3x3 conv-bn-relu, 1x1
+  conv to 4x planes, plus the identity or a conv-bn of the pre-activation; no final relu."""
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    pre = nn.relu(self.bn(train, "bn0")(x))
+    out = nn.relu(self.bn(train, "bn1")(self.conv(self.planes, 1, 1, "conv1")(pre)))
+    out = nn.relu(self.bn(train, "bn2")(self.conv(self.planes, 3, self.stride, "conv2")(out)))
+    out = self.conv(self.planes * self.expansion, 1, 1, "conv3")(out)
+    width = self.planes * self.expansion
+    if self.stride != 1 or x.shape[-1] != width:
+      x = self.bn(train, "shortcut_bn")(self.conv(width, 1, self.stride, "shortcut_conv")(pre))
+    return out + x, out + x
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock,
+          "preact_bottleneck": PreActBottleneckBlock}
 
 
 class ResNet(ModelBase):
@@ -63,3 +84,15 @@ class ResNet(ModelBase):
       sow(self, f"stage{i + 1}", x)
       sow(self, f"stage{i + 1}_preact", preact)
     return self.head(x)
+
+
+class SoftmaxEnsemble(ModelBase):
+  """The mean of its members' softmax outputs (probabilities, as RobustBench's ensemble
+  returns), after one shared input normalisation."""
+  members: Sequence[Any] = ()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = self.prepare(x)
+    probs = [jax.nn.softmax(m(x, train).astype(jnp.float32), -1) for m in self.members]
+    return sum(probs) / len(probs)

@@ -29,6 +29,11 @@ def save_as_robustbench(net, recipe, path: str) -> None:
   """The layouts RobustBench's loader reads: {'last': {...}} for the entries it opens at
   'last', else {'state_dict': {'module.' + key}} (Carmon et al.'s DataParallel files)."""
   import torch  # pylint: disable=g-import-not-at-top
+  if recipe.get("softmax_ensemble"):  # one file per member, as RobustBench keeps them
+    for i, member in enumerate(net.models):
+      torch.save({"state_dict": {f"module.{k}": v for k, v in member.state_dict().items()}},
+                 f"{path}_m{i}.pt")
+    return
   state = net.state_dict()
   if recipe["checkpoint_key"] == "last":
     payload = {"last": state, "best": state, "epoch": 30}
@@ -61,7 +66,11 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   robustbench.randomise_learned_activations(net, seed)
   h, w, c = recipe["image_shape"]
   x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
-  logits_at_scale(net, x)
+  if recipe.get("softmax_ensemble"):  # each member's logits at scale; the output is probs
+    for member in net.models:
+      logits_at_scale(member, (x - net.mu) / net.sigma)
+  else:
+    logits_at_scale(net, x)
   path = zoo.checkpoint_path(name, dataset, threat, model_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   save_as_robustbench(net, recipe, path)
@@ -69,7 +78,9 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
     ref = net(x).numpy()
   del net
   model, variables = zoo.load_robustbench(name, dataset, threat, model_dir)
-  os.remove(path)
+  for file in [path] + [f"{path}_m{i}.pt" for i in range(recipe.get("softmax_ensemble", 0))]:
+    if os.path.exists(file):
+      os.remove(file)
   out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
   return float(np.max(np.abs(out - ref))), float(np.max(np.abs(ref)))
 

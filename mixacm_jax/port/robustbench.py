@@ -245,7 +245,8 @@ def _dm_preact_resnet(net) -> Tuple[str, dict]:
 
 def _resnet(net) -> Tuple[str, dict]:
   block = type(net.layer1[0]).__name__
-  blocks = {"BasicBlock": "basic", "Bottleneck": "bottleneck"}
+  blocks = {"BasicBlock": "basic", "Bottleneck": "bottleneck",
+            "BottleneckChen2020AdversarialNet": "preact_bottleneck"}
   if block not in blocks:
     raise Unsupported(f"ResNet with {block} blocks")
   return "ResNet", {"stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
@@ -310,11 +311,15 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
 # Families with no Flax twin, and what they are.
 NO_TWIN = {
     "ResNest": "ResNeSt-152 (split-attention blocks)",
-    "Chen2020AdversarialNet": "ensemble of three Bottleneck ResNet-50s averaged after softmax",
     "CifarResNeXt": "ResNeXt-29",
     "WidePreActResNet": "binarised (CARD) WidePreActResNet",
     "Diffenderfer2021CARD_Deck_Binary": "ensemble (CARD deck) of binarised networks",
 }
+
+
+# Ensembles RobustBench averages after softmax: class name -> its member networks (each read
+# from its own file, `<name>.pt_m{i}.pt`).
+SOFTMAX_ENSEMBLES = {"Chen2020AdversarialNet": lambda net: list(net.models)}
 
 
 def _family(net):
@@ -425,8 +430,16 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
       except Exception as e:  # pylint: disable=broad-except
         raise Unsupported(_torchvision_base(e) or "its PyTorch module does not build here "
                           f"({type(e).__name__}: {e})") from None
-    base, family = _family(net)
-    arch, kwargs = registered_architecture(*family(net))
+    members = SOFTMAX_ENSEMBLES.get(type(net).__name__, lambda _: None)(net)
+    if members:
+      derived = [registered_architecture(*_family(m)[1](m)) for m in members]
+      if any(d != derived[0] for d in derived):
+        raise Unsupported("an ensemble of different networks")
+      arch, kwargs = derived[0]
+      base = type(net)
+    else:
+      base, family = _family(net)
+      arch, kwargs = registered_architecture(*family(net))
     # Normalisation in a subclass's forward, else in the family's own (from its buffers).
     transform = _probe_normalisation(net, base) or _buffer_normalisation(net)
     mean, std = transform.pop("mean", None), transform.pop("std", None)
@@ -436,11 +449,14 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
     return {"unsupported": (prefix if "ensemble" not in str(e) else "") + str(e)}
   except Unbuildable as e:
     return {"unsupported": prefix + f"built from {e}, which has no Flax twin"}
+  recipe = {"arch": arch, "kwargs": kwargs, "num_classes": classifier.out_features,
+            "mean": mean, "std": std, "image_shape": IMAGE_SHAPES[dataset],
+            "checkpoint_key": "last" if uses_last(name) else "state_dict"}
   if prefix:
-    return {"unsupported": f"an ensemble of {len(entry['gdrive_id'])} networks"}
-  return {"arch": arch, "kwargs": kwargs, "num_classes": classifier.out_features,
-          "mean": mean, "std": std, "image_shape": IMAGE_SHAPES[dataset],
-          "checkpoint_key": "last" if uses_last(name) else "state_dict"}
+    if not members or len(members) != len(entry["gdrive_id"]):
+      return {"unsupported": f"an ensemble of {len(entry['gdrive_id'])} networks"}
+    recipe["softmax_ensemble"] = len(members)
+  return recipe
 
 
 def derive_recipes() -> Dict[str, Dict[str, Dict[str, Dict[str, Any]]]]:

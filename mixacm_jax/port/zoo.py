@@ -56,10 +56,20 @@ def checkpoint_path(name: str, dataset: str = "cifar10", threat_model: str = "Li
 
 def create_model(found: Dict[str, Any], *, mean=None, std=None, dtype: str = "float32"):
   """The Flax model of a recipe; `mean` / `std` (from the file) override the recipe's."""
-  return models.create_model(
-      found["arch"], num_classes=found["num_classes"],
-      mean=mean if mean is not None else found["mean"],
-      std=std if std is not None else found["std"], dtype=dtype, **dict(found["kwargs"]))
+  mean = mean if mean is not None else found["mean"]
+  std = std if std is not None else found["std"]
+  if found.get("softmax_ensemble"):
+    return models.SoftmaxEnsemble(
+        members=tuple(_member(found, dtype) for _ in range(found["softmax_ensemble"])),
+        num_classes=found["num_classes"], mean=mean, std=std, dtype=models.DTYPES[dtype])
+  return models.create_model(found["arch"], num_classes=found["num_classes"], mean=mean,
+                             std=std, dtype=dtype, **dict(found["kwargs"]))
+
+
+def _member(found, dtype):
+  """One member of an ensemble: the inputs reach it normalised already."""
+  return models.create_model(found["arch"], num_classes=found["num_classes"], dtype=dtype,
+                             **dict(found["kwargs"]))
 
 
 def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
@@ -70,20 +80,31 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
   found = recipe(name, dataset, threat_model)
   path = checkpoint_path(name, dataset, threat_model, model_dir)
   dataset, threat = _canonical(dataset, threat_model)
-  if not os.path.isfile(path):
-    fetch = (f"python -c \"from robustbench.utils import load_model; load_model('{name}', "
-             f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat}')\"")
-    raise CheckpointError(f"{path} not found; mixacm_jax never downloads: fetch it where there "
-                          f"is network with {fetch} and copy {model_dir} here")
+  members = found.get("softmax_ensemble", 0)
+  # RobustBench keeps an ensemble's members as <name>.pt_m0.pt, <name>.pt_m1.pt, ...
+  files = [f"{path}_m{i}.pt" for i in range(members)] if members else [path]
+  for file in files:
+    if not os.path.isfile(file):
+      fetch = (f"python -c \"from robustbench.utils import load_model; load_model('{name}', "
+               f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat}')\"")
+      raise CheckpointError(f"{file} not found; mixacm_jax never downloads: fetch it where "
+                            f"there is network with {fetch} and copy {model_dir} here")
   nested = (found["checkpoint_key"],) + tuple(
       k for k in sd_lib.NESTED_KEYS if k != found["checkpoint_key"])
-  state, norm = sd_lib.clean_state_dict(sd_lib.read_weight_file(path, nested_keys=nested))
+  converted, norm = [], {"mean": None, "std": None}
+  for file in files:
+    state, file_norm = sd_lib.clean_state_dict(sd_lib.read_weight_file(file, nested_keys=nested))
+    norm = {k: norm[k] or file_norm[k] for k in norm}
+    target = _member(found, dtype) if members else create_model(
+        found, mean=file_norm["mean"], std=file_norm["std"], dtype=dtype)
+    try:
+      converted.append(convert.torch_to_flax(state, target, found["image_shape"]))
+    except CheckpointError as e:
+      raise CheckpointError(f"{file} does not hold RobustBench's {name} ({found['arch']}"
+                            f"{_kwargs_text(found)}): {e}") from None
   model = create_model(found, mean=norm["mean"], std=norm["std"], dtype=dtype)
-  try:
-    variables = convert.torch_to_flax(state, model, found["image_shape"])
-  except CheckpointError as e:
-    raise CheckpointError(f"{path} does not hold RobustBench's {name} ({found['arch']}"
-                          f"{_kwargs_text(found)}): {e}") from None
+  variables = converted[0] if not members else {
+      col: {f"members_{i}": v[col] for i, v in enumerate(converted)} for col in converted[0]}
   info = {"robustbench": name, "dataset": dataset, "threat_model": threat, "source": path,
           "arch": found["arch"], "kwargs": dict(found["kwargs"]),
           "num_classes": found["num_classes"], "mean": model.mean, "std": model.std,

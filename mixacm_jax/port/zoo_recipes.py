@@ -20,7 +20,7 @@ RECIPES = {
             'Rice2020Overfitting': {'arch': 'wrn', 'kwargs': {'depth': 34, 'widen_factor': 20}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Zhang2019Theoretically': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Engstrom2019Robustness': {'arch': 'resnet50', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2023, 0.1994, 0.201), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
-            'Chen2020Adversarial': {'unsupported': 'ensemble of three Bottleneck ResNet-50s averaged after softmax'},
+            'Chen2020Adversarial': {'arch': 'preact_bottleneck_resnet50', 'kwargs': {}, 'num_classes': 10, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict', 'softmax_ensemble': 3},
             'Huang2020Self': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Pang2020Boosting': {'arch': 'wrn', 'kwargs': {'depth': 34, 'widen_factor': 20, 'cosine_head': True}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Wong2020Fast': {'arch': 'preact_resnet18', 'kwargs': {'shortcut_from_preact': False, 'final_bn': False}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
