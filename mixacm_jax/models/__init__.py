@@ -45,7 +45,7 @@ DM_NORMALISATION = {
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields set by create_model itself (or by Flax), not through kwargs.
-_SET_HERE = ("parent", "name", "num_classes", "mean", "std", "dtype")
+_SET_HERE = ("parent", "name", "num_classes", "mean", "std", "dtype", "shared_activation")
 
 
 def architecture_fields(name: str) -> Tuple[str, ...]:
