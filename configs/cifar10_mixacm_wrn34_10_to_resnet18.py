@@ -3,6 +3,9 @@ Zhang2019Theoretically, read from ./models/cifar10/Linf/), distilled into ResNet
 
     mixacm --config=configs/cifar10_mixacm_wrn34_10_to_resnet18.py --workdir=/tmp/student \
         --config.data.data_dir=<prepared TFDS> --config.teacher.model_dir=./models
+
+With --config.teacher.robustbench='' it takes --config.teacher.checkpoint instead, or, in
+--mode=pipeline, trains its own TRADES teacher first.
 """
 from mixacm_jax.configs import cifar10
 
