@@ -131,6 +131,15 @@ def _agreed_count(n: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.asarray(n))))
 
 
+def _all_hosts_have(found: bool) -> bool:
+  """Whether every host found its part of a chunk in its journal: a chunk is replayed only
+  where all have it (every host must make the same pmap calls)."""
+  if jax.process_count() == 1:
+    return found
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(found))))
+
+
 def _padded_size(n: int, batch: int, multiple: int) -> int:
   """`batch`, or for a smaller remainder the next power of two (a multiple of `multiple`):
   few shapes to compile, little padding to attack."""
@@ -364,6 +373,8 @@ def _clean_pass(model, p_vars, data: _Split, programs, journal=None
   clean_fn = _compiled(programs, "clean", lambda: _pmapped_clean(model))
   t0 = time.perf_counter()
   saved = journal.load("clean") if journal else None
+  if journal and not _all_hosts_have(saved is not None):
+    saved = None
   if saved is None:
     pred, margin, bad = [], [], []
     for part in data.batches():
@@ -408,6 +419,8 @@ def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: st
     for i, (sel, padded, valid) in enumerate(work):
       key = f"{journal_key}.{rank}.{i}"
       saved = journal.load(key) if journal else None
+      if journal and not _all_hosts_have(saved is not None):
+        saved = None
       if saved is not None and not np.array_equal(saved["sel"], sel):
         raise AttackConstraintError(f"evaluation progress {key} was made on other points; "
                                     f"delete {journal.directory} to start again")
