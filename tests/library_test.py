@@ -38,6 +38,7 @@ def test_every_python_block_of_the_docs_runs_as_written(doc, tmp_path, monkeypat
     assert set(namespace["robust_after"]) == {"apgd-ce", "apgd-t"}
     assert 0 <= namespace["report"]["attacks"]["pgd20"]["robust_accuracy"] <= \
         namespace["report"]["clean_accuracy"] <= 1
+  if doc == "docs/attacks.md":
     # BPDA breaks the quantised model that plain PGD cannot, which raised the gradient flag.
     plain, broken = namespace["plain"], namespace["broken"]
     assert plain["clean_accuracy"] == broken["clean_accuracy"] == 1

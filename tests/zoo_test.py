@@ -32,6 +32,8 @@ def test_recipe_table_and_readme_coverage_are_derived_from_the_installed_zoo():
     readme = f.read()
   coverage = robustbench.render_coverage(derived, zoo_recipes.ROBUSTBENCH_VERSION)
   assert coverage in readme, "run: python -m mixacm_jax.port.robustbench"
+  with open(os.path.join(ROOT, "docs", "port.md")) as f:
+    assert robustbench.render_unsupported(derived) in f.read()
 
 
 def test_coverage_by_name():
