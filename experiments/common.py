@@ -12,18 +12,117 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from absl import flags, logging
 import jax
 import numpy as np
 
+from mixacm_jax import objectives
 from mixacm_jax.data import input_pipeline
-from mixacm_jax.training import teacher as teacher_lib, train
+from mixacm_jax.training import pipeline, teacher as teacher_lib, train
 
 RENDER_ONLY = flags.DEFINE_bool(
     "render_only", False, "Re-write results.md and the plots from --out/results.json "
     "(nothing is trained or attacked).")
+
+
+class Method(NamedTuple):
+  """A way to train the student: its objective, dotted config overrides and label; the
+  teacher it distils from (a key of TEACHERS); and, when set, a budget: the number of epochs
+  is chosen so that its training passes are nearest to this fraction of the teacher's."""
+  objective: str
+  overrides: Dict[str, Any]
+  label: str
+  teacher: str = "teacher"
+  passes_ratio: Optional[float] = None
+  # Evaluate (clean, PGD) after every epoch: a robust accuracy that collapses during FGSM
+  # training is catastrophic overfitting (Wong et al.), which only the history shows.
+  eval_every_epoch: bool = False
+
+
+# The teachers one seed may train: run name -> objective (None: the config's
+# pipeline.teacher_objective, the robust one). Same architecture, epochs and batch size.
+TEACHERS = {"teacher": None, "teacher_natural": "natural"}
+TEACHER_LABELS = {"teacher": "teacher", "teacher_natural": "natural teacher (same architecture "
+                  "and epochs, natural training)"}
+
+_NO_MIXUP = {"objective.mixacm.mixup_alpha": 0.0}
+METHODS = {
+    "natural": Method("natural", {}, "natural training"),
+    "kd": Method("kd", {}, "KD only"),
+    "acm": Method("mixacm", {"objective.mixacm.w_kd": 0.0, **_NO_MIXUP}, "ACM only (+ CE)"),
+    "acm_kd": Method("mixacm", _NO_MIXUP, "ACM + KD"),
+    "acm_mixup": Method("mixacm", {"objective.mixacm.w_kd": 0.0}, "ACM + mixup"),
+    "mixacm": Method("mixacm", {}, "MixACM (ACM + KD + mixup)"),
+    "ard": Method("ard", {}, "ARD (adversarial KD)"),
+    "rslad": Method("rslad", {}, "RSLAD (adversarial KD)"),
+    "pgd_at": Method("pgd_at", {}, "PGD-AT of the student"),
+    # The controls: is the robustness transferred from the robust teacher?
+    "mixup": Method("mixup", {}, "mixup only (no teacher)"),
+    "mixacm_natural_teacher": Method("mixacm", {}, "MixACM from a natural teacher",
+                                     teacher="teacher_natural"),
+    # Cheap adversarial training at MixACM's budget (half the teacher's passes).
+    "fast_at_equal": Method("fast_at", {}, "fast-AT (FGSM-RS) at 0.5x the teacher's passes",
+                            passes_ratio=0.5, eval_every_epoch=True),
+    "pgd_at_equal": Method("pgd_at", {}, "PGD-AT of the student at 0.5x the teacher's passes",
+                           passes_ratio=0.5),
+}
+
+
+def method_config(config, method: Method, seed: int, extra: Optional[Dict[str, Any]] = None):
+  """The student config of `method` for `seed`: its objective and overrides, then `extra`,
+  then (with a budget) the epochs that spend the budget."""
+  cfg = pipeline.student_config(config, method.objective)
+  cfg.seed = seed
+  cfg = pipeline.apply_overrides(pipeline.apply_overrides(cfg, method.overrides), extra or {})
+  if method.passes_ratio is not None:
+    fit_epochs_to_passes(cfg, method.passes_ratio * training_passes(
+        teacher_lib.training_config(config)))
+  if method.eval_every_epoch:
+    cfg.eval.every_steps = input_pipeline.steps_per_epoch(cfg.data, cfg.optim.batch_size)
+  return cfg
+
+
+def eval_history(run_dir: str) -> List[List[float]]:
+  """[step, robust accuracy] of every evaluation during training (metrics.jsonl)."""
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [[r["step"], r["eval/robust_accuracy"]] for r in rows if "eval/robust_accuracy" in r]
+
+
+def collapse(history: Sequence[Sequence[float]], drop: float = 0.2) -> Optional[str]:
+  """Catastrophic overfitting, as a reviewer checks for it: the robust accuracy during
+  training falls by more than `drop` (absolute) below its best and stays there at the end."""
+  if len(history) < 2:
+    return None
+  best_step, best = max(history, key=lambda r: r[1])
+  final_step, final = history[-1]
+  if best - final > drop:
+    return (f"robust accuracy fell from {100 * best:.1f} % (step {best_step:.0f}) to "
+            f"{100 * final:.1f} % (step {final_step:.0f})")
+  return None
+
+
+def training_passes(cfg) -> float:
+  """Network passes (forward + backward, student and teacher) a training config spends."""
+  batch = cfg.optim.batch_size
+  steps = cfg.optim.get("num_steps") or int(
+      cfg.optim.num_epochs * input_pipeline.steps_per_epoch(cfg.data, batch))
+  objective = objectives.get_objective(cfg.objective.name)
+  return float(steps * batch * objective.training_cost(cfg.objective, 1, 1)["passes_per_example"])
+
+
+def fit_epochs_to_passes(cfg, target: float):
+  """Sets cfg.optim.num_epochs to the whole number of epochs (at least 1) whose training
+  passes are nearest to `target`; returns cfg."""
+  cfg.optim.num_epochs = 1
+  per_epoch = training_passes(cfg)
+  cfg.optim.num_epochs = max(1, int(round(target / per_epoch)))
+  return cfg
 
 
 def quiet_logs() -> None:
@@ -62,21 +161,29 @@ def train_resumable(cfg, run_dir: str, teacher=None) -> Dict[str, Any]:
   return result
 
 
-def teachers_per_seed(config, seeds: Sequence[int], workdir: str,
-                      run_one: Callable) -> tuple:
-  """For each seed its own teacher, trained (or read back) in `workdir/seed<s>/teacher`:
-  (records, {seed: frozen teacher})."""
+def teachers_per_seed(config, seeds: Sequence[int], workdir: str, run_one: Callable,
+                      kinds: Sequence[str] = ("teacher",)) -> tuple:
+  """For each seed and each kind of TEACHERS its own teacher, trained (or read back) in
+  `workdir/seed<s>/<kind>`: (records, {kind: {seed: frozen teacher}})."""
   info = input_pipeline.get_info(config.data)
-  records, teachers = [], {}
+  records, teachers = [], {kind: {} for kind in kinds}
   for seed in seeds:
-    t_cfg = teacher_lib.training_config(config)
-    t_cfg.seed = seed
-    print(f"== seed {seed}: teacher", flush=True)
-    t_dir = os.path.join(workdir, f"seed{seed}", "teacher")
-    records.append(run_one("teacher", t_cfg, t_dir))
-    teachers[seed] = teacher_lib.load_teacher(config.teacher, info.num_classes,
-                                              info.image_shape, path=t_dir)
+    for kind in kinds:
+      t_cfg = teacher_lib.training_config(config)
+      t_cfg.objective.name = TEACHERS[kind] or t_cfg.objective.name
+      t_cfg.seed = seed
+      print(f"== seed {seed}: {kind}", flush=True)
+      t_dir = os.path.join(workdir, f"seed{seed}", kind)
+      records.append(run_one(kind, t_cfg, t_dir))
+      teachers[kind][seed] = teacher_lib.load_teacher(config.teacher, info.num_classes,
+                                                      info.image_shape, path=t_dir)
   return records, teachers
+
+
+def teacher_kinds(methods: Sequence[Method]) -> List[str]:
+  """The teachers the methods distil from, the robust one first (always trained: every
+  ratio is to it)."""
+  return list(dict.fromkeys(["teacher"] + [m.teacher for m in methods]))
 
 
 def run_dir_name(point: str) -> str:

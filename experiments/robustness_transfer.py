@@ -26,28 +26,24 @@ from mixacm_jax.training import pipeline
 
 import common
 
-# name -> (objective, overrides (dotted config paths), label in the table)
-STUDENTS = {
-    "natural": ("natural", {}, "natural training"),
-    "kd": ("kd", {}, "KD only"),
-    "acm": ("mixacm", {"objective.mixacm.w_kd": 0.0, "objective.mixacm.mixup_alpha": 0.0},
-            "ACM only (+ CE)"),
-    "acm_kd": ("mixacm", {"objective.mixacm.mixup_alpha": 0.0}, "ACM + KD"),
-    "acm_mixup": ("mixacm", {"objective.mixacm.w_kd": 0.0}, "ACM + mixup"),
-    "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
-    "ard": ("ard", {}, "ARD (adversarial KD)"),
-    "rslad": ("rslad", {}, "RSLAD (adversarial KD)"),
-    "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
-}
+# The students of the experiment (common.METHODS): the ablation, the baselines, the controls
+# (mixup alone; MixACM from a natural teacher; acm_kd is MixACM without mixup, alpha = 0) and
+# cheap adversarial training at MixACM's budget.
+STUDENTS = {name: common.METHODS[name] for name in (
+    "natural", "kd", "acm", "acm_kd", "acm_mixup", "mixacm", "ard", "rslad", "pgd_at",
+    "mixup", "mixacm_natural_teacher", "fast_at_equal", "pgd_at_equal")}
 # Diagnostics of the MixACM result (run with --students=...): one change each. (Lengths and
 # the other settings are studied on the validation split by transfer_study.py.)
+Method = common.Method
 DIAGNOSTICS = {
-    "mixacm_teacher_width": ("mixacm", {"model.kwargs.base_width": 16},
-                             "MixACM, student as wide as the teacher"),
-    "mixacm_w_acm_100": ("mixacm", {"objective.mixacm.w_acm": 100.0}, "MixACM, w_acm = 100"),
-    "acm_only_no_ce": ("mixacm", {"objective.mixacm.w_ce": 0.0, "objective.mixacm.w_kd": 0.0,
-                                  "objective.mixacm.mixup_alpha": 0.0},
-                       "ACM alone (no CE, no KD)"),
+    "mixacm_teacher_width": Method("mixacm", {"model.kwargs.base_width": 16},
+                                   "MixACM, student as wide as the teacher"),
+    "mixacm_w_acm_100": Method("mixacm", {"objective.mixacm.w_acm": 100.0},
+                               "MixACM, w_acm = 100"),
+    "acm_only_no_ce": Method("mixacm", {"objective.mixacm.w_ce": 0.0,
+                                        "objective.mixacm.w_kd": 0.0,
+                                        "objective.mixacm.mixup_alpha": 0.0},
+                             "ACM alone (no CE, no KD)"),
 }
 ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS}
 # The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.
@@ -99,7 +95,7 @@ def _train_and_attack(name, cfg, run_dir, teacher):
   report["autoattack_examples"] = subset["num_examples"]
   report["clean_accuracy_subset"] = subset["clean_accuracy"]
   row = pipeline.result_row(name, result)
-  return {**row, "seed": cfg.seed, "report": report, "eval_seconds": time.perf_counter() - t0,
+  return {**row, "seed": cfg.seed, "report": report, "history": common.eval_history(run_dir), "eval_seconds": time.perf_counter() - t0,
           "sweep": {"eps": sweep["epsilons"],
                     "pgd20": [r["attacks"]["pgd20"]["robust_accuracy"]
                               for r in sweep["reports"]]},
@@ -107,16 +103,19 @@ def _train_and_attack(name, cfg, run_dir, teacher):
 
 
 def student_config(config, name, seed):
-  objective, overrides, _ = ALL_STUDENTS[name]
-  cfg = pipeline.student_config(config, objective)
-  cfg.seed = seed
-  return pipeline.apply_overrides(cfg, overrides)
+  return common.method_config(config, ALL_STUDENTS[name], seed)
+
+
+def label(name):
+  return common.TEACHER_LABELS.get(name) or ALL_STUDENTS[name].label
 
 
 def summarise(records):
   """One row per model over seeds: mean and std of every figure."""
   rows = {}
-  for name in ["teacher"] + [s for s in ALL_STUDENTS if any(r["run"] == s for r in records)]:
+  for name in list(common.TEACHERS) + list(ALL_STUDENTS):
+    if not any(r["run"] == name for r in records):
+      continue
     mine = [r for r in records if r["run"] == name]
     if not mine:
       continue
@@ -168,6 +167,56 @@ def _per_seed(records, robust_key):
   return out
 
 
+def _paired(records, a, b, robust_key):
+  """Per seed, a's robust accuracy minus b's (the seeds that have both)."""
+  acc = lambda r: r["report"]["attacks"][robust_key]["robust_accuracy"]
+  by = {(r["run"], r["seed"]): r for r in records}
+  return [acc(by[(a, s)]) - acc(by[(b, s)]) for s in sorted({r["seed"] for r in records})
+          if (a, s) in by and (b, s) in by]
+
+
+def _control_lines(rows, records, robust_key):
+  """The controls and the equal-cost baselines against MixACM, in plain numbers: paired
+  differences over seeds (mean ± std, worst seed)."""
+  if "mixacm" not in rows:
+    return []
+  lines = []
+  m = rows["mixacm"][robust_key][0]
+
+  def versus(name, what):
+    d = _paired(records, "mixacm", name, robust_key)
+    if not d:
+      return
+    mean, std = common.mean_std(d)
+    lines.append(f"- {what}: {100 * rows[name][robust_key][0]:.1f} % against MixACM's "
+                 f"{100 * m:.1f} %; MixACM minus it, per seed: {100 * mean:+.1f} ± {100 * std:.1f}"
+                 f" points (smallest {100 * min(d):+.1f}, {sum(x > 0 for x in d)} of {len(d)} "
+                 "seeds above).")
+
+  versus("mixup", "Mixup alone (no teacher)")
+  versus("mixacm_natural_teacher", "MixACM from a naturally trained teacher")
+  versus("acm_kd", "MixACM without mixup (alpha = 0: ACM and KD on clean inputs)")
+  if "mixacm_natural_teacher" in rows and "natural" in rows:
+    base = rows["natural"][robust_key][0]
+    gain = m - base
+    needs = (m - rows["mixacm_natural_teacher"][robust_key][0]) / gain if gain else float("nan")
+    lines.append(f"- Of MixACM's robustness above natural training ({100 * gain:+.1f} points), "
+                 f"{100 * needs:.0f} % needs the robust teacher (MixACM minus MixACM from a "
+                 "natural teacher, over MixACM minus natural training).")
+  for name in ("fast_at_equal", "pgd_at_equal"):
+    if name in rows:
+      versus(name, f"{label(name)} ({rows[name]['total_passes'][0] / 1e6:.3f} M passes, MixACM "
+                   f"{rows['mixacm']['total_passes'][0] / 1e6:.3f} M)")
+  collapsed = [f"{r['run']} seed {r['seed']}: {c}" for r in records
+               if r["run"].startswith("fast_at") for c in [common.collapse(r.get("history", []))]
+               if c]
+  if any(r["run"].startswith("fast_at") and r.get("history") for r in records):
+    lines.append("- Catastrophic overfitting in fast-AT (PGD robust accuracy on the eval split "
+                 "after every epoch falling > 20 points below its best): "
+                 + ("; ".join(collapsed) if collapsed else "none on any seed") + ".")
+  return lines
+
+
 def markdown(rows, records, config, provenance):
   robust_key = _robust_key(rows)
   teacher = rows["teacher"]
@@ -194,10 +243,9 @@ def markdown(rows, records, config, provenance):
       "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for name, r in rows.items():
-    label = "teacher" if name == "teacher" else ALL_STUDENTS[name][2]
     ratio = _ratio(r[robust_key][0], teacher[robust_key][0])
     lines.append(
-        f"| {label} | {_pct(r['clean'])} | {_pct(r.get('pgd20', nan))} | "
+        f"| {label(name)} | {_pct(r['clean'])} | {_pct(r.get('pgd20', nan))} | "
         f"{_pct(r.get('pgd20_subset', nan))} | {_pct(r.get('autoattack', nan))} | {ratio:.2f} | "
         f"{r['train_seconds'][0]:.0f} ± {r['train_seconds'][1]:.0f} | "
         f"{r['total_passes'][0] / 1e6:.2f} |")
@@ -238,6 +286,7 @@ def markdown(rows, records, config, provenance):
                  f"{_ratio(m['total_passes'][0], teacher['total_passes'][0]):.2f}x the "
                  f"teacher's passes, {_ratio(seconds('mixacm'), seconds('teacher')):.2f}x its "
                  f"seconds{pgd_at}.")
+  lines += _control_lines(rows, records, robust_key)
   present = [k for k in PAPER_ABLATION if k in rows]
   if len(present) > 1:
     ours = [rows[k][robust_key][0] for k in present]
@@ -264,7 +313,6 @@ def plot(rows, records, out):
   plt = common.pyplot()
   robust_key = _robust_key(rows)
   colors = dict(zip(rows, (plt.cm.tab10 if len(rows) <= 10 else plt.cm.tab20).colors))
-  label = lambda n: "teacher" if n == "teacher" else ALL_STUDENTS[n][2]
 
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for name, r in rows.items():
@@ -314,13 +362,14 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
 
   def collect():
-    records, teachers = common.teachers_per_seed(config, seeds, _WORKDIR.value, run_one)
+    kinds = common.teacher_kinds([ALL_STUDENTS[n] for n in _STUDENTS.value])
+    records, teachers = common.teachers_per_seed(config, seeds, _WORKDIR.value, run_one, kinds)
     for seed in seeds:
       for name in _STUDENTS.value:
         print(f"== seed {seed}: student {name}", flush=True)
         records.append(run_one(name, student_config(config, name, seed),
                                os.path.join(_WORKDIR.value, f"seed{seed}", name),
-                               teachers[seed]))
+                               teachers[ALL_STUDENTS[name].teacher][seed]))
     return records
 
   common.run("robustness_transfer.py", _OUT.value, collect, summarise,

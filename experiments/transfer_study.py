@@ -11,6 +11,10 @@ chosen groups:
               teacher's epochs): w_acm, w_kd, tau, matched stages, ACM mapping, mixup alpha and
               per-example lambda, weight decay on the ACM transformations, batch size
   combos      the changes that helped, together (COMBOS)
+  costs       at the chosen settings, MixACM, mixup alone, fast-AT and PGD-AT of the student
+              at 0.25x, 0.5x and 1x the teacher's passes (epochs fitted to the budget)
+  controls    at the chosen settings and 0.5x the passes: MixACM from a naturally trained
+              teacher, and MixACM without mixup (alpha = 0)
 
 Writes `results.md`, `results.json` and `lengths.png` / `variations.png` to --out; every run
 resumes (finished runs are read back from their `record.json`); `--render_only` re-writes
@@ -19,6 +23,7 @@ them from --out/results.json.
   python experiments/transfer_study.py --out=experiments/results/digits_study
 """
 import os
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,15 +33,21 @@ from mixacm_jax.training import pipeline
 
 import common
 
-# method -> (objective, overrides, label)
-METHODS = {
-    "mixacm": ("mixacm", {}, "MixACM (ACM + KD + mixup)"),
-    "acm_mixup": ("mixacm", {"objective.mixacm.w_kd": 0.0}, "ACM + mixup"),
-    "kd": ("kd", {}, "KD only"),
-    "natural": ("natural", {}, "natural training"),
-    "pgd_at": ("pgd_at", {}, "PGD-AT of the student"),
-}
+# The methods of the lengths group (common.METHODS).
+METHODS = {name: common.METHODS[name] for name in ("mixacm", "acm_mixup", "kd", "natural",
+                                                   "pgd_at")}
 MULTIPLES = (1, 2, 3, 5)
+# The costs group: each method at each budget, a fraction of the teacher's passes.
+COST_METHODS = {
+    "mixacm": common.METHODS["mixacm"],
+    "mixup": common.METHODS["mixup"],
+    "fast_at": common.METHODS["fast_at_equal"]._replace(label="fast-AT (FGSM-RS)"),
+    "pgd_at": common.METHODS["pgd_at"],
+}
+COST_RATIOS = (0.25, 0.5, 1.0)
+CONTROLS = {name: common.METHODS[name] for name in ("mixacm_natural_teacher", "acm_kd")}
+CONTROL_RATIO = 0.5
+ALL_METHODS = {**METHODS, **COST_METHODS, **CONTROLS}
 # One change each from the base MixACM point: name -> overrides.
 VARIATIONS = {
     "w_acm=3": {"objective.mixacm.w_acm": 3.0},
@@ -71,14 +82,25 @@ COMBOS = {
 
 # The point chosen as the new defaults of configs/default_mixacm.py (marked in the plot).
 CHOSEN = "mixacm@2x batch 32 + stages 3-4 (29 epochs)"
+# Those defaults on top of the study's base: where the costs and controls groups run.
+CHOSEN_SETTINGS = {"optim.batch_size": 32, "objective.mixacm.acm.stages": ("stage3", "stage4")}
+
+
+class Point(NamedTuple):
+  groups: Tuple[str, ...]
+  name: str
+  method: str                      # a key of ALL_METHODS
+  multiple: Optional[float]        # epochs as a multiple of the teacher's, or
+  passes_ratio: Optional[float]    # a budget: a fraction of the teacher's passes
+  overrides: Dict[str, Any]
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default_mixacm.py",
                                           "A pipeline config (teacher + student).")
 _OUT = flags.DEFINE_string("out", "experiments/results/digits_study", "Where results go.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/study", "Checkpoints of every run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own teacher).")
-_GROUPS = flags.DEFINE_list("groups", ["lengths", "variations", "combos"],
-                            "lengths | variations | combos")
+_GROUPS = flags.DEFINE_list("groups", ["lengths", "variations", "combos", "costs", "controls"],
+                            "lengths | variations | combos | costs | controls")
 _METHODS = flags.DEFINE_list("methods", list(METHODS), "Methods of the lengths group.")
 _MULTIPLES = flags.DEFINE_list("multiples", [str(m) for m in MULTIPLES],
                                "Training lengths, in multiples of the teacher's epochs.")
@@ -93,7 +115,7 @@ _MAX_PASSES = flags.DEFINE_float(
 
 
 def points(config):
-  """(group, point name, method, multiple, overrides) of every requested run."""
+  """The Point of every requested run."""
   out = []
   if "lengths" in _GROUPS.value:
     def per_example(name):
@@ -103,32 +125,44 @@ def points(config):
     for method in _METHODS.value:
       for m in _MULTIPLES.value:
         if float(m) * per_example(METHODS[method][0]) / teacher <= _MAX_PASSES.value:
-          out.append(("lengths", f"{method}@{m}x", method, float(m), {}))
+          out.append(("lengths", f"{method}@{m}x", method, float(m), None, {}))
   if "variations" in _GROUPS.value:
     base = _BASE_MULTIPLE.value
-    out.append(("variations", f"mixacm@{base:g}x", "mixacm", base, {}))
+    out.append(("variations", f"mixacm@{base:g}x", "mixacm", base, None, {}))
     for name in _VARIATIONS.value:
-      out.append(("variations", f"mixacm@{base:g}x {name}", "mixacm", base, VARIATIONS[name]))
+      out.append(("variations", f"mixacm@{base:g}x {name}", "mixacm", base, None,
+                  VARIATIONS[name]))
   if "combos" in _GROUPS.value:
     base = _BASE_MULTIPLE.value
     for name in _COMBOS.value:
       overrides = {k: v for part in COMBOS[name]
                    for k, v in (part if isinstance(part, dict) else VARIATIONS[part]).items()}
-      out.append(("combos", f"mixacm@{base:g}x {name}", "mixacm", base, overrides))
+      out.append(("combos", f"mixacm@{base:g}x {name}", "mixacm", base, None, overrides))
+  if "costs" in _GROUPS.value:
+    for method in COST_METHODS:
+      for ratio in COST_RATIOS:
+        out.append(("costs", f"{method}@{ratio:g}x passes", method, None, ratio,
+                    CHOSEN_SETTINGS))
+  if "controls" in _GROUPS.value:
+    for method in CONTROLS:
+      out.append(("controls", f"{method}@{CONTROL_RATIO:g}x passes", method, None,
+                  CONTROL_RATIO, CHOSEN_SETTINGS))
   # A point asked for twice (the base point is also a length) runs once, in both tables.
   merged = {}
   for group, name, *rest in out:
-    groups = merged[name][0] + (group,) if name in merged else (group,)
-    merged[name] = (groups, name, *rest)
+    groups = merged[name].groups + (group,) if name in merged else (group,)
+    merged[name] = Point(groups, name, *rest)
   return list(merged.values())
 
 
-def run_config(config, seed, method, multiple, overrides):
-  objective, method_overrides, _ = METHODS[method]
-  cfg = pipeline.student_config(config, objective)
-  cfg.seed = seed
-  cfg.optim.num_epochs = int(round(config.pipeline.teacher_epochs * multiple))
-  return pipeline.apply_overrides(pipeline.apply_overrides(cfg, method_overrides), overrides)
+def run_config(config, seed, point):
+  """A point's student config: with a budget, its epochs spend that fraction of the teacher's
+  passes under the point's overrides; else the teacher's epochs times the multiple."""
+  method = ALL_METHODS[point.method]._replace(passes_ratio=point.passes_ratio)
+  cfg = common.method_config(config, method, seed, point.overrides)
+  if point.passes_ratio is None:
+    cfg.optim.num_epochs = int(round(config.pipeline.teacher_epochs * point.multiple))
+  return cfg
 
 
 # The point the study varies around: the MixACM settings before it, fixed here so that the
@@ -165,18 +199,20 @@ def summarise(records, specs):
   same seed's teacher; the passes ratio to the teacher."""
   teachers = {r["seed"]: r for r in records if r["run"] == "teacher"}
   rows = {}
-  for group, name, method, multiple, _ in [("teacher", "teacher", "teacher", 1.0, {})] + specs:
+  teacher_points = [Point((kind,), kind, kind, 1.0, None, {}) for kind in common.TEACHERS]
+  for group, name, method, multiple, _, _ in teacher_points + specs:
     mine = [r for r in records if r["run"] == name]
     if not mine:
       continue
     robust = [r["robust_accuracy"] for r in mine]
     ratio = [r["robust_accuracy"] / teachers[r["seed"]]["robust_accuracy"] for r in mine]
+    natural_run = f"natural@{multiple:g}x" if multiple else None
     gap = [r["robust_accuracy"] - next(
         (n["robust_accuracy"] for n in records
-         if n["run"] == f"natural@{multiple:g}x" and n["seed"] == r["seed"]), float("nan"))
+         if n["run"] == natural_run and n["seed"] == r["seed"]), float("nan"))
            for r in mine]
     rows[name] = {
-        "groups": (group,) if isinstance(group, str) else tuple(group), "method": method,
+        "groups": tuple(group), "method": method,
         "multiple": multiple, "seeds": len(mine),
         "clean": common.mean_std([r["clean_accuracy"] for r in mine]),
         "robust": common.mean_std(robust), "robust_worst": min(robust),
@@ -205,7 +241,12 @@ def markdown(rows, records, provenance):
       f"{100 * t['robust_worst']:.1f} %).", ""]
   for group, title in (("lengths", "Training length"),
                        ("variations", "One change at a time around the base point"),
-                       ("combos", "Combinations of the changes that helped")):
+                       ("combos", "Combinations of the changes that helped"),
+                       ("costs", "Equal cost: each method at 0.25x, 0.5x and 1x the teacher's "
+                        "passes (the chosen settings; epochs fitted to the budget)"),
+                       ("controls", "Controls at half the teacher's passes (the chosen "
+                        "settings)"),
+                       ("teacher_natural", "The natural teacher of the controls")):
     mine = {k: r for k, r in rows.items() if group in r["groups"]}
     if not mine:
       continue
@@ -220,8 +261,43 @@ def markdown(rows, records, provenance):
           f"{100 * r['minus_natural'][0]:+.1f} | {r['passes_ratio']:.2f} |")
     lines.append("")
   lines += ["Plots: [robust accuracy vs training passes](lengths.png), "
-            "[variations](variations.png)."]
+            "[variations](variations.png)"
+            + (", [equal cost and controls](costs.png)" if any(
+                "costs" in r["groups"] for r in rows.values()) else "") + "."]
   return "\n".join(lines) + "\n"
+
+
+def _plot_costs(plt, rows, out):
+  """Robust accuracy against passes, one curve per method of the costs group, the controls
+  as single markers."""
+  costs = {k: r for k, r in rows.items() if {"costs", "controls"} & set(r["groups"])}
+  if not costs:
+    return
+  t = rows["teacher"]
+  fig, ax = plt.subplots(figsize=(9.5, 4.6))
+  ax.axhline(100 * t["robust"][0], color="k", lw=1.5, label="teacher (PGD-AT)")
+  ax.axhline(80 * t["robust"][0], color="k", ls=":", lw=1, label="0.8x teacher")
+  for method, spec in {**COST_METHODS, **CONTROLS}.items():
+    pts = sorted((r for r in costs.values() if r["method"] == method),
+                 key=lambda r: r["passes_ratio"])
+    if pts:
+      ax.errorbar([r["passes_ratio"] for r in pts], [100 * r["robust"][0] for r in pts],
+                  yerr=[100 * r["robust"][1] for r in pts], capsize=3,
+                  marker="o" if method in COST_METHODS else "s",
+                  ls="-" if method in COST_METHODS else "none",
+                  lw=2.5 if method == "mixacm" else 1.2, label=spec.label)
+  if "teacher_natural" in rows:
+    ax.axhline(100 * rows["teacher_natural"]["robust"][0], color="gray", lw=1, ls="-.",
+               label="the natural teacher")
+  ax.set_xscale("log")
+  ax.set_xlabel("training cost: network passes, multiple of the teacher's (log)")
+  ax.set_ylabel(f"PGD-20 robust accuracy on {_SPLIT.value} (%)")
+  ax.set_title("Equal cost (batch 32, ACM on stages 3-4, epochs fitted to each budget)",
+               fontsize=9)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  fig.tight_layout()
+  common.save_figure(fig, os.path.join(out, "costs.png"))
 
 
 def plot(rows, records, out):
@@ -242,7 +318,7 @@ def plot(rows, records, out):
       if pts:
         ax.errorbar([r["passes_ratio"] for r in pts], [100 * r["robust"][0] for r in pts],
                     yerr=[100 * r["robust"][1] for r in pts], marker="o", capsize=3,
-                    lw=2.5 if method == "mixacm" else 1.2, label=METHODS[method][2])
+                    lw=2.5 if method == "mixacm" else 1.2, label=METHODS[method].label)
         for r in pts:
           ax.annotate(f"{r['multiple']:g}x", (r["passes_ratio"], 100 * r["robust"][0]),
                       fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -260,6 +336,7 @@ def plot(rows, records, out):
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     common.save_figure(fig, os.path.join(out, "lengths.png"))
+  _plot_costs(plt, rows, out)
   variations = {k: r for k, r in rows.items()
                 if {"variations", "combos"} & set(r["groups"])}
   if variations:
@@ -295,14 +372,16 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
 
   def collect():
-    records, teachers = common.teachers_per_seed(config, seeds, _WORKDIR.value, run_one)
+    kinds = common.teacher_kinds([ALL_METHODS[p.method] for p in specs])
+    records, teachers = common.teachers_per_seed(config, seeds, _WORKDIR.value, run_one, kinds)
     # Point by point over all seeds, so that an interrupted study has whole points.
-    for _, name, method, multiple, overrides in specs:
+    for point in specs:
+      method = ALL_METHODS[point.method]
       for seed in seeds:
-        print(f"== seed {seed}: {name}", flush=True)
-        run_dir = os.path.join(_WORKDIR.value, f"seed{seed}", common.run_dir_name(name))
-        records.append(run_one(name, run_config(config, seed, method, multiple, overrides),
-                               run_dir, teachers[seed]))
+        print(f"== seed {seed}: {point.name}", flush=True)
+        run_dir = os.path.join(_WORKDIR.value, f"seed{seed}", common.run_dir_name(point.name))
+        records.append(run_one(point.name, run_config(config, seed, point), run_dir,
+                               teachers[method.teacher][seed]))
     return records
 
   common.run("transfer_study.py", _OUT.value, collect, lambda r: summarise(r, specs),

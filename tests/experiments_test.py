@@ -112,11 +112,13 @@ def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
   monkeypatch.setattr(st, "_SPLIT", type("F", (), {"value": "validation"})())
   config = st.prepare(repo_config("default_mixacm"))
   assert (config.data.eval_split, config.eval.pgd.steps) == ("validation", 20)
-  cfg = st.run_config(config, 4, "acm_mixup", 2.0, st.VARIATIONS["stages 3-4"])
+  cfg = st.run_config(config, 4, st.Point(("lengths",), "p", "acm_mixup", 2.0, None,
+                                          st.VARIATIONS["stages 3-4"]))
   assert (cfg.seed, cfg.objective.name, cfg.objective.mixacm.w_kd, cfg.optim.num_epochs) == \
       (4, "mixacm", 0.0, 2 * config.pipeline.teacher_epochs)
   assert tuple(cfg.objective.mixacm.acm.stages) == ("stage3", "stage4")
-  assert st.run_config(config, 0, "pgd_at", 1.0, {}).objective.name == "pgd_at"
+  assert st.run_config(config, 0, st.Point(("lengths",), "p", "pgd_at", 1.0, None, {})
+                       ).objective.name == "pgd_at"
 
   def rec(run, seed, robust, passes):
     return {"run": run, "seed": seed, "clean_accuracy": 0.95, "robust_accuracy": robust,
@@ -124,8 +126,8 @@ def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
   records = [rec("teacher", s, 0.7 + 0.1 * s, 12.0) for s in range(2)]
   records += [rec("mixacm@2x", s, 0.6, 6.0) for s in range(2)]
   records += [rec("natural@2x", s, 0.1 + 0.1 * s, 4.0) for s in range(2)]
-  specs = [("lengths", "mixacm@2x", "mixacm", 2.0, {}),
-           ("lengths", "natural@2x", "natural", 2.0, {})]
+  specs = [st.Point(("lengths",), "mixacm@2x", "mixacm", 2.0, None, {}),
+           st.Point(("lengths",), "natural@2x", "natural", 2.0, None, {})]
   rows = st.summarise(records, specs)
   m = rows["mixacm@2x"]
   # Ratios are per seed, against that seed's own teacher; the worst seed is reported.
@@ -136,3 +138,67 @@ def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
   assert "| mixacm@2x | 95.0 ± 0.0 | 60.0 ± 0.0 | 60.0 | 0.80 ± 0.08 | 0.75 | +45.0 | 0.50 |" in text
   st.plot(rows, records, str(tmp_path))
   assert (tmp_path / "lengths.png").stat().st_size > 5000
+
+
+def test_budgets_fit_epochs_to_the_teachers_passes_and_controls_use_their_teacher():
+  """A method with a budget trains the whole number of epochs whose passes are nearest to that
+  fraction of the teacher's (counted by the objectives' own pass counts); the costs group at
+  0.5x is the MixACM student of configs/default_mixacm.py."""
+  rt = _load()
+  common = sys.modules["common"]
+  config = repo_config("default_mixacm")
+  from mixacm_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  teacher = common.training_passes(teacher_lib.training_config(config))
+  per_epoch_examples = input_pipeline.steps_per_epoch(config.data, 32) * 32
+  # The teacher: PGD-5 AT, 6 forward + 6 backward passes per example-step.
+  assert teacher == 15 * input_pipeline.steps_per_epoch(config.data, 64) * 64 * 12
+  for name, per_example in (("fast_at_equal", 4), ("pgd_at_equal", 12)):
+    cfg = rt.student_config(config, name, 0)
+    epochs = cfg.optim.num_epochs
+    passes = lambda e: e * per_epoch_examples * per_example
+    assert common.training_passes(cfg) == passes(epochs)
+    assert abs(passes(epochs) - teacher / 2) <= min(abs(passes(epochs + 1) - teacher / 2),
+                                                    abs(passes(epochs - 1) - teacher / 2))
+  assert rt.student_config(config, "fast_at_equal", 0).eval.every_steps == \
+      input_pipeline.steps_per_epoch(config.data, 32)
+  assert rt.student_config(config, "mixup", 0).objective.name == "mixup"
+  assert rt.ALL_STUDENTS["mixacm_natural_teacher"].teacher == "teacher_natural"
+  assert common.teacher_kinds([rt.ALL_STUDENTS["mixup"], rt.ALL_STUDENTS[
+      "mixacm_natural_teacher"]]) == ["teacher", "teacher_natural"]
+  st = _load_study()
+  _parsed_defaults()
+  study = st.prepare(config)
+  point = next(p for p in st.points(study) if p.name == "mixacm@0.5x passes")
+  cfg = st.run_config(study, 0, point)
+  assert (cfg.optim.batch_size, tuple(cfg.objective.mixacm.acm.stages), cfg.optim.num_epochs) \
+      == (config.optim.batch_size, tuple(config.objective.mixacm.acm.stages),
+          config.optim.num_epochs)
+
+
+def test_catastrophic_overfitting_and_the_controls_are_reported():
+  common = _load() and sys.modules["common"]
+  assert common.collapse([[35, 0.40], [70, 0.55], [105, 0.30]]).startswith(
+      "robust accuracy fell from 55.0 % (step 70) to 30.0 %")
+  assert common.collapse([[35, 0.40], [70, 0.55], [105, 0.50]]) is None
+  assert common.collapse([[35, 0.40]]) is None
+  rt = sys.modules["robustness_transfer"]
+  records = []
+  for s in range(3):
+    records += [_record("teacher", s, 0.97, 0.70, 0.70, 50.0),
+                _record("natural", s, 0.98, 0.10, 0.10, 10.0),
+                _record("mixacm", s, 0.95, 0.60, 0.60 + 0.01 * s, 20.0),
+                _record("mixacm_natural_teacher", s, 0.95, 0.40, 0.35, 20.0),
+                _record("mixup", s, 0.95, 0.50, 0.55, 15.0),
+                {**_record("fast_at_equal", s, 0.9, 0.5, 0.5, 20.0),
+                 "history": [[35, 0.5], [70, 0.6 if s == 1 else 0.5], [105, 0.3 if s == 1
+                                                                        else 0.5]]}]
+  rows = rt.summarise(records)
+  lines = rt._control_lines(rows, records, "autoattack")  # pylint: disable=protected-access
+  text = "\n".join(lines)
+  assert ("Mixup alone (no teacher): 55.0 % against MixACM's 61.0 %; MixACM minus it, per "
+          "seed: +6.0 ± 1.0 points (smallest +5.0, 3 of 3 seeds above)") in text
+  # (61 - 35) / (61 - 10) of the gain over natural training needs the robust teacher.
+  assert f"{100 * 26 / 51:.0f} % needs the robust teacher" in text
+  assert "fast_at_equal seed 1: robust accuracy fell from 60.0 %" in text
+  assert "seed 0:" not in text.split("Catastrophic")[1]

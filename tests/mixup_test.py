@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixacm_jax.objectives.mixacm import mixup
+from mixacm_jax.objectives import mixup
 from mixacm_jax.runtime import parallel
 
 

@@ -128,3 +128,40 @@ def test_fast_at_is_one_fgsm_step_from_a_random_start_and_costs_four_passes():
   assert per == {"forward": 2, "backward": 2, "teacher_forward": 0}
   cost = objective.training_cost(config.objective, steps=10, batch_size=4)
   assert cost["passes_per_example"] == 4 and cost["student_forward_passes"] == 80
+
+
+def test_mixup_only_is_the_cross_entropy_on_mixed_inputs_without_a_teacher():
+  """The control of MixACM: one lambda ~ Beta(alpha, alpha) and a partner per example, the CE
+  against both labels weighted by lambda (NumPy here), two passes per example-step, no
+  teacher; alpha = 0 is natural training."""
+  from mixacm_jax.objectives import mixup, natural  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  params = {"model": variables["params"]}
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
+           "label": jnp.arange(8) % 10}
+  objective = objectives.get_objective("mixup")
+  assert not objective.needs_teacher
+  assert objective.passes(objective.settings(config.objective)) == {
+      "forward": 1, "backward": 1, "teacher_forward": 0}
+  ctx = _ctx(config.objective.mixup, model, variables)
+  # Under a named axis of one device, as the pmapped train step runs it.
+  run = lambda fn: jax.vmap(lambda b: fn(params, ctx, b)[0], axis_name=parallel.AXIS)(
+      jax.tree_util.tree_map(lambda v: v[None], batch))[0]
+  loss = run(objective.loss_fn)
+  x, partner, lam = jax.vmap(lambda b: mixup.mix_batch(b, jax.random.fold_in(ctx.rng, 1), 1.0),
+                             axis_name=parallel.AXIS)(jax.tree_util.tree_map(
+                                 lambda v: v[None], batch))
+  lam = float(lam[0, 0])
+  assert 0.0 < lam < 1.0
+  logits = np.asarray(ctx.forward(params, ctx.batch_stats, x[0], True, ())[0], np.float64)
+  log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  labels = np.asarray(batch["label"])
+  ref = np.mean(-lam * log_p[np.arange(8), labels]
+                - (1 - lam) * log_p[np.arange(8), np.asarray(partner[0])])
+  np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+  config.objective.mixup.alpha = 0.0
+  ctx = _ctx(config.objective.mixup, model, variables)
+  np.testing.assert_allclose(run(objective.loss_fn), run(natural.loss_fn), rtol=1e-6)

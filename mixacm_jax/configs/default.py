@@ -49,10 +49,13 @@ def get_config():
 
   # Each method's own settings in its own group, `objective.<name>.*`; natural has none.
   config.objective = ml_collections.ConfigDict()
-  config.objective.name = "pgd_at"  # natural, pgd_at, fast_at, trades, mixacm, kd, ard, rslad
+  config.objective.name = "pgd_at"  # natural, pgd_at, fast_at, mixup, trades, mixacm, kd,
+  #                                 ard, rslad
   config.objective.natural = ml_collections.ConfigDict()
   config.objective.pgd_at = ml_collections.ConfigDict({"attack": training_attack()})
   config.objective.fast_at = ml_collections.ConfigDict({"attack": fast_attack()})
+  # Mixup training alone (no teacher): Beta(alpha, alpha); one lambda per example or per batch.
+  config.objective.mixup = ml_collections.ConfigDict({"alpha": 1.0, "per_example": False})
   config.objective.trades = ml_collections.ConfigDict({"beta": 6.0, "attack": training_attack()})
   config.objective.mixacm = ml_collections.ConfigDict({
       "w_ce": 1.0, "w_kd": 1.0, "w_acm": 10.0,  # weights of the three terms

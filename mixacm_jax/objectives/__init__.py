@@ -11,7 +11,8 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives import ard, fast_at, kd, mixacm, natural, pgd_at, rslad, trades
+from mixacm_jax.objectives import (ard, fast_at, kd, mixacm, mixup, natural, pgd_at, rslad,
+                                  trades)
 from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 
@@ -49,6 +50,7 @@ OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("natural", natural.loss_fn, natural.passes),
     Objective("pgd_at", pgd_at.loss_fn, pgd_at.passes),
     Objective("fast_at", fast_at.loss_fn, fast_at.passes),
+    Objective("mixup", mixup.loss_fn, mixup.passes),
     Objective("trades", trades.loss_fn, trades.passes),
     Objective("mixacm", mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
               mixacm.feature_names),

@@ -7,7 +7,8 @@ mixup batch; the student minimises
 
 No adversarial examples are made. `cfg` below is `config.objective.mixacm`. Ablations are
 switches: w_ce/w_kd/w_acm = 0 drop a term, mixup_alpha = 0 trains on clean inputs. (`kd`,
-Hinton's KD on clean inputs, is objectives/kd.py.)
+Hinton's KD on clean inputs, is objectives/kd.py; `mixup`, mixup training alone, is
+objectives/mixup.py.)
 """
 from typing import Any, Dict, List, Tuple
 
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.objectives.common import distillation_passes, kl_divergence
-from mixacm_jax.objectives.mixacm import acm, mixup
+from mixacm_jax.objectives import mixup
+from mixacm_jax.objectives.mixacm import acm
 
 
 def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:

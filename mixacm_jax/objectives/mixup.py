@@ -1,5 +1,7 @@
-"""Mixup (Zhang et al. 2018) over the global batch, the same on 1 device or N.
+"""Mixup (Zhang et al. 2018) over the global batch, the same on 1 device or N, and mixup
+training alone as an objective: the cross-entropy on mixed inputs, no teacher, no ACM term.
 
+The objective is MixACM's control: what robustness mixup makes by itself, at the same budget.
 The partner of each example is drawn by a permutation of the *global* batch (all-gathered
 over the pmap axis), so splitting the batch over more devices does not change the mix.
 """
@@ -8,6 +10,7 @@ from typing import Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from mixacm_jax.objectives.natural import passes  # noqa: F401  (one forward, one backward)
 from mixacm_jax.runtime import parallel
 
 
@@ -58,3 +61,14 @@ def mixup_cross_entropy(logits, y_a, y_b, lam) -> jnp.ndarray:
 def mixup_accuracy(logits, y_a, y_b, lam) -> jnp.ndarray:
   pred = jnp.argmax(logits, -1)
   return jnp.mean(lam * (pred == y_a) + (1.0 - lam) * (pred == y_b))
+
+
+def loss_fn(params, ctx, batch):
+  """`ctx.cfg` is `config.objective.mixup` (alpha, per_example)."""
+  x, y_partner, lam = mix_batch(batch, jax.random.fold_in(ctx.rng, 1), ctx.cfg.alpha,
+                                per_example=ctx.cfg.per_example,
+                                example_offset=ctx.example_offset)
+  logits, _, new_batch_stats = ctx.forward(params, ctx.batch_stats, x, True, ())
+  loss = mixup_cross_entropy(logits, batch["label"], y_partner, lam)
+  return loss, (new_batch_stats, {"loss": loss, "ce": loss, "accuracy": mixup_accuracy(
+      logits, batch["label"], y_partner, lam)})
