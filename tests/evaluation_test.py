@@ -261,3 +261,29 @@ def test_run_autoattack_and_evaluate_give_the_same_per_example_arrays(monkeypatc
   assert (np.asarray(table["broken_by"]) == "").mean() == \
       report["attacks"]["autoattack"]["robust_accuracy"]
   np.testing.assert_array_equal(ex["clean_prediction"], examples["clean_prediction"])
+  # One engine's keys: each point is attacked with the key of its index in both.
+  assert table["broken_by"] == examples["broken_by"]
+  np.testing.assert_allclose(table["margin"], examples["margin"], atol=1e-5)
+
+
+def test_a_point_is_attacked_the_same_in_any_batch_size(monkeypatch):
+  """Keys come from each point's index: the batch size (and so the chunks, and the points
+  still robust beside it in each chunk) changes no result, of any randomised stage."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  for stage, extra in (("apgd-ce", {"n_iter": 10}), ("apgd-t", {"n_iter": 10,
+                                                                  "n_target_classes": 3}),
+                       ("square", {"n_queries": 60})):
+    monkeypatch.setitem(autoattack.STAGES, stage, functools.partial(
+        autoattack.STAGES[stage], **extra))
+  reports = [robustness.report_on_arrays(
+      linear, None, X, Y, api.eval_config(attacks="clean,pgd5,autoattack,square", eps=0.05,
+                                          version="apgd", batch_size=b), verbose=False)
+             for b in (8, 64)]
+  small, large = (r["examples"]["attacks"] for r in reports)
+  for name in ("pgd5", "autoattack", "square"):
+    assert small[name]["broken_by"] == large[name]["broken_by"], name
+    np.testing.assert_allclose(small[name]["margin"], large[name]["margin"], atol=1e-5)
+  # Not vacuous: every attack broke some points and left others.
+  for name in ("pgd5", "autoattack", "square"):
+    assert 0 < reports[0]["attacks"][name]["robust_accuracy"] < reports[0]["clean_accuracy"]

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks import loop, targets
+from mixacm_jax.attacks import keys, loop, targets
 from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
 from mixacm_jax.runtime import parallel
 
@@ -95,8 +95,8 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
     if eot_iter <= 1:
       return one_draw(v, None)
     # The run itself starts from `key`, as without EOT.
-    rngs = jax.random.split(jax.random.fold_in(jax.random.fold_in(c["key"], 0x5EED), i),
-                            eot_iter)
+    rngs = jax.random.split(jax.random.fold_in(jax.random.fold_in(
+        keys.shared(c["key"]), 0x5EED), i), eot_iter)
     return eot_value_and_grad(one_draw, v, rngs)
 
   def init(c):
@@ -104,10 +104,10 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
     n = x.shape[0]
     bshape = (n,) + (1,) * (x.ndim - 1)
     if norm == "linf":
-      t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+      t = keys.sample(key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
       t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
     else:
-      t = jax.random.normal(key, x.shape, x.dtype)
+      t = keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
       t = t / (per_example_norm(t) + 1e-12)
     x_adv = jnp.clip(x + eps * t, 0.0, 1.0)
     per, logits, grad = value_and_grad(c, x_adv, 0)

@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
-from mixacm_jax.attacks import apgd as apgd_lib, fab as fab_lib, loop, square as square_lib, targets
+from mixacm_jax.attacks import (apgd as apgd_lib, fab as fab_lib, keys, loop, square as square_lib,
+                                targets)
 
 EOT_ITER = 20
 
@@ -97,6 +98,8 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   points every earlier stage left correctly classified (so a stage costs what is left; a
   targeted stage goes target class by target class, each on the points still robust).
 
+  Each point's randomness comes from `key` and its index in `x` (so a point is attacked the
+  same whichever points are still robust beside it, and in `evaluate`'s report).
   Returns (x_adv, robust_after): the adversarial inputs (the first found for each point; the
   clean input where none was), and for each stage a boolean array, True where the point is
   still correctly classified after it. `overrides` changes a stage's settings, e.g.
@@ -122,7 +125,7 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
       idx = np.flatnonzero(robust)
       if not len(idx):
         break
-      adv, fooled = _run_stage(x[idx], y[idx], jax.random.fold_in(key, i),
+      adv, fooled = _run_stage(x[idx], y[idx], keys.of_points(jax.random.fold_in(key, i), idx),
                                None if rank is None else np.int32(rank), logits_fn=logits_fn,
                                name=name, eps=float(eps), norm=norm, settings=settings)
       fooled = np.asarray(fooled)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mixacm_jax.attacks import keys
 from mixacm_jax.runtime import parallel
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
@@ -48,7 +49,7 @@ def _random_start(key: jax.Array, x: jnp.ndarray, eps: float, norm: str) -> jnp.
   """Uniform in the L-inf ball, or uniform radius along a random L2 direction. `key` is one
   raw key (2,) or one per example (N, 2); per-example keys keep the noise independent of
   how the batch is split over devices."""
-  if key.ndim == 2:
+  if keys.is_per_example(key):
     return jax.vmap(lambda k, v: _random_start(k, v[None], eps, norm)[0])(key, x)
   if norm == "linf":
     return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
@@ -104,8 +105,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
   best, fooled = x, jnp.zeros(y.shape, bool)
   for r in range(restarts):
     # Restart 0 uses `key` itself, so it is exactly the single run.
-    k_r = key if r == 0 else (jax.vmap(lambda k: jax.random.fold_in(k, r))(key)
-                              if key.ndim == 2 else jax.random.fold_in(key, r))
+    k_r = key if r == 0 else keys.fold_in(key, r)
     x_r = one_run(k_r)
     newly = (jnp.argmax(logits_fn(x_r), -1) != y) & ~fooled
     keep = newly | (~fooled & (r == restarts - 1))

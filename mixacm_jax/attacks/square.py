@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks import loop
+from mixacm_jax.attacks import keys, loop
 from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
 from mixacm_jax.runtime import parallel
 
@@ -74,16 +74,18 @@ def _window(h, w, top, left, side):
   return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
 
-def _keys(c):
-  return jax.random.split(c["key"])  # (initialisation, queries)
+def _start_draws(c, salt, count: int):
+  """`count` keys per example for the starting point, (N, count, 2)."""
+  return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(jax.random.fold_in(k, 0), salt),
+                                             count))(c["key"])
 
 
 def _query_draws(c, i, count: int):
-  """`count` keys per example for query `i`, (N, count, 2), each from the example's own
-  index: a point's draws do not depend on which other points are still in the batch, so the
-  batch can shrink to the points not yet fooled without changing any result."""
-  query = jax.random.fold_in(_keys(c)[1], i)
-  return jax.vmap(lambda e: jax.random.split(jax.random.fold_in(query, e), count))(c["index"])
+  """`count` keys per example for query `i`, (N, count, 2), each from the example's own key:
+  a point's draws do not depend on which other points are still in the batch, so the batch
+  can shrink to the points not yet fooled without changing any result."""
+  return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(jax.random.fold_in(k, 1), i),
+                                             count))(c["key"])
 
 
 def _per_example(keys, j, draw):
@@ -93,8 +95,9 @@ def _per_example(keys, j, draw):
 
 def _start_linf(c):
   x, eps = c["x"], c["eps"]
-  n, _, w, ch = x.shape
-  stripes = jax.random.choice(_keys(c)[0], jnp.stack([-eps, eps]).astype(x.dtype), (n, 1, w, ch))
+  _, _, w, ch = x.shape
+  stripes = _per_example(_start_draws(c, 0, 1), 0, lambda k: jax.random.choice(
+      k, jnp.stack([-eps, eps]).astype(x.dtype), (1, w, ch)))
   return jnp.clip(x + stripes, 0.0, 1.0)
 
 
@@ -146,15 +149,17 @@ def bump(h, w, top, left, side, transpose):
 def _start_l2(c):
   """A grid of bumps of side h // 5, each with a random sign per example and channel."""
   x, eps = c["x"], c["eps"]
-  n, h, w, ch = x.shape
+  _, h, w, ch = x.shape
   s0 = max(h // 5, 1)
   start = (h - 5 * s0) // 2
   delta = jnp.zeros_like(x)
   for b, (top, left) in enumerate((t, l) for t in range(start, h - s0 + 1, s0)
                                   for l in range(start, w - s0 + 1, s0)):
-    kt, ks = jax.random.split(jax.random.fold_in(_keys(c)[0], b))
-    pattern = bump(h, w, top, left, s0, jax.random.bernoulli(kt))
-    delta = delta + pattern * jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (n, 1, 1, ch))
+    draws = _start_draws(c, b, 2)
+    transpose = _per_example(draws, 0, lambda k: jax.random.bernoulli(k, 0.5, (1, 1, 1)))
+    pattern = bump(h, w, top, left, s0, transpose)
+    delta = delta + pattern * _per_example(draws, 1, lambda k: jax.random.choice(
+        k, jnp.array([-1.0, 1.0], x.dtype), (1, 1, ch)))
   return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
 
@@ -196,10 +201,10 @@ def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: fl
     raise ValueError(f"unknown norm {norm!r}; known: {', '.join(_SEARCHES)}")
   init, step, settled, finish = _program(norm, int(n_queries), float(p_init),
                                          bool(rescale_schedule))
-  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, key=key,
-                eps=jnp.asarray(eps, x.dtype), index=jnp.arange(x.shape[0]))
+  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y,
+                key=keys.per_example(key, x.shape[0]), eps=jnp.asarray(eps, x.dtype))
   # Each query's draws are per example, so from Python the batch shrinks to the points not
   # yet fooled (as the original queries only those) without changing any result.
   state = loop.fori(n_queries, step, loop.call(init, consts), consts, settled=settled,
-                    per_example=("x", "y", "index"))
+                    per_example=("x", "y", "key"))
   return loop.call(finish, state, consts)

@@ -6,9 +6,9 @@ rank when a runner attacks rank by rank only the points still robust (as the ori
 AutoAttack does: a broken point stops costing compute)."""
 from typing import Callable, Optional
 
-import jax
 import jax.numpy as jnp
 
+from mixacm_jax.attacks import keys
 from mixacm_jax.runtime import parallel
 
 
@@ -25,7 +25,7 @@ def over_targets(attack_one: Callable, logits_fn: Callable, x, y, key, *,
   num_classes = clean.shape[-1]
 
   def one(rank):
-    k = None if key is None else jax.random.fold_in(key, rank)  # FAB-T takes no key
+    k = None if key is None else keys.fold_in(key, rank)  # FAB-T takes no key
     return attack_one(jnp.take(order, num_classes - rank, axis=1), k)
 
   if target_rank is not None:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks import autoattack, loop, pgd as pgd_lib, registry
+from mixacm_jax.attacks import autoattack, keys as attack_keys, loop, pgd as pgd_lib, registry
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import AttackConstraintError
 from mixacm_jax.evaluation import sanity
@@ -56,33 +56,40 @@ def _still_robust(logits_fn, x, y, robust, x_adv):
 
 
 def _stage_program(model, stage: Callable, host: bool):
-  """(variables, x, y, robust, key, rank, eps, step) -> (still robust, x_adv), each with a
-  leading device axis. `pmap`ped, or with `host` each device's shard from Python in its own
-  thread, so that the attack's loop runs from Python too (fast on CPU, see `attacks.loop`)
-  and the shards still run at once; both give shard d the key `fold_in(key, d)`."""
+  """(variables, x, y, robust, keys, rank, eps, step) -> (still robust, x_adv), each with a
+  leading device axis (`keys`: one per point, see `point_keys`). `pmap`ped, or with `host`
+  each device's shard from Python in its own thread, so that the attack's loop runs from
+  Python too (fast on CPU, see `attacks.loop`) and the shards still run at once."""
   # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
   apply = lambda variables, v, rng=None: model.apply(variables, v, rngs=None if rng is None
                                                      else {"noise": rng})
 
-  def run(variables, x, y, robust, key, rank, eps, step, device_index):
+  def run(variables, x, y, robust, keys, rank, eps, step):
     logits_fn = jax.tree_util.Partial(apply, variables)
-    x_adv = stage(logits_fn, x, y, jax.random.fold_in(key, device_index), rank, eps, step)
+    x_adv = stage(logits_fn, x, y, keys, rank, eps, step)
     return loop.call(_still_robust, logits_fn, x, y, robust, x_adv)
 
   if not host:
-    return jax.pmap(lambda *a: run(*a, jax.lax.axis_index(parallel.AXIS)),
-                    axis_name=parallel.AXIS)
+    return jax.pmap(run, axis_name=parallel.AXIS)
 
   def run_shards(*args):
-    first, devices = jax.process_index() * jax.local_device_count(), jax.local_devices()
+    devices = jax.local_devices()
 
     def shard(d):  # on its own device, so that shards (host devices on CPU) run at once
-      return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]),
-                 first + d)
+      return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]))
     with concurrent.futures.ThreadPoolExecutor(len(args[1])) as pool:
       outs = list(pool.map(shard, range(len(args[1]))))
     return tuple(np.stack([np.asarray(o[k]) for o in outs]) for k in range(2))
   return run_shards
+
+
+def point_keys(key: jax.Array, index: np.ndarray) -> np.ndarray:
+  """(N, 2): the key of each point, from its index among this host's evaluated points (on
+  several hosts, and the host's index): a point is attacked the same in any chunk, batch
+  size or company, and as `run_autoattack` attacks it."""
+  if jax.process_count() > 1:
+    key = jax.random.fold_in(key, jax.process_index())
+  return np.asarray(attack_keys.of_points(key, index))
 
 
 def host_loops() -> bool:
@@ -428,8 +435,8 @@ def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: st
         x, y = data.images[padded], data.labels[padded]
         still, x_adv = stage(p_vars, data.to_devices(x), data.to_devices(y),
                              data.to_devices(valid),
-                             parallel.replicate(jax.random.fold_in(stage_key, i)), p_rank,
-                             p_eps, p_step)
+                             data.to_devices(point_keys(stage_key, padded)), p_rank, p_eps,
+                             p_step)
         x_adv = data.flat(x_adv)[:len(sel)]
         bad = _violations(x_adv, x[:len(sel)], eps, pgd_cfg.norm)
         if bad:
