@@ -114,6 +114,22 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(tiny_config, tmp
   assert again["resumed_from"] == again["steps"] == 6
   assert again["clean_accuracy"] == full["clean_accuracy"]
   assert again["robust_accuracy"] == full["robust_accuracy"]
+  # One engine: training-time evaluation is the robustness report of the same checkpoint
+  # with clean and eval.pgd's PGD-k (--mode=eval --config.eval.attacks=clean,pgd2).
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.evaluation import robustness  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
+  info = input_pipeline.get_info(tiny_config.data)
+  model = models.create_model_from_config(tiny_config.model, info.num_classes)
+  eval_cfg = tiny_config.eval.copy_and_resolve_references()
+  eval_cfg.attacks = train.training_attacks(tiny_config.eval)
+  assert eval_cfg.attacks == "clean,pgd2"
+  report = robustness.report_on_split(
+      model, checkpoint.load_variables(model, info.image_shape, str(tmp_path / "full")),
+      tiny_config.data, eval_cfg, seed=tiny_config.seed, verbose=False)
+  assert report["clean_accuracy"] == full["clean_accuracy"]
+  assert report["attacks"]["pgd2"]["robust_accuracy"] == full["robust_accuracy"]
+  assert report["num_examples"] == full["num_examples"] == 128
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):

@@ -12,10 +12,10 @@ import numpy as np
 import optax
 
 from mixacm_jax import models, objectives
-from mixacm_jax.attacks import pgd as pgd_lib
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import NonFiniteLossError
+from mixacm_jax.evaluation import robustness
 from mixacm_jax.runtime import checkpoint as ckpt_lib, parallel, preemption, reporting
 from mixacm_jax.training import optim, teacher as teacher_lib
 
@@ -99,45 +99,31 @@ def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
       axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
 
 
-def eval_step(params, batch_stats, batch, rng, *, forward, pgd_cfg):
-  """Clean and PGD correct counts (masked), summed over devices."""
-  logits_fn = lambda x: forward(params, batch_stats, x, False)[0]
-  x, y, mask = batch["image"], batch["label"], batch["mask"]
-  n = y.shape[0]
-  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(
-      jax.lax.axis_index(parallel.AXIS) * n + jnp.arange(n))
-  clean_logits = logits_fn(x)
-  sums = {"count": jnp.sum(mask),
-          "clean_correct": jnp.sum((jnp.argmax(clean_logits, -1) == y) * mask),
-          "clean_loss": jnp.sum(pgd_lib.ce_loss(clean_logits, y) * mask)}
-  if pgd_cfg.steps > 0:
-    _, fooled = pgd_lib.pgd(logits_fn, x, y, keys, eps=pgd_cfg.eps,
-                            step_size=pgd_cfg.step_size, steps=pgd_cfg.steps,
-                            norm=pgd_cfg.norm, loss=pgd_cfg.loss)
-    sums["robust_correct"] = jnp.sum(~fooled * mask)
-  return jax.lax.psum(sums, parallel.AXIS)
+def training_attacks(eval_cfg) -> str:
+  """What training-time evaluation runs: clean accuracy and eval.pgd's attack, PGD-k on the
+  cross-entropy (or on the CW margin with loss = margin), as `--mode=eval` names them."""
+  p = eval_cfg.pgd
+  if p.steps <= 0:
+    return "clean"
+  return f"clean,{'cw' if p.loss == 'margin' else 'pgd'}{p.steps}"
 
 
-def make_p_eval_step(model, pgd_cfg):
-  return jax.pmap(functools.partial(eval_step, forward=make_forward(model), pgd_cfg=pgd_cfg),
-                  axis_name=parallel.AXIS)
-
-
-def clean_and_pgd_accuracy(p_eval_step, params, batch_stats, data_cfg, eval_cfg,
-                           seed: int = 0) -> Dict[str, float]:
-  """Clean and PGD accuracy over the eval split (replicated params)."""
-  totals = None
-  rng = jax.random.PRNGKey(seed + 1)
-  for i, batch in enumerate(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
-                                                        eval_cfg.get("num_examples"))):
-    keys = parallel.replicate(jax.random.fold_in(rng, i))
-    sums = jax.device_get(parallel.unreplicate(p_eval_step(params, batch_stats, batch, keys)))
-    totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
-  count = float(totals["count"])
-  out = {"clean_accuracy": float(totals["clean_correct"]) / count,
-         "clean_loss": float(totals["clean_loss"]) / count, "num_examples": count}
-  if "robust_correct" in totals:
-    out["robust_accuracy"] = float(totals["robust_correct"]) / count
+def evaluate_during_training(model, params, batch_stats, data_cfg, eval_cfg, seed: int = 0,
+                             programs: Optional[Dict] = None) -> Dict[str, float]:
+  """Clean and PGD accuracy over the eval split by the robustness report's engine (the same
+  code, keys and numbers as `--mode=eval` with `training_attacks`); `programs` keeps the
+  compiled attacks from one evaluation to the next."""
+  cfg = eval_cfg.copy_and_resolve_references()
+  cfg.attacks = training_attacks(eval_cfg)
+  report = robustness.report_on_split(model, {"params": params, "batch_stats": batch_stats},
+                                      data_cfg, cfg, seed=seed, verbose=False,
+                                      programs=programs)
+  out = {"clean_accuracy": report["clean_accuracy"], "num_examples": report["num_examples"]}
+  for result in report["attacks"].values():
+    out["robust_accuracy"] = result["robust_accuracy"]
+  for warning in report["warnings"]:
+    if reporting.is_primary():
+      print(f"[eval] warning: {warning}", flush=True)
   return out
 
 
@@ -177,7 +163,11 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   p_train_step = make_p_train_step(config.objective, model, objective,
                                    teacher and teacher.model, donate=True)
   p_teacher_variables = parallel.replicate(teacher.variables if teacher else {})
-  p_eval_step = make_p_eval_step(model, config.eval.pgd)
+  eval_programs: Dict = {}  # compiled once, for every evaluation of the run
+  evaluate = lambda: evaluate_during_training(
+      model, *jax.device_get(parallel.unreplicate((p_state.params["model"],
+                                                    p_state.batch_stats))),
+      config.data, config.eval, config.seed, eval_programs)
 
   writer = reporting.MetricWriter(workdir)
   progress = reporting.Progress(total_steps, config.optim.batch_size, start_step)
@@ -215,9 +205,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
             writer.write(step, metrics, prefix="train/")
         train_seconds += time.perf_counter() - t0
         if eval_now:
-          eval_metrics = clean_and_pgd_accuracy(p_eval_step, p_state.params["model"],
-                                                p_state.batch_stats, config.data, config.eval,
-                                                config.seed)
+          eval_metrics = evaluate()
           writer.write(step, eval_metrics, prefix="eval/")
           if reporting.is_primary():
             print(f"[eval] step {step} | " + " | ".join(
@@ -228,9 +216,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
           raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
                            "run the same command to resume")
     if start_step == total_steps:  # finished before: restored, so evaluate what was restored
-      eval_metrics = clean_and_pgd_accuracy(p_eval_step, p_state.params["model"],
-                                            p_state.batch_stats, config.data, config.eval,
-                                            config.seed)
+      eval_metrics = evaluate()
   finally:
     checkpointer.close()  # commits any save still in flight, even on a crash
     writer.close()
