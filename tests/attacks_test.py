@@ -389,10 +389,11 @@ def test_apgd_ends_once_every_point_is_fooled_with_the_same_result(monkeypatch):
   monkeypatch.setattr(loop, "_chunk", counting)
   early = apgd.apgd(net, x, y, jax.random.PRNGKey(2), eps=0.5, n_iter=60)
   assert bool(np.all(early[1])) and sum(calls) < 60
-  init, step, _, finish = apgd._program("ce", "linf", 60, 0.75, 1)  # pylint: disable=protected-access
+  program = apgd._program("ce", "linf", 60, 0.75, 1)  # pylint: disable=protected-access
   consts = dict(logits_fn=net, x=x, y=y, y_target=None, key=jax.random.PRNGKey(2),
                 eps=jnp.float32(0.5))
-  full = finish(loop.fori(60, step, init(consts), consts), consts)  # no early end
+  # No early end: the same program without its `settled`.
+  full = loop.run(program._replace(settled=None), 60, consts)
   np.testing.assert_array_equal(early[0], full[0])
 
 

@@ -78,7 +78,7 @@ LOSSES = {
 def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
              as_original: bool = False):
   """(init, step, settled, finish) of APGD for these static settings, for
-  `loop.fori`; the arrays (model, x, y, target, key, eps) come in `consts`."""
+  `loop.run`; the arrays (model, x, y, target, key, eps) come in `consts`."""
   loss_of = LOSSES[loss]
   ckpt_at, ckpt_len = np.zeros((n_iter,), bool), np.zeros((n_iter,), np.int32)
   for i, k in checkpoints(n_iter):
@@ -161,7 +161,7 @@ def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
     x_out = jnp.where(parallel.per_example(s["fooled"], c["x"]), s["x_found"], s["x_best"])
     return jax.lax.stop_gradient(x_out), s["fooled"]
 
-  return init, step, settled, finish
+  return loop.Program(init, step, finish, settled)
 
 
 def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
@@ -179,16 +179,15 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
   if loss not in LOSSES:
     raise ValueError(f"unknown APGD loss {loss!r}; known: {', '.join(LOSSES)}")
   eot_iter = max(int(eot_iter), 1)
-  init, step, settled, finish = _program(loss, norm, n_iter, float(rho), eot_iter,
-                                         bool(as_original))
+  program = _program(loss, norm, n_iter, float(rho), eot_iter, bool(as_original))
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target, key=key,
                 eps=jnp.asarray(eps, x.dtype))
   # As the original, a fooled point's result still changes; with EOT the model's noise is
   # drawn for the whole batch, so dropping rows would change it.
-  state = loop.fori(n_iter, step, loop.call(init, consts), consts,
-                    settled=None if as_original else settled,
-                    per_example=("x", "y", "y_target") if eot_iter == 1 else None)
-  return loop.call(finish, state, consts)
+  if as_original:
+    program = program._replace(settled=None)
+  return loop.run(program, n_iter, consts,
+                  per_example=("x", "y", "y_target") if eot_iter == 1 else None)
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 100,

@@ -60,7 +60,7 @@ def _norm(d: jnp.ndarray, norm: str) -> jnp.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _program(norm: str, alpha_max: float, eta: float, beta: float):
-  """(init, step, finish) of FAB for these static settings, for `loop.fori`."""
+  """FAB's loop program for these static settings."""
   def init(c):
     x0 = c["x"].reshape(c["x"].shape[0], -1)
     return x0, x0, jnp.full((x0.shape[0],), jnp.inf, x0.dtype)
@@ -98,17 +98,16 @@ def _program(norm: str, alpha_max: float, eta: float, beta: float):
     x_adv = jnp.where(parallel.per_example(fooled, x), x_adv, x)
     return jax.lax.stop_gradient(x_adv), fooled
 
-  return init, step, finish
+  return loop.Program(init, step, finish)
 
 
 def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps: float,
         n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
         norm: str = "linf"):
   """Targeted FAB towards `y_target`; returns (x_adv, fooled) with ||x_adv - x|| <= eps."""
-  init, step, finish = _program(norm, float(alpha_max), float(eta), float(beta))
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target,
                 eps=jnp.asarray(eps, x.dtype))
-  return loop.call(finish, loop.fori(n_iter, step, loop.call(init, consts), consts), consts)
+  return loop.run(_program(norm, float(alpha_max), float(eta), float(beta)), n_iter, consts)
 
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,

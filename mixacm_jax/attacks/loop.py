@@ -1,4 +1,5 @@
-"""The iterative attacks' main loop, fast on every backend.
+"""The iterative attacks' main loop, fast on every backend: one driver (`fori`) and one
+typed form of an attack's loop (`Program`, run by `run`: APGD, FAB and Square).
 
 XLA:CPU runs a `while` loop's body several times slower than the same ops outside one (a
 convolution inside a loop body loses its fast path: jax-ml/jax#12868; BENCHMARKS.md has
@@ -21,7 +22,7 @@ is exact only when the examples do not interact and no step draws random numbers
 the batch; the attack decides (APGD without EOT qualifies).
 """
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +32,33 @@ import numpy as np
 # on WRN-16-2 with 64 examples 14 % faster (130 vs 151 ms per iteration), while on 3
 # examples it made Square's query 1.5x slower (31 vs 20 ms, ResNet-18): BENCHMARKS.md.
 CPU_CHUNK = {1: 1, 32: 4}  # smallest batch -> steps per call
+# XLA:CPU runs a while-loop body about 2.3x slower than the same ops unrolled (measured in
+# BENCHMARKS.md), so inside a trace short loops are unrolled on CPU; elsewhere they stay a loop.
+MAX_CPU_UNROLL = 32
 # Calls between two looks at `settled`: each look waits for the device, which stops
 # Python from queueing the next steps while the current one runs.
 CHECK_EVERY = 8
+
+
+class Program(NamedTuple):
+  """An iterative attack as the loop runs it, built once per static settings (hashable):
+  `init(consts) -> state`, `step(i, state, consts) -> state`, `finish(state, consts) ->
+  (x_adv, fooled)` and optionally `settled(state, consts)`, the per-example mask of rows
+  whose result can no longer change."""
+  init: Callable
+  step: Callable
+  finish: Callable
+  settled: Optional[Callable] = None
+
+
+def run(program: Program, n: int, consts: Any, *,
+        per_example: Optional[Sequence[str]] = None) -> Any:
+  """`program` for `n` steps on `consts`: init, the loop (`fori`), finish. `per_example`
+  names the `consts` entries with the examples on their leading axis, when settled rows may
+  leave the batch (see `fori`)."""
+  state = fori(n, program.step, call(program.init, consts), consts, settled=program.settled,
+               per_example=per_example)
+  return call(program.finish, state, consts)
 
 
 def as_partial(fn: Callable) -> jax.tree_util.Partial:
@@ -69,17 +94,19 @@ def call(fn: Callable, *args) -> Any:
 
 def fori(n: int, step: Callable, state: Any, consts: Any, *,
          settled: Optional[Callable] = None, per_example: Optional[Sequence[str]] = None,
-         chunk: int = None) -> Any:
+         chunk: int = None, unroll_short: bool = False) -> Any:
   """`state` after `n` steps `state = step(i, state, consts)`, i = 0 .. n-1. With
   `settled(state, consts)`, a per-example mask of rows `step` no longer changes the result
   of, it ends once every row is settled (looked at between chunks on CPU); with
   `per_example` too, the names of the `consts` entries that have the examples on their
   leading axis (as every leaf of `state` has), settled rows leave the batch from Python
-  (see the module doc)."""
+  (see the module doc). `unroll_short` unrolls a loop of at most MAX_CPU_UNROLL steps inside a
+  trace on CPU (PGD's few cheap steps; not APGD's or FAB's long bodies, slow to compile)."""
   if not host_driven(state, consts):
     body = lambda i, s: step(i, s, consts)
     if settled is None:
-      return jax.lax.fori_loop(0, n, body, state)
+      unroll = unroll_short and jax.default_backend() == "cpu" and 0 < n <= MAX_CPU_UNROLL
+      return jax.lax.fori_loop(0, n, body, state, unroll=True if unroll else 1)
     _, state = jax.lax.while_loop(lambda c: (c[0] < n) & ~jnp.all(settled(c[1], consts)),
                                   lambda c: (c[0] + 1, body(c[0], c[1])),
                                   (jnp.int32(0), state))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixacm_jax.attacks import keys
+from mixacm_jax.attacks import keys, loop
 from mixacm_jax.runtime import parallel
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
@@ -66,17 +66,6 @@ def ascent_direction(grad: jnp.ndarray, norm: str) -> jnp.ndarray:
   return grad / (per_example_norm(grad) + 1e-12)
 
 
-# XLA:CPU runs a while-loop body about 2.3x slower than the same ops unrolled (measured in
-# BENCHMARKS.md), so short attack loops are unrolled on CPU; elsewhere they stay a loop.
-MAX_CPU_UNROLL = 32
-
-
-def attack_loop(steps: int, body, init):
-  """`lax.fori_loop(0, steps, body, init)`, fully unrolled on CPU for short loops."""
-  unroll = jax.default_backend() == "cpu" and 0 < steps <= MAX_CPU_UNROLL
-  return jax.lax.fori_loop(0, steps, body, init, unroll=True if unroll else 1)
-
-
 def input_grad(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray) -> jnp.ndarray:
   """Gradient of the summed per-example loss w.r.t. the inputs (each example's own gradient)."""
   return jax.grad(lambda v: jnp.sum(loss_fn(v)))(x)
@@ -98,7 +87,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
 
   def one_run(k):
     x_adv = project(x + _random_start(k, x, eps, norm), x, eps, norm) if random_start else x
-    return attack_loop(steps, body, x_adv)
+    return loop.fori(steps, lambda i, v, _: body(i, v), x_adv, None, unroll_short=True)
 
   if restarts <= 1:
     return _with_fooled(logits_fn, jax.lax.stop_gradient(one_run(key)), y)

@@ -38,7 +38,7 @@ def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
 
 @functools.lru_cache(maxsize=None)
 def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
-  """(init, step, settled, finish) of the greedy search for `loop.fori`: each query
+  """The greedy search's loop program: each query
   `propose(i, x_best)` keeps improvements of the margin for the examples still correctly
   classified; the search ends when none is left."""
   start, propose = _SEARCHES[norm]
@@ -64,7 +64,7 @@ def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
     del c
     return jax.lax.stop_gradient(s[0]), s[1] <= 0
 
-  return init, step, settled, finish
+  return loop.Program(init, step, finish, settled)
 
 
 def _window(h, w, top, left, side):
@@ -199,12 +199,9 @@ def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: fl
   """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
   if norm not in _SEARCHES:
     raise ValueError(f"unknown norm {norm!r}; known: {', '.join(_SEARCHES)}")
-  init, step, settled, finish = _program(norm, int(n_queries), float(p_init),
-                                         bool(rescale_schedule))
   consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y,
                 key=keys.per_example(key, x.shape[0]), eps=jnp.asarray(eps, x.dtype))
   # Each query's draws are per example, so from Python the batch shrinks to the points not
   # yet fooled (as the original queries only those) without changing any result.
-  state = loop.fori(n_queries, step, loop.call(init, consts), consts, settled=settled,
-                    per_example=("x", "y", "key"))
-  return loop.call(finish, state, consts)
+  return loop.run(_program(norm, int(n_queries), float(p_init), bool(rescale_schedule)),
+                  n_queries, consts, per_example=("x", "y", "key"))

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixacm_jax.attacks.pgd import attack_loop, project
+from mixacm_jax.attacks import loop
+from mixacm_jax.attacks.pgd import project
 
 # forward(params, batch_stats, x, train, names) -> (logits, {name: activation}, new_batch_stats)
 ForwardFn = Callable[..., Any]
@@ -68,7 +69,8 @@ def kl_adversarial_examples(params, ctx, x: jnp.ndarray, target_logits: jnp.ndar
     g = jax.grad(lambda v: jnp.sum(kl_per_example(target_logits, logits_fn(v))))(x_adv)
     return project(x_adv + a.step_size * jnp.sign(g), x, a.eps, a.norm)
 
-  return jax.lax.stop_gradient(attack_loop(a.steps, body, x_adv))
+  return jax.lax.stop_gradient(loop.fori(a.steps, lambda i, v, _: body(i, v), x_adv, None,
+                                           unroll_short=True))
 
 
 def metrics_of(loss: jnp.ndarray, logits: jnp.ndarray, labels: jnp.ndarray,
