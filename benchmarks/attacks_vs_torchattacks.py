@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import torchattacks  # noqa: E402
 
 from mixacm_jax.attacks import autoattack, pgd  # noqa: E402
+from mixacm_jax.evaluation import robustness  # noqa: E402
 from mixacm_jax.port import convert, robustbench  # noqa: E402
 
 import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
@@ -193,7 +194,7 @@ def main():
     elif name == "autoattack":
       attacks = [their_attack(s, net, eps, args.norm) for s in STANDARD]
       # The library's own sequence; the timed repeats reuse its compiled stages.
-      ours_fn = lambda: acc.__setitem__("ours", autoattack.run_autoattack(
+      ours_fn = lambda: acc.__setitem__("ours", robustness.run_autoattack(
           logits_fn, x, y, key, eps=eps, norm=args.norm)[1]["square"].mean())
       theirs_fn = lambda: acc.__setitem__("theirs", their_sequence(attacks, net, x_t, y_t))
     else:

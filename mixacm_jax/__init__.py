@@ -2,7 +2,7 @@
 
 One call each (imported on first use, so `import mixacm_jax` stays light):
 `load_pytorch`, `load_robustbench`, `evaluate` (mixacm_jax.api), `run_autoattack`
-(mixacm_jax.attacks.autoattack), `eot` and `bpda` (mixacm_jax.attacks.wrappers),
+(mixacm_jax.evaluation.robustness), `eot` and `bpda` (mixacm_jax.attacks.wrappers),
 `mixacm_loss` (mixacm_jax.objectives.mixacm).
 """
 import importlib
@@ -12,7 +12,7 @@ __version__ = "0.2.0"
 _PUBLIC = {"load_pytorch": "mixacm_jax.api", "load_robustbench": "mixacm_jax.api",
            "evaluate": "mixacm_jax.api",
            "eval_config": "mixacm_jax.api",
-           "run_autoattack": "mixacm_jax.attacks.autoattack",
+           "run_autoattack": "mixacm_jax.evaluation.robustness",
            "eot": "mixacm_jax.attacks.wrappers", "bpda": "mixacm_jax.attacks.wrappers",
            "mixacm_loss": "mixacm_jax.objectives.mixacm"}
 __all__ = sorted(_PUBLIC)

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import ml_collections
 import numpy as np
 
+from mixacm_jax.configs.cifar10 import eval_config  # noqa: F401  (public: mixacm_jax.eval_config)
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.evaluation import robustness
 
@@ -39,26 +40,6 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
   module does; the recipe (architecture, normalisation) comes from RobustBench's own zoo."""
   from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
   return zoo.load_robustbench(name, dataset, threat_model, model_dir, dtype)
-
-
-def eval_config(*, attacks: str = "clean,pgd20,autoattack", eps: Optional[float] = None,
-                norm: Optional[str] = None, step_size: Optional[float] = None,
-                version: Optional[str] = None, batch_size: int = 128,
-                num_examples: int = 0) -> ml_collections.ConfigDict:
-  """The `eval` config of the robustness report: the CIFAR-10 config's (`configs.cifar10`:
-  L-inf eps 8/255, PGD step eps / 4, 20 steps, AutoAttack standard), with the given values
-  in its place; the PGD step defaults to eps / 4."""
-  from mixacm_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
-  cfg = cifar10.get_config().eval
-  cfg.attacks, cfg.batch_size, cfg.num_examples = attacks, batch_size, num_examples
-  if version is not None:
-    cfg.autoattack_version = version
-  if norm is not None:
-    cfg.pgd.norm = norm
-  if eps is not None:
-    cfg.pgd.eps = eps
-  cfg.pgd.step_size = step_size or cfg.pgd.eps / 4
-  return cfg
 
 
 def evaluate(model, variables, data: Union[str, np.ndarray], *, labels=None,

@@ -14,6 +14,7 @@ torchattacks = pytest.importorskip("torchattacks",
                                    reason="pip install --no-deps -r requirements-port.txt")
 
 from mixacm_jax.attacks import autoattack, pgd  # noqa: E402
+from mixacm_jax.evaluation import robustness  # noqa: E402
 from mixacm_jax.data.digits import arrays as digits_arrays  # noqa: E402
 
 EPS = 0.1
@@ -114,7 +115,7 @@ def test_autoattack_stages_match_torchattacks(setup, norm, eps):
   queries = 5000 if norm == "linf" else 1000
   key = jax.random.PRNGKey(2)
   # The library's one-call AutoAttack (the same sequence the report runs).
-  x_adv, robust_after = autoattack.run_autoattack(logits_fn, x, y, key, eps=eps, norm=norm,
+  x_adv, robust_after = robustness.run_autoattack(logits_fn, x, y, key, eps=eps, norm=norm,
                                                   overrides={"square": {"n_queries": queries}})
   d = np.asarray(x_adv - x).reshape(len(y), -1)
   assert (np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)).max() <= eps + 1e-5
@@ -197,7 +198,7 @@ def test_autoattack_matches_the_original_code_stage_by_stage(setup, norm, eps):
   n = 120
   x, y, x_t, y_t = x[:n], y[:n], x_t[:n], y_t[:n]
   theirs = _original_sequence(net, x_t, y_t, eps, norm, 1000)
-  x_adv, ours = autoattack.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=eps,
+  x_adv, ours = robustness.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=eps,
                                           norm=norm, overrides={"square": {"n_queries": 1000}})
   d = np.asarray(x_adv - np.asarray(x)).reshape(n, -1)
   size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)

@@ -317,6 +317,7 @@ def test_square_schedule_halves_p_at_the_original_autoattack_query_counts():
 def test_targeted_stages_stop_attacking_points_already_broken(monkeypatch):
   """APGD-T in `run_autoattack` goes target class by target class, each on the points
   still robust: a point broken towards the 2nd class costs nothing towards the 3rd."""
+  import mixacm_jax  # pylint: disable=g-import-not-at-top
   from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
   w = jnp.asarray(np.random.RandomState(0).randn(16, 4).astype(np.float32))
   logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
@@ -325,18 +326,21 @@ def test_targeted_stages_stop_attacking_points_already_broken(monkeypatch):
   assert autoattack.stage_ranks("apgd-t", 4) == [2, 3, 4]
   assert autoattack.stage_ranks("apgd-ce", 4) == [None]
   calls = []
-  real = autoattack._run_stage
+  real = autoattack.STAGES["apgd-t"]
 
-  def recording(x, y, key, rank, **kw):
-    calls.append((kw["name"], None if rank is None else int(rank), x.shape[0]))
-    return real(x, y, key, rank, **kw)
-  monkeypatch.setattr(autoattack, "_run_stage", recording)
+  def recording(f, x, y, key, **kw):
+    calls.append((int(kw["target_rank"]), x.shape[0]))
+    return real(f, x, y, key, **kw)
+  monkeypatch.setitem(autoattack.STAGES, "apgd-t", functools.partial(recording, **real.keywords))
   monkeypatch.setitem(autoattack.VERSIONS, "targeted_only", ["apgd-t"])
-  _, after = autoattack.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=0.1,
+  _, after = mixacm_jax.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=0.1,
                                        version="targeted_only",
                                        overrides={"apgd-t": {"n_iter": 5}})
-  assert [c[1] for c in calls] == [2, 3, 4][:len(calls)] and calls
-  sizes = [c[2] for c in calls]
+  per_rank = {}  # points attacked towards each target, over every device's shard
+  for rank, size in calls:
+    per_rank[rank] = per_rank.get(rank, 0) + size
+  assert list(per_rank) == [2, 3, 4][:len(per_rank)] and per_rank
+  sizes = list(per_rank.values())
   assert sizes[0] == len(y)
   assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]  # fewer left each time
   assert 0 < after["apgd-t"].sum() < len(y)

@@ -18,9 +18,10 @@ ALLOWED = {
     "port": BASE | {"models", "runtime"},
     "objectives": BASE | {"attacks", "models", "runtime"},
     "configs": BASE | {"models", "objectives", "attacks"},
-    "training": BASE | {"models", "data", "runtime", "attacks", "port", "objectives", "configs"},
     "evaluation": BASE | {"models", "data", "runtime", "attacks", "port", "objectives",
                           "configs"},
+    "training": BASE | {"models", "data", "runtime", "attacks", "port", "objectives", "configs",
+                        "evaluation"},
 }
 TOP_LEVEL = {"api", "cli", "__init__"}  # may import every part
 

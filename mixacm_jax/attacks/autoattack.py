@@ -7,15 +7,14 @@ Versions, for L-inf and L2 alike (eps and norm from the config):
 - `rand`, for randomized models: APGD-CE and APGD-DLR, 100 iterations, each gradient an
   EOT average over 20 draws of the model's randomness (`logits_fn(x, rng=key)`);
 - `apgd`: APGD-CE and APGD-T only (a cheaper subset).
+
+The stages and versions are defined here; they are run, on arrays or over a dataset, by the
+robustness report's engine (`evaluation.robustness`: `run_autoattack`, `report_on_arrays`).
 """
 import functools
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
-import jax
-import numpy as np
-
-from mixacm_jax.attacks import (apgd as apgd_lib, fab as fab_lib, keys, loop, square as square_lib,
-                                targets)
+from mixacm_jax.attacks import apgd as apgd_lib, fab as fab_lib, square as square_lib, targets
 
 EOT_ITER = 20
 
@@ -72,74 +71,3 @@ def get_version(version: str) -> List[str]:
   if version not in VERSIONS:
     raise ValueError(f"unknown AutoAttack version {version!r}; known: {', '.join(VERSIONS)}")
   return list(VERSIONS[version])
-
-
-@functools.partial(jax.jit, static_argnames=("logits_fn", "name", "norm", "settings"))
-def _compiled_stage(x, y, key, rank, eps, *, logits_fn, name, norm, settings):
-  """Compiled once per (logits_fn, stage, settings, shape); the target rank and eps are
-  traced, so one program serves every target class and every eps."""
-  return call_stage(name, logits_fn, x, y, key, rank, eps=eps, norm=norm, **dict(settings))
-
-
-def _run_stage(x, y, key, rank, *, logits_fn, name, eps, norm, settings):
-  """One stage: on CPU its loop runs from Python over jitted steps (see `loop`); elsewhere
-  the stage is one compiled program."""
-  if loop.host_driven():
-    return call_stage(name, logits_fn, x, y, key, rank, eps=eps, norm=norm, **dict(settings))
-  return _compiled_stage(x, y, key, rank, eps, logits_fn=logits_fn, name=name, norm=norm,
-                         settings=settings)
-
-
-def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
-                   norm: str = "linf", version: str = "standard",
-                   overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                   per_example: bool = False):
-  """The whole AutoAttack on one batch: each stage of `version`, jitted, runs only on the
-  points every earlier stage left correctly classified (so a stage costs what is left; a
-  targeted stage goes target class by target class, each on the points still robust).
-
-  Each point's randomness comes from `key` and its index in `x` (so a point is attacked the
-  same whichever points are still robust beside it, and in `evaluate`'s report).
-  Returns (x_adv, robust_after): the adversarial inputs (the first found for each point; the
-  clean input where none was), and for each stage a boolean array, True where the point is
-  still correctly classified after it. `overrides` changes a stage's settings, e.g.
-  `{"square": {"n_queries": 1000}}`. With `per_example`, a third element holds what the
-  robustness report's per-example table does: `clean_prediction`, `broken_by` (the stage
-  that broke each point, '' if robust, 'clean' if misclassified already), `margin` (true
-  logit minus the largest other at the returned point) and `perturbation` (its norm).
-  """
-  x, y = np.asarray(x), np.asarray(y)
-  overrides = overrides or {}
-  x_adv = x.copy()
-  clean_logits = np.asarray(logits_fn(x))
-  robust = clean_logits.argmax(-1) == y
-  broken_by = np.where(robust, "", "clean").astype(object)
-  robust_after = {}
-  stages = get_version(version)
-  if clean_logits.shape[-1] < 3 and any("dlr" in s or s == "apgd-t" for s in stages):
-    raise ValueError(f"AutoAttack's {version} version uses the DLR loss, which needs at least "
-                     f"3 classes; the model has {clean_logits.shape[-1]}")
-  for i, name in enumerate(stages):
-    settings = tuple(sorted(overrides.get(name, {}).items()))
-    for rank in stage_ranks(name, clean_logits.shape[-1], dict(settings)):
-      idx = np.flatnonzero(robust)
-      if not len(idx):
-        break
-      adv, fooled = _run_stage(x[idx], y[idx], keys.of_points(jax.random.fold_in(key, i), idx),
-                               None if rank is None else np.int32(rank), logits_fn=logits_fn,
-                               name=name, eps=float(eps), norm=norm, settings=settings)
-      fooled = np.asarray(fooled)
-      x_adv[idx[fooled]] = np.asarray(adv)[fooled]
-      robust[idx[fooled]] = False
-      broken_by[idx[fooled]] = name
-    robust_after[name] = robust.copy()
-  if not per_example:
-    return x_adv, robust_after
-  logits = np.asarray(logits_fn(x_adv))
-  true = np.take_along_axis(logits, y[:, None], 1)[:, 0]
-  others = np.where(np.eye(logits.shape[-1], dtype=bool)[y], -np.inf, logits).max(-1)
-  d = (x_adv - x).reshape(len(x), -1)
-  examples = {"clean_prediction": clean_logits.argmax(-1), "broken_by": broken_by.tolist(),
-              "margin": true - others,
-              "perturbation": np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)}
-  return x_adv, robust_after, examples

@@ -11,12 +11,13 @@ from mixacm_jax.attacks import autoattack, pgd as pgd_lib
 from mixacm_jax.errors import ConfigError
 
 
-def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = False
-             ) -> Callable:
+def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = False,
+             settings: Tuple[Tuple[str, object], ...] = ()) -> Callable:
   """attack(logits_fn, x, y, key, rank, eps, step_size) -> x_adv for one named attack. eps
   and the PGD step are arguments (traced), so an eps sweep compiles each attack once; `rank`
   (a target class rank, see `autoattack.stage_ranks`) is read by targeted stages only;
-  `apgd_as_original` is the APGD stages' `as_original` (see `apgd.apgd`)."""
+  `apgd_as_original` is the APGD stages' `as_original` (see `apgd.apgd`); `settings`
+  overrides an AutoAttack stage's own (e.g. (("n_queries", 1000),) for Square)."""
   m = re.fullmatch(r"(pgd|cw)(\d+)", name)
   if m:
     loss = "ce" if m.group(1) == "pgd" else "margin"
@@ -30,7 +31,9 @@ def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = F
     if norm not in ("linf", "l2"):
       raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
     targeted = autoattack.is_targeted(name)
-    settings = {"as_original": True} if apgd_as_original and name.startswith("apgd") else {}
+    settings = dict(settings)
+    if apgd_as_original and name.startswith("apgd"):
+      settings["as_original"] = True
     return lambda f, x, y, k, rank, eps, step: autoattack.call_stage(
         name, f, x, y, k, rank if targeted else None, eps=eps, norm=norm, **settings)[0]
   raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "

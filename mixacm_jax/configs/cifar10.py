@@ -1,4 +1,6 @@
 """CIFAR-10 settings shared by the real-scale configs (RobustBench conventions)."""
+from typing import Optional
+
 import ml_collections
 
 from mixacm_jax.configs import default
@@ -56,3 +58,22 @@ def mixacm_config(student: str, teacher: str, stages, num_classes_dataset: str =
 # the student's last group meets the teacher's final activated features.
 WRN_TO_RESNET_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4:stage3_act")
 WRN_TO_WRN_STAGES = ("stem", "stage1", "stage2", "stage3")
+
+
+def eval_config(*, attacks: str = "clean,pgd20,autoattack", eps: Optional[float] = None,
+                norm: Optional[str] = None, step_size: Optional[float] = None,
+                version: Optional[str] = None, batch_size: int = 128,
+                num_examples: int = 0) -> ml_collections.ConfigDict:
+  """The `eval` config of the robustness report: the CIFAR-10 config's (`configs.cifar10`:
+  L-inf eps 8/255, PGD step eps / 4, 20 steps, AutoAttack standard), with the given values
+  in its place; the PGD step defaults to eps / 4."""
+  cfg = get_config().eval
+  cfg.attacks, cfg.batch_size, cfg.num_examples = attacks, batch_size, num_examples
+  if version is not None:
+    cfg.autoattack_version = version
+  if norm is not None:
+    cfg.pgd.norm = norm
+  if eps is not None:
+    cfg.pgd.eps = eps
+  cfg.pgd.step_size = step_size or cfg.pgd.eps / 4
+  return cfg

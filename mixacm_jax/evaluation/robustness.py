@@ -13,13 +13,14 @@ as it finishes, so a killed run continues where it stopped.
 import concurrent.futures
 import inspect
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import autoattack, keys as attack_keys, loop, pgd as pgd_lib, registry
+from mixacm_jax.configs import cifar10
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import AttackConstraintError
 from mixacm_jax.evaluation import sanity
@@ -196,10 +197,15 @@ def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
 def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
                      real: np.ndarray = None, eps: float = None, seed: int = 0,
                      verbose: bool = True, programs: Optional[Dict] = None,
-                     journal=None) -> Dict[str, Any]:
+                     journal=None, key: Optional[jax.Array] = None,
+                     stage_settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                     return_points: bool = False) -> Dict[str, Any]:
   """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries.
   `model` is a Flax model or any logits function (see `FunctionModel`); `journal` (see
-  `evaluation.journal`) commits each chunk of points and replays what an earlier run did."""
+  `evaluation.journal`) commits each chunk of points and replays what an earlier run did.
+  `key` replaces `PRNGKey(seed)`; `stage_settings` overrides AutoAttack stages' settings
+  (`{"square": {"n_queries": 1000}}`); with `return_points`, each attack's per-example
+  entry has the returned points (`x_adv`)."""
   if not hasattr(model, "apply"):
     model, variables = FunctionModel(model), variables or {}
   eps = eval_cfg.pgd.eps if eps is None else eps
@@ -214,10 +220,12 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
   all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
   notes = sanity.check_classes(all_stages, num_classes)  # before any work
+  key = jax.random.PRNGKey(seed) if key is None else key
+  stage_settings = {k: tuple(sorted(dict(v).items())) for k, v in (stage_settings or {}).items()}
   p_vars = parallel.replicate(variables)
   report, clean = _clean_pass(model, p_vars, data, programs, journal)
   report.update(eps=eps, norm=eval_cfg.pgd.norm,
-                settings=attack_settings(eval_cfg, attacks, eps, seed))
+                settings=attack_settings(eval_cfg, attacks, eps, seed, key, stage_settings))
   randomized_attacks = any(st.endswith("-eot") for st in all_stages)
   flags, randomized = _model_flags(model, variables, images, randomized_attacks)
   report["warnings"] += notes + flags
@@ -234,7 +242,8 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
     per_stage = {}
     for j, stage_name in enumerate(stages):
       _attack_pass(model, p_vars, data, robust, stage_name, eval_cfg.pgd, eps, num_classes,
-                   jax.random.fold_in(jax.random.PRNGKey(seed), j), programs,
+                   jax.random.fold_in(key, j), programs,
+                   settings=stage_settings.get(stage_name, ()),
                    label=name if len(stages) == 1 else f"{name}:{stage_name}", verbose=verbose,
                    as_original=bool(eval_cfg.get("apgd_as_original", False)),
                    outcome=outcome, stage_index=j, journal=journal, journal_key=f"{name}.{j}")
@@ -256,6 +265,8 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
         "broken_by": [("clean" if c == CLEAN_MISCLASSIFIED else "" if c == ROBUST
                        else stages[c]) for c in per_example["code"]],
         "margin": per_example["margin"], "perturbation": per_example["perturbation"]}
+    if return_points:
+      examples["attacks"][name]["x_adv"] = outcome.x_adv[data.real]
     report["attacks"][name] = result
     report["seconds"][name] = time.perf_counter() - t0
     if acc > report["clean_accuracy"] + 1e-9:
@@ -284,9 +295,11 @@ def _model_flags(model, variables, images, randomized_attacks: bool
   return [f for f in flags if f], randomized is not None
 
 
-def attack_settings(eval_cfg, attacks, eps: float, seed: int) -> Dict[str, Any]:
+def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.Array] = None,
+                    stage_settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """What decides the numbers, as the report records it: the seed and its PRNG key, eps,
   norm, every attack's stages with their settings, and the package versions."""
+  key = jax.random.PRNGKey(seed) if key is None else key
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   stages = {}
   for _, names in attacks:
@@ -295,6 +308,7 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int) -> Dict[str, Any]:
         keywords = dict(getattr(autoattack.STAGES[stage], "keywords", {}))
         if stage.endswith("-eot"):
           keywords["eot_iter"] = autoattack.EOT_ITER
+        keywords.update(dict((stage_settings or {}).get(stage, ())))
         stages[stage] = {k: v for k, v in keywords.items()
                          if isinstance(v, (int, float, str, bool))}
       elif stage != "clean":
@@ -306,7 +320,7 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int) -> Dict[str, Any]:
       return metadata.version(package)
     except metadata.PackageNotFoundError:
       return None
-  return {"seed": seed, "prng_key": [int(v) for v in np.asarray(jax.random.PRNGKey(seed))],
+  return {"seed": seed, "prng_key": [int(v) for v in np.asarray(key)],
           "eps": float(eps), "norm": eval_cfg.pgd.norm, "attacks": eval_cfg.attacks,
           "autoattack_version": eval_cfg.autoattack_version,
           "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
@@ -405,18 +419,19 @@ def _clean_pass(model, p_vars, data: _Split, programs, journal=None
 def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: str, pgd_cfg,
                  eps: float, num_classes: int, stage_key, programs, *, label: str,
                  verbose: bool, as_original: bool = False, outcome: Optional[_Outcome] = None,
-                 stage_index: int = 0, journal=None, journal_key: str = "") -> None:
+                 stage_index: int = 0, journal=None, journal_key: str = "",
+                 settings: Tuple[Tuple[str, Any], ...] = ()) -> None:
   """One stage over the points still `robust` (updated in place); a targeted stage goes
   target by target, each on what is left. Each chunk's result is committed to (or, done
   before, replayed from) the journal."""
   restarts = pgd_cfg.get("restarts", 1)
   host = stage_name in autoattack.STAGES and host_loops()
-  stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts),
+  stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts, settings),
                     lambda: _stage_program(model, registry.stage_fn(
-                        stage_name, pgd_cfg.norm, restarts, as_original), host))
+                        stage_name, pgd_cfg.norm, restarts, as_original, settings), host))
   step_size = pgd_cfg.step_size * eps / pgd_cfg.eps  # the step scales with eps
   p_eps, p_step = parallel.replicate(np.float32(eps)), parallel.replicate(np.float32(step_size))
-  ranks = (autoattack.stage_ranks(stage_name, num_classes)
+  ranks = (autoattack.stage_ranks(stage_name, num_classes, dict(settings))
            if stage_name in autoattack.STAGES else [None])
   for rank in ranks:
     work = list(_compact_batches(robust, data.batch, data.n_dev))
@@ -455,6 +470,45 @@ def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: st
       if journal and journal.should_stop():
         raise SystemExit(f"SIGTERM: evaluation progress saved in {journal.directory}; run "
                          "the same command to continue")
+
+
+def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
+                   norm: str = "linf", version: str = "standard",
+                   overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                   per_example: bool = False, batch_size: Optional[int] = None):
+  """The whole AutoAttack on arrays, by the report's engine: each stage of `version` runs only
+  on the points every earlier stage left correctly classified (a targeted stage target class
+  by target class, each on the points still robust), each point with the key of its index,
+  every returned point checked and evaluated again. `logits_fn(x)` (or `logits_fn(x, rng=k)`
+  for a randomised model) takes NHWC inputs in [0, 1].
+
+  Returns (x_adv, robust_after): the adversarial inputs (the first found for each point; the
+  clean input where none was), and for each stage a boolean array, True where the point is
+  still correctly classified after it. `overrides` changes a stage's settings, e.g.
+  `{"square": {"n_queries": 1000}}`; `batch_size` (default: all points at once) bounds the
+  memory and changes no result. With `per_example`, a third element holds what the report's
+  per-example table does: `clean_prediction`, `broken_by` (the stage that broke each point,
+  '' if robust, 'clean' if misclassified already), `margin` (true logit minus the largest
+  other at the returned point) and `perturbation` (its norm).
+  """
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  devices = jax.local_device_count()
+  batch = -(-(batch_size or len(x)) // devices) * devices
+  eval_cfg = cifar10.eval_config(attacks="autoattack", eps=eps, norm=norm, version=version,
+                             batch_size=batch * jax.process_count())
+  report = report_on_arrays(logits_fn, None, x, y, eval_cfg, key=key, verbose=False,
+                            stage_settings=overrides, return_points=True)
+  ex = report["examples"]
+  table = ex["attacks"]["autoattack"]
+  broken_by = np.asarray(table["broken_by"], object)
+  stages = autoattack.get_version(version)
+  robust_after = {name: (broken_by == "") | np.isin(broken_by, stages[j + 1:])
+                  for j, name in enumerate(stages)}
+  if not per_example:
+    return table["x_adv"], robust_after
+  return table["x_adv"], robust_after, {
+      "clean_prediction": ex["clean_prediction"], "broken_by": table["broken_by"],
+      "margin": table["margin"], "perturbation": table["perturbation"]}
 
 
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
