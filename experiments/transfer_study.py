@@ -183,7 +183,7 @@ def prepare(config):
   chosen split."""
   config = pipeline.apply_overrides(config.copy_and_resolve_references(), STUDY_BASE)
   config.data.eval_split = _SPLIT.value
-  config.eval.pgd.steps = 20
+  config.evals.pgd.attacks = "clean,pgd20"
   config.checkpoint.every_steps = 500
   return config
 

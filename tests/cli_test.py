@@ -13,7 +13,7 @@ from conftest import repo_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
         "--config.optim.batch_size=32", "--config.optim.num_steps=4",
-        "--config.objective.pgd_at.attack.steps=1", "--config.eval.pgd.steps=2",
+        "--config.objective.pgd_at.attack.steps=1", "--config.evals.pgd.attacks=clean,pgd2",
         "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
 
 

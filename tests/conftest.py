@@ -43,7 +43,8 @@ def tiny_config():
   config.objective.name = "natural"
   config.eval.batch_size = 64
   config.eval.num_examples = 128
-  config.eval.pgd.steps = 2
+  config.evals.pgd.num_examples = 128
+  config.evals.pgd.attacks = "clean,pgd2"
   config.checkpoint.every_steps = 3
   config.checkpoint.async_save = False
   config.log_every_steps = 3

@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
   config = default.get_config()
   config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
   config.objective.name, config.optim.num_steps = "natural", 40
-  config.eval.pgd.steps = 0
+  config.evals.pgd.attacks = "clean"
   config.checkpoint.async_save = False
   workdir = str(tmp_path_factory.mktemp("trained"))
   train.train_and_evaluate(config, workdir)

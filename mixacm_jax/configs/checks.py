@@ -33,9 +33,9 @@ def _check_attack(where: str, cfg) -> None:
     raise ConfigError(f"{where}.norm must be one of {NORMS}, got {cfg.norm!r}")
   if not 0.0 < cfg.eps <= (1.0 if cfg.norm == "linf" else float("inf")):
     raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1], got {cfg.eps}")
-  if cfg.steps < 0 or cfg.step_size <= 0:
+  if cfg.get("steps", 0) < 0 or cfg.step_size <= 0:
     raise ConfigError(f"{where}: steps must be >= 0 and step_size > 0, "
-                      f"got steps={cfg.steps}, step_size={cfg.step_size}")
+                      f"got steps={cfg.get('steps')}, step_size={cfg.step_size}")
 
 
 def validate_eval(eval_cfg) -> None:
@@ -47,6 +47,24 @@ def validate_eval(eval_cfg) -> None:
                                 eval_cfg.pgd.norm)
   if eval_cfg.batch_size <= 0:
     raise ConfigError(f"eval.batch_size must be positive, got {eval_cfg.batch_size}")
+
+
+def validate_evals(evals, eval_cfg) -> None:
+  """config.evals: at least one evaluation (the run's accuracy), each with known attacks and
+  counts >= 0."""
+  from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
+  if not evals:
+    raise ConfigError("config.evals is empty: training needs at least one evaluation (its "
+                      "first gives the run's clean and robust accuracy), e.g. "
+                      "evals.pgd.attacks='clean,pgd10'")
+  for name, e in evals.items():
+    if set(e.keys()) != {"attacks", "every_steps", "num_examples"}:
+      raise ConfigError(f"evals.{name} must have exactly attacks, every_steps and "
+                        f"num_examples; it has {', '.join(sorted(e.keys()))}")
+    registry.validate_attacks(e.attacks, eval_cfg.autoattack_version, eval_cfg.pgd.norm)
+    if e.every_steps < 0 or e.num_examples < 0:
+      raise ConfigError(f"evals.{name}: every_steps and num_examples must be >= 0, got "
+                        f"{e.every_steps}, {e.num_examples}")
 
 
 def validate(config) -> None:
@@ -62,8 +80,8 @@ def validate(config) -> None:
   for key, group in config.objective.items():
     if hasattr(group, "keys") and "attack" in group:
       _check_attack(f"objective.{key}.attack", group.attack)
-  if config.eval.pgd.steps or "attacks" in config.eval:
-    validate_eval(config.eval)
+  validate_eval(config.eval)
+  validate_evals(config.evals, config.eval)
   o = config.optim
   if o.batch_size <= 0 or config.eval.batch_size <= 0:
     raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "

@@ -20,14 +20,13 @@ def get_config():
   config.optim.schedule = "piecewise"
   config.optim.warmup_epochs = 0.0
   config.eval.batch_size = 500
-  config.eval.every_steps = 5_000
+  config.evals.pgd = default.evaluation("clean,pgd20", every_steps=5_000)
   eps = 8 / 255
   for method in default.ADVERSARIAL_METHODS:
     config.objective[method].attack = default.training_attack(eps, 2 / 255, 10)
   config.objective.fast_at.attack = default.fast_attack(eps)
   config.eval.pgd = ml_collections.ConfigDict(
-      {"eps": eps, "step_size": 2 / 255, "steps": 20, "norm": "linf", "loss": "ce",
-       "restarts": 1})
+      {"eps": eps, "step_size": 2 / 255, "norm": "linf", "restarts": 1})
   config.eval.attacks = "clean,pgd20,cw20,autoattack"
   config.checkpoint.every_steps = 1_000
   config.log_every_steps = 100
@@ -65,8 +64,8 @@ def eval_config(*, attacks: str = "clean,pgd20,autoattack", eps: Optional[float]
                 version: Optional[str] = None, batch_size: int = 128,
                 num_examples: int = 0) -> ml_collections.ConfigDict:
   """The `eval` config of the robustness report: the CIFAR-10 config's (`configs.cifar10`:
-  L-inf eps 8/255, PGD step eps / 4, 20 steps, AutoAttack standard), with the given values
-  in its place; the PGD step defaults to eps / 4."""
+  L-inf eps 8/255, PGD step eps / 4, AutoAttack standard), with the given values in its
+  place; the PGD step defaults to eps / 4."""
   cfg = get_config().eval
   cfg.attacks, cfg.batch_size, cfg.num_examples = attacks, batch_size, num_examples
   if version is not None:

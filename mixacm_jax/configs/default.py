@@ -17,6 +17,12 @@ def fast_attack(eps=0.1, norm="linf"):
   return training_attack(eps, 1.25 * eps, 1, norm)
 
 
+def evaluation(attacks: str, every_steps: int = 0, num_examples: int = 0):
+  """One training-time evaluation of `config.evals`."""
+  return ml_collections.ConfigDict(
+      {"attacks": attacks, "every_steps": every_steps, "num_examples": num_examples})
+
+
 def robustbench_entry():
   """A RobustBench zoo entry by name, read from the folder RobustBench's `load_model` fills
   (<model_dir>/<dataset>/<threat_model>/<name>.pt); "" = not used."""
@@ -103,13 +109,13 @@ def get_config():
   config.optim.decay_epochs = (50, 75)  # piecewise only
   config.optim.decay_factor = 0.1
 
+  # The attacks' settings, for every evaluation (below and --mode=eval).
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 128
-  config.eval.every_steps = 0           # 0: only at the end
-  config.eval.num_examples = 0          # 0: the whole split
+  config.eval.num_examples = 0          # --mode=eval: 0 = the whole split
+  # eps and norm of every attack; the PGD / CW step (it scales with eps) and random restarts.
   config.eval.pgd = ml_collections.ConfigDict(
-      {"eps": 0.1, "step_size": 0.025, "steps": 10, "norm": "linf", "loss": "ce",
-       "restarts": 1})
+      {"eps": 0.1, "step_size": 0.025, "norm": "linf", "restarts": 1})
   # --mode=eval: attacks of the robustness report (eps / norm / PGD step from eval.pgd).
   config.eval.attacks = "clean,pgd20,cw20"  # also: fgsm, apgd-ce, apgd-t, square, autoattack
   config.eval.autoattack_version = "standard"
@@ -117,6 +123,12 @@ def get_config():
   # adversarial point kept, its first step-size window); False ends APGD early instead.
   config.eval.apgd_as_original = False
   config.eval.eps_sweep = ()                 # e.g. (0.05, 0.1, 0.2): report + plot per eps
+  # Evaluations during training, by the same engine as --mode=eval (the same numbers for the
+  # same attacks): name -> attacks, every_steps (0: at the end only), num_examples (0: the
+  # whole eval split). The first is the run's clean / robust accuracy (its lowest over its
+  # attacks), which the summary, the tables and checkpoint.best_metric read.
+  config.evals = ml_collections.ConfigDict()
+  config.evals.pgd = evaluation("clean,pgd10")
 
   # --mode=convert: a PyTorch weight file -> an orbax checkpoint in --workdir.
   config.convert = ml_collections.ConfigDict()

@@ -68,7 +68,9 @@ def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
     rows.append(result_row(f"student ({objective})", result))
   report = reporting.table(rows, COLUMNS)
   if reporting.is_primary():
-    print(f"\nTeacher: {source}. Accuracy in %, robust = PGD-{config.eval.pgd.steps} "
+    first = next(iter(config.evals.values()))
+    attacks = first.attacks.replace("clean,", "").replace(",", " / ").upper()
+    print(f"\nTeacher: {source}. Accuracy in %, robust = {attacks} "
           f"({config.eval.pgd.norm}, eps={config.eval.pgd.eps:.4g}); passes = network "
           "forward + backward passes per training example-step, and in total.\n")
     print(report, flush=True)

@@ -99,31 +99,37 @@ def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
       axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
 
 
-def training_attacks(eval_cfg) -> str:
-  """What training-time evaluation runs: clean accuracy and eval.pgd's attack, PGD-k on the
-  cross-entropy (or on the CW margin with loss = margin), as `--mode=eval` names them."""
-  p = eval_cfg.pgd
-  if p.steps <= 0:
-    return "clean"
-  return f"clean,{'cw' if p.loss == 'margin' else 'pgd'}{p.steps}"
+def due_evaluations(evals, step: int, is_last: bool):
+  """The names of `config.evals` to run at `step`: each at its every_steps, all at the end."""
+  return [name for name, e in evals.items()
+          if is_last or (e.every_steps and step % e.every_steps == 0)]
 
 
-def evaluate_during_training(model, params, batch_stats, data_cfg, eval_cfg, seed: int = 0,
-                             programs: Optional[Dict] = None) -> Dict[str, float]:
-  """Clean and PGD accuracy over the eval split by the robustness report's engine (the same
-  code, keys and numbers as `--mode=eval` with `training_attacks`); `programs` keeps the
-  compiled attacks from one evaluation to the next."""
-  cfg = eval_cfg.copy_and_resolve_references()
-  cfg.attacks = training_attacks(eval_cfg)
-  report = robustness.report_on_split(model, {"params": params, "batch_stats": batch_stats},
-                                      data_cfg, cfg, seed=seed, verbose=False,
-                                      programs=programs)
-  out = {"clean_accuracy": report["clean_accuracy"], "num_examples": report["num_examples"]}
-  for result in report["attacks"].values():
-    out["robust_accuracy"] = result["robust_accuracy"]
-  for warning in report["warnings"]:
-    if reporting.is_primary():
-      print(f"[eval] warning: {warning}", flush=True)
+def evaluate_during_training(model, params, batch_stats, data_cfg, eval_cfg, evals, names,
+                             seed: int = 0, programs: Optional[Dict] = None
+                             ) -> Dict[str, float]:
+  """The evaluations `names` of `config.evals`, by the robustness report's engine (the same
+  code, keys and numbers as `--mode=eval` with those attacks): `<name>/clean_accuracy` and
+  `<name>/<attack>` for each; the first evaluation of `evals` also as `clean_accuracy`,
+  `robust_accuracy` (its lowest) and `num_examples`. `programs` keeps the compiled attacks
+  from one evaluation to the next."""
+  out = {}
+  for name in names:
+    cfg = eval_cfg.copy_and_resolve_references()
+    cfg.attacks, cfg.num_examples = evals[name].attacks, evals[name].num_examples
+    report = robustness.report_on_split(model, {"params": params, "batch_stats": batch_stats},
+                                        data_cfg, cfg, seed=seed, verbose=False,
+                                        programs=programs)
+    out[f"{name}/clean_accuracy"] = report["clean_accuracy"]
+    for attack, result in report["attacks"].items():
+      out[f"{name}/{attack}"] = result["robust_accuracy"]
+    if name == next(iter(evals)):
+      out["clean_accuracy"], out["num_examples"] = report["clean_accuracy"], report["num_examples"]
+      if report["attacks"]:
+        out["robust_accuracy"] = min(r["robust_accuracy"] for r in report["attacks"].values())
+    for warning in report["warnings"]:
+      if reporting.is_primary():
+        print(f"[eval {name}] warning: {warning}", flush=True)
   return out
 
 
@@ -164,10 +170,10 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
                                    teacher and teacher.model, donate=True)
   p_teacher_variables = parallel.replicate(teacher.variables if teacher else {})
   eval_programs: Dict = {}  # compiled once, for every evaluation of the run
-  evaluate = lambda: evaluate_during_training(
+  evaluate = lambda names: evaluate_during_training(
       model, *jax.device_get(parallel.unreplicate((p_state.params["model"],
                                                     p_state.batch_stats))),
-      config.data, config.eval, config.seed, eval_programs)
+      config.data, config.eval, config.evals, names, config.seed, eval_programs)
 
   writer = reporting.MetricWriter(workdir)
   progress = reporting.Progress(total_steps, config.optim.batch_size, start_step)
@@ -194,7 +200,8 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
         p_state, p_metrics = p_train_step(p_state, next(batches), p_teacher_variables)
         is_last = step == total_steps
         log_now = step % config.log_every_steps == 0 or is_last
-        eval_now = (config.eval.every_steps and step % config.eval.every_steps == 0) or is_last
+        due = due_evaluations(config.evals, step, is_last)
+        eval_now = bool(due)
         save_now = step % config.checkpoint.every_steps == 0 or is_last or stop
         if log_now or eval_now or save_now:
           metrics = {k: float(v) for k, v in jax.device_get(
@@ -204,19 +211,22 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
             progress.report(step, metrics)
             writer.write(step, metrics, prefix="train/")
         train_seconds += time.perf_counter() - t0
+        first_ran = False  # the first evaluation gives the run's figures (and the best one)
         if eval_now:
-          eval_metrics = evaluate()
-          writer.write(step, eval_metrics, prefix="eval/")
+          step_metrics = evaluate(due)
+          first_ran = "clean_accuracy" in step_metrics
+          eval_metrics = step_metrics if first_ran else eval_metrics
+          writer.write(step, step_metrics, prefix="eval/")
           if reporting.is_primary():
             print(f"[eval] step {step} | " + " | ".join(
-                f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                f"{k} {v:.4f}" for k, v in step_metrics.items() if "/" in k), flush=True)
         if save_now:
-          save(step, eval_metrics if eval_now else None)
+          save(step, eval_metrics if first_ran else None)
         if stop:
           raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
                            "run the same command to resume")
     if start_step == total_steps:  # finished before: restored, so evaluate what was restored
-      eval_metrics = evaluate()
+      eval_metrics = evaluate(list(config.evals))
   finally:
     checkpointer.close()  # commits any save still in flight, even on a crash
     writer.close()
