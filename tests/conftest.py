@@ -24,6 +24,15 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """A test process runs many files: without this its compiled programs pile up (one worker
+  reached 7 GB, and XLA:CPU's JIT code memory runs out); the persistent cache keeps
+  recompiling cheap."""
+  yield
+  jax.clear_caches()
+
+
 def repo_config(name: str):
   """`get_config()` of the repository's `configs/<name>.py`, loaded by path as the CLI does."""
   from mixacm_jax import configs  # pylint: disable=g-import-not-at-top
