@@ -104,6 +104,8 @@ _GROUPS = flags.DEFINE_list("groups", ["lengths", "variations", "combos", "costs
 _METHODS = flags.DEFINE_list("methods", list(METHODS), "Methods of the lengths group.")
 _MULTIPLES = flags.DEFINE_list("multiples", [str(m) for m in MULTIPLES],
                                "Training lengths, in multiples of the teacher's epochs.")
+_COST_METHODS = flags.DEFINE_list("cost_methods", list(COST_METHODS),
+                                  "Methods of the costs group.")
 _VARIATIONS = flags.DEFINE_list("variations", list(VARIATIONS), "Variations to run.")
 _COMBOS = flags.DEFINE_list("combos", list(COMBOS), "Combinations to run (group combos).")
 _BASE_MULTIPLE = flags.DEFINE_float(
@@ -139,7 +141,7 @@ def points(config):
                    for k, v in (part if isinstance(part, dict) else VARIATIONS[part]).items()}
       out.append(("combos", f"mixacm@{base:g}x {name}", "mixacm", base, None, overrides))
   if "costs" in _GROUPS.value:
-    for method in COST_METHODS:
+    for method in _COST_METHODS.value:
       for ratio in COST_RATIOS:
         out.append(("costs", f"{method}@{ratio:g}x passes", method, None, ratio,
                     CHOSEN_SETTINGS))

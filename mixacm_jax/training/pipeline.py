@@ -2,6 +2,7 @@
 distilled from it and baselines, and a robustness/cost report produced by the code."""
 import json
 import os
+import re
 from typing import Any, Dict, List
 
 from mixacm_jax.configs import checks as config_checks
@@ -69,7 +70,8 @@ def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
   report = reporting.table(rows, COLUMNS)
   if reporting.is_primary():
     first = next(iter(config.evals.values()))
-    attacks = first.attacks.replace("clean,", "").replace(",", " / ").upper()
+    attacks = re.sub(r"^(pgd|cw)(\d+)$", lambda m: f"{m[1].upper()}-{m[2]}", ", ".join(
+        a for a in first.attacks.split(",") if a != "clean"))
     print(f"\nTeacher: {source}. Accuracy in %, robust = {attacks} "
           f"({config.eval.pgd.norm}, eps={config.eval.pgd.eps:.4g}); passes = network "
           "forward + backward passes per training example-step, and in total.\n")
