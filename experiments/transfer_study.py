@@ -106,6 +106,8 @@ _MULTIPLES = flags.DEFINE_list("multiples", [str(m) for m in MULTIPLES],
                                "Training lengths, in multiples of the teacher's epochs.")
 _COST_METHODS = flags.DEFINE_list("cost_methods", list(COST_METHODS),
                                   "Methods of the costs group.")
+_COST_RATIOS = flags.DEFINE_list("cost_ratios", [f"{r:g}" for r in COST_RATIOS],
+                                 "Budgets of the costs group (fractions of the teacher's passes).")
 _VARIATIONS = flags.DEFINE_list("variations", list(VARIATIONS), "Variations to run.")
 _COMBOS = flags.DEFINE_list("combos", list(COMBOS), "Combinations to run (group combos).")
 _BASE_MULTIPLE = flags.DEFINE_float(
@@ -142,7 +144,7 @@ def points(config):
       out.append(("combos", f"mixacm@{base:g}x {name}", "mixacm", base, None, overrides))
   if "costs" in _GROUPS.value:
     for method in _COST_METHODS.value:
-      for ratio in COST_RATIOS:
+      for ratio in [float(r) for r in _COST_RATIOS.value]:
         out.append(("costs", f"{method}@{ratio:g}x passes", method, None, ratio,
                     CHOSEN_SETTINGS))
   if "controls" in _GROUPS.value:
