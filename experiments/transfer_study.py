@@ -264,10 +264,12 @@ def markdown(rows, records, provenance):
           f"| {r['ratio'][0]:.2f} ± {r['ratio'][1]:.2f} | {r['ratio_worst']:.2f} | "
           f"{100 * r['minus_natural'][0]:+.1f} | {r['passes_ratio']:.2f} |")
     lines.append("")
-  lines += ["Plots: [robust accuracy vs training passes](lengths.png), "
-            "[variations](variations.png)"
-            + (", [equal cost and controls](costs.png)" if any(
-                "costs" in r["groups"] for r in rows.values()) else "") + "."]
+  has = lambda *groups: any(set(groups) & set(r["groups"]) for r in rows.values())
+  plots = [text for text, shown in (
+      ("[robust accuracy vs training passes](lengths.png)", has("lengths")),
+      ("[variations](variations.png)", has("variations", "combos")),
+      ("[equal cost and controls](costs.png)", has("costs", "controls"))) if shown]
+  lines += ["Plots: " + ", ".join(plots) + "."]
   return "\n".join(lines) + "\n"
 
 

@@ -495,7 +495,7 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   devices = jax.local_device_count()
   batch = -(-(batch_size or len(x)) // devices) * devices
   eval_cfg = cifar10.eval_config(attacks="autoattack", eps=eps, norm=norm, version=version,
-                             batch_size=batch * jax.process_count())
+                                 batch_size=batch * jax.process_count())
   report = report_on_arrays(logits_fn, None, x, y, eval_cfg, key=key, verbose=False,
                             stage_settings=overrides, return_points=True)
   ex = report["examples"]
