@@ -171,20 +171,22 @@ def main():
         f"{eps:.4g}, "
         f"max |dlogit| {diff:.1e}")
   xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0)
+  compiled, keys = jax.jit, key
   if jax.device_count() > 1 and args.device == "cpu":
-    # --host_devices: the batch sharded over host devices; jit partitions the one-program
-    # attacks (clean, PGD) over them, same results. AutoAttack's Python-driven loops stay on one.
+    # --host_devices: the batch split over host devices and the one-program attacks (clean,
+    # PGD) pmapped over them, as the library's report runs them. AutoAttack's Python-driven
+    # loops stay on one.
     if any(not (a == "clean" or a.startswith("pgd")) for a in args.attacks.split(",")):
       raise SystemExit("--host_devices > 1 times only clean and pgd<k>")
-    if args.batch % jax.device_count():
-      raise SystemExit(f"--batch={args.batch} does not split over {jax.device_count()} devices")
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
-    by_example = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    xj, yj = jax.device_put(xj, by_example), jax.device_put(yj, by_example)
+    n = jax.device_count()
+    if args.batch % n:
+      raise SystemExit(f"--batch={args.batch} does not split over {n} devices")
+    xj, yj = (a.reshape((n, -1) + a.shape[1:]) for a in (xj, yj))
+    compiled, keys = jax.pmap, jax.random.split(key, n)
   for name in args.attacks.split(","):
     acc = {}
     if name == "clean":
-      fwd = jax.jit(logits_fn)
+      fwd = compiled(logits_fn)
       ours_fn = lambda: jax.block_until_ready(fwd(xj))
 
       def theirs_fn():
@@ -200,8 +202,8 @@ def main():
     else:
       # PGD is one jitted program; AutoAttack's stages drive their own loops (attacks.loop).
       fn = ours_attack(name, logits_fn, eps, args.norm)
-      fn = jax.jit(fn) if name.startswith("pgd") else fn
-      ours_fn = lambda: jax.block_until_ready(fn(xj, yj, key))
+      fn = compiled(fn) if name.startswith("pgd") else fn
+      ours_fn = lambda: jax.block_until_ready(fn(xj, yj, keys))
       attack = their_attack(name, net, eps, args.norm)
       theirs_fn = lambda: (attack(x_t, y_t), sync())
     t0 = time.perf_counter()
