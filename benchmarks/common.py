@@ -60,7 +60,7 @@ def describe_machine() -> str:
   from mixacm_jax.models import conv  # pylint: disable=g-import-not-at-top
   return (f"{platform.node() or 'host'}: {d.device_kind} x{jax.device_count()} "
           f"({jax.default_backend()}), {conv.processor()}{isa_caps()}, {os.cpu_count()} CPU "
-          f"cores, jax {jax.__version__}, conv backward {os.environ.get(conv.ENV, 'auto')}")
+          f"cores, jax {jax.__version__}, conv forms {os.environ.get(conv.ENV, 'auto')}")
 
 
 def timed(fn, repeats: int):

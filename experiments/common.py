@@ -20,6 +20,7 @@ import numpy as np
 
 from mixacm_jax import objectives
 from mixacm_jax.data import input_pipeline
+from mixacm_jax.runtime import compilation_cache
 from mixacm_jax.training import pipeline, teacher as teacher_lib, train
 
 RENDER_ONLY = flags.DEFINE_bool(
@@ -267,6 +268,7 @@ def run(script: str, out: str, collect: Callable[[], List[Dict[str, Any]]],
     results = read_results(out)
     records, line = results["records"], results.get("provenance", "")
   else:
+    compilation_cache.enable()
     records = collect()
     line = provenance(command_line(script), records, time.perf_counter() - t_start)
   rows = summarise(records)

@@ -65,3 +65,20 @@ def test_auto_host_devices_takes_every_core_for_large_images_only(monkeypatch):
   for bad in ("0", "two", "-1"):
     with pytest.raises(ConfigError, match="--host_devices must be 'auto' or a positive"):
       modes._host_devices("train", config, bad)
+
+
+def test_the_compilation_cache_is_on_by_default_and_leaves_a_set_directory(tmp_path,
+                                                                          monkeypatch):
+  from mixacm_jax.runtime import compilation_cache  # pylint: disable=g-import-not-at-top
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setenv("MIXACM_JAX_CACHE", str(tmp_path))
+  try:
+    assert compilation_cache.enable() == before  # set by conftest: left as it is
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.setenv(compilation_cache.ENV, "0")
+    assert compilation_cache.enable() == "" and not jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv(compilation_cache.ENV)
+    assert compilation_cache.enable() == str(tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

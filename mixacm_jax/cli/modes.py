@@ -84,6 +84,8 @@ def run(mode: str, config, workdir: str, distributed=None, host_devices: str = "
     if distributed:
       from mixacm_jax.runtime import distributed as dist  # pylint: disable=g-import-not-at-top
       dist.maybe_initialize(**distributed)
+    from mixacm_jax.runtime import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.enable()
     return MODES[mode](config, workdir)
   except MixACMError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
