@@ -14,9 +14,14 @@ import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Many tests compile the same tiny programs; XLA's persistent cache compiles each once.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "mixacm_jax_test_xla_cache"))
+# Many tests compile the same tiny programs; XLA's persistent cache compiles each once, for
+# the commands the tests start too (through JAX's own variable, which the command respects).
+# The project's caches stay out of the user's home.
+_XLA_CACHE = os.path.join(tempfile.gettempdir(), "mixacm_jax_test_xla_cache")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ.setdefault("MIXACM_JAX_CACHE", os.path.join(tempfile.gettempdir(),
+                                                       "mixacm_jax_test_cache"))
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -30,9 +30,10 @@ def _arrays(x_shape, w_shape, seed=0):
 
 # Every form on the first shape (batch 16: groups of 2, 8 and all differ); on the others each
 # code path (XLA's; rows, im2col; whole batch or grouped).
+PATHS = ("xla", "rows", "rows/2", "im2col", "im2col/2")
+ATTACKED = ("xla", "rows/2", "im2col")
 CASES = ([(form,) + SHAPES[0] for form in conv.FORMS] +
-         [(form,) + shape for shape in SHAPES[1:]
-          for form in ("xla", "rows", "rows/2", "im2col", "im2col/2")])
+         [(form,) + shape for shape in SHAPES[1:] for form in PATHS])
 
 
 @pytest.mark.parametrize("form,x_shape,w_shape,strides,padding", CASES)
@@ -121,24 +122,34 @@ def test_measure_times_every_candidate_on_every_device_at_once(pass_):
   assert all(t > 0 for t in timings.values())
 
 
-def test_a_model_trains_the_same_with_every_form(monkeypatch):
-  """One ResNet's parameter gradients (convs of stride 1 and 2, 1x1 shortcuts) per form."""
+def test_a_model_trains_and_is_attacked_the_same_with_every_form(monkeypatch):
+  """One ResNet's parameter gradients (convs of stride 1 and 2, 1x1 shortcuts) and a PGD
+  attack on it (input gradients through every layer), per form."""
+  from mixacm_jax.attacks import pgd  # pylint: disable=g-import-not-at-top
   model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
   variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
   x = jnp.asarray(np.random.RandomState(1).rand(8, 8, 8, 1), jnp.float32)
   y = jnp.arange(8) % 10
 
-  def grads():
+  def grads_and_attack(form):
     def loss(params):
       logits, _ = model.apply({**variables, "params": params}, x, train=True,
                               mutable=["batch_stats"])
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), y])
-    return jax.jit(jax.grad(loss))(variables["params"])
+    attack = jax.jit(lambda x, y: pgd.pgd(lambda v: model.apply(variables, v), x, y,
+                                          jax.random.PRNGKey(2), eps=0.1, step_size=0.05,
+                                          steps=3)[0])
+    return (jax.jit(jax.grad(loss))(variables["params"]),
+            attack(x, y) if form in ATTACKED else None)
   per_form = {}
-  for form in conv.FORMS:
+  for form in PATHS:
     monkeypatch.setenv(conv.ENV, form)
-    per_form[form] = grads()
-  for form in conv.FORMS[1:]:
-    for a, b in zip(jax.tree_util.tree_leaves(per_form[form]),
-                    jax.tree_util.tree_leaves(per_form["xla"])):
+    per_form[form] = grads_and_attack(form)
+  for form in PATHS[1:]:
+    (grads, x_adv), (ref_grads, ref_adv) = per_form[form], per_form["xla"]
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # A PGD step moves each pixel by the sign of its gradient: rounding may flip a sign
+    # where the gradient is ~0, nowhere else.
+    if form in ATTACKED:
+      assert np.mean(np.asarray(x_adv) == np.asarray(ref_adv)) > 0.99
