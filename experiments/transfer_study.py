@@ -22,6 +22,7 @@ them from --out/results.json.
 
   python experiments/transfer_study.py --out=experiments/results/digits_study
 """
+import math
 import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -231,6 +232,11 @@ def summarise(records, specs):
 _pct = common.pct
 
 
+def _points(gap: float) -> str:
+  """A gap to natural training in points; '—' where its group trained no natural student."""
+  return "—" if math.isnan(gap) else f"{100 * gap:+.1f}"
+
+
 def markdown(rows, records, provenance):
   del records
   t = rows["teacher"]
@@ -246,7 +252,7 @@ def markdown(rows, records, provenance):
   for group, title in (("lengths", "Training length"),
                        ("variations", "One change at a time around the base point"),
                        ("combos", "Combinations of the changes that helped"),
-                       ("costs", "Equal cost: each method at 0.25x, 0.5x and 1x the teacher's "
+                       ("costs", "Equal cost: each method at fractions of the teacher's "
                         "passes (the chosen settings; epochs fitted to the budget)"),
                        ("controls", "Controls at half the teacher's passes (the chosen "
                         "settings)"),
@@ -262,7 +268,7 @@ def markdown(rows, records, provenance):
       lines.append(
           f"| {name} | {_pct(r['clean'])} | {_pct(r['robust'])} | {100 * r['robust_worst']:.1f} "
           f"| {r['ratio'][0]:.2f} ± {r['ratio'][1]:.2f} | {r['ratio_worst']:.2f} | "
-          f"{100 * r['minus_natural'][0]:+.1f} | {r['passes_ratio']:.2f} |")
+          f"{_points(r['minus_natural'][0])} | {r['passes_ratio']:.2f} |")
     lines.append("")
   has = lambda *groups: any(set(groups) & set(r["groups"]) for r in rows.values())
   plots = [text for text, shown in (
