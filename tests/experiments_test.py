@@ -85,7 +85,8 @@ def _parsed_defaults():
 
 @pytest.mark.parametrize("script,folder", [("robustness_transfer", "digits"),
                                            ("transfer_study", "digits_study"),
-                                           ("transfer_study", "digits_costs")])
+                                           ("transfer_study", "digits_costs"),
+                                           ("robustness_transfer", "digits_controls")])
 def test_committed_results_re_render_exactly(tmp_path, script, folder):
   """--render_only on a committed results.json gives the committed results.md, byte for byte
   (so the tables are the code's, not edited by hand)."""
