@@ -193,16 +193,16 @@ def _transposable(w_shape, strides, padding) -> bool:
 def input_grad(x_shape, g, w, strides, padding, precision=None):
   """d loss / d input: for stride 1, the convolution of `g` with the flipped, transposed
   kernel in the form `form_for` picks for that forward problem; else XLA's transpose."""
+  xla_transpose = lambda: jax.vjp(lambda v: _xla_conv(v, w, strides, padding, precision),
+                                 jnp.zeros(x_shape, g.dtype))[1](g)[0]
   if not _transposable(w.shape, strides, padding):
-    return jax.vjp(lambda v: _xla_conv(v, w, strides, padding, precision),
-                   jnp.zeros(x_shape, g.dtype))[1](g)[0]
+    return xla_transpose()
   kh, kw = w.shape[:2]
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
   pad_t = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
   form = form_for("forward", g.shape, w_t.shape, (1, 1), pad_t, g.dtype)
   if form == "xla":  # XLA's own transpose, as without this module
-    return jax.vjp(lambda v: _xla_conv(v, w, strides, padding, precision),
-                   jnp.zeros(x_shape, g.dtype))[1](g)[0]
+    return xla_transpose()
   return forward(form, g, w_t, (1, 1), pad_t, precision)
 
 
