@@ -46,12 +46,11 @@ def setup_device(args):
 
 
 def isa_caps() -> str:
-  """ISA caps set in the environment (XLA's --xla_cpu_max_isa, oneDNN's ONEDNN_MAX_CPU_ISA)."""
-  caps, xla_flags = [], os.environ.get("XLA_FLAGS", "")
-  if "--xla_cpu_max_isa=" in xla_flags:
-    caps.append(f"XLA capped at {xla_flags.split('--xla_cpu_max_isa=')[1].split()[0]}")
-  if os.environ.get("ONEDNN_MAX_CPU_ISA"):
-    caps.append(f"oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}")
+  """PyTorch's ISA caps set in the environment (oneDNN's ONEDNN_MAX_CPU_ISA, ATen's
+  ATEN_CPU_CAPABILITY); XLA's --xla_cpu_max_isa is part of `conv.processor()`."""
+  caps = [f"{name} capped at {os.environ[var]}" for name, var in
+          (("oneDNN", "ONEDNN_MAX_CPU_ISA"), ("ATen", "ATEN_CPU_CAPABILITY"))
+          if os.environ.get(var)]
   return "".join(f", {c}" for c in caps)
 
 

@@ -15,16 +15,21 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Many tests compile the same tiny programs; XLA's persistent cache compiles each once, for
-# the commands the tests start too (through JAX's own variable, which the command respects).
-# The project's caches stay out of the user's home.
+# the commands the tests start too (through JAX's own variables, which the command respects).
+# Bounded, so that JAX locks it: the two test processes and the threads of one share it, and
+# unlocked a reader can find an entry half written. Compiles under 0.1 s (eager operations,
+# many of them at once from the attack's threads) are not written. The project's caches stay
+# out of the user's home.
 _XLA_CACHE = os.path.join(tempfile.gettempdir(), "mixacm_jax_test_xla_cache")
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+_XLA_CACHE_SETTINGS = {"jax_compilation_cache_dir": _XLA_CACHE,
+                       "jax_compilation_cache_max_size": 8 << 30,
+                       "jax_persistent_cache_min_compile_time_secs": 0.1,
+                       "jax_persistent_cache_min_entry_size_bytes": 0}
+for _name, _value in _XLA_CACHE_SETTINGS.items():
+  os.environ[_name.upper()] = str(_value)
+  jax.config.update(_name, _value)
 os.environ.setdefault("MIXACM_JAX_CACHE", os.path.join(tempfile.gettempdir(),
                                                        "mixacm_jax_test_cache"))
-jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

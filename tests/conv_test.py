@@ -107,6 +107,19 @@ def test_auto_measures_once_caches_on_disk_and_keeps_xla_unless_clearly_faster(
   conv.reset_choices()
 
 
+def test_an_xla_isa_cap_is_another_machine_in_the_cache_key(monkeypatch):
+  native = conv.processor()
+  try:
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 "
+                                    "--xla_cpu_max_isa=AVX2")
+    conv.processor.cache_clear()
+    assert conv.processor() == native[:-1] + ", XLA capped at AVX2)"
+  finally:
+    monkeypatch.undo()
+    conv.processor.cache_clear()
+  assert conv.processor() == native and "capped" not in native
+
+
 def test_candidates_time_each_distinct_grouping_once():
   assert conv.candidates(64, (3, 3, 8, 8)) == conv.FORMS
   assert conv.candidates(4, (3, 3, 8, 8)) == ("xla", "rows", "rows/2", "im2col", "im2col/2")

@@ -71,9 +71,16 @@ def test_the_compilation_cache_is_on_by_default_and_leaves_a_set_directory(tmp_p
                                                                           monkeypatch):
   from mixacm_jax.runtime import compilation_cache  # pylint: disable=g-import-not-at-top
   before = jax.config.jax_compilation_cache_dir
+  size_before = jax.config.jax_compilation_cache_max_size
   monkeypatch.setenv("MIXACM_JAX_CACHE", str(tmp_path))
   try:
+    jax.config.update("jax_compilation_cache_max_size", -1)
     assert compilation_cache.enable() == before  # set by conftest: left as it is
+    # ... but bounded, which is what makes JAX lock its reads and writes.
+    assert jax.config.jax_compilation_cache_max_size == compilation_cache.MAX_BYTES
+    jax.config.update("jax_compilation_cache_max_size", 123 << 20)
+    compilation_cache.enable()
+    assert jax.config.jax_compilation_cache_max_size == 123 << 20  # a set bound is kept
     jax.config.update("jax_compilation_cache_dir", None)
     monkeypatch.setenv(compilation_cache.ENV, "0")
     assert compilation_cache.enable() == "" and not jax.config.jax_compilation_cache_dir
@@ -82,3 +89,4 @@ def test_the_compilation_cache_is_on_by_default_and_leaves_a_set_directory(tmp_p
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_compilation_cache_max_size", size_before)

@@ -237,8 +237,8 @@ def _setting() -> str:
 
 @functools.lru_cache(maxsize=1)
 def processor() -> str:
-  """The CPU's model and its widest vector ISA, e.g. 'AMD EPYC (AVX2)': what XLA:CPU generates
-  code for, and so part of every cached choice's key."""
+  """The CPU's model and its widest vector ISA, e.g. 'AMD EPYC (AVX2)', with XLA's ISA cap
+  if one is set: what XLA:CPU generates code for, and so part of every cached choice's key."""
   model, cpu_flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo") as f:
@@ -251,7 +251,9 @@ def processor() -> str:
     pass
   isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
               if flag in cpu_flags), "no AVX")
-  return f"{model} ({isa})"
+  # XLA generates code for a capped ISA as for a machine that has no more: another machine.
+  cap = os.environ.get("XLA_FLAGS", "").partition("--xla_cpu_max_isa=")[2].split(" ")[0]
+  return f"{model} ({isa}{f', XLA capped at {cap}' if cap else ''})"
 
 
 def cache_path() -> str:

@@ -5,7 +5,12 @@ programs again and again: every student of one architecture has the same evaluat
 and a rerun or a resumed study has all of its programs. With the cache each is compiled once
 and read back after (`<cache>/xla`, beside the convolution's choices: `~/.cache/mixacm_jax`
 or `$MIXACM_JAX_CACHE`). A directory set through JAX itself (`JAX_COMPILATION_CACHE_DIR` or
-`jax.config`) is left as it is; `MIXACM_JAX_XLA_CACHE=0` turns the cache off."""
+`jax.config`) is left as it is; `MIXACM_JAX_XLA_CACHE=0` turns the cache off.
+
+The cache is bounded (`MAX_BYTES`, least recently used entries go first), which is also what
+makes JAX lock it: unbounded, JAX writes an entry in place and reads one without a lock, so a
+process (or thread) that finds an entry another is still writing reads half an executable; two
+runs started together on one machine share the cache."""
 import os
 
 import jax
@@ -14,6 +19,7 @@ from mixacm_jax.models import conv
 
 ENV = "MIXACM_JAX_XLA_CACHE"
 MIN_COMPILE_SECONDS = 1.0  # quicker compiles are not worth a file each
+MAX_BYTES = 4 << 30
 
 
 def cache_dir() -> str:
@@ -24,6 +30,8 @@ def enable() -> str:
   """Turns the cache on (where nothing else set it) and returns its directory ('' if off)."""
   if os.environ.get(ENV, "1") == "0":
     return ""
+  if jax.config.jax_compilation_cache_max_size == -1:  # unbounded: unlocked (see above)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   if jax.config.jax_compilation_cache_dir:
     return jax.config.jax_compilation_cache_dir
   jax.config.update("jax_compilation_cache_dir", cache_dir())
