@@ -36,6 +36,7 @@ def main():
   torch.set_num_threads(args.threads)
   print(f"{common.describe_machine()}; torch {torch.__version__} ({args.threads} threads); "
         f"batch {args.batch} per device; ms, best of {args.repeats}")
+  worst = 0.0
   for hw, c in SHAPES:
     x_shape, w_shape = (args.batch, hw, hw, c), (3, 3, c, c)
     rng = np.random.RandomState(0)
@@ -46,7 +47,10 @@ def main():
       for form in conv.candidates(args.batch, w_shape):
         out = jax.jit(conv.pass_fn(pass_, form, w_shape, (1, 1), PAD))(x, second)
         err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
-        assert err < 1e-5, f"{pass_} {form} differs from XLA's ({err:.1e})"
+        worst = max(worst, err)
+        # A weight gradient here sums batch x 32 x 32 float32 terms in another order: about
+        # sqrt(65536) roundings of 6e-8 (the tests' small shapes hold 1e-5).
+        assert err < 1e-4, f"{pass_} {form} differs from XLA's ({err:.1e})"
       ms = {k: 1000 * v for k, v in conv.measure(pass_, x_shape, w_shape, (1, 1), PAD,
                                                   jnp.float32, args.repeats).items()}
       row.append(f"{pass_} " + " ".join(f"{k} {v:.1f}" for k, v in ms.items()) +
@@ -69,6 +73,7 @@ def main():
     row.append(f"PyTorch forward {1000 * common.timed(torch_fwd, args.repeats)[0]:.1f}, "
                f"fwd+bwd {1000 * common.timed(torch_fwd_bwd, args.repeats)[0]:.1f}")
     print(f"{hw}x{hw}, {c}->{c}:\n  " + "\n  ".join(row), flush=True)
+  print(f"every form equals XLA's within {worst:.1e} of the largest entry")
 
 
 if __name__ == "__main__":
