@@ -10,7 +10,6 @@ returned point and its perturbation; every returned point is evaluated again and
 with the attack's flags. With a `journal` (`--mode=eval`), each chunk of points is committed
 as it finishes, so a killed run continues where it stopped.
 """
-import concurrent.futures
 import inspect
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -59,8 +58,9 @@ def _still_robust(logits_fn, x, y, robust, x_adv):
 def _stage_program(model, stage: Callable, host: bool):
   """(variables, x, y, robust, keys, rank, eps, step) -> (still robust, x_adv), each with a
   leading device axis (`keys`: one per point, see `point_keys`). `pmap`ped, or with `host`
-  each device's shard from Python in its own thread, so that the attack's loop runs from
-  Python too (fast on CPU, see `attacks.loop`) and the shards still run at once."""
+  each device's shard from Python, one after the other, so that the attack's loop runs from
+  Python too (fast on CPU, see `attacks.loop`). Not in threads: two threads driving JAX at
+  once here aborted the process now and then (XLA:CPU, jax 0.10.2)."""
   # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
   apply = lambda variables, v, rng=None: model.apply(variables, v, rngs=None if rng is None
                                                      else {"noise": rng})
@@ -75,11 +75,11 @@ def _stage_program(model, stage: Callable, host: bool):
 
   def run_shards(*args):
     devices = jax.local_devices()
+    args = jax.tree_util.tree_map(np.asarray, args)
 
-    def shard(d):  # on its own device, so that shards (host devices on CPU) run at once
+    def shard(d):  # on its own device, as the pmapped program would
       return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]))
-    with concurrent.futures.ThreadPoolExecutor(len(args[1])) as pool:
-      outs = list(pool.map(shard, range(len(args[1]))))
+    outs = [shard(d) for d in range(len(args[1]))]
     return tuple(np.stack([np.asarray(o[k]) for o in outs]) for k in range(2))
   return run_shards
 
