@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from mixacm_jax import models, objectives  # noqa: E402
 from mixacm_jax.configs import cifar10, default  # noqa: E402
-from mixacm_jax.runtime import parallel  # noqa: E402
+from mixacm_jax.runtime import parallel, xla_cpu  # noqa: E402
 from mixacm_jax.training import train  # noqa: E402
 from mixacm_jax.training.teacher import Teacher  # noqa: E402
 
@@ -45,9 +45,29 @@ def setup_device(args):
   return args.dtype or ("bfloat16" if args.device == "gpu" else "float32")
 
 
+def processor() -> str:
+  """The CPU's model and its widest vector ISA, e.g. 'AMD EPYC (AVX2)', with XLA's ISA cap if
+  one is set (XLA then generates code as for a machine that has no more)."""
+  model, cpu_flags = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+          cpu_flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  isa = next((name for flag, name in (("amx_tile", "AVX-512 + AMX"), ("avx512f", "AVX-512"),
+                                      ("avx2", "AVX2"), ("avx", "AVX")) if flag in cpu_flags),
+             "no AVX")
+  cap = os.environ.get("XLA_FLAGS", "").partition("--xla_cpu_max_isa=")[2].split(" ")[0]
+  return f"{model} ({isa}{f', XLA capped at {cap}' if cap else ''})"
+
+
 def isa_caps() -> str:
   """PyTorch's ISA caps set in the environment (oneDNN's ONEDNN_MAX_CPU_ISA, ATen's
-  ATEN_CPU_CAPABILITY); XLA's --xla_cpu_max_isa is part of `conv.processor()`."""
+  ATEN_CPU_CAPABILITY); XLA's --xla_cpu_max_isa is part of `processor()`."""
   caps = [f"{name} capped at {os.environ[var]}" for name, var in
           (("oneDNN", "ONEDNN_MAX_CPU_ISA"), ("ATen", "ATEN_CPU_CAPABILITY"))
           if os.environ.get(var)]
@@ -56,10 +76,11 @@ def isa_caps() -> str:
 
 def describe_machine() -> str:
   d = jax.devices()[0]
-  from mixacm_jax.models import conv  # pylint: disable=g-import-not-at-top
+  backend = (f", convolutions in {xla_cpu.convolution_backend()}"
+             if jax.default_backend() == "cpu" else "")
   return (f"{platform.node() or 'host'}: {d.device_kind} x{jax.device_count()} "
-          f"({jax.default_backend()}), {conv.processor()}{isa_caps()}, {os.cpu_count()} CPU "
-          f"cores, jax {jax.__version__}, conv forms {os.environ.get(conv.ENV, 'auto')}")
+          f"({jax.default_backend()}), {processor()}{isa_caps()}, {os.cpu_count()} CPU "
+          f"cores, jax {jax.__version__}{backend}")
 
 
 def timed(fn, repeats: int):

@@ -7,6 +7,10 @@ One call each (imported on first use, so `import mixacm_jax` stays light):
 """
 import importlib
 
+from mixacm_jax.runtime import xla_cpu
+
+xla_cpu.configure()  # before any JAX backend starts: XLA:CPU's convolution backend
+
 __version__ = "0.2.0"
 
 _PUBLIC = {"load_pytorch": "mixacm_jax.api", "load_robustbench": "mixacm_jax.api",

@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+# Before any backend starts: the package's choice of XLA:CPU's convolution backend.
+import mixacm_jax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Many tests compile the same tiny programs; XLA's persistent cache compiles each once, for

@@ -7,6 +7,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mixacm_jax.cli import config_errors
+from mixacm_jax.errors import ConfigError
+from mixacm_jax.runtime import xla_cpu
 
 # Shipped inside the package, so the installed command has a default from any directory.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -70,6 +72,10 @@ def parse_flags(argv):
 
 
 def entry():
+  try:
+    xla_cpu.choice()
+  except ConfigError as e:
+    config_errors.fail(str(e))
   try:
     define_flags()
   except (AttributeError, KeyError, OSError) as e:

@@ -5,15 +5,11 @@
   DeepMind-style models are the exception: their PyTorch port pads by hand to mimic TF's
   'SAME' (0 before, 1 after for a stride-2 3x3 conv), and `tf_same_padding` does the same.
 * BatchNorm uses PyTorch's eps (1e-5) and momentum (0.1 in PyTorch terms, 0.9 in Flax terms).
-* Every convolution's weight gradient takes the form fastest on the running machine
-  (`models.conv`).
 """
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-
-from mixacm_jax.models import conv as conv_lib
 
 # PyTorch-equivalent weight init (He normal, fan_out) as in RobustBench's WideResNet.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -31,8 +27,7 @@ def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False,
     pad = (kernel // 2, kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=(pad, pad), use_bias=use_bias,
-                 kernel_init=conv_kernel_init, dtype=dtype, param_dtype=jnp.float32,
-                 conv_general_dilated=conv_lib.conv_general_dilated, name=name)
+                 kernel_init=conv_kernel_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def batch_norm(train: bool, *, axis_name: Optional[str] = None,

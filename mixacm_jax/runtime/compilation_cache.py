@@ -3,8 +3,8 @@
 On CPU one attack or train step compiles in seconds to minutes, and a run compiles the same
 programs again and again: every student of one architecture has the same evaluation programs,
 and a rerun or a resumed study has all of its programs. With the cache each is compiled once
-and read back after (`<cache>/xla`, beside the convolution's choices: `~/.cache/mixacm_jax`
-or `$MIXACM_JAX_CACHE`). A directory set through JAX itself (`JAX_COMPILATION_CACHE_DIR` or
+and read back after (`<cache>/xla`: `~/.cache/mixacm_jax` or `$MIXACM_JAX_CACHE`). JAX hashes
+`XLA_FLAGS` into every key, so XLA:CPU's convolution backend (`xla_cpu`) is part of it. A directory set through JAX itself (`JAX_COMPILATION_CACHE_DIR` or
 `jax.config`) is left as it is; `MIXACM_JAX_XLA_CACHE=0` turns the cache off.
 
 The cache is bounded (`MAX_BYTES`, least recently used entries go first), which is also what
@@ -15,15 +15,15 @@ import os
 
 import jax
 
-from mixacm_jax.models import conv
-
 ENV = "MIXACM_JAX_XLA_CACHE"
 MIN_COMPILE_SECONDS = 1.0  # quicker compiles are not worth a file each
 MAX_BYTES = 4 << 30
 
 
 def cache_dir() -> str:
-  return os.path.join(os.path.dirname(conv.cache_path()), "xla")
+  root = os.environ.get("MIXACM_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "mixacm_jax")
+  return os.path.join(root, "xla")
 
 
 def enable() -> str:
