@@ -49,22 +49,12 @@ def test_host_devices_after_jax_started_is_a_clear_error():
   assert jax.device_count() == 2  # unchanged (conftest's two devices)
 
 
-def test_auto_host_devices_takes_every_core_for_large_images_only(monkeypatch):
-  """--host_devices=auto: every core the process may use, cut to a divisor of every batch,
-  for 32x32 images and up; the 8x8 digits stay on one device (too little work to split)."""
-  monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
-  assert parallel.auto_host_devices((32, 32, 3), [128, 500]) == 4
-  assert parallel.auto_host_devices((32, 32, 3), [128, 6]) == 2  # gcd 2
-  assert parallel.auto_host_devices((32, 32, 3), [127]) == 1
-  assert parallel.auto_host_devices((8, 8, 1), [128, 128]) == 1
+def test_host_devices_is_a_positive_integer():
   from mixacm_jax.cli import modes  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  assert modes._host_devices("train", config, "auto") == 1  # digits
-  assert modes._host_devices("train", config, "3") == 3
-  for bad in ("0", "two", "-1"):
-    with pytest.raises(ConfigError, match="--host_devices must be 'auto' or a positive"):
-      modes._host_devices("train", config, bad)
+  assert modes._host_devices("3") == 3  # pylint: disable=protected-access
+  for bad in ("0", "two", "-1", "auto"):
+    with pytest.raises(ConfigError, match="--host_devices must be a positive integer"):
+      modes._host_devices(bad)  # pylint: disable=protected-access
 
 
 def test_the_compilation_cache_is_on_by_default_and_leaves_a_set_directory(tmp_path,

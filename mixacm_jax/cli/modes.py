@@ -54,30 +54,21 @@ def _convert(config, workdir):
 MODES = {"train": _train, "eval": _eval, "pipeline": _pipeline, "convert": _convert}
 
 
-def _host_devices(mode: str, config, host_devices: str) -> int:
-  """The number of host devices `--host_devices` asks for (see `parallel.auto_host_devices`)."""
-  if host_devices != "auto":
-    try:
-      n = int(host_devices)
-    except ValueError:
-      n = 0
-    if n < 1:
-      raise ConfigError(f"--host_devices must be 'auto' or a positive integer, got "
-                        f"{host_devices!r}")
-    return n
-  if mode == "convert":
-    return 1
-  from mixacm_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
-  batches = [config.optim.batch_size, config.eval.batch_size]
-  if mode == "pipeline" and "pipeline" in config:
-    batches.append(config.pipeline.get("teacher_batch_size") or config.optim.batch_size)
-  return parallel.auto_host_devices(input_pipeline.get_info(config.data).image_shape, batches)
+def _host_devices(host_devices: str) -> int:
+  """The number of host devices `--host_devices` asks for: a positive integer."""
+  try:
+    n = int(host_devices)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise ConfigError(f"--host_devices must be a positive integer (the CPU devices every batch "
+                      f"is split over), got {host_devices!r}")
+  return n
 
 
 def run(mode: str, config, workdir: str, distributed=None, host_devices: str = "1") -> int:
   try:
-    n = _host_devices(mode, config, str(host_devices))
+    n = _host_devices(str(host_devices))
     if n > 1:
       from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
       parallel.use_host_devices(n)

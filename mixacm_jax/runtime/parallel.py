@@ -1,9 +1,5 @@
 """The device axis and the batch axis: pytrees onto and off the pmap device axis, host
 devices on CPU, per-example values broadcast against a batch."""
-import math
-import os
-from typing import Sequence
-
 import jax
 import numpy as np
 
@@ -13,28 +9,12 @@ AXIS = "batch"  # the axis name of every pmapped step in this project
 
 
 def use_host_devices(n: int) -> None:
-  """`n` CPU devices, so that every pmapped batch runs on `n` cores at once: XLA:CPU runs
-  one convolution on one core (a matmul on all), so on CPU this is how the steps and the
-  report use the machine. Must come before JAX computes anything; GPU/TPU runs ignore it."""
+  """`n` CPU devices, each pmapped batch split over them (data parallelism within one host,
+  as on a pod). Must come before JAX computes anything; GPU/TPU runs ignore it."""
   try:
     jax.config.update("jax_num_cpu_devices", int(n))
   except RuntimeError as e:
     raise ConfigError(f"host devices must be set before JAX computes anything ({e})") from None
-
-
-# Below this image side the convolutions are too small for several host devices to pay: the
-# 8x8 digits pipeline took 2 min 12 s on 2 devices against 1 min 32 s on one (2 cores).
-MIN_SIDE_FOR_HOST_DEVICES = 32
-
-
-def auto_host_devices(image_shape: Sequence[int], batch_sizes: Sequence[int]) -> int:
-  """How many host devices `--host_devices=auto` uses: every core this process may run on,
-  cut to a divisor of every batch size, when the images are large enough to pay; else 1."""
-  if min(image_shape[:2]) < MIN_SIDE_FOR_HOST_DEVICES:
-    return 1
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  common = math.gcd(*[int(b) for b in batch_sizes])
-  return max(n for n in range(1, max(1, cores or 1) + 1) if common % n == 0)
 
 
 def replicate(tree, devices=None):
