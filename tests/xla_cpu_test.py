@@ -128,3 +128,25 @@ def test_both_backends_compute_the_same_convolution_and_gradients(strides, kerne
                 strides[1]]
       ref += np.einsum("nhwc,cd->nhwd", taps, w[i, j])
   np.testing.assert_allclose(results["eigen"][0], ref, rtol=1e-4, atol=1e-4)
+
+
+def _step(i, state, consts):
+  return state + jnp.mean(jnp.tanh(state * consts), axis=(1, 2), keepdims=True)
+
+
+def test_the_attack_loops_programs_keep_reductions_out_of_ynnpack():
+  """On a small batch YNNPACK's reductions cost an attack's forward half its time; the loop
+  programs compile without them, other programs with them."""
+  from mixacm_jax.attacks import loop  # pylint: disable=g-import-not-at-top
+  _known_jaxlib()
+  if xla_cpu.EIGEN not in os.environ.get("XLA_FLAGS", "").split():
+    pytest.skip("XLA_FLAGS does not hold the package's convolution setting")
+  state = jnp.ones((8, 64, 64, 16))
+  consts = jnp.full((8, 64, 64, 16), 0.5)
+  ynn = lambda hlo: [l for l in hlo.splitlines() if "ynn_fusion" in l and " fusion(" in l]
+  plain = jax.jit(lambda s, c: _step(0, s, c)).lower(state, consts).compile().as_text()
+  looped = loop._chunk.lower(jnp.int32(0), state, consts, step=_step,  # pylint: disable=protected-access
+                             length=1).compile().as_text()
+  assert ynn(plain) and not ynn(looped)
+  np.testing.assert_allclose(loop._chunk(jnp.int32(0), state, consts, step=_step, length=1),  # pylint: disable=protected-access
+                             _step(0, state, consts), rtol=1e-5, atol=1e-6)

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixacm_jax.runtime import xla_cpu
+
 # Steps per jitted call on CPU, by batch size: unrolling 4 steps into one program made APGD
 # on WRN-16-2 with 64 examples 14 % faster (130 vs 151 ms per iteration), while on 3
 # examples it made Square's query 1.5x slower (31 vs 20 ms, ResNet-18): BENCHMARKS.md.
@@ -74,14 +76,18 @@ def host_driven(*trees) -> bool:
   return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
 
 
-@functools.partial(jax.jit, static_argnames=("step", "length"))
+# The Python-driven programs run on CPU only: there reductions stay out of YNNPACK (xla_cpu).
+_LOOP_OPTIONS = xla_cpu.loop_compiler_options() or None
+
+
+@functools.partial(jax.jit, static_argnames=("step", "length"), compiler_options=_LOOP_OPTIONS)
 def _chunk(start, state, consts, *, step, length):
   for j in range(length):
     state = step(start + j, state, consts)
   return state
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
+@functools.partial(jax.jit, static_argnames=("fn",), compiler_options=_LOOP_OPTIONS)
 def _jitted(*args, fn):
   return fn(*args)
 

@@ -13,8 +13,13 @@ by adding `EIGEN` to `XLA_FLAGS`, and only where that is safe:
 - the run is on CPU: no accelerator plugin is installed, or `JAX_PLATFORMS` is `cpu`;
 - no JAX backend has started yet (XLA reads `XLA_FLAGS` once, then).
 
-JAX's compilation cache hashes `XLA_FLAGS` into its keys, so programs compiled with either
-backend never replace each other there.
+The attacks' loop programs (`attacks.loop`, driven from Python on CPU, often on a few points)
+also leave reductions out of YNNPACK (`LOOP_OPTIONS`, per program): there YNNPACK's reduction
+of a model's global pooling, with the ops it fuses, cost a ResNet-18 forward on 2 points 17 ms
+of 32, while training's large reductions are faster in YNNPACK (BENCHMARKS.md).
+
+JAX's compilation cache hashes `XLA_FLAGS` and per-program options into its keys, so programs
+compiled with either backend never replace each other there.
 """
 import importlib.metadata
 import os
@@ -72,6 +77,15 @@ def configure() -> bool:
     return False
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGEN}".strip()
   return True
+
+
+def loop_compiler_options() -> dict:
+  """Per-program options for the attacks' loop programs: YNNPACK keeps only dots, where this
+  module chose Eigen (`EIGEN` in `XLA_FLAGS`, on a known jaxlib); else none."""
+  if EIGEN not in os.environ.get("XLA_FLAGS", "").split() or not _only_cpu() or (
+      _installed("jaxlib") not in KNOWN_JAXLIB):
+    return {}
+  return {FLAG.lstrip("-"): "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def convolution_backend() -> str:
