@@ -13,8 +13,7 @@ import ml_collections
 import numpy as np
 
 from mixacm_jax.configs.cifar10 import eval_config  # noqa: F401  (public: mixacm_jax.eval_config)
-from mixacm_jax.errors import ConfigError
-from mixacm_jax.evaluation import robustness
+from mixacm_jax.evaluation import inputs, robustness
 
 
 def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
@@ -59,10 +58,8 @@ def evaluate(model, variables, data: Union[str, np.ndarray], *, labels=None,
         "name": data, "data_dir": data_dir, "train_split": "train", "eval_split": split})
     return robustness.report_on_split(model, variables, data_cfg, eval_cfg, seed=seed,
                                       verbose=verbose)
-  if labels is None or len(labels) != len(data):
-    raise ConfigError("evaluate(model, variables, images, labels=...) needs one label per "
-                      "image")
-  images = np.asarray(data, np.float32)
+  images = inputs.images(data)
+  labels = inputs.labels(labels, len(images))
   n = eval_cfg.num_examples or len(images)
-  return robustness.report_on_arrays(model, variables, images[:n], np.asarray(labels)[:n],
+  return robustness.report_on_arrays(model, variables, images[:n], labels[:n],
                                      eval_cfg, seed=seed, verbose=verbose)

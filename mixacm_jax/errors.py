@@ -18,7 +18,15 @@ class CheckpointError(MixACMError):
 
 
 class NonFiniteLossError(MixACMError):
-  """Training produced a NaN or inf loss."""
+  """Training produced a NaN or inf loss, or a state (weights, statistics) that is not finite."""
+
+
+class StorageError(MixACMError):
+  """A file could not be written or read: a full disk, a read-only or forbidden path."""
+
+
+class WorkdirBusyError(MixACMError):
+  """Another run holds the workdir."""
 
 
 class AttackConstraintError(MixACMError):

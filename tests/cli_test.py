@@ -1,27 +1,13 @@
 """run.py end to end: the main command, eval mode, config overrides and one-line errors."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from mixacm_jax.configs import default
 
-from conftest import repo_config
+from conftest import TINY, repo_config, run_command as run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
-        "--config.optim.batch_size=32", "--config.optim.num_steps=4",
-        "--config.objective.pgd_at.attack.steps=1", "--config.evals.pgd.attacks=clean,pgd2",
-        "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
-
-
-def run(*args, env_devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
-             TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Test set-up: two simulated CPU devices (so pmapped code really runs data-parallel) and
 quiet TensorFlow. Must run before JAX is imported anywhere."""
 import os
+import subprocess
 import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -34,6 +35,19 @@ os.environ.setdefault("MIXACM_JAX_CACHE", os.path.join(tempfile.gettempdir(),
                                                        "mixacm_jax_test_cache"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The command's flags for a run of seconds: a tiny ResNet, 4 steps, PGD-2.
+TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
+        "--config.optim.batch_size=32", "--config.optim.num_steps=4",
+        "--config.objective.pgd_at.attack.steps=1", "--config.evals.pgd.attacks=clean,pgd2",
+        "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
+
+
+def run_command(*args, env_devices=1, extra_env=None, **kwargs):
+  """`python run.py *args` in a fresh process on `env_devices` CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+             TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", **(extra_env or {}))
+  return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
 @pytest.fixture(autouse=True, scope="module")

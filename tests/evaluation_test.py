@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
   config = default.get_config()
   config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
   config.objective.name, config.optim.num_steps = "natural", 40
-  config.evals.pgd.attacks = "clean"
+  config.evals.pgd.attacks, config.checkpoint.best_metric = "clean", "clean_accuracy"
   config.checkpoint.async_save = False
   workdir = str(tmp_path_factory.mktemp("trained"))
   train.train_and_evaluate(config, workdir)
@@ -132,7 +132,10 @@ def _check_table_reproduces_the_report(report, path):
 
 
 def test_a_changed_setting_is_refused_in_one_line(tmp_path):
-  journal_lib.Journal(str(tmp_path), {"eps": 0.1, "attacks": "pgd20"})
+  first = journal_lib.Journal(str(tmp_path), {"eps": 0.1, "attacks": "pgd20"})
+  # Nothing committed yet: other settings may take the folder (a failed start binds nothing).
+  assert journal_lib.Journal(str(tmp_path), {"eps": 0.3, "attacks": "pgd20"}).resumed == 0
+  first.save("clean", prediction=np.zeros(3))
   with pytest.raises(ConfigError, match=r"other settings \(eps: 0.1 -> 0.2\)") as e:
     journal_lib.Journal(str(tmp_path), {"eps": 0.2, "attacks": "pgd20"})
   assert "\n" not in str(e.value)

@@ -155,7 +155,7 @@ def test_evaluate_on_arrays_equals_evaluate_on_the_dataset():
   assert by_name["clean_accuracy"] == by_arrays["clean_accuracy"]
   assert by_name["attacks"]["fgsm"] == by_arrays["attacks"]["fgsm"]
   from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ConfigError, match="one label per image"):
+  with pytest.raises(ConfigError, match="one class index per image"):
     mixacm_jax.evaluate(model, variables, x)
   with pytest.raises(ConfigError, match="unknown attack 'pgdx'"):
     mixacm_jax.evaluate(model, variables, x, labels=y, attacks="pgdx")

@@ -11,7 +11,7 @@ from mixacm_jax import models, objectives
 from mixacm_jax.configs import default
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import NonFiniteLossError
-from mixacm_jax.runtime import parallel
+from mixacm_jax.runtime import checkpoint, parallel
 from mixacm_jax.training import train
 
 
@@ -111,14 +111,14 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(tiny_config, tmp
   # Run again once finished: nothing to train, the restored model is evaluated (the
   # pipeline's table must not lose its accuracies on a second run).
   again = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
-  assert again["resumed_from"] == again["steps"] == 6
+  assert again["steps"] == 6 and again["resumed_from"] == 3  # the training's summary, kept
+  assert again["train_seconds"] == resumed["train_seconds"]
   assert again["clean_accuracy"] == full["clean_accuracy"]
   assert again["robust_accuracy"] == full["robust_accuracy"]
   # One engine: training-time evaluation is the robustness report of the same checkpoint
   # with the same attacks (--mode=eval --config.eval.attacks=clean,pgd2).
   from mixacm_jax import models  # pylint: disable=g-import-not-at-top
   from mixacm_jax.evaluation import robustness  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
   info = input_pipeline.get_info(tiny_config.data)
   model = models.create_model_from_config(tiny_config.model, info.num_classes)
   eval_cfg = tiny_config.eval.copy_and_resolve_references()
@@ -138,11 +138,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   tiny_config.optim.schedule = "constant"
   tiny_config.checkpoint.every_steps = 1
   tiny_config.log_every_steps = 1
-  with pytest.raises(NonFiniteLossError, match=r"non-finite .*loss.* at step (\d+)") as err:
+  # The loss, or first the state (weights, BatchNorm statistics), stops being finite.
+  with pytest.raises(NonFiniteLossError, match=r"non-finite .*loss.* at step (\d+)|the state "
+                     r"is not finite at step (\d+)") as err:
     train.train_and_evaluate(tiny_config, str(tmp_path))
   bad_step = int(str(err.value).split(" at step ")[1].split(" ")[0])
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert bad_step > 1 and steps and max(steps) == bad_step - 1
+  assert f"the checkpoint of step {bad_step - 1} is the last good one" in str(err.value)
+  reader = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+  for step in steps:  # every saved state is finite
+    assert not checkpoint.nonfinite_entries(reader.restore(None, step)[0])
 
 
 def test_empty_split_and_unknown_digits_split_are_clear_errors(tiny_config, tmp_path,

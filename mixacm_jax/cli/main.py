@@ -3,10 +3,10 @@
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mixacm_jax.cli import config_errors
+from mixacm_jax.cli import config_errors, quiet
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.runtime import xla_cpu
 
@@ -49,22 +49,30 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax logs every save and restore
+    quiet.quiet_libraries()
   from mixacm_jax.cli import modes  # pylint: disable=g-import-not-at-top
   return modes.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, distributed=dict(
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id, auto=FLAGS.distributed), host_devices=FLAGS.host_devices)
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values=FLAGS):
   """absl's flag parsing, with a bad config file or override reported in one line."""
   config_errors.check_config_file(argv, DEFAULT_CONFIG)
   try:
-    remaining = FLAGS(argv)
-    _ = FLAGS.config.keys()  # the config file loads lazily: load it (and its overrides) now
+    remaining = flag_values(argv)
+    _ = flag_values.config.keys()  # the config file loads lazily: load it and its overrides
     return remaining
   except flags.Error as e:
     config_errors.fail(str(e))
+  except (AttributeError, KeyError, OSError) as e:
+    config_errors.fail(config_errors.explain(argv, e, DEFAULT_CONFIG))
+
+
+def define_flags_or_fail(flag_values, argv) -> None:
+  """`define_flags`, with a config file or override that cannot load as one line (exit 2)."""
+  try:
+    define_flags(flag_values, sys_argv=argv)
   except (AttributeError, KeyError, OSError) as e:
     config_errors.fail(config_errors.explain(argv, e, DEFAULT_CONFIG))
 
@@ -74,8 +82,5 @@ def entry():
     xla_cpu.choice()
   except ConfigError as e:
     config_errors.fail(str(e))
-  try:
-    define_flags()
-  except (AttributeError, KeyError, OSError) as e:
-    config_errors.fail(config_errors.explain(sys.argv, e, DEFAULT_CONFIG))
+  define_flags_or_fail(FLAGS, sys.argv)
   sys.exit(app.run(main, flags_parser=parse_flags))

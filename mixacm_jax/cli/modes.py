@@ -3,6 +3,7 @@ import os
 import sys
 
 from mixacm_jax.errors import ConfigError, MixACMError
+from mixacm_jax.runtime import storage
 
 
 def _train(config, workdir):
@@ -80,4 +81,8 @@ def run(mode: str, config, workdir: str, distributed=None, host_devices: str = "
     return MODES[mode](config, workdir)
   except MixACMError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  except OSError as e:  # a storage failure no layer named (each main write names its own)
+    print(f"error: a file operation failed on {e.filename or 'the workdir'}: "
+          f"{storage.reason(e)}", file=sys.stderr, flush=True)
     return 2

@@ -1,4 +1,6 @@
 """Config checks that run before any work, so a bad value fails in one clear line."""
+import difflib
+import math
 import os
 import tempfile
 
@@ -6,12 +8,20 @@ from mixacm_jax import models
 from mixacm_jax.errors import ConfigError
 
 NORMS = ("linf", "l2")
+# The sign of a number, by its key's name, wherever it appears in a config (weights,
+# temperatures, counts...): one table instead of a check per objective.
+POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "keep",
+            "log_every_steps", "restarts")
+NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_epochs",
+                "crop_padding", "num_threads", "prefetch", "num_examples", "num_steps",
+                "num_epochs", "steps", "every_steps", "stage_weights", "decay_epochs")
+READ_AHEAD_LIMIT = 1024  # data.num_threads and data.prefetch: more only exhausts memory
+ARCHITECTURE_LIMIT = 10_000  # an architecture's integer field (width, depth, block count)
 
 
 def unknown_key(config, path: str, flag: str = "") -> str:
   """'' when the dotted `path` names a field of `config`; otherwise why not, in one line,
   with the nearest valid key. `flag`: the command-line argument that named it, if one did."""
-  import difflib  # pylint: disable=g-import-not-at-top
   source, dashes = (f" in {flag}", "--") if flag else ("", "")
   parts = path.split(".")
   node = config
@@ -28,12 +38,53 @@ def unknown_key(config, path: str, flag: str = "") -> str:
   return ""
 
 
+def _leaves(config, prefix: str = ""):
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def _numbers(value):
+  if isinstance(value, bool):
+    return []
+  if isinstance(value, (int, float)):
+    return [value]
+  if isinstance(value, (tuple, list)):
+    return [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+  return []
+
+
+def check_numbers(config) -> None:
+  """Every number of the config is finite, and has the sign its name calls for
+  (`POSITIVE`, `NON_NEGATIVE`, weights `w_*` >= 0); the architectures' integer fields
+  (widths, depths, block counts) are positive."""
+  for path, value in _leaves(config):
+    key = path.rsplit(".", 1)[-1]
+    numbers = _numbers(value)
+    if any(not math.isfinite(v) for v in numbers):
+      raise ConfigError(f"{path} must be finite, got {value}")
+    if key in POSITIVE and any(v <= 0 for v in numbers):
+      raise ConfigError(f"{path} must be > 0, got {value}")
+    if (key in NON_NEGATIVE or key.startswith("w_")) and any(v < 0 for v in numbers):
+      raise ConfigError(f"{path} must be >= 0, got {value}")
+    if ".kwargs." in f".{path}" and not path.startswith("convert.") and (
+        any(not 0 < v <= ARCHITECTURE_LIMIT for v in numbers if isinstance(v, int))
+        or (isinstance(value, tuple) and not value)):
+      raise ConfigError(f"{path} must be in [1, {ARCHITECTURE_LIMIT}] (a width, depth or "
+                        f"block count), got {value}")
+    if key in ("num_threads", "prefetch") and any(v > READ_AHEAD_LIMIT for v in numbers):
+      raise ConfigError(f"{path} must be at most {READ_AHEAD_LIMIT}, got {value}")
+
+
 def _check_attack(where: str, cfg) -> None:
   if cfg.norm not in NORMS:
     raise ConfigError(f"{where}.norm must be one of {NORMS}, got {cfg.norm!r}")
-  if not 0.0 < cfg.eps <= (1.0 if cfg.norm == "linf" else float("inf")):
-    raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1], got {cfg.eps}")
-  if cfg.get("steps", 0) < 0 or cfg.step_size <= 0:
+  if not 0.0 < cfg.eps <= (1.0 if cfg.norm == "linf" else 1e6):
+    raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1] (L2: finite, > 0), "
+                      f"got {cfg.eps}")
+  if cfg.get("steps", 0) < 0 or not 0 < cfg.step_size < float("inf"):
     raise ConfigError(f"{where}: steps must be >= 0 and step_size > 0, "
                       f"got steps={cfg.get('steps')}, step_size={cfg.step_size}")
 
@@ -47,6 +98,14 @@ def validate_eval(eval_cfg) -> None:
                                 eval_cfg.pgd.norm)
   if eval_cfg.batch_size <= 0:
     raise ConfigError(f"eval.batch_size must be positive, got {eval_cfg.batch_size}")
+  if eval_cfg.get("num_examples", 0) < 0:
+    raise ConfigError(f"eval.num_examples must be >= 0 (0: the whole split), got "
+                      f"{eval_cfg.num_examples}")
+  for eps in eval_cfg.get("eps_sweep", ()) or ():
+    if not (isinstance(eps, (int, float)) and 0.0 < eps <= (
+        1.0 if eval_cfg.pgd.norm == "linf" else float("inf"))):
+      raise ConfigError(f"eval.eps_sweep values must be in (0, 1] for inputs in [0, 1], "
+                        f"got {eps!r}")
 
 
 def validate_evals(evals, eval_cfg) -> None:
@@ -67,6 +126,39 @@ def validate_evals(evals, eval_cfg) -> None:
                         f"{e.every_steps}, {e.num_examples}")
 
 
+def evaluation_metrics(evals, eval_cfg):
+  """The names of the metrics the training-time evaluations produce (see
+  `train.evaluate_during_training`): what `checkpoint.best_metric` may name."""
+  from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
+  names = []
+  for i, (name, e) in enumerate(evals.items()):
+    attacks = [a for a, _ in registry.parse_attacks(e.attacks, eval_cfg.autoattack_version)
+               if a != "clean"]
+    if i == 0:
+      names += ["clean_accuracy"] + (["robust_accuracy"] if attacks else [])
+    names += [f"{name}/clean_accuracy"] + [f"{name}/{a}" for a in attacks]
+  return names
+
+
+def validate_best_metric(config) -> None:
+  """checkpoint.best_metric must be a metric the evaluations produce (or '' for none)."""
+  best = config.checkpoint.get("best_metric")
+  if not best:
+    return
+  known = evaluation_metrics(config.evals, config.eval)
+  if best not in known:
+    raise ConfigError(
+        f"checkpoint.best_metric {best!r} is not produced by config.evals (which give "
+        f"{', '.join(known)}): set --config.checkpoint.best_metric to one of them, or to '' "
+        "to keep only the latest checkpoints")
+
+
+def validate_training(config) -> None:
+  """`validate`, and what only training reads (checkpoint.best_metric)."""
+  validate(config)
+  validate_best_metric(config)
+
+
 def validate(config) -> None:
   """Raises ConfigError on the first value that cannot work."""
   if config.model.name not in models.MODELS:
@@ -77,6 +169,9 @@ def validate(config) -> None:
                       f"got {config.model.dtype!r}")
   from mixacm_jax import objectives  # pylint: disable=g-import-not-at-top
   objectives.get_objective(config.objective.name).settings(config.objective)
+  for objective in objectives.OBJECTIVES.values():  # every group: a pipeline runs several
+    if objective.check_settings and objective.name in config.objective:
+      objective.check_settings(config.objective[objective.name])
   for key, group in config.objective.items():
     if hasattr(group, "keys") and "attack" in group:
       _check_attack(f"objective.{key}.attack", group.attack)
@@ -86,15 +181,20 @@ def validate(config) -> None:
   if o.batch_size <= 0 or config.eval.batch_size <= 0:
     raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "
                       f"eval.batch_size={config.eval.batch_size}")
-  if o.learning_rate <= 0 or not 0 <= o.momentum < 1 or o.weight_decay < 0:
+  if not (0 < o.learning_rate < float("inf") and 0 <= o.momentum < 1
+          and 0 <= o.weight_decay < float("inf")):
     raise ConfigError("optim needs learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0; got "
                       f"{o.learning_rate}, {o.momentum}, {o.weight_decay}")
-  if not (o.get("num_steps") or o.num_epochs > 0):
-    raise ConfigError("set optim.num_epochs > 0 or optim.num_steps > 0")
+  if o.get("num_steps", 0) < 0 or o.num_epochs < 0 or not (
+      o.get("num_steps") or o.num_epochs > 0):
+    raise ConfigError("set optim.num_epochs > 0 or optim.num_steps > 0 (num_steps > 0 "
+                      f"overrides num_epochs); got num_epochs={o.num_epochs}, "
+                      f"num_steps={o.get('num_steps')}")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps <= 0:
     raise ConfigError("log_every_steps must be positive")
+  check_numbers(config)
 
 
 def check_writable(workdir: str) -> None:

@@ -2,8 +2,10 @@
 from typing import Optional
 
 import ml_collections
+import numpy as np
 
 from mixacm_jax.configs import default
+from mixacm_jax.errors import ConfigError
 
 
 def get_config():
@@ -65,14 +67,18 @@ def eval_config(*, attacks: str = "clean,pgd20,autoattack", eps: Optional[float]
                 num_examples: int = 0) -> ml_collections.ConfigDict:
   """The `eval` config of the robustness report: the CIFAR-10 config's (`configs.cifar10`:
   L-inf eps 8/255, PGD step eps / 4, AutoAttack standard), with the given values in its
-  place; the PGD step defaults to eps / 4."""
+  place; the PGD step defaults to eps / 4. A value of the wrong type is a ConfigError."""
   cfg = get_config().eval
-  cfg.attacks, cfg.batch_size, cfg.num_examples = attacks, batch_size, num_examples
-  if version is not None:
-    cfg.autoattack_version = version
-  if norm is not None:
-    cfg.pgd.norm = norm
-  if eps is not None:
-    cfg.pgd.eps = eps
-  cfg.pgd.step_size = step_size or cfg.pgd.eps / 4
+  try:
+    cfg.attacks, cfg.batch_size, cfg.num_examples = attacks, batch_size, num_examples
+    if version is not None:
+      cfg.autoattack_version = version
+    if norm is not None:
+      cfg.pgd.norm = norm
+    if eps is not None:
+      cfg.pgd.eps = float(eps) if isinstance(eps, (int, float, np.number)) else eps
+    step = step_size or cfg.pgd.eps / 4
+    cfg.pgd.step_size = float(step) if isinstance(step, (int, float, np.number)) else step
+  except TypeError as e:
+    raise ConfigError(f"an evaluation setting of the wrong type: {e}") from None
   return cfg

@@ -170,6 +170,10 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapData
     raise DataError(f"split {data_cfg.train_split!r} of {data_cfg.name!r} has {len(base)} "
                     f"examples on this host, fewer than its batch of {batch}")
   padding, flip = int(data_cfg.crop_padding), bool(data_cfg.random_flip)
+  side = min(get_info(data_cfg).image_shape[:2])
+  if not 0 <= padding <= side:
+    raise ConfigError(f"data.crop_padding must be in [0, {side}] (the images' side), got "
+                      f"{padding}")
   # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
   ds = base.shuffle(seed=(seed * 100003) % 2**31).repeat().batch(batch, drop_remainder=True)
   if not (padding or flip):
@@ -196,6 +200,8 @@ def eval_batches(data_cfg, global_batch_size: int,
   ds = _host_dataset(data_cfg, data_cfg.eval_split)
   total = info.num_eval if not num_examples else min(num_examples, info.num_eval)
   host_limit = math.ceil(total / jax.process_count())
+  # A batch beyond the examples would only be padding: cut to the examples, per device.
+  batch = min(batch, math.ceil(host_limit / jax.local_device_count()) * jax.local_device_count())
   num_batches = math.ceil(host_limit / batch)
   it = iter(ds[:host_limit].batch(batch).to_iter_dataset(_read_options(data_cfg)))
   for _ in range(num_batches):

@@ -9,8 +9,9 @@ from mixacm_jax import models
 from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
+from mixacm_jax.errors import CheckpointError
 from mixacm_jax.evaluation import journal as journal_lib, robustness, robustness_output
-from mixacm_jax.runtime import checkpoint, preemption, reporting
+from mixacm_jax.runtime import checkpoint, preemption, reporting, workdir_lock
 
 PROGRESS_DIR = "eval_progress"
 
@@ -18,8 +19,16 @@ PROGRESS_DIR = "eval_progress"
 def robustness_of_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
   """Clean and robust accuracy of the model in `config.model` from `workdir`'s latest (or
   given) checkpoint; writes robustness.json and robustness_examples.csv (and an eps-sweep
-  plot when asked). Killed, the same command continues where it stopped."""
+  plot when asked). Killed, the same command continues where it stopped. Holds the
+  workdir's lock (one run in it)."""
   config_checks.validate(config)
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f"no checkpoint at {workdir}")
+  with workdir_lock.hold(workdir):
+    return _robustness_of_checkpoint(config, workdir, step)
+
+
+def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   variables = checkpoint.load_variables(model, info.image_shape, workdir, step)

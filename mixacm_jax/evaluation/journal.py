@@ -2,8 +2,10 @@
 continues where it stopped: one file per finished chunk of points (per attack, stage and
 target), each written atomically, under a manifest of the settings it belongs to. A run
 replays the chunks it finds and computes only the rest, in the same order with the same
-keys, so it ends with exactly the numbers of an uninterrupted run."""
+keys, so it ends with exactly the numbers of an uninterrupted run. The manifest is written
+with the first chunk: a run that failed before committing any work binds nothing."""
 import hashlib
+import io
 import json
 import os
 import re
@@ -13,6 +15,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from mixacm_jax.errors import CheckpointError, ConfigError
+from mixacm_jax.runtime import storage
 
 MANIFEST = "manifest.json"
 
@@ -22,10 +25,11 @@ class Journal:
 
   def __init__(self, directory: str, settings: Dict[str, Any]):
     self.directory = directory
+    self.settings = settings
     self.should_stop = lambda: False  # e.g. a SIGTERM flag: stop after the chunk in hand
-    os.makedirs(directory, exist_ok=True)
+    self.resumed = len(self._chunks())
     path = os.path.join(directory, MANIFEST)
-    if os.path.exists(path):
+    if self.resumed and os.path.exists(path):
       with open(path) as f:
         found = json.load(f)
       changed = [k for k in sorted(set(found) | set(settings)) if found.get(k) != settings.get(k)]
@@ -34,10 +38,12 @@ class Journal:
             f"{directory} holds an unfinished evaluation with other settings ("
             + "; ".join(f"{k}: {found.get(k)} -> {settings.get(k)}" for k in changed[:4])
             + "): run it with its settings to finish it, or delete the folder")
-      self.resumed = len(os.listdir(directory)) - 1
-    else:
-      _write_atomic(path, json.dumps(settings, indent=2, sort_keys=True).encode())
-      self.resumed = 0
+    self._bound = bool(self.resumed)
+
+  def _chunks(self):
+    if not os.path.isdir(self.directory):
+      return []
+    return [f for f in os.listdir(self.directory) if f.endswith(".npz")]
 
   def _path(self, key: str) -> str:
     return os.path.join(self.directory, re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".npz")
@@ -54,10 +60,15 @@ class Journal:
                             f"({type(e).__name__}); delete it to recompute that chunk") from None
 
   def save(self, key: str, **arrays: np.ndarray) -> None:
-    import io  # pylint: disable=g-import-not-at-top
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    _write_atomic(self._path(key), buffer.getvalue())
+    with storage.writing("save evaluation progress in", self.directory):
+      if not self._bound:  # the first chunk binds the folder to these settings
+        os.makedirs(self.directory, exist_ok=True)
+        _write_atomic(os.path.join(self.directory, MANIFEST),
+                      json.dumps(self.settings, indent=2, sort_keys=True).encode())
+        self._bound = True
+      _write_atomic(self._path(key), buffer.getvalue())
 
   def finish(self) -> None:
     """The evaluation is complete (its report written): its progress is no longer needed."""

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import autoattack, keys as attack_keys, loop, pgd as pgd_lib, registry
-from mixacm_jax.configs import cifar10
+from mixacm_jax.configs import checks as config_checks, cifar10
 from mixacm_jax.data import input_pipeline
-from mixacm_jax.errors import AttackConstraintError
-from mixacm_jax.evaluation import sanity
+from mixacm_jax.errors import AttackConstraintError, ConfigError
+from mixacm_jax.evaluation import inputs, sanity
 from mixacm_jax.runtime import parallel, reporting
 
 # A returned point whose margin is within this of 0 may flip between two evaluations (float
@@ -205,19 +205,25 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   `evaluation.journal`) commits each chunk of points and replays what an earlier run did.
   `key` replaces `PRNGKey(seed)`; `stage_settings` overrides AutoAttack stages' settings
   (`{"square": {"n_queries": 1000}}`); with `return_points`, each attack's per-example
-  entry has the returned points (`x_adv`)."""
+  entry has the returned points (`x_adv`). Bad images, labels or a model that cannot take
+  them are one ConfigError (see `inputs`), before any work."""
   if not hasattr(model, "apply"):
     model, variables = FunctionModel(model), variables or {}
+  images = inputs.images(images)
+  labels = inputs.labels(labels, len(images))
+  real = np.ones(len(labels), bool) if real is None else np.asarray(real, bool)
+  num_classes = inputs.output_classes(lambda v: model.apply(variables, v), images)
+  inputs.within_classes(labels[real], num_classes)
   eps = eval_cfg.pgd.eps if eps is None else eps
   attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
   batch = input_pipeline.local_batch_size(eval_cfg.batch_size)
-  real = np.ones(len(labels), bool) if real is None else np.asarray(real, bool)
+  n_dev = jax.local_device_count()  # a batch beyond the examples would be only padding
+  batch = min(batch, -(-_agreed_count(len(labels)) // n_dev) * n_dev)
   pad = -len(labels) % batch
   data = _Split(np.concatenate([np.asarray(images, np.float32),
                                 np.zeros((pad,) + np.shape(images)[1:], np.float32)]),
                 np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)]),
                 np.concatenate([real, np.zeros((pad,), bool)]), batch)
-  num_classes = int(jax.eval_shape(lambda v: model.apply(variables, v), images[:1]).shape[-1])
   all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
   notes = sanity.check_classes(all_stages, num_classes)  # before any work
   key = jax.random.PRNGKey(seed) if key is None else key
@@ -475,7 +481,8 @@ def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: st
 def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
                    norm: str = "linf", version: str = "standard",
                    overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                   per_example: bool = False, batch_size: Optional[int] = None):
+                   per_example: bool = False, batch_size: Optional[int] = None,
+                   return_flags: bool = False):
   """The whole AutoAttack on arrays, by the report's engine: each stage of `version` runs only
   on the points every earlier stage left correctly classified (a targeted stage target class
   by target class, each on the points still robust), each point with the key of its index,
@@ -489,13 +496,22 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   memory and changes no result. With `per_example`, a third element holds what the report's
   per-example table does: `clean_prediction`, `broken_by` (the stage that broke each point,
   '' if robust, 'clean' if misclassified already), `margin` (true logit minus the largest
-  other at the returned point) and `perturbation` (its norm).
+  other at the returned point) and `perturbation` (its norm). With `return_flags`, a last
+  element holds the sanity warnings `evaluate`'s report carries (gradient masking, a
+  randomised model, probabilities for logits...). The inputs are checked as `evaluate`
+  checks them: each problem is one ConfigError.
   """
-  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  x = inputs.images(x)
+  y = inputs.labels(y, len(x))
+  if batch_size is not None and (not isinstance(batch_size, (int, np.integer))
+                                 or batch_size <= 0):
+    raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+  _check_key(key)
   devices = jax.local_device_count()
   batch = -(-(batch_size or len(x)) // devices) * devices
   eval_cfg = cifar10.eval_config(attacks="autoattack", eps=eps, norm=norm, version=version,
                                  batch_size=batch * jax.process_count())
+  config_checks.validate_eval(eval_cfg)
   report = report_on_arrays(logits_fn, None, x, y, eval_cfg, key=key, verbose=False,
                             stage_settings=overrides, return_points=True)
   ex = report["examples"]
@@ -504,11 +520,23 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   stages = autoattack.get_version(version)
   robust_after = {name: (broken_by == "") | np.isin(broken_by, stages[j + 1:])
                   for j, name in enumerate(stages)}
-  if not per_example:
-    return table["x_adv"], robust_after
-  return table["x_adv"], robust_after, {
-      "clean_prediction": ex["clean_prediction"], "broken_by": table["broken_by"],
-      "margin": table["margin"], "perturbation": table["perturbation"]}
+  out = (table["x_adv"], robust_after)
+  if per_example:
+    out += ({"clean_prediction": ex["clean_prediction"], "broken_by": table["broken_by"],
+             "margin": table["margin"], "perturbation": table["perturbation"]},)
+  return out + (report["warnings"],) if return_flags else out
+
+
+def _check_key(key) -> None:
+  """A JAX PRNG key: a typed key, or the raw uint32 pair `jax.random.PRNGKey` returns."""
+  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape == ():
+      return
+  elif np.shape(key) == (2,) and np.asarray(key).dtype == np.uint32:
+    return
+  raise ConfigError(f"key must be one JAX PRNG key (jax.random.key(0) or "
+                    f"jax.random.PRNGKey(0)), got {type(key).__name__} of shape "
+                    f"{np.shape(key)}")
 
 
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],

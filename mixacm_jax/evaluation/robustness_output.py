@@ -5,7 +5,7 @@ import json
 import os
 from typing import Any, Dict
 
-from mixacm_jax.runtime import reporting
+from mixacm_jax.runtime import reporting, storage
 
 
 def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
@@ -23,7 +23,8 @@ def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with storage.writing("write", path):
+    fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
@@ -49,7 +50,7 @@ def _without_examples(report):
 def write_report(report: Dict[str, Any], workdir: str, name: str = "robustness.json") -> str:
   """robustness.json, and beside it robustness_examples.csv when the report has examples."""
   path = os.path.join(workdir, name)
-  with open(path, "w") as f:
+  with storage.writing("write", path), open(path, "w") as f:
     json.dump(_without_examples(report), f, indent=2)
   if "examples" in report:
     write_examples(report["examples"], os.path.join(workdir, "robustness_examples.csv"))
@@ -76,7 +77,7 @@ def example_rows(examples: Dict[str, Any]):
 
 def write_examples(examples: Dict[str, Any], path: str) -> None:
   header, rows = example_rows(examples)
-  with open(path, "w", newline="") as f:
+  with storage.writing("write", path), open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(header)
     writer.writerows(rows)

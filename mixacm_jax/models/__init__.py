@@ -1,6 +1,7 @@
 """Model registry and the one helper that runs a model and returns its sown activations."""
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -86,10 +87,29 @@ def create_model_from_config(model_cfg, num_classes: int):
                       **dict(model_cfg.get("kwargs", {})))
 
 
+def _host_memory() -> int:
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+    return 1 << 62
+
+
 def init_variables(model, rng: jax.Array, image_shape: Sequence[int]) -> Dict[str, Any]:
-  """params + batch_stats for a model taking images of `image_shape` (H, W, C)."""
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      rng, jnp.zeros((1, *image_shape), jnp.float32))
+  """params + batch_stats for a model taking images of `image_shape` (H, W, C). A model
+  whose fields cannot build it (model.kwargs of the wrong type or value) is a ConfigError."""
+  init = jax.jit(functools.partial(model.init, train=False))
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  try:
+    shapes = jax.eval_shape(init, rng, x)
+  except (TypeError, ValueError, NotImplementedError, OverflowError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise ConfigError(f"{type(model).__name__} cannot be built for images of shape "
+                      f"{tuple(image_shape)} with its fields (model.kwargs?): {first}") from None
+  size = sum(l.size * l.dtype.itemsize for l in jax.tree_util.tree_leaves(shapes))
+  if size > _host_memory():
+    raise ConfigError(f"{type(model).__name__} with these fields (model.kwargs?) has "
+                      f"{size / 2**30:.3g} GiB of variables, more than this host's memory")
+  variables = init(rng, x)
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 

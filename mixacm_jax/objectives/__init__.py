@@ -27,6 +27,8 @@ class Objective:
   init_params: Optional[Callable] = None
   # (cfg) -> (student names, teacher names) the objective reads
   feature_names: Optional[Callable] = None
+  # (cfg) -> None, raising ConfigError for a setting that cannot work (checked up front)
+  check_settings: Optional[Callable] = None
 
   def settings(self, objective_cfg):
     """This method's group of `config.objective` (what its hooks get as `cfg`)."""
@@ -53,7 +55,7 @@ OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("mixup", mixup.loss_fn, mixup.passes),
     Objective("trades", trades.loss_fn, trades.passes),
     Objective("mixacm", mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
-              mixacm.feature_names),
+              mixacm.feature_names, mixacm.check_settings),
     Objective("kd", kd.loss_fn, kd.passes, True),
     Objective("ard", ard.loss_fn, ard.passes, True),
     Objective("rslad", rslad.loss_fn, rslad.passes, True),

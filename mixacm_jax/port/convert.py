@@ -10,7 +10,7 @@ import numpy as np
 from mixacm_jax import models
 from mixacm_jax.errors import CheckpointError, ConfigError
 from mixacm_jax.port import rules as rules_lib, state_dict as sd_lib
-from mixacm_jax.runtime import checkpoint as ckpt_lib
+from mixacm_jax.runtime import checkpoint as ckpt_lib, storage, workdir_lock
 
 CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "logits.weight")
 
@@ -98,10 +98,29 @@ def load_pytorch_weights(source: str, arch: str, *, num_classes: int = 0,
 
 def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
   """`run.py --mode=convert`: a PyTorch file -> an orbax checkpoint of {params, batch_stats}
-  in `workdir/checkpoints` that train (as teacher) and eval load directly."""
+  in `workdir/checkpoints` that train (as teacher) and eval load directly. The weights are
+  read and checked before anything is written; the workdir is locked while it is."""
   directory = os.path.join(workdir, "checkpoints")
+  _check_empty(directory)
+  variables, info = _read(convert_cfg)
+  with workdir_lock.hold(workdir):
+    _check_empty(directory)
+    checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)
+    checkpointer.save(0, variables)
+    checkpointer.close()
+    path = os.path.join(workdir, "converted.json")
+    with storage.writing("write", path), open(path, "w") as f:
+      json.dump(info, f, indent=2)
+  return info
+
+
+def _check_empty(directory: str) -> None:
   if os.path.isdir(directory) and os.listdir(directory):
     raise CheckpointError(f"{directory} already holds checkpoints; choose an empty workdir")
+
+
+def _read(convert_cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(variables, info) of the file or zoo entry `convert_cfg` names, strictly checked."""
   if convert_cfg.get("robustbench"):
     if convert_cfg.arch or convert_cfg.source:
       raise ConfigError("set either convert.robustbench (the zoo knows the architecture and "
@@ -109,8 +128,7 @@ def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
     from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
     _, variables, info = zoo.load_entry(convert_cfg.robustbench, convert_cfg.dataset,
                                         convert_cfg.threat_model, convert_cfg.model_dir)
-    _save(variables, directory, workdir, info)
-    return info
+    return variables, info
   if not convert_cfg.arch or not convert_cfg.source:
     raise ConfigError("set --config.convert.robustbench=<RobustBench entry>, or "
                       "--config.convert.arch=<architecture> and "
@@ -119,19 +137,9 @@ def convert(convert_cfg, workdir: str) -> Dict[str, Any]:
   model, variables, norm = load_pytorch_weights(
       convert_cfg.source, convert_cfg.arch, num_classes=convert_cfg.num_classes,
       image_shape=tuple(convert_cfg.image_shape), **kwargs)
-  info = {"source": os.path.abspath(convert_cfg.source), "arch": convert_cfg.arch,
-          "num_classes": model.num_classes, "kwargs": kwargs,
-          "mean": norm["mean"], "std": norm["std"]}
-  _save(variables, directory, workdir, info)
-  return info
-
-
-def _save(variables, directory: str, workdir: str, info: Dict[str, Any]) -> None:
-  checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)
-  checkpointer.save(0, variables)
-  checkpointer.close()
-  with open(os.path.join(workdir, "converted.json"), "w") as f:
-    json.dump(info, f, indent=2)
+  return variables, {"source": os.path.abspath(convert_cfg.source), "arch": convert_cfg.arch,
+                     "num_classes": model.num_classes, "kwargs": kwargs,
+                     "mean": norm["mean"], "std": norm["std"]}
 
 
 def teacher_flags(info: Dict[str, Any], workdir: str) -> str:

@@ -8,6 +8,8 @@ from typing import Mapping, Optional, Sequence
 
 import jax
 
+from mixacm_jax.runtime import storage
+
 
 def is_primary() -> bool:
   return jax.process_index() == 0
@@ -37,7 +39,7 @@ class MetricWriter:
     if not self.enabled:
       return
     row = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
-    with open(self.path, "a") as f:
+    with storage.writing("append to", self.path), open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), "time": time.time(), **row}) + "\n")
     if self._tb is None:
       return

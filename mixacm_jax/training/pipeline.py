@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.runtime import reporting
+from mixacm_jax.runtime import reporting, storage, workdir_lock
 from mixacm_jax.training import teacher as teacher_lib, train
 
 COLUMNS = ["run", "model", "objective", "clean_accuracy", "robust_accuracy", "train_seconds",
@@ -45,7 +45,19 @@ def result_row(run: str, result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
-  """Teacher -> students -> report; every stage resumes from its own workdir."""
+  """Teacher -> students -> report; every stage resumes from its own workdir. Every stage's
+  config is checked before the first starts; the workdir is locked (one run in it)."""
+  configs = [student_config(config, objective) for objective in config.pipeline.students]
+  if not teacher_lib.is_given(config.teacher):
+    configs.insert(0, teacher_lib.training_config(config))
+  for cfg in configs:
+    config_checks.validate_training(cfg)
+  config_checks.check_writable(workdir)
+  with workdir_lock.hold(workdir):
+    return _run_pipeline(config, workdir)
+
+
+def _run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
   info = input_pipeline.get_info(config.data)
   rows = []
   if teacher_lib.is_given(config.teacher):
@@ -76,8 +88,8 @@ def run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
           f"({config.eval.pgd.norm}, eps={config.eval.pgd.eps:.4g}); passes = network "
           "forward + backward passes per training example-step, and in total.\n")
     print(report, flush=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(rows, f, indent=2)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(report + "\n")
+    for name, text in (("results.json", json.dumps(rows, indent=2)), ("results.md", report)):
+      path = os.path.join(workdir, name)
+      with storage.writing("write", path), open(path, "w") as f:
+        f.write(text + "\n")
   return rows

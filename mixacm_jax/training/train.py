@@ -14,9 +14,10 @@ import optax
 from mixacm_jax import models, objectives
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
-from mixacm_jax.errors import NonFiniteLossError
+from mixacm_jax.errors import ConfigError, NonFiniteLossError
 from mixacm_jax.evaluation import robustness
-from mixacm_jax.runtime import checkpoint as ckpt_lib, parallel, preemption, reporting
+from mixacm_jax.runtime import (checkpoint as ckpt_lib, parallel, preemption, reporting, storage,
+                                workdir_lock)
 from mixacm_jax.training import optim, teacher as teacher_lib
 
 
@@ -133,21 +134,62 @@ def evaluate_during_training(model, params, batch_stats, data_cfg, eval_cfg, eva
   return out
 
 
-def _check_finite(step: int, metrics: Dict[str, float]) -> None:
+def _check_finite(step: int, metrics: Dict[str, float], checkpointer) -> None:
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
     raise NonFiniteLossError(
         f"non-finite {', '.join(bad)} at step {step} (values: "
-        f"{ {k: metrics[k] for k in bad} }); training stopped and the last good checkpoint "
-        "is kept. Lower optim.learning_rate or check the inputs.")
+        f"{ {k: metrics[k] for k in bad} }); training stopped ({checkpointer.last_good()}). "
+        "Lower optim.learning_rate or check the inputs.")
+
+
+def _check_state(step: int, state, checkpointer) -> None:
+  """Weights, statistics and optimizer state must be finite before they are evaluated or
+  saved: the loss can still be finite a few steps after the state is not."""
+  bad = ckpt_lib.nonfinite_entries(state)
+  if bad:
+    raise NonFiniteLossError(
+        f"the state is not finite at step {step} ({ckpt_lib.short_list(bad, 3)}); training "
+        f"stopped ({checkpointer.last_good()}). Lower optim.learning_rate or check the inputs.")
+
+
+def _check_resumable(restored_step: Optional[int], total_steps: int, workdir: str) -> None:
+  if restored_step is not None and restored_step > total_steps:
+    raise ConfigError(
+        f"{workdir} holds a checkpoint of step {restored_step}, past this run's "
+        f"{total_steps} steps: set optim.num_steps >= {restored_step} to continue it, "
+        "or use another --workdir")
+
+
+def _write_summary(workdir: str, summary: Dict[str, Any], trained: bool) -> Dict[str, Any]:
+  """Writes summary.json. A run that found its training finished (it only evaluated) keeps
+  the cost the training run recorded there, rather than its own zero."""
+  path = os.path.join(workdir, "summary.json")
+  if not trained and os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous.get("steps") == summary["steps"]:
+      summary = {**summary, **{k: previous[k] for k in ("train_seconds", "resumed_from")
+                               if k in previous}}
+  if reporting.is_primary():
+    with storage.writing("write", path):
+      with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+  return summary
 
 
 def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Teacher] = None,
                        objective: Optional[objectives.Objective] = None) -> Dict[str, Any]:
   """Trains `config.model` with `config.objective` in `workdir`, resuming from its latest
-  checkpoint; returns the final eval metrics and the training cost."""
-  config_checks.validate(config)
+  checkpoint; returns the final eval metrics and the training cost. Holds the workdir's lock
+  (one run per workdir)."""
+  config_checks.validate_training(config)
   config_checks.check_writable(workdir)
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir, teacher, objective)
+
+
+def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
@@ -162,6 +204,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
   state, restored_step = checkpointer.restore(state)
+  _check_resumable(restored_step, total_steps, workdir)
   start_step = int(state.step)
   if restored_step is not None and reporting.is_primary():
     print(f"Resuming from the checkpoint of step {restored_step} in {workdir}", flush=True)
@@ -189,8 +232,7 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   train_seconds, step = 0.0, start_step
 
   def save(step, metrics=None):
-    host_state = jax.device_get(parallel.unreplicate(p_state))
-    checkpointer.save(step, host_state, metrics)
+    checkpointer.save(step, jax.device_get(parallel.unreplicate(p_state)), metrics)
 
   try:
     with preemption.SigtermFlag() as sigterm:
@@ -206,7 +248,9 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
         if log_now or eval_now or save_now:
           metrics = {k: float(v) for k, v in jax.device_get(
               parallel.unreplicate(p_metrics)).items()}
-          _check_finite(step, metrics)
+          _check_finite(step, metrics, checkpointer)
+          if eval_now or save_now:
+            _check_state(step, jax.device_get(parallel.unreplicate(p_state)), checkpointer)
           if log_now:
             progress.report(step, metrics)
             writer.write(step, metrics, prefix="train/")
@@ -230,12 +274,10 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
   finally:
     checkpointer.close()  # commits any save still in flight, even on a crash
     writer.close()
-  summary = {"model": config.model.name, "objective": config.objective.name,
-             "steps": total_steps, "resumed_from": start_step, "train_seconds": train_seconds,
-             **objective.training_cost(config.objective, total_steps, config.optim.batch_size),
-             **eval_metrics}
-  if reporting.is_primary():
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+  summary = _write_summary(workdir, {
+      "model": config.model.name, "objective": config.objective.name, "steps": total_steps,
+      "resumed_from": start_step, "train_seconds": train_seconds,
+      **objective.training_cost(config.objective, total_steps, config.optim.batch_size),
+      **eval_metrics}, trained=start_step < total_steps)
   return {"state": jax.device_get(parallel.unreplicate(p_state)), **summary}
 

@@ -43,6 +43,18 @@ def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
   return pairs
 
 
+def check_settings(cfg) -> None:
+  """Raises ConfigError for a MixACM setting that cannot work, before any work."""
+  stage_pairs(cfg)
+  acm.get_mapping(cfg.acm.mapping)
+  if cfg.acm.activation not in acm.ACTIVATIONS:
+    raise ConfigError(f"unknown objective.mixacm.acm.activation {cfg.acm.activation!r}; "
+                      f"known: {', '.join(sorted(acm.ACTIVATIONS))}")
+  if cfg.acm.transform not in acm.TRANSFORMS:
+    raise ConfigError(f"unknown ACM transform {cfg.acm.transform!r}; known: "
+                      f"{', '.join(acm.TRANSFORMS)}")
+
+
 def feature_names(cfg) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
   if not cfg.w_acm:
     return (), ()

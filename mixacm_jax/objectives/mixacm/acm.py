@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.models.layers import activation as activation_fn
+from mixacm_jax.models.layers import ACTIVATIONS, activation as activation_fn
 
 
 def _mean_act(a, *, act, p):
@@ -80,6 +80,9 @@ def transform(student_map: jnp.ndarray, params: Optional[Mapping[str, jnp.ndarra
   return student_map @ params["kernel"]
 
 
+TRANSFORMS = ("linear", "none")
+
+
 def init_transform(rng: jax.Array, student_dim: int, teacher_dim: int,
                    kind: str) -> Dict[str, jnp.ndarray]:
   """`linear`: a (C_s, C_t) matrix, the identity when C_s == C_t, else scaled Gaussian;
@@ -90,7 +93,7 @@ def init_transform(rng: jax.Array, student_dim: int, teacher_dim: int,
                         f"vs teacher {teacher_dim}; use objective.mixacm.acm.transform='linear'")
     return {}
   if kind != "linear":
-    raise ConfigError(f"unknown ACM transform {kind!r}; known: linear, none")
+    raise ConfigError(f"unknown ACM transform {kind!r}; known: {', '.join(TRANSFORMS)}")
   if student_dim == teacher_dim:
     return {"kernel": jnp.eye(student_dim, dtype=jnp.float32)}
   return {"kernel": jax.random.normal(rng, (student_dim, teacher_dim), jnp.float32)

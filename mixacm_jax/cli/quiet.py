@@ -1,0 +1,65 @@
+"""The command's output without the libraries' noise (unless --verbosity asks for it): a
+failed checkpoint save is reported by the command in one line, naming the step and the path,
+so the tracebacks orbax and tensorstore print for it from their own threads are dropped."""
+import logging
+import os
+import re
+import sys
+import threading
+import warnings
+
+from absl import logging as absl_logging
+
+# What tensorstore's threads print, once per write still in flight, after a failed save has
+# closed orbax's event loop.
+LOOP_CLOSED = "RuntimeError: Event loop is closed"
+_LAST_LINE = re.compile(r"^[A-Za-z_.]+(Error|Exception|Interrupt)\b.*$")
+
+
+class _NotFromOrbax(logging.Filter):
+  def filter(self, record):
+    return "/orbax/" not in record.pathname.replace(os.sep, "/")
+
+
+class _ForeignThreadFilter:
+  """stderr, with each traceback written by a thread that Python did not start (a library's
+  own) held until its last line, and dropped when that line is LOOP_CLOSED."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._held = {}
+    self._lock = threading.Lock()
+
+  def write(self, text: str) -> int:
+    if not isinstance(threading.current_thread(), threading._DummyThread):  # pylint: disable=protected-access
+      return self._stream.write(text)
+    with self._lock:
+      key = threading.get_ident()
+      held = self._held.get(key, "") + text
+      if not held.startswith("Traceback"):
+        self._held.pop(key, None)
+        return self._stream.write(held) and len(text)
+      lines = held.rstrip("\n").splitlines()
+      if held.endswith("\n") and _LAST_LINE.match(lines[-1]):
+        self._held.pop(key, None)
+        if lines[-1].strip() != LOOP_CLOSED:
+          self._stream.write(held)
+      else:
+        self._held[key] = held
+    return len(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def quiet_libraries() -> None:
+  """Orbax's logs off (every save and restore at INFO; a failed save's tracebacks from each of
+  its threads at ERROR), the loop-closed tracebacks of tensorstore's threads dropped, and
+  JAX's warnings about cache entries it could not write or read (a full disk, a truncated
+  entry: it compiles instead) ignored."""
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  absl_logging.get_absl_handler().addFilter(_NotFromOrbax())
+  warnings.filterwarnings("ignore", message="Error (reading|writing) persistent compilation "
+                          "cache entry")
+  if not isinstance(sys.stderr, _ForeignThreadFilter):
+    sys.stderr = _ForeignThreadFilter(sys.stderr)
