@@ -42,11 +42,12 @@ TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes
         "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
 
 
-def run_command(*args, env_devices=1, extra_env=None, **kwargs):
-  """`python run.py *args` in a fresh process on `env_devices` CPU devices."""
+def run_command(*args, env_devices=1, extra_env=None, prefix=(), **kwargs):
+  """`python run.py *args` in a fresh process on `env_devices` CPU devices (`prefix`: a
+  command that runs it, e.g. prlimit)."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
              TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", **(extra_env or {}))
-  return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
+  return subprocess.run([*prefix, sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 

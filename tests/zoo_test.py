@@ -126,6 +126,7 @@ def test_the_papers_teacher_distils_into_a_student_by_name(zhang_dir, tmp_path, 
   config.teacher.robustbench, config.teacher.model_dir = ZHANG, model_dir
   config.optim.batch_size, config.optim.num_steps = 4, 2
   config.evals.pgd.attacks, config.evals.pgd.num_examples = "clean", 8
+  config.checkpoint.best_metric = "clean_accuracy"
   with tfds.testing.mock_data(num_examples=16):
     result = train.train_and_evaluate(config, str(tmp_path / "student"))
   assert result["steps"] == 2 and result["teacher_forward_passes"] > 0

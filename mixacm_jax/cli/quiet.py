@@ -21,6 +21,10 @@ class _NotFromOrbax(logging.Filter):
     return "/orbax/" not in record.pathname.replace(os.sep, "/")
 
 
+# What threading calls a thread that Python did not start (one of a C++ library's own).
+_FOREIGN = threading._DummyThread  # pylint: disable=protected-access
+
+
 class _ForeignThreadFilter:
   """stderr, with each traceback written by a thread that Python did not start (a library's
   own) held until its last line, and dropped when that line is LOOP_CLOSED."""
@@ -31,7 +35,7 @@ class _ForeignThreadFilter:
     self._lock = threading.Lock()
 
   def write(self, text: str) -> int:
-    if not isinstance(threading.current_thread(), threading._DummyThread):  # pylint: disable=protected-access
+    if not isinstance(threading.current_thread(), _FOREIGN):
       return self._stream.write(text)
     with self._lock:
       key = threading.get_ident()
