@@ -100,9 +100,7 @@ def host_loops() -> bool:
 
 def _prediction_and_margin(logits, y):
   """argmax, and the true class's logit minus the largest other (< 0: misclassified)."""
-  true = jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
-  other = jnp.max(jnp.where(jax.nn.one_hot(y, logits.shape[-1]) > 0, -jnp.inf, logits), -1)
-  return jnp.argmax(logits, -1), true - other
+  return jnp.argmax(logits, -1), -pgd_lib.margin_loss(logits, y)
 
 
 def _pmapped_clean(model):

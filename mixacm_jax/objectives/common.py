@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixacm_jax.attacks import loop
-from mixacm_jax.attacks.pgd import project
+from mixacm_jax.attacks import keys, loop
+from mixacm_jax.attacks.pgd import ce_loss, project
 
 # forward(params, batch_stats, x, train, names) -> (logits, {name: activation}, new_batch_stats)
 ForwardFn = Callable[..., Any]
@@ -24,9 +24,7 @@ class ObjectiveContext:
 
   def example_keys(self, n: int, salt: int = 0) -> jax.Array:
     """One key per example, from its global index: the same on 1 device or N."""
-    base = jax.random.fold_in(self.rng, salt)
-    index = self.example_offset + jnp.arange(n)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+    return keys.of_points(jax.random.fold_in(self.rng, salt), self.example_offset + jnp.arange(n))
 
   def eval_logits_fn(self, params) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """The model in eval mode (running BatchNorm statistics), as attacks need it."""
@@ -34,7 +32,8 @@ class ObjectiveContext:
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  """The batch mean of the per-example cross-entropy the attacks use."""
+  return jnp.mean(ce_loss(logits, labels))
 
 
 def accuracy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -43,10 +42,9 @@ def accuracy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 
 def kl_per_example(target_logits: jnp.ndarray, logits: jnp.ndarray,
                    temperature: float = 1.0) -> jnp.ndarray:
-  """KL(softmax(target/T) || softmax(logits/T)) for each example."""
-  target_log_p = jax.nn.log_softmax(target_logits / temperature)
-  log_q = jax.nn.log_softmax(logits / temperature)
-  return jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_q), axis=-1)
+  """KL(softmax(target/T) || softmax(logits/T)) for each example (optax's)."""
+  return optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(logits / temperature), jax.nn.log_softmax(target_logits / temperature))
 
 
 def kl_divergence(target_logits: jnp.ndarray, logits: jnp.ndarray,
