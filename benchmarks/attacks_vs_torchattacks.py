@@ -29,9 +29,10 @@ import torchattacks  # noqa: E402
 
 from mixacm_jax.attacks import autoattack, pgd  # noqa: E402
 from mixacm_jax.evaluation import robustness  # noqa: E402
-from mixacm_jax.port import convert, robustbench  # noqa: E402
+from mixacm_jax.port import convert  # noqa: E402
 
 import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
+from tools import robustbench_zoo as robustbench  # noqa: E402  # pylint: disable=g-bad-import-order
 
 EPS = {"linf": 8 / 255, "l2": 0.5}
 STANDARD = autoattack.VERSIONS["standard"]

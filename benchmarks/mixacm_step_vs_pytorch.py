@@ -32,11 +32,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from mixacm_jax import objectives  # noqa: E402
 from mixacm_jax.configs import cifar10  # noqa: E402
-from mixacm_jax.port import convert, robustbench  # noqa: E402
+from mixacm_jax.port import convert  # noqa: E402
 from mixacm_jax.runtime import parallel  # noqa: E402
 from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
 
 import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
+from tools import robustbench_zoo as robustbench  # noqa: E402  # pylint: disable=g-bad-import-order
 
 # (student stage, PyTorch module whose output it is), (teacher stage, module)
 STUDENT_HOOKS = {"stem": "bn1", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",

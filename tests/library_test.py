@@ -107,7 +107,7 @@ def test_every_documented_command_parses_with_the_real_parser(monkeypatch):
 def test_docs_library_page_runs_as_written(tmp_path, monkeypatch, capsys):
   torch = pytest.importorskip("torch", reason="the PyTorch-weights snippet needs torch "
                                               "(the `port` extra)")
-  from mixacm_jax.port import robustbench  # pylint: disable=g-import-not-at-top
+  from tools import robustbench_zoo as robustbench  # pylint: disable=g-import-not-at-top
   snippets = _library_snippets()
   assert len(snippets) == 3
   # The file the weights snippet loads: RobustBench's WRN-16-2 with random weights.

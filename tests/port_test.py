@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.errors import CheckpointError  # noqa: E402
-from mixacm_jax.port import convert, robustbench  # noqa: E402
+from mixacm_jax.port import convert  # noqa: E402
+from tools import robustbench_zoo as robustbench  # noqa: E402
 from mixacm_jax.runtime import checkpoint  # noqa: E402
 from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
 

@@ -18,7 +18,8 @@ if importlib.util.find_spec("robustbench") is None:
 import mixacm_jax  # noqa: E402
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.errors import CheckpointError, ConfigError  # noqa: E402
-from mixacm_jax.port import parity, robustbench, zoo, zoo_recipes  # noqa: E402
+from mixacm_jax.port import zoo, zoo_recipes  # noqa: E402
+from tools import robustbench_parity as parity, robustbench_zoo as robustbench  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZHANG = "Zhang2019Theoretically"
@@ -27,11 +28,11 @@ ZHANG = "Zhang2019Theoretically"
 def test_recipe_table_and_readme_coverage_are_derived_from_the_installed_zoo():
   derived = robustbench.derive_recipes()
   assert robustbench.installed_version() == zoo_recipes.ROBUSTBENCH_VERSION
-  assert derived == zoo_recipes.RECIPES, "run: python -m mixacm_jax.port.robustbench"
+  assert derived == zoo_recipes.RECIPES, "run: python -m tools.robustbench_zoo"
   with open(os.path.join(ROOT, "README.md")) as f:
     readme = f.read()
   coverage = robustbench.render_coverage(derived, zoo_recipes.ROBUSTBENCH_VERSION)
-  assert coverage in readme, "run: python -m mixacm_jax.port.robustbench"
+  assert coverage in readme, "run: python -m tools.robustbench_zoo"
   with open(os.path.join(ROOT, "docs", "port.md")) as f:
     assert robustbench.render_unsupported(derived) in f.read()
 
@@ -45,7 +46,7 @@ def test_coverage_by_name():
 
 
 def test_the_committed_parity_proof_covers_every_supported_entry():
-  """docs/robustbench_parity.md (python -m mixacm_jax.port.parity): one row per supported
+  """docs/robustbench_parity.md (python -m tools.robustbench_parity): one row per supported
   entry of the current table, every one within the tolerance."""
   with open(os.path.join(ROOT, "docs", "robustbench_parity.md")) as f:
     rows = [line.split("|")[1:-1] for line in f if re.match(r"\| (cifar|imagenet)", line)]

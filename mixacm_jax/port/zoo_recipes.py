@@ -3,7 +3,7 @@ the registered architecture and its fields, the number of classes, the input nor
 the image shape and the key RobustBench's loader opens the file at; or why the entry is
 unsupported.
 
-Generated from robustbench==1.1.1's own zoo files by `python -m mixacm_jax.port.robustbench`;
+Generated from robustbench==1.1.1's own zoo files by `python -m tools.robustbench_zoo`;
 do not edit (a test derives it again and compares).
 """
 # ruff: noqa: E501  (one entry per line)

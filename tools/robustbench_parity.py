@@ -6,8 +6,8 @@ loader opens, with DataParallel prefixes), loaded back with `zoo.load_robustbenc
 logits of both on the same random images compared. Entries with the same class and recipe
 are checked once. Needs torch; runs outside CI (about 8 minutes on 2 CPU cores):
 
-    python -m mixacm_jax.port.parity             # writes docs/robustbench_parity.md
-    python -m mixacm_jax.port.parity --only=Zhang2019Theoretically,Ding2020MMA
+    python -m tools.robustbench_parity             # writes docs/robustbench_parity.md
+    python -m tools.robustbench_parity --only=Zhang2019Theoretically,Ding2020MMA
 """
 import argparse
 import os
@@ -18,11 +18,12 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mixacm_jax.port import robustbench, zoo, zoo_recipes
+from mixacm_jax.port import zoo, zoo_recipes
+from tools import robustbench_zoo as robustbench
 
 TOLERANCE = 1e-4
 LOGIT_SCALE = 20.0  # the largest |logit| of each check; trained CIFAR models reach 10-30
-REPORT = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustbench_parity.md")
+REPORT = os.path.join(robustbench.ROOT, "docs", "robustbench_parity.md")
 
 
 def save_as_robustbench(net, recipe, path: str) -> None:
@@ -121,7 +122,7 @@ def render(results) -> str:
   bad = sum(d > TOLERANCE for d, _, _ in results.values())
   lines = [
       "# RobustBench entries by name: logits against RobustBench's own modules", "",
-      "Written by `python -m mixacm_jax.port.parity` (robustbench=="
+      "Written by `python -m tools.robustbench_parity` (robustbench=="
       f"{zoo_recipes.ROBUSTBENCH_VERSION}, {time.strftime('%Y-%m-%d')}): each supported entry's "
       "PyTorch module from the zoo's own constructor, random weights and BatchNorm "
       "statistics, saved in RobustBench's file layout, loaded with "
