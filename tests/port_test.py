@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.errors import CheckpointError  # noqa: E402
-from mixacm_jax.port import convert  # noqa: E402
+from mixacm_jax.port import convert, to_orbax  # noqa: E402
 from tools import robustbench_zoo as robustbench  # noqa: E402
 from mixacm_jax.runtime import checkpoint  # noqa: E402
 from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
@@ -142,7 +142,7 @@ def test_mismatched_weights_list_every_problem_and_write_nothing(tmp_path):
   torch.save(state, path)
   cfg = _convert_cfg(path, "resnet18")
   with pytest.raises(CheckpointError) as err:
-    convert.convert(cfg, str(tmp_path / "out"))
+    to_orbax.to_checkpoint(cfg, str(tmp_path / "out"))
   msg = str(err.value)
   assert "1 missing Flax entries: params/layer2_0/conv1/kernel" in msg
   assert "1 unexpected PyTorch keys: layer9.0.conv1.weight" in msg
@@ -163,7 +163,7 @@ def test_convert_writes_a_teacher_checkpoint(tmp_path):
   net = _randomise(wrn.WideResNet(depth=10, widen_factor=1, sub_block1=True))
   path = str(tmp_path / "trades.pth")
   torch.save(net.state_dict(), path)  # TRADES checkpoints carry the unused sub_block1
-  info = convert.convert(_convert_cfg(path, "wrn", depth=10, widen_factor=1),
+  info = to_orbax.to_checkpoint(_convert_cfg(path, "wrn", depth=10, widen_factor=1),
                          str(tmp_path / "out"))
   assert info["num_classes"] == 10
   from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top

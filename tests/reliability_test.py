@@ -15,7 +15,7 @@ import pytest
 import mixacm_jax
 from mixacm_jax import models, objectives
 from mixacm_jax.data import input_pipeline
-from mixacm_jax.errors import (CheckpointError, ConfigError, NonFiniteLossError,
+from mixacm_jax.errors import (ConfigError, NonFiniteLossError,
                                WorkdirBusyError)
 from mixacm_jax.evaluation import checkpoint_report, robustness
 from mixacm_jax.objectives import natural

@@ -44,11 +44,11 @@ def _pipeline(config, workdir):
 
 
 def _convert(config, workdir):
-  from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top
-  info = convert.convert(config.convert, workdir)
+  from mixacm_jax.port import to_orbax  # pylint: disable=g-import-not-at-top
+  info = to_orbax.to_checkpoint(config.convert, workdir)
   print(f"Converted {info['source']} -> {workdir}/checkpoints ({info['arch']}, "
         f"{info['num_classes']} classes).")
-  print(f"As a teacher: {convert.teacher_flags(info, workdir)}")
+  print(f"As a teacher: {to_orbax.teacher_flags(info, workdir)}")
   return 0
 
 
