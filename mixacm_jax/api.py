@@ -12,8 +12,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import ml_collections
 import numpy as np
 
+from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.configs.cifar10 import eval_config  # noqa: F401  (public: mixacm_jax.eval_config)
 from mixacm_jax.evaluation import inputs, robustness
+from mixacm_jax.port import convert, zoo
 
 
 def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
@@ -23,7 +25,6 @@ def load_pytorch(path: str, arch: str, *, num_classes: int = 0,
   without executing anything in it, or .safetensors). `arch` is a registered architecture
   (`mixacm_jax.models.MODELS`), `arch_kwargs` its fields (e.g. depth=22, widen_factor=2);
   input normalisation found in the file (mu / sigma buffers) goes inside the model."""
-  from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top
   model, variables, _ = convert.load_pytorch_weights(
       path, arch, num_classes=num_classes, image_shape=tuple(image_shape), dtype=dtype,
       **arch_kwargs)
@@ -37,7 +38,6 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
   from `<model_dir>/<dataset>/<threat_model>/<name>.pt`, the file RobustBench's `load_model`
   writes. The model takes NHWC images in [0, 1] and normalises them inside, as RobustBench's
   module does; the recipe (architecture, normalisation) comes from RobustBench's own zoo."""
-  from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
   return zoo.load_robustbench(name, dataset, threat_model, model_dir, dtype)
 
 
@@ -51,7 +51,6 @@ def evaluate(model, variables, data: Union[str, np.ndarray], *, labels=None,
   images with `labels`. `eval_kwargs` go to `eval_config` (attacks, eps, norm, step_size,
   version, batch_size, num_examples)."""
   eval_cfg = eval_config(**eval_kwargs)
-  from mixacm_jax.configs import checks as config_checks  # pylint: disable=g-import-not-at-top
   config_checks.validate_eval(eval_cfg)
   if isinstance(data, str):
     data_cfg = ml_collections.ConfigDict({

@@ -3,6 +3,7 @@ import os
 import sys
 
 from mixacm_jax import configs
+from mixacm_jax.configs import checks
 
 
 def fail(message: str):
@@ -27,7 +28,6 @@ def check_config_file(argv, default: str) -> None:
 
 def _unknown_override(argv, path: str) -> str:
   """Why the first `--config.a.b=` override that names no field of the config is wrong."""
-  from mixacm_jax.configs import checks  # pylint: disable=g-import-not-at-top
   config = configs.load_config_file(path)
   for arg in argv:
     if arg.startswith("--config."):

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mixacm_jax.cli import config_errors, quiet
+from mixacm_jax.cli import config_errors, modes, quiet
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.runtime import xla_cpu
 
@@ -50,7 +50,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     quiet.quiet_libraries()
-  from mixacm_jax.cli import modes  # pylint: disable=g-import-not-at-top
   return modes.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, distributed=dict(
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id, auto=FLAGS.distributed), host_devices=FLAGS.host_devices)

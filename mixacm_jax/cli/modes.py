@@ -3,12 +3,14 @@ import os
 import sys
 
 from mixacm_jax.errors import ConfigError, MixACMError
-from mixacm_jax.runtime import storage
+from mixacm_jax.evaluation import checkpoint_report, robustness_output
+from mixacm_jax.port import to_orbax
+from mixacm_jax.runtime import (compilation_cache, distributed as dist, parallel, reporting,
+                                storage)
+from mixacm_jax.training import pipeline, train
 
 
 def _train(config, workdir):
-  from mixacm_jax.runtime import reporting  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(config, workdir)
   row = {k: v for k, v in result.items() if k != "state"}
   if reporting.is_primary():
@@ -21,8 +23,6 @@ def _train(config, workdir):
 
 
 def _eval(config, workdir):
-  from mixacm_jax.evaluation import checkpoint_report, robustness_output  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.runtime import reporting  # pylint: disable=g-import-not-at-top
   report = checkpoint_report.robustness_of_checkpoint(config, workdir)
   if reporting.is_primary():
     print(f"\n{report['num_examples']} examples, {report['norm']} eps={report['eps']:.4g}; "
@@ -35,7 +35,6 @@ def _eval(config, workdir):
 
 
 def _pipeline(config, workdir):
-  from mixacm_jax.training import pipeline  # pylint: disable=g-import-not-at-top
   if "pipeline" not in config:
     raise ConfigError("--mode=pipeline needs a config with a `pipeline` section, "
                       "e.g. configs/default_mixacm.py")
@@ -44,7 +43,6 @@ def _pipeline(config, workdir):
 
 
 def _convert(config, workdir):
-  from mixacm_jax.port import to_orbax  # pylint: disable=g-import-not-at-top
   info = to_orbax.to_checkpoint(config.convert, workdir)
   print(f"Converted {info['source']} -> {workdir}/checkpoints ({info['arch']}, "
         f"{info['num_classes']} classes).")
@@ -71,12 +69,9 @@ def run(mode: str, config, workdir: str, distributed=None, host_devices: str = "
   try:
     n = _host_devices(str(host_devices))
     if n > 1:
-      from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
       parallel.use_host_devices(n)
     if distributed:
-      from mixacm_jax.runtime import distributed as dist  # pylint: disable=g-import-not-at-top
       dist.maybe_initialize(**distributed)
-    from mixacm_jax.runtime import compilation_cache  # pylint: disable=g-import-not-at-top
     compilation_cache.enable()
     return MODES[mode](config, workdir)
   except MixACMError as e:

@@ -4,7 +4,8 @@ import math
 import os
 import tempfile
 
-from mixacm_jax import models
+from mixacm_jax import models, objectives
+from mixacm_jax.attacks import registry
 from mixacm_jax.errors import ConfigError
 
 NORMS = ("linf", "l2")
@@ -93,7 +94,6 @@ def validate_eval(eval_cfg) -> None:
   """The evaluation's attack settings (eval.pgd, eval.attacks)."""
   _check_attack("eval.pgd", eval_cfg.pgd)
   if "attacks" in eval_cfg:
-    from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
     registry.validate_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
                                 eval_cfg.pgd.norm)
   if eval_cfg.batch_size <= 0:
@@ -111,7 +111,6 @@ def validate_eval(eval_cfg) -> None:
 def validate_evals(evals, eval_cfg) -> None:
   """config.evals: at least one evaluation (the run's accuracy), each with known attacks and
   counts >= 0."""
-  from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
   if not evals:
     raise ConfigError("config.evals is empty: training needs at least one evaluation (its "
                       "first gives the run's clean and robust accuracy), e.g. "
@@ -129,7 +128,6 @@ def validate_evals(evals, eval_cfg) -> None:
 def evaluation_metrics(evals, eval_cfg):
   """The names of the metrics the training-time evaluations produce (see
   `train.evaluate_during_training`): what `checkpoint.best_metric` may name."""
-  from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
   names = []
   for i, (name, e) in enumerate(evals.items()):
     attacks = [a for a, _ in registry.parse_attacks(e.attacks, eval_cfg.autoattack_version)
@@ -167,7 +165,6 @@ def validate(config) -> None:
   if config.model.get("dtype", "float32") not in models.DTYPES:
     raise ConfigError(f"model.dtype must be one of {list(models.DTYPES)}, "
                       f"got {config.model.dtype!r}")
-  from mixacm_jax import objectives  # pylint: disable=g-import-not-at-top
   objectives.get_objective(config.objective.name).settings(config.objective)
   for objective in objectives.OBJECTIVES.values():  # every group: a pipeline runs several
     if objective.check_settings and objective.name in config.objective:

@@ -12,6 +12,7 @@ import re
 import shutil
 from typing import Any, Dict, Optional
 
+import jax
 import numpy as np
 
 from mixacm_jax.errors import CheckpointError, ConfigError
@@ -89,7 +90,6 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 def fingerprint(tree) -> str:
   """A short hash of a pytree of arrays (the model's variables), to tell models apart."""
-  import jax  # pylint: disable=g-import-not-at-top
   digest = hashlib.sha256()
   for leaf in jax.tree_util.tree_leaves(tree):
     digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())

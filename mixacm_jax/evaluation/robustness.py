@@ -11,10 +11,12 @@ with the attack's flags. With a `journal` (`--mode=eval`), each chunk of points 
 as it finishes, so a killed run continues where it stopped.
 """
 import inspect
+from importlib import metadata
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -133,7 +135,6 @@ def _agreed_count(n: int) -> int:
   """The largest `n` over all hosts: every host must make the same number of pmap calls."""
   if jax.process_count() == 1:
     return n
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return int(np.max(multihost_utils.process_allgather(np.asarray(n))))
 
 
@@ -142,7 +143,6 @@ def _all_hosts_have(found: bool) -> bool:
   where all have it (every host must make the same pmap calls)."""
   if jax.process_count() == 1:
     return found
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.all(multihost_utils.process_allgather(np.asarray(found))))
 
 
@@ -304,7 +304,6 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.
   """What decides the numbers, as the report records it: the seed and its PRNG key, eps,
   norm, every attack's stages with their settings, and the package versions."""
   key = jax.random.PRNGKey(seed) if key is None else key
-  from importlib import metadata  # pylint: disable=g-import-not-at-top
   stages = {}
   for _, names in attacks:
     for stage in names:

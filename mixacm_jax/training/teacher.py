@@ -9,6 +9,7 @@ import jax
 
 from mixacm_jax import models
 from mixacm_jax.errors import ConfigError
+from mixacm_jax.port import zoo
 from mixacm_jax.runtime import checkpoint as ckpt_lib
 
 
@@ -53,7 +54,6 @@ def load_teacher(teacher_cfg, num_classes: int, image_shape: Sequence[int],
 
 
 def _robustbench_teacher(teacher_cfg, num_classes: int, image_shape: Sequence[int]) -> Teacher:
-  from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
   model, variables, info = zoo.load_entry(
       teacher_cfg.robustbench, teacher_cfg.dataset, teacher_cfg.threat_model,
       teacher_cfg.model_dir, teacher_cfg.model.get("dtype", "float32"))
