@@ -66,6 +66,21 @@ def repo_config(name: str):
   return configs.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
+def tiny_model():
+  """The tiny ResNet of the tests (4 channels wide, a block per stage, two stages) for the
+  embedded 8x8 digits."""
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  return models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+
+
+@pytest.fixture
+def tiny_resnet():
+  """(model, variables): `tiny_model()` initialised from PRNGKey(0) for 8x8x1 images."""
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  model = tiny_model()
+  return model, models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+
+
 @pytest.fixture
 def tiny_config():
   """The default config shrunk to a few seconds of work: tiny ResNet, few steps."""

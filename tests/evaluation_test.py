@@ -23,6 +23,8 @@ from mixacm_jax.errors import ConfigError
 from mixacm_jax.evaluation import journal as journal_lib, robustness
 from mixacm_jax.training import train
 
+from conftest import tiny_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `--mode=eval` with AutoAttack's stages shortened (the same in every run of a test).
 DRIVER = """
@@ -165,7 +167,7 @@ def test_the_flags_stay_quiet_on_a_plain_differentiable_model():
 
 def test_the_flags_stay_quiet_on_a_trained_network(trained):
   from mixacm_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
-  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
+  model = tiny_model()
   variables = checkpoint.load_variables(model, (8, 8, 1), trained)
   x, y = digits.arrays("test")
   cfg = api.eval_config(attacks="clean,pgd5", eps=0.1, batch_size=64, num_examples=128)

@@ -141,12 +141,10 @@ def test_docs_library_page_runs_as_written(tmp_path, monkeypatch, capsys):
   assert set(metrics) >= {"ce", "kd", "acm", "acm_stage1", "acm_stage2", "accuracy"}
 
 
-def test_evaluate_on_arrays_equals_evaluate_on_the_dataset():
+def test_evaluate_on_arrays_equals_evaluate_on_the_dataset(tiny_resnet):
   import mixacm_jax  # pylint: disable=g-import-not-at-top
-  from mixacm_jax import models
   from mixacm_jax.data import digits  # pylint: disable=g-import-not-at-top
-  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  model, variables = tiny_resnet
   x, y = digits.arrays("test")
   kwargs = dict(attacks="clean,fgsm", eps=0.1, batch_size=64, num_examples=100)
   by_name = mixacm_jax.evaluate(model, variables, "digits", **kwargs)

@@ -27,10 +27,9 @@ def _ctx(cfg, model, variables):
       rng=jax.random.PRNGKey(0), cfg=cfg)
 
 
-def test_adversarial_examples_in_ball_and_raise_the_loss():
+def test_adversarial_examples_in_ball_and_raise_the_loss(tiny_resnet):
   config = default.get_config()
-  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  model, variables = tiny_resnet
   params = {"model": variables["params"]}
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1))
   batch = {"image": x, "label": jnp.arange(8) % 10}
@@ -58,14 +57,13 @@ def test_example_keys_do_not_depend_on_the_device_split():
   np.testing.assert_array_equal(whole, np.concatenate(halves))
 
 
-def test_each_method_reads_its_own_settings_group():
+def test_each_method_reads_its_own_settings_group(tiny_resnet):
   """`objective.trades.beta` reaches TRADES' loss and nothing else's; the flat keys of before
   are refused with where they went."""
   from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from mixacm_jax.training import pipeline
   config = default.get_config()
-  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  model, variables = tiny_resnet
   params = {"model": variables["params"]}
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
            "label": jnp.arange(8) % 10}
@@ -96,7 +94,7 @@ def test_each_method_reads_its_own_settings_group():
                                   ).objective.mixacm.w_acm == 3.0
 
 
-def test_fast_at_is_one_fgsm_step_from_a_random_start_and_costs_four_passes():
+def test_fast_at_is_one_fgsm_step_from_a_random_start_and_costs_four_passes(tiny_resnet):
   """Wong et al.'s FGSM-RS: start uniform in the eps-ball, one step of 1.25 eps along the
   sign of the input gradient at the start, projected back; computed here by hand."""
   from mixacm_jax.attacks import pgd as pgd_lib  # pylint: disable=g-import-not-at-top
@@ -104,8 +102,7 @@ def test_fast_at_is_one_fgsm_step_from_a_random_start_and_costs_four_passes():
   config = default.get_config()
   attack = config.objective.fast_at.attack
   assert (attack.steps, attack.step_size) == (1, pytest.approx(1.25 * attack.eps))
-  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  model, variables = tiny_resnet
   params = {"model": variables["params"]}
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1), minval=0.3, maxval=0.7)
   batch = {"image": x, "label": jnp.arange(8) % 10}
@@ -130,15 +127,14 @@ def test_fast_at_is_one_fgsm_step_from_a_random_start_and_costs_four_passes():
   assert cost["passes_per_example"] == 4 and cost["student_forward_passes"] == 80
 
 
-def test_mixup_only_is_the_cross_entropy_on_mixed_inputs_without_a_teacher():
+def test_mixup_only_is_the_cross_entropy_on_mixed_inputs_without_a_teacher(tiny_resnet):
   """The control of MixACM: one lambda ~ Beta(alpha, alpha) and a partner per example, the CE
   against both labels weighted by lambda (NumPy here), two passes per example-step, no
   teacher; alpha = 0 is natural training."""
   from mixacm_jax.objectives import mixup, natural  # pylint: disable=g-import-not-at-top
   from mixacm_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  model = models.create_model("resnet18", num_classes=10, base_width=4, stage_sizes=(1, 1))
-  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  model, variables = tiny_resnet
   params = {"model": variables["params"]}
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
            "label": jnp.arange(8) % 10}
