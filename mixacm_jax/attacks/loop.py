@@ -30,12 +30,12 @@ import numpy as np
 
 from mixacm_jax.runtime import xla_cpu
 
-# Steps per jitted call on CPU, by batch size: unrolling 4 steps into one program made APGD
-# on WRN-16-2 with 64 examples 14 % faster (130 vs 151 ms per iteration), while on 3
-# examples it made Square's query 1.5x slower (31 vs 20 ms, ResNet-18): BENCHMARKS.md.
+# Steps per jitted call on CPU, by batch size: unrolling a few steps into one program pays
+# on a large batch (APGD) and costs on a handful of points (Square's queries); BENCHMARKS.md
+# has the figures.
 CPU_CHUNK = {1: 1, 32: 4}  # smallest batch -> steps per call
-# XLA:CPU runs a while-loop body about 2.3x slower than the same ops unrolled (measured in
-# BENCHMARKS.md), so inside a trace short loops are unrolled on CPU; elsewhere they stay a loop.
+# XLA:CPU runs a while-loop body several times slower than the same ops unrolled
+# (BENCHMARKS.md), so inside a trace short loops are unrolled on CPU; elsewhere they stay a loop.
 MAX_CPU_UNROLL = 32
 # Calls between two looks at `settled`: each look waits for the device, which stops
 # Python from queueing the next steps while the current one runs.

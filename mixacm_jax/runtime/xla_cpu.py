@@ -15,8 +15,9 @@ by adding `EIGEN` to `XLA_FLAGS`, and only where that is safe:
 
 The attacks' loop programs (`attacks.loop`, driven from Python on CPU, often on a few points)
 also leave reductions out of YNNPACK (`LOOP_OPTIONS`, per program): there YNNPACK's reduction
-of a model's global pooling, with the ops it fuses, cost a ResNet-18 forward on 2 points 17 ms
-of 32, while training's large reductions are faster in YNNPACK (BENCHMARKS.md).
+of a model's global pooling, with the ops it fuses, costs about half of a forward pass on a
+few points, while training's large reductions are faster in YNNPACK (BENCHMARKS.md has the
+figures).
 
 JAX's compilation cache hashes `XLA_FLAGS` and per-program options into its keys, so programs
 compiled with either backend never replace each other there.
