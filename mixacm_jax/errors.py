@@ -1,6 +1,12 @@
 """Errors a user can cause and fix; the CLI prints them as one line, without a traceback."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+  """`Type: first line of the message`, to quote another library's error inside one line."""
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0][:limit]}" if text else type(error).__name__
+
+
 class MixACMError(Exception):
   """Base class of every error that run.py reports as a one-line message."""
 

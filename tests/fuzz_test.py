@@ -12,7 +12,7 @@ import pytest
 
 import mixacm_jax
 from mixacm_jax.cli import main, modes
-from mixacm_jax.configs import default
+from mixacm_jax.configs import checks, default
 from mixacm_jax.errors import ConfigError
 
 from conftest import TINY
@@ -26,18 +26,9 @@ BASE = TINY + ["--config.optim.num_steps=2", "--config.evals.pgd.num_examples=32
                "--config.checkpoint.async_save=False"]
 
 
-def _leaves(config, prefix=""):
-  for key, value in config.items():
-    path = f"{prefix}{key}"
-    if hasattr(value, "items"):
-      yield from _leaves(value, path + ".")
-    else:
-      yield path, value
-
-
 def _mutations(rng, n):
   """`n` (flag, kind) pairs: a misspelt key, a value of the wrong type or out of range."""
-  leaves = [(p, v) for p, v in _leaves(default.get_config()) if p not in LONG_RUN_KEYS
+  leaves = [(p, v) for p, v in checks.leaves(default.get_config()) if p not in LONG_RUN_KEYS
             and not p.startswith(("convert.", "teacher."))]
   # Mostly what this run reads (the other objectives' groups are only checked).
   active = [i for i, (p, _) in enumerate(leaves)

@@ -39,10 +39,11 @@ def unknown_key(config, path: str, flag: str = "") -> str:
   return ""
 
 
-def _leaves(config, prefix: str = ""):
+def leaves(config, prefix: str = ""):
+  """(dotted path, value) of every leaf of a config."""
   for key, value in config.items():
     if hasattr(value, "items"):
-      yield from _leaves(value, f"{prefix}{key}.")
+      yield from leaves(value, f"{prefix}{key}.")
     else:
       yield f"{prefix}{key}", value
 
@@ -61,7 +62,7 @@ def check_numbers(config) -> None:
   """Every number of the config is finite, and has the sign its name calls for
   (`POSITIVE`, `NON_NEGATIVE`, weights `w_*` >= 0); the architectures' integer fields
   (widths, depths, block counts) are positive."""
-  for path, value in _leaves(config):
+  for path, value in leaves(config):
     key = path.rsplit(".", 1)[-1]
     numbers = _numbers(value)
     if any(not math.isfinite(v) for v in numbers):

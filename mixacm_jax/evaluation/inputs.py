@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from mixacm_jax.errors import ConfigError
+from mixacm_jax.errors import ConfigError, first_line
 
 CHANNELS = (1, 3)  # grey, RGB: a side this small is a channel axis
 
@@ -77,9 +77,8 @@ def output_classes(apply: Callable, x: np.ndarray) -> int:
   try:
     out = jax.eval_shape(apply, x[:1])
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise ConfigError(f"the model cannot take images of shape {x.shape[1:]} (NHWC): "
-                      f"{type(e).__name__}: {first}") from None
+                      f"{first_line(e, 300)}") from None
   shape = getattr(out, "shape", None)
   if shape is None or len(shape) != 2 or shape[0] != 1 or shape[1] < 2:
     raise ConfigError(f"the model must return logits of shape (batch, classes >= 2), got "

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.errors import ConfigError
+from mixacm_jax.errors import ConfigError, first_line
 from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.wide_resnet import WideResNet
@@ -102,9 +102,9 @@ def init_variables(model, rng: jax.Array, image_shape: Sequence[int]) -> Dict[st
   try:
     shapes = jax.eval_shape(init, rng, x)
   except (TypeError, ValueError, NotImplementedError, OverflowError) as e:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise ConfigError(f"{type(model).__name__} cannot be built for images of shape "
-                      f"{tuple(image_shape)} with its fields (model.kwargs?): {first}") from None
+                      f"{tuple(image_shape)} with its fields (model.kwargs?): "
+                      f"{first_line(e, 300)}") from None
   size = sum(l.size * l.dtype.itemsize for l in jax.tree_util.tree_leaves(shapes))
   if size > _host_memory():
     raise ConfigError(f"{type(model).__name__} with these fields (model.kwargs?) has "

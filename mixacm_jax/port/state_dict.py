@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mixacm_jax.errors import CheckpointError
+from mixacm_jax.errors import CheckpointError, first_line
 from mixacm_jax.port import torch_file
 
 # Where real checkpoints keep their weights (RobustBench's loader: 'last' for the Kireev and
@@ -39,7 +39,7 @@ def read_weight_file(path: str, nested_keys: Sequence[str] = NESTED_KEYS
       return dict(load_file(path))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"{path} is not a readable safetensors file ({size} bytes): "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e, 160)}") from None
   try:
     obj, placeholders = torch_file.load(path)
   except torch_file.NotACheckpoint as e:
@@ -51,13 +51,8 @@ def read_weight_file(path: str, nested_keys: Sequence[str] = NESTED_KEYS
           IndexError, struct.error) as e:
     raise CheckpointError(
         f"{path} is truncated or corrupt: not a complete PyTorch weight file ({size} bytes; "
-        f"{_first_line(e)}); download or save it again") from None
+        f"{first_line(e, 160)}); download or save it again") from None
   return _unwrap(obj, path, placeholders, nested_keys)
-
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return f"{type(error).__name__}: {text.splitlines()[0][:160]}" if text else type(error).__name__
 
 
 def _tensors(obj) -> Dict[str, np.ndarray]:

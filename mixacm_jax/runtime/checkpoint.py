@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from mixacm_jax import models
-from mixacm_jax.errors import CheckpointError, MixACMError, NonFiniteLossError
+from mixacm_jax.errors import CheckpointError, MixACMError, NonFiniteLossError, first_line
 from mixacm_jax.runtime import storage
 
 
@@ -104,7 +104,7 @@ class Checkpointer:
           return restored, s
         errors.append(f"step {s}: not finite ({short_list(bad, 3)})")
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        errors.append(f"step {s}: {first_line(e)}")
       self.unreadable.add(s)
       logging.warning("checkpoint of step %d in %s cannot be used (%s); trying an older one",
                       s, self.directory, errors[-1])

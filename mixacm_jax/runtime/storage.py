@@ -4,7 +4,7 @@ import contextlib
 import errno
 import os
 
-from mixacm_jax.errors import StorageError
+from mixacm_jax.errors import StorageError, first_line
 
 
 FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -28,8 +28,7 @@ def reason(e: BaseException) -> str:
   if code is not None:
     what = os.strerror(code)
   else:  # tensorstore wraps the OS error in a ValueError of many lines
-    text = str(e).strip().splitlines()
-    what = text[0][:200] if text else type(e).__name__
+    what = first_line(e)
   if code in READ_ONLY:
     return f"{what}; make it writable or choose another --workdir"
   return f"{what}; free space, then run the same command again"

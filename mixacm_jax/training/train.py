@@ -213,9 +213,8 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
                                    teacher and teacher.model, donate=True)
   p_teacher_variables = parallel.replicate(teacher.variables if teacher else {})
   eval_programs: Dict = {}  # compiled once, for every evaluation of the run
-  evaluate = lambda names: evaluate_during_training(
-      model, *jax.device_get(parallel.unreplicate((p_state.params["model"],
-                                                    p_state.batch_stats))),
+  evaluate = lambda names, host_state: evaluate_during_training(
+      model, host_state.params["model"], host_state.batch_stats,
       config.data, config.eval, config.evals, names, config.seed, eval_programs)
 
   writer = reporting.MetricWriter(workdir)
@@ -231,9 +230,6 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
   eval_metrics: Dict[str, float] = {}
   train_seconds, step = 0.0, start_step
 
-  def save(step, metrics=None):
-    checkpointer.save(step, jax.device_get(parallel.unreplicate(p_state)), metrics)
-
   try:
     with preemption.SigtermFlag() as sigterm:
       for step in range(start_step + 1, total_steps + 1):
@@ -245,19 +241,21 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
         due = due_evaluations(config.evals, step, is_last)
         eval_now = bool(due)
         save_now = step % config.checkpoint.every_steps == 0 or is_last or stop
+        host_state = None  # fetched once, for the evaluation and the save of this step
         if log_now or eval_now or save_now:
           metrics = {k: float(v) for k, v in jax.device_get(
               parallel.unreplicate(p_metrics)).items()}
           _check_finite(step, metrics, checkpointer)
           if eval_now or save_now:
-            _check_state(step, jax.device_get(parallel.unreplicate(p_state)), checkpointer)
+            host_state = jax.device_get(parallel.unreplicate(p_state))
+            _check_state(step, host_state, checkpointer)
           if log_now:
             progress.report(step, metrics)
             writer.write(step, metrics, prefix="train/")
         train_seconds += time.perf_counter() - t0
         first_ran = False  # the first evaluation gives the run's figures (and the best one)
         if eval_now:
-          step_metrics = evaluate(due)
+          step_metrics = evaluate(due, host_state)
           first_ran = "clean_accuracy" in step_metrics
           eval_metrics = step_metrics if first_ran else eval_metrics
           writer.write(step, step_metrics, prefix="eval/")
@@ -265,12 +263,12 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
             print(f"[eval] step {step} | " + " | ".join(
                 f"{k} {v:.4f}" for k, v in step_metrics.items() if "/" in k), flush=True)
         if save_now:
-          save(step, eval_metrics if first_ran else None)
+          checkpointer.save(step, host_state, eval_metrics if first_ran else None)
         if stop:
           raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
                            "run the same command to resume")
     if start_step == total_steps:  # finished before: restored, so evaluate what was restored
-      eval_metrics = evaluate(list(config.evals))
+      eval_metrics = evaluate(list(config.evals), jax.device_get(parallel.unreplicate(p_state)))
   finally:
     checkpointer.close()  # commits any save still in flight, even on a crash
     writer.close()
