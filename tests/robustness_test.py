@@ -9,13 +9,13 @@ import numpy as np
 from mixacm_jax import models
 from mixacm_jax.attacks import autoattack, pgd as pgd_lib
 from mixacm_jax.data import digits, input_pipeline
-from mixacm_jax.evaluation import robustness
+from mixacm_jax.evaluation import programs, robustness, split
 
 
 def test_compact_batches_cover_each_robust_point_once():
   robust = np.zeros((50,), bool)
   robust[[0, 3, 4, 17, 18, 19, 20, 49]] = True
-  work = list(robustness._compact_batches(robust, 6, 2))
+  work = list(split.compact_batches(robust, 6, 2))
   assert len(work) == 2
   seen = np.concatenate([sel for sel, _, _ in work])
   np.testing.assert_array_equal(seen, np.flatnonzero(robust))
@@ -23,8 +23,8 @@ def test_compact_batches_cover_each_robust_point_once():
   for sel, padded, valid in work:
     assert padded.shape == valid.shape and valid.sum() == len(sel)
     np.testing.assert_array_equal(padded[valid], sel)
-  assert list(robustness._compact_batches(np.zeros((5,), bool), 3)) == []
-  assert [robustness._padded_size(n, 128, 2) for n in (1, 3, 33, 100, 128)] == [2, 4, 64, 128, 128]
+  assert list(split.compact_batches(np.zeros((5,), bool), 3)) == []
+  assert [split.padded_size(n, 128, 2) for n in (1, 3, 33, 100, 128)] == [2, 4, 64, 128, 128]
 
 
 def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
@@ -126,7 +126,7 @@ def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkey
       autoattack.STAGES["apgd-t"], n_iter=8, n_target_classes=2))
   reports = {}
   for host in (True, False):
-    monkeypatch.setattr(robustness, "host_loops", lambda h=host: h)
+    monkeypatch.setattr(programs, "host_loops", lambda h=host: h)
     reports[host] = robustness.report_on_split(model, variables, cfg.data, cfg.eval,
                                                verbose=False)["attacks"]["autoattack"]
   assert reports[True] == reports[False]

@@ -10,7 +10,7 @@ from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import CheckpointError
-from mixacm_jax.evaluation import journal as journal_lib, robustness, robustness_output
+from mixacm_jax.evaluation import journal as journal_lib, provenance, robustness, robustness_output
 from mixacm_jax.runtime import checkpoint, preemption, reporting, workdir_lock
 
 PROGRESS_DIR = "eval_progress"
@@ -33,7 +33,7 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   model = models.create_model_from_config(config.model, info.num_classes)
   variables = checkpoint.load_variables(model, info.image_shape, workdir, step)
   attacks = registry.parse_attacks(config.eval.attacks, config.eval.autoattack_version)
-  settings = robustness.attack_settings(config.eval, attacks, config.eval.pgd.eps,
+  settings = provenance.attack_settings(config.eval, attacks, config.eval.pgd.eps,
                                         config.seed)
   settings.pop("versions")
   settings.update(

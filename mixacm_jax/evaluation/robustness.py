@@ -4,178 +4,74 @@ with AutoAttack's per-stage accuracy, timings and sanity flags (written out by
 
 Attacks are named as in `attacks.registry` (`config.eval.attacks`, comma-separated); eps,
 norm and the PGD step size come from `config.eval.pgd`. Each stage runs only on the points
-every earlier stage left correct, in compacted batches. Per example, the report keeps the
-clean prediction and, for each attack, the stage that broke the point, the margin at the
-returned point and its perturbation; every returned point is evaluated again and must agree
-with the attack's flags. With a `journal` (`--mode=eval`), each chunk of points is committed
-as it finishes, so a killed run continues where it stopped.
+every earlier stage left correct, in compacted batches (`split`). Per example, the report
+keeps the clean prediction and, for each attack, the stage that broke the point, the margin
+at the returned point and its perturbation; every returned point is evaluated again and must
+agree with the attack's flags (`outcome`). With a `journal` (`--mode=eval`), each chunk of
+points is committed as it finishes, so a killed run continues where it stopped.
+
+The flow: `report_on_arrays` checks the inputs, builds a `_Run` (what every pass shares),
+runs `_clean_pass`, then `_attack` for each attack: `_stage_pass` per stage, target by
+target, `_chunk` per compacted batch.
 """
-import inspect
-from importlib import metadata
+import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks import autoattack, keys as attack_keys, loop, pgd as pgd_lib, registry
+from mixacm_jax.attacks import autoattack, registry
 from mixacm_jax.configs import checks as config_checks, cifar10
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import AttackConstraintError, ConfigError
-from mixacm_jax.evaluation import inputs, sanity
+from mixacm_jax.evaluation import hosts, inputs, programs as programs_lib, provenance, sanity, split
+from mixacm_jax.evaluation.outcome import CLEAN_MISCLASSIFIED, ROBUST, Outcome, violations
 from mixacm_jax.runtime import parallel, reporting
 
-# A returned point whose margin is within this of 0 may flip between two evaluations (float
-# reductions in batches of other sizes): counted, not an error.
-TIE_MARGIN = 1e-4
-CLEAN_MISCLASSIFIED, ROBUST = -2, -1  # per-example codes beside the stage index
+
+class Threat(NamedTuple):
+  """The perturbation every attack of a report is bounded by, and PGD's step at this eps
+  (the step scales with eps: `eval.pgd.step_size` is for `eval.pgd.eps`)."""
+  eps: float
+  norm: str
+  step_size: float
+  restarts: int
+
+  @classmethod
+  def of(cls, pgd_cfg, eps: Optional[float] = None) -> "Threat":
+    eps = pgd_cfg.eps if eps is None else eps
+    return cls(eps, pgd_cfg.norm, pgd_cfg.step_size * eps / pgd_cfg.eps,
+               pgd_cfg.get("restarts", 1))
 
 
-class FunctionModel:
-  """A logits function `fn(x)` (or a randomised `fn(x, rng=key)`) where the report expects
-  a Flax model: `apply(variables, x)` ignores `variables`."""
-
-  def __init__(self, fn: Callable):
-    self.fn = fn
-    try:
-      self.takes_rng = "rng" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-      self.takes_rng = False
-
-  def apply(self, variables, x, rngs=None, **_):
-    del variables
-    if self.takes_rng and rngs is not None:
-      return self.fn(x, rng=rngs["noise"])
-    return self.fn(x)
-
-
-def _still_robust(logits_fn, x, y, robust, x_adv):
-  """(robust after the attack, x_adv): entries that were not robust keep x."""
-  x_adv = jnp.where(parallel.per_example(robust, x), x_adv, x)
-  return robust & (jnp.argmax(logits_fn(x_adv), -1) == y), x_adv
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What every pass of one report shares. `programs`: the compiled programs' cache (see
+  `programs.cached`); `stage_settings`: AutoAttack stages' overrides, as sorted tuples."""
+  model: Any
+  p_vars: Any
+  data: split.Split
+  threat: Threat
+  num_classes: int
+  key: jax.Array
+  programs: Optional[Dict] = None
+  journal: Any = None
+  verbose: bool = True
+  as_original: bool = False
+  stage_settings: Mapping[str, Tuple] = dataclasses.field(default_factory=dict)
 
 
-def _stage_program(model, stage: Callable, host: bool):
-  """(variables, x, y, robust, keys, rank, eps, step) -> (still robust, x_adv), each with a
-  leading device axis (`keys`: one per point, see `point_keys`). `pmap`ped, or with `host`
-  each device's shard from Python, one after the other, so that the attack's loop runs from
-  Python too (fast on CPU, see `attacks.loop`). Not in threads: two threads driving JAX at
-  once here aborted the process now and then (XLA:CPU, jax 0.10.2)."""
-  # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
-  apply = lambda variables, v, rng=None: model.apply(variables, v, rngs=None if rng is None
-                                                     else {"noise": rng})
-
-  def run(variables, x, y, robust, keys, rank, eps, step):
-    logits_fn = jax.tree_util.Partial(apply, variables)
-    x_adv = stage(logits_fn, x, y, keys, rank, eps, step)
-    return loop.call(_still_robust, logits_fn, x, y, robust, x_adv)
-
-  if not host:
-    return jax.pmap(run, axis_name=parallel.AXIS)
-
-  def run_shards(*args):
-    devices = jax.local_devices()
-    args = jax.tree_util.tree_map(np.asarray, args)
-
-    def shard(d):  # on its own device, as the pmapped program would
-      return run(*jax.device_put(jax.tree_util.tree_map(lambda a: a[d], args), devices[d]))
-    outs = [shard(d) for d in range(len(args[1]))]
-    return tuple(np.stack([np.asarray(o[k]) for o in outs]) for k in range(2))
-  return run_shards
-
-
-def point_keys(key: jax.Array, index: np.ndarray) -> np.ndarray:
-  """(N, 2): the key of each point, from its index among this host's evaluated points (on
-  several hosts, and the host's index): a point is attacked the same in any chunk, batch
-  size or company, and as `run_autoattack` attacks it."""
-  if jax.process_count() > 1:
-    key = jax.random.fold_in(key, jax.process_index())
-  return np.asarray(attack_keys.of_points(key, index))
-
-
-def host_loops() -> bool:
-  """Whether the report runs AutoAttack's stages from Python (CPU) or pmapped."""
-  return loop.host_driven()
-
-
-def _prediction_and_margin(logits, y):
-  """argmax, and the true class's logit minus the largest other (< 0: misclassified)."""
-  return jnp.argmax(logits, -1), -pgd_lib.margin_loss(logits, y)
-
-
-def _pmapped_clean(model):
-  def run(variables, x, y):
-    logits = model.apply(variables, x)
-    grad = jax.grad(lambda v: jnp.sum(pgd_lib.ce_loss(model.apply(variables, v), y)))(x)
-    g = grad.reshape(grad.shape[0], -1)
-    bad_grad = jnp.all(g == 0, axis=1) | ~jnp.all(jnp.isfinite(g), axis=1)
-    return (*_prediction_and_margin(logits, y), bad_grad)
-  return jax.pmap(run, axis_name=parallel.AXIS)
-
-
-def _pmapped_margins(model):
-  return jax.pmap(lambda variables, x, y: _prediction_and_margin(model.apply(variables, x), y),
-                  axis_name=parallel.AXIS)
-
-
-def _perturbation(x_adv, x, norm):
-  d = (x_adv - x).reshape(x.shape[0], -1)
-  return np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
-
-
-def _violations(x_adv, x, eps, norm, tol=1e-5):
-  flat = x_adv.reshape(x.shape[0], -1)
-  return int(np.sum((_perturbation(x_adv, x, norm) > eps + tol) | (flat.min(1) < -tol)
-                    | (flat.max(1) > 1 + tol) | ~np.all(np.isfinite(flat), axis=1)))
-
-
-def _agreed_count(n: int) -> int:
-  """The largest `n` over all hosts: every host must make the same number of pmap calls."""
-  if jax.process_count() == 1:
-    return n
-  return int(np.max(multihost_utils.process_allgather(np.asarray(n))))
-
-
-def _all_hosts_have(found: bool) -> bool:
-  """Whether every host found its part of a chunk in its journal: a chunk is replayed only
-  where all have it (every host must make the same pmap calls)."""
-  if jax.process_count() == 1:
-    return found
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(found))))
-
-
-def _padded_size(n: int, batch: int, multiple: int) -> int:
-  """`batch`, or for a smaller remainder the next power of two (a multiple of `multiple`):
-  few shapes to compile, little padding to attack."""
-  size = multiple
-  while size < n:
-    size *= 2
-  return min(size, batch)
-
-
-def _compact_batches(robust: np.ndarray, batch: int, multiple: int = 1):
-  """Index batches over the still-robust points only, as AutoAttack runs each stage: a
-  stage costs what is left to attack, not the whole split. Each batch is padded (see
-  `_padded_size`) and comes with the mask of its real entries."""
-  idx = np.flatnonzero(robust)
-  for i in range(_agreed_count(-(-len(idx) // batch))):
-    sel = idx[i * batch:(i + 1) * batch]
-    size = _padded_size(_agreed_count(len(sel)), batch, multiple)
-    valid = np.zeros((size,), bool)
-    valid[:len(sel)] = True
-    yield sel, np.concatenate([sel, np.zeros((size - len(sel),), sel.dtype)]), valid
-
-
-def _compiled(programs: Optional[Dict], key, build: Callable):
-  """The pmapped program for `key`, built once per `programs` dict (an eps sweep shares one:
-  the same program, and so the same compilation, serves every eps)."""
-  if programs is None:
-    return build()
-  if key not in programs:
-    programs[key] = build()
-  return programs[key]
+class _Stage(NamedTuple):
+  """One stage of an attack: its name, index among the attack's stages, key, the journal's
+  prefix for its chunks, its label on progress lines and its compiled program."""
+  name: str
+  index: int
+  key: jax.Array
+  journal_key: str
+  label: str
+  program: Any
 
 
 def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
@@ -199,88 +95,52 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
                      stage_settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
                      return_points: bool = False) -> Dict[str, Any]:
   """The report over in-memory examples (NHWC in [0, 1]); `real` masks padding entries.
-  `model` is a Flax model or any logits function (see `FunctionModel`); `journal` (see
-  `evaluation.journal`) commits each chunk of points and replays what an earlier run did.
-  `key` replaces `PRNGKey(seed)`; `stage_settings` overrides AutoAttack stages' settings
-  (`{"square": {"n_queries": 1000}}`); with `return_points`, each attack's per-example
-  entry has the returned points (`x_adv`). Bad images, labels or a model that cannot take
-  them are one ConfigError (see `inputs`), before any work."""
+  `model` is a Flax model or any logits function (see `programs.FunctionModel`); `journal`
+  (see `evaluation.journal`) commits each chunk of points and replays what an earlier run
+  did. `key` replaces `PRNGKey(seed)`; `stage_settings` overrides AutoAttack stages'
+  settings (`{"square": {"n_queries": 1000}}`); with `return_points`, each attack's
+  per-example entry has the returned points (`x_adv`). Bad images, labels or a model that
+  cannot take them are one ConfigError (see `inputs`), before any work."""
   if not hasattr(model, "apply"):
-    model, variables = FunctionModel(model), variables or {}
+    model, variables = programs_lib.FunctionModel(model), variables or {}
+  images, labels, real, num_classes = _checked_inputs(model, variables, images, labels, real)
+  attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
+  all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
+  notes = sanity.check_classes(all_stages, num_classes)  # before any work
+  key = jax.random.PRNGKey(seed) if key is None else key
+  stage_settings = {k: tuple(sorted(dict(v).items())) for k, v in (stage_settings or {}).items()}
+  run = _Run(model, parallel.replicate(variables),
+             split.Split(images, labels, real, split.local_batch(eval_cfg.batch_size,
+                                                                 len(labels))),
+             Threat.of(eval_cfg.pgd, eps), num_classes, key, programs, journal, verbose,
+             bool(eval_cfg.get("apgd_as_original", False)), stage_settings)
+  report, clean = _clean_pass(run)
+  report.update(eps=run.threat.eps, norm=run.threat.norm,
+                settings=provenance.attack_settings(eval_cfg, attacks, run.threat.eps, seed,
+                                                    key, stage_settings))
+  randomized_attacks = any(st.endswith("-eot") for st in all_stages)
+  flags, randomized = _model_flags(model, variables, images, randomized_attacks)
+  report["warnings"] += notes + flags
+  real = run.data.real
+  examples = {"index": np.flatnonzero(real), "label": run.data.labels[real],
+              "clean_prediction": clean["prediction"][real],
+              "clean_margin": clean["margin"][real], "attacks": {}}
+  for name, stages in attacks:
+    if name != "clean":
+      _attack(run, name, stages, clean["correct"], report, examples,
+              strict=not (randomized or randomized_attacks), return_points=return_points)
+  report["examples"] = examples
+  return report
+
+
+def _checked_inputs(model, variables, images, labels, real):
+  """(images, labels, real, number of classes), each checked (see `inputs`)."""
   images = inputs.images(images)
   labels = inputs.labels(labels, len(images))
   real = np.ones(len(labels), bool) if real is None else np.asarray(real, bool)
   num_classes = inputs.output_classes(lambda v: model.apply(variables, v), images)
   inputs.within_classes(labels[real], num_classes)
-  eps = eval_cfg.pgd.eps if eps is None else eps
-  attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
-  batch = input_pipeline.local_batch_size(eval_cfg.batch_size)
-  n_dev = jax.local_device_count()  # a batch beyond the examples would be only padding
-  batch = min(batch, -(-_agreed_count(len(labels)) // n_dev) * n_dev)
-  pad = -len(labels) % batch
-  data = _Split(np.concatenate([np.asarray(images, np.float32),
-                                np.zeros((pad,) + np.shape(images)[1:], np.float32)]),
-                np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)]),
-                np.concatenate([real, np.zeros((pad,), bool)]), batch)
-  all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
-  notes = sanity.check_classes(all_stages, num_classes)  # before any work
-  key = jax.random.PRNGKey(seed) if key is None else key
-  stage_settings = {k: tuple(sorted(dict(v).items())) for k, v in (stage_settings or {}).items()}
-  p_vars = parallel.replicate(variables)
-  report, clean = _clean_pass(model, p_vars, data, programs, journal)
-  report.update(eps=eps, norm=eval_cfg.pgd.norm,
-                settings=attack_settings(eval_cfg, attacks, eps, seed, key, stage_settings))
-  randomized_attacks = any(st.endswith("-eot") for st in all_stages)
-  flags, randomized = _model_flags(model, variables, images, randomized_attacks)
-  report["warnings"] += notes + flags
-  examples = {"index": np.flatnonzero(real), "label": np.asarray(labels)[real],
-              "clean_prediction": clean["prediction"][data.real],
-              "clean_margin": clean["margin"][data.real], "attacks": {}}
-  margins = _compiled(programs, "margins", lambda: _pmapped_margins(model))
-  for name, stages in attacks:
-    if name == "clean":
-      continue
-    t0 = time.perf_counter()
-    robust = clean["correct"].copy()
-    outcome = _Outcome(data, robust)
-    per_stage = {}
-    for j, stage_name in enumerate(stages):
-      _attack_pass(model, p_vars, data, robust, stage_name, eval_cfg.pgd, eps, num_classes,
-                   jax.random.fold_in(key, j), programs,
-                   settings=stage_settings.get(stage_name, ()),
-                   label=name if len(stages) == 1 else f"{name}:{stage_name}", verbose=verbose,
-                   as_original=bool(eval_cfg.get("apgd_as_original", False)),
-                   outcome=outcome, stage_index=j, journal=journal, journal_key=f"{name}.{j}")
-      per_stage[stage_name] = float(robust.sum()) / data.count
-    acc = float(robust.sum()) / data.count
-    result = {"robust_accuracy": acc}
-    if len(stages) > 1:
-      result["after_each_stage"] = per_stage
-    per_example = outcome.verify(margins, p_vars, robust, eval_cfg.pgd.norm, name,
-                                 strict=not (randomized or randomized_attacks))
-    if per_example["disagree"]:
-      report["warnings"].append(
-          f"{name}: evaluated again, {per_example['disagree']} returned points disagree with "
-          "the attack's flags, as expected of a randomised model")
-    result["max_perturbation"] = float(per_example["perturbation"].max(initial=0.0))
-    result["ties"] = int(per_example.pop("ties"))
-    per_example.pop("disagree")
-    examples["attacks"][name] = {
-        "broken_by": [("clean" if c == CLEAN_MISCLASSIFIED else "" if c == ROBUST
-                       else stages[c]) for c in per_example["code"]],
-        "margin": per_example["margin"], "perturbation": per_example["perturbation"]}
-    if return_points:
-      examples["attacks"][name]["x_adv"] = outcome.x_adv[data.real]
-    report["attacks"][name] = result
-    report["seconds"][name] = time.perf_counter() - t0
-    if acc > report["clean_accuracy"] + 1e-9:
-      report["warnings"].append(f"{name}: robust accuracy {acc:.4f} above clean "
-                                f"{report['clean_accuracy']:.4f}: the attack or the model is broken")
-    flag = sanity.square_succeeds(per_stage)
-    if flag:
-      report["warnings"].append(f"{name}: {flag}")
-  report["examples"] = examples
-  return report
+  return images, labels, real, num_classes
 
 
 def _model_flags(model, variables, images, randomized_attacks: bool
@@ -299,118 +159,26 @@ def _model_flags(model, variables, images, randomized_attacks: bool
   return [f for f in flags if f], randomized is not None
 
 
-def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.Array] = None,
-                    stage_settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-  """What decides the numbers, as the report records it: the seed and its PRNG key, eps,
-  norm, every attack's stages with their settings, and the package versions."""
-  key = jax.random.PRNGKey(seed) if key is None else key
-  stages = {}
-  for _, names in attacks:
-    for stage in names:
-      if stage in autoattack.STAGES:
-        keywords = dict(getattr(autoattack.STAGES[stage], "keywords", {}))
-        if stage.endswith("-eot"):
-          keywords["eot_iter"] = autoattack.EOT_ITER
-        keywords.update(dict((stage_settings or {}).get(stage, ())))
-        stages[stage] = {k: v for k, v in keywords.items()
-                         if isinstance(v, (int, float, str, bool))}
-      elif stage != "clean":
-        stages[stage] = {"step_size": float(eval_cfg.pgd.step_size * eps / eval_cfg.pgd.eps),
-                         "restarts": int(eval_cfg.pgd.get("restarts", 1))}
-
-  def version(package):
-    try:
-      return metadata.version(package)
-    except metadata.PackageNotFoundError:
-      return None
-  return {"seed": seed, "prng_key": [int(v) for v in np.asarray(key)],
-          "eps": float(eps), "norm": eval_cfg.pgd.norm, "attacks": eval_cfg.attacks,
-          "autoattack_version": eval_cfg.autoattack_version,
-          "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
-          "batch_size": int(eval_cfg.batch_size), "stages": stages,
-          "versions": {p: version(p) for p in ("mixacm_jax", "jax", "jaxlib", "flax", "numpy")}}
+def _replayed(journal, key: str) -> Optional[Dict[str, np.ndarray]]:
+  """What an earlier run committed under `key`, where every host has it; else None."""
+  saved = journal.load(key) if journal else None
+  if journal and not hosts.all_have(saved is not None):
+    return None
+  return saved
 
 
-class _Split:
-  """Padded examples (a multiple of the local batch), the mask of real ones, and the
-  reshapes between flat batches and the device axis."""
-
-  def __init__(self, images, labels, real, batch):
-    self.images, self.labels, self.real, self.batch = images, labels, real, batch
-    self.count = float(real.sum())
-    self.n_dev = jax.local_device_count()
-
-  def to_devices(self, v):
-    return v.reshape((self.n_dev, -1) + v.shape[1:])
-
-  @staticmethod
-  def flat(v):
-    return np.asarray(v).reshape((-1,) + v.shape[2:])
-
-  def batches(self):
-    for i in range(0, len(self.labels), self.batch):
-      yield slice(i, i + self.batch)
-
-
-class _Outcome:
-  """Per example, for one attack: the returned point (the first adversarial point found, the
-  clean input where none was) and the stage that broke it."""
-
-  def __init__(self, data: _Split, clean_correct: np.ndarray):
-    self.data = data
-    self.x_adv = data.images.copy()
-    self.code = np.where(clean_correct, ROBUST, CLEAN_MISCLASSIFIED)
-
-  def broken(self, idx: np.ndarray, x_adv: np.ndarray, stage_index: int) -> None:
-    self.x_adv[idx] = x_adv
-    self.code[idx] = stage_index
-
-  def verify(self, margins, p_vars, robust, norm: str, name: str, strict: bool = True
-             ) -> Dict[str, Any]:
-    """The model's prediction at every returned point must agree with the attack's flags
-    (robust <=> still correctly classified); ties (|margin| < TIE_MARGIN) are counted, and
-    so are all disagreements when not `strict` (a randomised model)."""
-    d = self.data
-    pred, margin = [], []
-    for part in d.batches():
-      p, m = margins(p_vars, d.to_devices(self.x_adv[part]), d.to_devices(d.labels[part]))
-      pred.append(d.flat(p))
-      margin.append(d.flat(m))
-    pred, margin = np.concatenate(pred), np.concatenate(margin)
-    disagree = d.real & ((pred == d.labels) != robust)
-    ties = disagree & (np.abs(margin) < TIE_MARGIN)
-    wrong = np.flatnonzero(disagree & ~ties)
-    if len(wrong) and strict:
-      raise AttackConstraintError(
-          f"{name}: evaluated again, {len(wrong)} returned points disagree with the attack's "
-          f"robust/broken flags (first indices {wrong[:5].tolist()}): the model is not "
-          "deterministic, or the attack's bookkeeping is wrong")
-    return {"code": self.code[d.real], "margin": margin[d.real],
-            "perturbation": _perturbation(self.x_adv, d.images, norm)[d.real],
-            "ties": int(ties.sum()), "disagree": 0 if strict else len(wrong)}
-
-
-def _clean_pass(model, p_vars, data: _Split, programs, journal=None
-                ) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+def _clean_pass(run: _Run) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
   """The report's first entries (clean accuracy, the gradient-masking check) and, per
   example, the clean prediction, margin and whether it is correct."""
-  clean_fn = _compiled(programs, "clean", lambda: _pmapped_clean(model))
+  data = run.data
   t0 = time.perf_counter()
-  saved = journal.load("clean") if journal else None
-  if journal and not _all_hosts_have(saved is not None):
-    saved = None
+  saved = _replayed(run.journal, "clean")
   if saved is None:
-    pred, margin, bad = [], [], []
-    for part in data.batches():
-      p, m, b = clean_fn(p_vars, data.to_devices(data.images[part]),
-                         data.to_devices(data.labels[part]))
-      pred.append(data.flat(p))
-      margin.append(data.flat(m))
-      bad.append(data.flat(b))
-    saved = {"prediction": np.concatenate(pred), "margin": np.concatenate(margin),
-             "bad_gradient": np.concatenate(bad)}
-    if journal:
-      journal.save("clean", **saved)
+    clean_fn = programs_lib.cached(run.programs, "clean", lambda: programs_lib.clean(run.model))
+    pred, margin, bad = data.map_batches(clean_fn, run.p_vars, data.images)
+    saved = {"prediction": pred, "margin": margin, "bad_gradient": bad}
+    if run.journal:
+      run.journal.save("clean", **saved)
   clean = dict(saved, correct=(saved["prediction"] == data.labels) & data.real)
   flag = sanity.zero_gradients(int(np.sum(saved["bad_gradient"] & data.real)), int(data.count))
   return {"num_examples": int(data.count),
@@ -419,60 +187,114 @@ def _clean_pass(model, p_vars, data: _Split, programs, journal=None
           "seconds": {"clean": time.perf_counter() - t0}}, clean
 
 
-def _attack_pass(model, p_vars, data: _Split, robust: np.ndarray, stage_name: str, pgd_cfg,
-                 eps: float, num_classes: int, stage_key, programs, *, label: str,
-                 verbose: bool, as_original: bool = False, outcome: Optional[_Outcome] = None,
-                 stage_index: int = 0, journal=None, journal_key: str = "",
-                 settings: Tuple[Tuple[str, Any], ...] = ()) -> None:
+def _attack(run: _Run, name: str, stages: Sequence[str], clean_correct: np.ndarray,
+            report: Dict[str, Any], examples: Dict[str, Any], *, strict: bool,
+            return_points: bool) -> None:
+  """One named attack: its stages one after the other on the points still robust, then
+  every returned point evaluated again; its entries go into `report` and `examples`."""
+  t0 = time.perf_counter()
+  robust = clean_correct.copy()
+  outcome = Outcome(run.data, robust)
+  per_stage = {}
+  for j, stage_name in enumerate(stages):
+    label = name if len(stages) == 1 else f"{name}:{stage_name}"
+    _stage_pass(run, _Stage(stage_name, j, jax.random.fold_in(run.key, j), f"{name}.{j}",
+                            label, _stage_program(run, stage_name)), robust, outcome)
+    per_stage[stage_name] = float(robust.sum()) / run.data.count
+  acc = float(robust.sum()) / run.data.count
+  margins = programs_lib.cached(run.programs, "margins", lambda: programs_lib.margins(run.model))
+  checked = outcome.verify(margins, run.p_vars, robust, run.threat.norm, name, strict=strict)
+  result = {"robust_accuracy": acc}
+  if len(stages) > 1:
+    result["after_each_stage"] = per_stage
+  result.update(max_perturbation=float(checked.perturbation.max(initial=0.0)),
+                ties=checked.ties)
+  examples["attacks"][name] = {
+      "broken_by": [("clean" if c == CLEAN_MISCLASSIFIED else "" if c == ROBUST
+                     else stages[c]) for c in checked.code],
+      "margin": checked.margin, "perturbation": checked.perturbation}
+  if return_points:
+    examples["attacks"][name]["x_adv"] = outcome.x_adv[run.data.real]
+  report["attacks"][name] = result
+  report["seconds"][name] = time.perf_counter() - t0
+  report["warnings"] += _attack_warnings(name, acc, report["clean_accuracy"], per_stage,
+                                         checked.disagree)
+
+
+def _attack_warnings(name: str, acc: float, clean_acc: float, per_stage: Dict[str, float],
+                     disagree: int) -> List[str]:
+  warnings = []
+  if disagree:
+    warnings.append(f"{name}: evaluated again, {disagree} returned points disagree with "
+                    "the attack's flags, as expected of a randomised model")
+  if acc > clean_acc + 1e-9:
+    warnings.append(f"{name}: robust accuracy {acc:.4f} above clean {clean_acc:.4f}: the "
+                    "attack or the model is broken")
+  flag = sanity.square_succeeds(per_stage)
+  return warnings + ([f"{name}: {flag}"] if flag else [])
+
+
+def _stage_program(run: _Run, stage_name: str):
+  """The compiled program of one stage (see `programs.stage`)."""
+  t = run.threat
+  settings = run.stage_settings.get(stage_name, ())
+  host = stage_name in autoattack.STAGES and programs_lib.host_loops()
+  return programs_lib.cached(
+      run.programs, (stage_name, t.norm, t.restarts, settings),
+      lambda: programs_lib.stage(run.model, registry.stage_fn(
+          stage_name, t.norm, t.restarts, run.as_original, settings), host))
+
+
+def _stage_pass(run: _Run, stage: _Stage, robust: np.ndarray, outcome: Outcome) -> None:
   """One stage over the points still `robust` (updated in place); a targeted stage goes
-  target by target, each on what is left. Each chunk's result is committed to (or, done
-  before, replayed from) the journal."""
-  restarts = pgd_cfg.get("restarts", 1)
-  host = stage_name in autoattack.STAGES and host_loops()
-  stage = _compiled(programs, (stage_name, pgd_cfg.norm, restarts, settings),
-                    lambda: _stage_program(model, registry.stage_fn(
-                        stage_name, pgd_cfg.norm, restarts, as_original, settings), host))
-  step_size = pgd_cfg.step_size * eps / pgd_cfg.eps  # the step scales with eps
-  p_eps, p_step = parallel.replicate(np.float32(eps)), parallel.replicate(np.float32(step_size))
-  ranks = (autoattack.stage_ranks(stage_name, num_classes, dict(settings))
-           if stage_name in autoattack.STAGES else [None])
+  target by target, each on what is left."""
+  ranks = ([None] if stage.name not in autoattack.STAGES else
+           autoattack.stage_ranks(stage.name, run.num_classes,
+                                  dict(run.stage_settings.get(stage.name, ()))))
   for rank in ranks:
-    work = list(_compact_batches(robust, data.batch, data.n_dev))
-    progress = reporting.Progress(len(work), data.batch, label=label if rank is None
-                                  else f"{label} target {rank}")
-    p_rank = parallel.replicate(np.int32(rank or 0))
+    work = list(split.compact_batches(robust, run.data.batch, run.data.n_dev))
+    progress = reporting.Progress(len(work), run.data.batch, label=stage.label
+                                  if rank is None else f"{stage.label} target {rank}")
     for i, (sel, padded, valid) in enumerate(work):
-      key = f"{journal_key}.{rank}.{i}"
-      saved = journal.load(key) if journal else None
-      if journal and not _all_hosts_have(saved is not None):
-        saved = None
-      if saved is not None and not np.array_equal(saved["sel"], sel):
-        raise AttackConstraintError(f"evaluation progress {key} was made on other points; "
-                                    f"delete {journal.directory} to start again")
-      if saved is None:
-        x, y = data.images[padded], data.labels[padded]
-        still, x_adv = stage(p_vars, data.to_devices(x), data.to_devices(y),
-                             data.to_devices(valid),
-                             data.to_devices(point_keys(stage_key, padded)), p_rank, p_eps,
-                             p_step)
-        x_adv = data.flat(x_adv)[:len(sel)]
-        bad = _violations(x_adv, x[:len(sel)], eps, pgd_cfg.norm)
-        if bad:
-          raise AttackConstraintError(f"{stage_name} returned {bad} points outside the "
-                                      f"{pgd_cfg.norm} ball of eps={eps} or [0, 1], or not "
-                                      "finite")
-        still = data.flat(still)[:len(sel)]
-        saved = {"sel": sel, "still": still, "x_adv": x_adv[~still]}
-        if journal:
-          journal.save(key, **saved)
+      saved = _chunk(run, stage, rank, f"{stage.journal_key}.{rank}.{i}", (sel, padded, valid))
       robust[sel] &= saved["still"]
-      if outcome is not None:
-        outcome.broken(sel[~saved["still"]], saved["x_adv"], stage_index)
-      if verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
-        progress.report(i + 1, {"robust_acc": robust.sum() / data.count})
-      if journal and journal.should_stop():
-        raise SystemExit(f"SIGTERM: evaluation progress saved in {journal.directory}; run "
-                         "the same command to continue")
+      outcome.broken(sel[~saved["still"]], saved["x_adv"], stage.index)
+      if run.verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
+        progress.report(i + 1, {"robust_acc": robust.sum() / run.data.count})
+      if run.journal and run.journal.should_stop():
+        raise SystemExit(f"SIGTERM: evaluation progress saved in {run.journal.directory}; "
+                         "run the same command to continue")
+
+
+def _chunk(run: _Run, stage: _Stage, rank: Optional[int], journal_key: str,
+           work: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
+  """One compacted batch `work` = (selected, padded indices, mask of real entries) through
+  the stage: {"sel", "still" (robust after it), "x_adv" (the points it broke)}, committed
+  to the journal, or replayed from it when an earlier run did it."""
+  sel, padded, valid = work
+  saved = _replayed(run.journal, journal_key)
+  if saved is not None and not np.array_equal(saved["sel"], sel):
+    raise AttackConstraintError(f"evaluation progress {journal_key} was made on other points; "
+                                f"delete {run.journal.directory} to start again")
+  if saved is not None:
+    return saved
+  d, t = run.data, run.threat
+  x, y = d.images[padded], d.labels[padded]
+  still, x_adv = stage.program(
+      run.p_vars, d.to_devices(x), d.to_devices(y), d.to_devices(valid),
+      d.to_devices(hosts.point_keys(stage.key, padded)),
+      parallel.replicate(np.int32(rank or 0)), parallel.replicate(np.float32(t.eps)),
+      parallel.replicate(np.float32(t.step_size)))
+  x_adv = d.flat(x_adv)[:len(sel)]
+  bad = violations(x_adv, x[:len(sel)], t.eps, t.norm)
+  if bad:
+    raise AttackConstraintError(f"{stage.name} returned {bad} points outside the {t.norm} "
+                                f"ball of eps={t.eps} or [0, 1], or not finite")
+  still = d.flat(still)[:len(sel)]
+  saved = {"sel": sel, "still": still, "x_adv": x_adv[~still]}
+  if run.journal:
+    run.journal.save(journal_key, **saved)
+  return saved
 
 
 def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
