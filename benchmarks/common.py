@@ -17,7 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mixacm_jax import models, objectives  # noqa: E402
-from mixacm_jax.configs import cifar10, default  # noqa: E402
+from mixacm_jax.configs import cifar, default  # noqa: E402
 from mixacm_jax.runtime import parallel, xla_cpu  # noqa: E402
 from mixacm_jax.training import train  # noqa: E402
 from mixacm_jax.training.teacher import Teacher  # noqa: E402
@@ -97,9 +97,9 @@ def step_config(student: str, student_kwargs, teacher: str, teacher_kwargs, obje
                 dtype: str, attack_steps: int = 10):
   """A CIFAR-10 MixACM config with the given models and objective (training attack for
   PGD-AT / TRADES: `attack_steps` steps of 2/255 at eps 8/255, as in the papers)."""
-  stages = (cifar10.WRN_TO_RESNET_STAGES if teacher.startswith("wrn") else
+  stages = (cifar.WRN_TO_RESNET_STAGES if teacher.startswith("wrn") else
             ("stem", "stage1", "stage2", "stage3", "stage4"))
-  config = cifar10.mixacm_config(student, teacher, stages)
+  config = cifar.mixacm_config(student, teacher, stages)
   config.model.kwargs = dict(student_kwargs)
   config.model.dtype = dtype
   config.teacher.model.kwargs = dict(teacher_kwargs)

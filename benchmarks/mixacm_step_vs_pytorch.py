@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mixacm_jax import objectives  # noqa: E402
-from mixacm_jax.configs import cifar10  # noqa: E402
+from mixacm_jax.configs import cifar  # noqa: E402
 from mixacm_jax.port import convert  # noqa: E402
 from mixacm_jax.runtime import parallel  # noqa: E402
 from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
@@ -93,7 +93,7 @@ def main():
   autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16,
                                     enabled=dtype == "bfloat16")
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-  config = cifar10.mixacm_config("resnet18", "wrn", cifar10.WRN_TO_RESNET_STAGES)
+  config = cifar.mixacm_config("resnet18", "wrn", cifar.WRN_TO_RESNET_STAGES)
   cfg = config.objective  # torch_loss reads its `mixacm` group
 
   torch.manual_seed(0)

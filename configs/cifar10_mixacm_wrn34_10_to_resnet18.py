@@ -7,10 +7,10 @@ Zhang2019Theoretically, read from ./models/cifar10/Linf/), distilled into ResNet
 With --config.teacher.robustbench='' it takes --config.teacher.checkpoint instead, or, in
 --mode=pipeline, trains its own TRADES teacher first.
 """
-from mixacm_jax.configs import cifar10
+from mixacm_jax.configs import cifar
 
 
 def get_config():
-  config = cifar10.mixacm_config("resnet18", "wrn34_10", cifar10.WRN_TO_RESNET_STAGES)
+  config = cifar.mixacm_config("resnet18", "wrn34_10", cifar.WRN_TO_RESNET_STAGES)
   config.teacher.robustbench = "Zhang2019Theoretically"
   return config

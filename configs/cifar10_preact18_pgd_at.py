@@ -1,9 +1,9 @@
 """PreActResNet-18, PGD-10 adversarial training (Madry et al.; Rice et al.'s schedule)."""
-from mixacm_jax.configs import cifar10
+from mixacm_jax.configs import cifar
 
 
 def get_config():
-  config = cifar10.get_config()
+  config = cifar.get_config()
   config.model.name = "preact_resnet18"
   config.objective.name = "pgd_at"
   config.optim.num_epochs = 200

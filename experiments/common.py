@@ -81,7 +81,7 @@ def method_config(config, method: Method, seed: int, extra: Optional[Dict[str, A
     fit_epochs_to_passes(cfg, method.passes_ratio * training_passes(
         teacher_lib.training_config(config)))
   if method.eval_every_epoch:
-    cfg.evals.pgd.every_steps = input_pipeline.steps_per_epoch(cfg.data, cfg.optim.batch_size)
+    cfg.train_evals.pgd.every_steps = input_pipeline.steps_per_epoch(cfg.data, cfg.optim.batch_size)
   return cfg
 
 

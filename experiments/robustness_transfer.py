@@ -230,7 +230,7 @@ def markdown(rows, records, config, provenance):
       f"{config.pipeline.teacher_objective} ({_steps(records, 'teacher')} steps). Students: "
       f"{config.model.name} {dict(config.model.kwargs)}, {_steps(records, 'mixacm')} steps of "
       f"{config.optim.batch_size} examples. "
-      f"Attacks: L-inf eps = {config.eval.pgd.eps:g} on the {teacher['seeds']}-seed mean "
+      f"Attacks: L-inf eps = {config.eval.threat.eps:g} on the {teacher['seeds']}-seed mean "
       f"± std; clean and PGD-20 (step {config.eval.pgd.step_size:g}) on all "
       f"{records[0]['report']['num_examples']} eval examples; AutoAttack `{_AA_VERSION.value}` "
       f"(each stage on the points the earlier ones left) and PGD-20 again on the first "
@@ -358,7 +358,7 @@ def main(argv):
   unknown = [s for s in _STUDENTS.value if s not in ALL_STUDENTS]
   if unknown:
     raise app.UsageError(f"unknown students {unknown}; known: {', '.join(ALL_STUDENTS)}")
-  registry.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.pgd.norm)
+  registry.validate_attacks(_ATTACKS.value, _AA_VERSION.value, config.eval.threat.norm)
   seeds = [int(s) for s in _SEEDS.value]
 
   def collect():

@@ -188,7 +188,7 @@ def prepare(config):
   chosen split."""
   config = pipeline.apply_overrides(config.copy_and_resolve_references(), STUDY_BASE)
   config.data.eval_split = _SPLIT.value
-  config.evals.pgd.attacks = "clean,pgd20"
+  config.train_evals.pgd.attacks = "clean,pgd20"
   config.checkpoint.every_steps = 500
   return config
 

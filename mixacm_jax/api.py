@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from mixacm_jax.configs import checks as config_checks
-from mixacm_jax.configs.cifar10 import eval_config  # noqa: F401  (public: mixacm_jax.eval_config)
+from mixacm_jax.evaluation.defaults import eval_config  # noqa: F401  (public: mixacm_jax.eval_config)
 from mixacm_jax.evaluation import inputs, robustness
 from mixacm_jax.port import convert, zoo
 

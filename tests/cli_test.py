@@ -2,6 +2,7 @@
 import json
 import os
 
+import ml_collections
 import pytest
 
 from mixacm_jax.configs import default
@@ -56,7 +57,7 @@ def test_host_devices_split_the_batch_on_cpu(tmp_path):
     (["--config.model.name=resnet19"], "error: unknown architecture 'resnet19'; known: "),
     (["--config.objective.name=madry"], "error: unknown objective 'madry'; known: "),
     (["--config.data.name=not_a_dataset_xyz"], "error: unknown dataset 'not_a_dataset_xyz'"),
-    (["--config.eval.pgd.eps=1.5"], "error: eval.pgd.eps must be in (0, 1]"),
+    (["--config.eval.threat.eps=1.5"], "error: eval.threat.eps must be in (0, 1]"),
     (["--config.objective.pgd_at.attack.eps=0"],
      "error: objective.pgd_at.attack.eps must be in (0, 1]"),
     (["--config.model.dtype=float16"], "error: model.dtype must be one of"),
@@ -91,6 +92,8 @@ def test_indivisible_batch_and_unwritable_workdir(tmp_path):
                                      "--config.objective.w_acm=3; config.objective has: ard,"),
     (["--config.objective.mixacm.w_acn=3"], "did you mean --config.objective.mixacm.w_acm?"),
     (["--config.optim.batch_size=abc"], "error: flag --config.optim.batch_size=abc: invalid"),
+    (["--config.eval.pgd.eps=0.1"], "error: config key 'eval.pgd.eps' is now 'eval.threat.eps' "
+                                    "in --config.eval.pgd.eps=0.1"),
     (["--config=configs/no_such_config.py"], "error: config file 'configs/no_such_config.py' "
                                              "not found"),
 ])
@@ -122,6 +125,25 @@ def test_every_config_loads_and_validates(name):
     for cfg, names in ((config.model, student), (config.teacher.model, teacher)):
       sown = models.feature_names(models.create_model_from_config(cfg, 10), (32, 32, 3))
       assert set(names) <= set(sown), (names, sown)
+
+
+@pytest.mark.parametrize("old,new", [("evals.pgd.attacks", "train_evals.pgd.attacks"),
+                                     ("eval.pgd.eps", "eval.threat.eps"),
+                                     ("eval.pgd.norm", "eval.threat.norm")])
+def test_a_config_file_with_a_renamed_key_names_the_new_one(old, new):
+  """A config file setting an old key (which nothing reads) is refused, naming the new key."""
+  from mixacm_jax.configs import checks as config_checks  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = repo_config("default")
+  *parents, leaf = old.split(".")
+  node = config
+  for key in parents:
+    if key not in node:
+      node[key] = ml_collections.ConfigDict()
+    node = node[key]
+  node[leaf] = "clean" if leaf == "attacks" else 0.1
+  with pytest.raises(ConfigError, match=f"config key '{old}' is now '{new}'"):
+    config_checks.validate(config)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The command's flags for a run of seconds: a tiny ResNet, 4 steps, PGD-2.
 TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
         "--config.optim.batch_size=32", "--config.optim.num_steps=4",
-        "--config.objective.pgd_at.attack.steps=1", "--config.evals.pgd.attacks=clean,pgd2",
+        "--config.objective.pgd_at.attack.steps=1", "--config.train_evals.pgd.attacks=clean,pgd2",
         "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
 
 
@@ -94,8 +94,8 @@ def tiny_config():
   config.objective.name = "natural"
   config.eval.batch_size = 64
   config.eval.num_examples = 128
-  config.evals.pgd.num_examples = 128
-  config.evals.pgd.attacks = "clean,pgd2"
+  config.train_evals.pgd.num_examples = 128
+  config.train_evals.pgd.attacks = "clean,pgd2"
   config.checkpoint.every_steps = 3
   config.checkpoint.async_save = False
   config.log_every_steps = 3

@@ -72,7 +72,7 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
 
 TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
         "--config.optim.batch_size=32", "--config.optim.num_steps=12",
-        "--config.objective.pgd_at.attack.steps=1", "--config.evals.pgd.attacks=clean,pgd1",
+        "--config.objective.pgd_at.attack.steps=1", "--config.train_evals.pgd.attacks=clean,pgd1",
         "--config.eval.num_examples=64", "--config.checkpoint.every_steps=2",
         "--config.log_every_steps=1"]
 

@@ -73,7 +73,7 @@ def trained(tmp_path_factory):
   config = default.get_config()
   config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
   config.objective.name, config.optim.num_steps = "natural", 40
-  config.evals.pgd.attacks, config.checkpoint.best_metric = "clean", "clean_accuracy"
+  config.train_evals.pgd.attacks, config.checkpoint.best_metric = "clean", "clean_accuracy"
   config.checkpoint.async_save = False
   workdir = str(tmp_path_factory.mktemp("trained"))
   train.train_and_evaluate(config, workdir)
@@ -91,7 +91,7 @@ def test_a_killed_eval_continues_to_exactly_the_uninterrupted_result(trained, tm
   rng = np.random.RandomState(int(time.time()) % 1000)
   rc, _ = _stop_after(killed, 2 + rng.randint(3), signal.SIGKILL)
   assert rc == -signal.SIGKILL and _chunks(killed) >= 2
-  changed = _eval(killed, "--config.eval.pgd.eps=0.2")  # refuses to mix settings
+  changed = _eval(killed, "--config.eval.threat.eps=0.2")  # refuses to mix settings
   assert changed.returncode == 2
   assert "unfinished evaluation with other settings (eps: 0.1 -> 0.2" in changed.stderr
   before = _chunks(killed)

@@ -113,7 +113,7 @@ def test_study_configs_ratios_worst_seed_table_and_plots(tmp_path, monkeypatch):
   st = _load_study()
   monkeypatch.setattr(st, "_SPLIT", type("F", (), {"value": "validation"})())
   config = st.prepare(repo_config("default_mixacm"))
-  assert (config.data.eval_split, config.evals.pgd.attacks) == ("validation", "clean,pgd20")
+  assert (config.data.eval_split, config.train_evals.pgd.attacks) == ("validation", "clean,pgd20")
   cfg = st.run_config(config, 4, st.Point(("lengths",), "p", "acm_mixup", 2.0, None,
                                           st.VARIATIONS["stages 3-4"]))
   assert (cfg.seed, cfg.objective.name, cfg.objective.mixacm.w_kd, cfg.optim.num_epochs) == \
@@ -162,7 +162,7 @@ def test_budgets_fit_epochs_to_the_teachers_passes_and_controls_use_their_teache
     assert common.training_passes(cfg) == passes(epochs)
     assert abs(passes(epochs) - teacher / 2) <= min(abs(passes(epochs + 1) - teacher / 2),
                                                     abs(passes(epochs - 1) - teacher / 2))
-  assert rt.student_config(config, "fast_at_equal", 0).evals.pgd.every_steps == \
+  assert rt.student_config(config, "fast_at_equal", 0).train_evals.pgd.every_steps == \
       input_pipeline.steps_per_epoch(config.data, 32)
   assert rt.student_config(config, "mixup", 0).objective.name == "mixup"
   assert rt.ALL_STUDENTS["mixacm_natural_teacher"].teacher == "teacher_natural"

@@ -21,7 +21,7 @@ FUZZ_SEED = int(os.environ.get("FUZZ_SEED", 20261204))  # printed with every cas
 # Keys whose large values are legitimate long runs, not errors (the fuzz would wait on them).
 LONG_RUN_KEYS = ("optim.num_steps", "optim.num_epochs", "objective.pgd_at.attack.steps",
                  "optim.warmup_epochs", "eval.pgd.restarts")
-BASE = TINY + ["--config.optim.num_steps=2", "--config.evals.pgd.num_examples=32",
+BASE = TINY + ["--config.optim.num_steps=2", "--config.train_evals.pgd.num_examples=32",
                "--config.eval.batch_size=32", "--config.eval.num_examples=32",
                "--config.checkpoint.async_save=False"]
 

@@ -179,7 +179,7 @@ from mixacm_jax.evaluation import robustness
 from mixacm_jax.training import train, teacher
 from mixacm_jax.port import convert
 config = default.get_config()
-config.optim.num_steps, config.evals.pgd.attacks = 3, "clean,pgd1"
+config.optim.num_steps, config.train_evals.pgd.attacks = 3, "clean,pgd1"
 config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
 result = train.train_and_evaluate(config, {str(tmp_path)!r})
 assert 0 <= result["robust_accuracy"] <= 1

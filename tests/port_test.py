@@ -187,7 +187,7 @@ def test_round_trip_train_export_load_into_robustbench(tmp_path, tiny_config):
   config.model.name = "wrn"
   config.model.kwargs = {"depth": 10, "widen_factor": 1}
   config.optim.num_steps = 3
-  config.evals.pgd.attacks, config.checkpoint.best_metric = "clean", "clean_accuracy"
+  config.train_evals.pgd.attacks, config.checkpoint.best_metric = "clean", "clean_accuracy"
   with tfds.testing.mock_data(num_examples=64):
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
   model = models.create_model("wrn", num_classes=10, depth=10, widen_factor=1)

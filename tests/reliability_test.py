@@ -48,9 +48,9 @@ def _corrupt(step_dir):
 
 def test_best_metric_is_checked_before_training_and_a_clean_only_run_finishes(tiny_config,
                                                                                 tmp_path):
-  tiny_config.evals.pgd.attacks = "clean"  # the default best_metric is robust_accuracy
+  tiny_config.train_evals.pgd.attacks = "clean"  # the default best_metric is robust_accuracy
   with pytest.raises(ConfigError, match=r"checkpoint.best_metric 'robust_accuracy' is not "
-                     r"produced by config.evals \(which give clean_accuracy, "
+                     r"produced by config.train_evals \(which give clean_accuracy, "
                      r"pgd/clean_accuracy\)") as e:
     train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
   assert "\n" not in str(e.value) and not (tmp_path / "a" / "checkpoints").exists()
@@ -76,7 +76,7 @@ def test_a_step_saved_without_the_best_metric_is_kept_by_latest_only(tmp_path):
 
 def test_the_command_refuses_a_clean_only_run_with_the_default_best_metric_in_one_line(tmp_path):
   out = run_command(f"--workdir={tmp_path}", *TINY, "--config.objective.name=natural",
-                    "--config.evals.pgd.attacks=clean")
+                    "--config.train_evals.pgd.attacks=clean")
   assert "--config.checkpoint.best_metric" in _one_error_line(out)
   assert not (tmp_path / "checkpoints").exists()
 
@@ -162,7 +162,7 @@ def test_an_evaluation_that_fails_before_its_first_chunk_binds_nothing(tiny_conf
   with pytest.raises(RuntimeError):
     checkpoint_report.robustness_of_checkpoint(tiny_config, str(tmp_path))
   monkeypatch.undo()
-  tiny_config.eval.pgd.eps = 0.2  # other settings than the failed run's
+  tiny_config.eval.threat.eps = 0.2  # other settings than the failed run's
   report = checkpoint_report.robustness_of_checkpoint(tiny_config, str(tmp_path))
   assert report["num_examples"] == 64 and report["eps"] == 0.2
 

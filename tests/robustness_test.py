@@ -44,7 +44,7 @@ def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
   y = np.concatenate([b["label"].reshape(-1) for b in batches])[:100]
   logits_fn = lambda v: model.apply(variables, v)
   clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
-  x_adv, _ = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=cfg.eval.pgd.eps)
+  x_adv, _ = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=cfg.eval.threat.eps)
   after_fgsm = clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)
   assert report["num_examples"] == 100
   assert report["clean_accuracy"] == clean.mean()
@@ -116,7 +116,7 @@ def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkey
   cfg.eval.num_examples = 48
   cfg.eval.attacks = "autoattack"
   cfg.eval.autoattack_version = "apgd"
-  cfg.eval.pgd.eps = 0.03
+  cfg.eval.threat.eps = 0.03
   info = input_pipeline.get_info(cfg.data)
   model = models.create_model_from_config(cfg.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)

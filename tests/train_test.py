@@ -122,7 +122,7 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(tiny_config, tmp
   info = input_pipeline.get_info(tiny_config.data)
   model = models.create_model_from_config(tiny_config.model, info.num_classes)
   eval_cfg = tiny_config.eval.copy_and_resolve_references()
-  eval_cfg.attacks = tiny_config.evals.pgd.attacks
+  eval_cfg.attacks = tiny_config.train_evals.pgd.attacks
   assert eval_cfg.attacks == "clean,pgd2" and eval_cfg.num_examples == 128
   report = robustness.report_on_split(
       model, checkpoint.load_variables(model, info.image_shape, str(tmp_path / "full")),
@@ -192,12 +192,12 @@ def test_disk_full_on_save_is_one_clear_error_and_keeps_the_last_checkpoint(
 
 def test_named_evaluations_run_on_their_schedule_and_the_first_is_the_runs(tiny_config,
                                                                            tmp_path):
-  """config.evals: each evaluation at its every_steps and at the end, logged under its name;
-  the first one's accuracies are the run's; a bad entry is refused in one line."""
+  """config.train_evals: each evaluation at its every_steps and at the end, logged under its
+  name; the first one's accuracies are the run's; a bad entry is refused in one line."""
   from mixacm_jax.configs import checks, default  # pylint: disable=g-import-not-at-top
   from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  tiny_config.evals.quick = default.evaluation("clean,fgsm", every_steps=2, num_examples=64)
-  assert list(tiny_config.evals) == ["pgd", "quick"]
+  tiny_config.train_evals.quick = default.evaluation("clean,fgsm", every_steps=2, num_examples=64)
+  assert list(tiny_config.train_evals) == ["pgd", "quick"]
   result = train.train_and_evaluate(tiny_config, str(tmp_path))
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "eval/quick/fgsm" in r] == [2, 4, 6]
@@ -209,11 +209,11 @@ def test_named_evaluations_run_on_their_schedule_and_the_first_is_the_runs(tiny_
   for change, message in (({"attacks": "clean,pgd2,nope"}, "unknown attack 'nope'"),
                           ({"every_steps": -1}, "every_steps and num_examples must be >= 0")):
     bad = tiny_config.copy_and_resolve_references()
-    bad.evals.quick.update(change)
+    bad.train_evals.quick.update(change)
     with pytest.raises(ConfigError, match=message):
       checks.validate(bad)
   bad = tiny_config.copy_and_resolve_references()
-  bad.evals = default.get_config().evals
-  del bad.evals["pgd"]
-  with pytest.raises(ConfigError, match="config.evals is empty"):
+  bad.train_evals = default.get_config().train_evals
+  del bad.train_evals["pgd"]
+  with pytest.raises(ConfigError, match="config.train_evals is empty"):
     checks.validate(bad)

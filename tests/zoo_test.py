@@ -115,17 +115,17 @@ def test_the_papers_teacher_by_name_and_by_convert_mode(zhang_dir, tmp_path):
 
 def test_the_papers_teacher_distils_into_a_student_by_name(zhang_dir, tmp_path, tiny_config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import cifar  # pylint: disable=g-import-not-at-top
   from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
   model_dir, _, _ = zhang_dir
   config = tiny_config
   config.data.name = "cifar10"
   config.objective.name = "mixacm"
-  config.objective.mixacm.acm.stages = cifar10.WRN_TO_RESNET_STAGES[:2]
+  config.objective.mixacm.acm.stages = cifar.WRN_TO_RESNET_STAGES[:2]
   config.model.kwargs.stage_sizes = (1, 1, 1, 1)
   config.teacher.robustbench, config.teacher.model_dir = ZHANG, model_dir
   config.optim.batch_size, config.optim.num_steps = 4, 2
-  config.evals.pgd.attacks, config.evals.pgd.num_examples = "clean", 8
+  config.train_evals.pgd.attacks, config.train_evals.pgd.num_examples = "clean", 8
   config.checkpoint.best_metric = "clean_accuracy"
   with tfds.testing.mock_data(num_examples=16):
     result = train.train_and_evaluate(config, str(tmp_path / "student"))

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=3 MIXACM_JAX_CACHE="$(mktemp -d)"
 TINY=(--config.model.kwargs.stage_sizes="(1, 1)" --config.optim.batch_size=32
       --config.optim.num_steps=4 --config.objective.pgd_at.attack.steps=1
-      --config.evals.pgd.attacks=clean,pgd2 --config.evals.pgd.num_examples=64
+      --config.train_evals.pgd.attacks=clean,pgd2 --config.train_evals.pgd.num_examples=64
       --config.checkpoint.every_steps=2 --config.log_every_steps=2
       --config.eval.attacks=clean,pgd2 --config.eval.num_examples=64)
 MNT=$(mktemp -d); LOG=$(mktemp -d)

@@ -18,12 +18,32 @@ NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_
                 "num_epochs", "steps", "every_steps", "stage_weights", "decay_epochs")
 READ_AHEAD_LIMIT = 1024  # data.num_threads and data.prefetch: more only exhausts memory
 ARCHITECTURE_LIMIT = 10_000  # an architecture's integer field (width, depth, block count)
+# Keys that were renamed: a config file or override that uses the old name is told the new.
+RENAMED = {"evals": "train_evals", "eval.pgd.eps": "eval.threat.eps",
+           "eval.pgd.norm": "eval.threat.norm"}
+
+
+def renamed(path: str) -> str:
+  """The one-line message for a dotted `path` under a renamed key, else ''."""
+  for old, new in RENAMED.items():
+    if path == old or path.startswith(old + "."):
+      return f"config key {path!r} is now {new + path[len(old):]!r}"
+  return ""
+
+
+def check_renamed(config) -> None:
+  """A config file that still sets a renamed key (which nothing would read) is refused."""
+  for path, _ in leaves(config):
+    if renamed(path):
+      raise ConfigError(renamed(path))
 
 
 def unknown_key(config, path: str, flag: str = "") -> str:
   """'' when the dotted `path` names a field of `config`; otherwise why not, in one line,
   with the nearest valid key. `flag`: the command-line argument that named it, if one did."""
   source, dashes = (f" in {flag}", "--") if flag else ("", "")
+  if renamed(path):
+    return renamed(path) + source
   parts = path.split(".")
   node = config
   for depth, key in enumerate(parts):
@@ -80,23 +100,33 @@ def check_numbers(config) -> None:
       raise ConfigError(f"{path} must be at most {READ_AHEAD_LIMIT}, got {value}")
 
 
-def _check_attack(where: str, cfg) -> None:
+def _check_threat(where: str, cfg) -> None:
   if cfg.norm not in NORMS:
     raise ConfigError(f"{where}.norm must be one of {NORMS}, got {cfg.norm!r}")
   if not 0.0 < cfg.eps <= (1.0 if cfg.norm == "linf" else 1e6):
     raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1] (L2: finite, > 0), "
                       f"got {cfg.eps}")
+
+
+def _check_steps(where: str, cfg) -> None:
   if cfg.get("steps", 0) < 0 or not 0 < cfg.step_size < float("inf"):
     raise ConfigError(f"{where}: steps must be >= 0 and step_size > 0, "
                       f"got steps={cfg.get('steps')}, step_size={cfg.step_size}")
 
 
+def _check_attack(where: str, cfg) -> None:
+  """A training attack: its own eps, norm, steps and step size."""
+  _check_threat(where, cfg)
+  _check_steps(where, cfg)
+
+
 def validate_eval(eval_cfg) -> None:
-  """The evaluation's attack settings (eval.pgd, eval.attacks)."""
-  _check_attack("eval.pgd", eval_cfg.pgd)
+  """The evaluation's settings (eval.threat, eval.pgd, eval.attacks...)."""
+  _check_threat("eval.threat", eval_cfg.threat)
+  _check_steps("eval.pgd", eval_cfg.pgd)
   if "attacks" in eval_cfg:
     registry.validate_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
-                                eval_cfg.pgd.norm)
+                                eval_cfg.threat.norm)
   if eval_cfg.batch_size <= 0:
     raise ConfigError(f"eval.batch_size must be positive, got {eval_cfg.batch_size}")
   if eval_cfg.get("num_examples", 0) < 0:
@@ -104,25 +134,25 @@ def validate_eval(eval_cfg) -> None:
                       f"{eval_cfg.num_examples}")
   for eps in eval_cfg.get("eps_sweep", ()) or ():
     if not (isinstance(eps, (int, float)) and 0.0 < eps <= (
-        1.0 if eval_cfg.pgd.norm == "linf" else float("inf"))):
+        1.0 if eval_cfg.threat.norm == "linf" else float("inf"))):
       raise ConfigError(f"eval.eps_sweep values must be in (0, 1] for inputs in [0, 1], "
                         f"got {eps!r}")
 
 
-def validate_evals(evals, eval_cfg) -> None:
-  """config.evals: at least one evaluation (the run's accuracy), each with known attacks and
+def validate_train_evals(evals, eval_cfg) -> None:
+  """config.train_evals: at least one evaluation (the run's accuracy), each with known attacks and
   counts >= 0."""
   if not evals:
-    raise ConfigError("config.evals is empty: training needs at least one evaluation (its "
+    raise ConfigError("config.train_evals is empty: training needs at least one evaluation (its "
                       "first gives the run's clean and robust accuracy), e.g. "
-                      "evals.pgd.attacks='clean,pgd10'")
+                      "train_evals.pgd.attacks='clean,pgd10'")
   for name, e in evals.items():
     if set(e.keys()) != {"attacks", "every_steps", "num_examples"}:
-      raise ConfigError(f"evals.{name} must have exactly attacks, every_steps and "
+      raise ConfigError(f"train_evals.{name} must have exactly attacks, every_steps and "
                         f"num_examples; it has {', '.join(sorted(e.keys()))}")
-    registry.validate_attacks(e.attacks, eval_cfg.autoattack_version, eval_cfg.pgd.norm)
+    registry.validate_attacks(e.attacks, eval_cfg.autoattack_version, eval_cfg.threat.norm)
     if e.every_steps < 0 or e.num_examples < 0:
-      raise ConfigError(f"evals.{name}: every_steps and num_examples must be >= 0, got "
+      raise ConfigError(f"train_evals.{name}: every_steps and num_examples must be >= 0, got "
                         f"{e.every_steps}, {e.num_examples}")
 
 
@@ -144,10 +174,10 @@ def validate_best_metric(config) -> None:
   best = config.checkpoint.get("best_metric")
   if not best:
     return
-  known = evaluation_metrics(config.evals, config.eval)
+  known = evaluation_metrics(config.train_evals, config.eval)
   if best not in known:
     raise ConfigError(
-        f"checkpoint.best_metric {best!r} is not produced by config.evals (which give "
+        f"checkpoint.best_metric {best!r} is not produced by config.train_evals (which give "
         f"{', '.join(known)}): set --config.checkpoint.best_metric to one of them, or to '' "
         "to keep only the latest checkpoints")
 
@@ -160,6 +190,7 @@ def validate_training(config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError on the first value that cannot work."""
+  check_renamed(config)
   if config.model.name not in models.MODELS:
     raise ConfigError(f"unknown architecture {config.model.name!r}; known: "
                       f"{', '.join(sorted(models.MODELS))}")
@@ -174,7 +205,7 @@ def validate(config) -> None:
     if hasattr(group, "keys") and "attack" in group:
       _check_attack(f"objective.{key}.attack", group.attack)
   validate_eval(config.eval)
-  validate_evals(config.evals, config.eval)
+  validate_train_evals(config.train_evals, config.eval)
   o = config.optim
   if o.batch_size <= 0 or config.eval.batch_size <= 0:
     raise ConfigError(f"batch sizes must be positive, got optim.batch_size={o.batch_size}, "

@@ -33,7 +33,7 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   model = models.create_model_from_config(config.model, info.num_classes)
   variables = checkpoint.load_variables(model, info.image_shape, workdir, step)
   attacks = registry.parse_attacks(config.eval.attacks, config.eval.autoattack_version)
-  settings = provenance.attack_settings(config.eval, attacks, config.eval.pgd.eps,
+  settings = provenance.attack_settings(config.eval, attacks, config.eval.threat.eps,
                                         config.seed)
   settings.pop("versions")
   settings.update(

@@ -26,7 +26,7 @@ def _stage_settings(stage: str, eval_cfg, eps: float,
       keywords["eot_iter"] = autoattack.EOT_ITER
     keywords.update(dict((overrides or {}).get(stage, ())))
     return {k: v for k, v in keywords.items() if isinstance(v, (int, float, str, bool))}
-  return {"step_size": float(eval_cfg.pgd.step_size * eps / eval_cfg.pgd.eps),
+  return {"step_size": float(eval_cfg.pgd.step_size * eps / eval_cfg.threat.eps),
           "restarts": int(eval_cfg.pgd.get("restarts", 1))}
 
 
@@ -38,7 +38,7 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.
   stages = {stage: _stage_settings(stage, eval_cfg, eps, stage_settings)
             for _, names in attacks for stage in names if stage != "clean"}
   return {"seed": seed, "prng_key": [int(v) for v in np.asarray(key)],
-          "eps": float(eps), "norm": eval_cfg.pgd.norm, "attacks": eval_cfg.attacks,
+          "eps": float(eps), "norm": eval_cfg.threat.norm, "attacks": eval_cfg.attacks,
           "autoattack_version": eval_cfg.autoattack_version,
           "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
           "batch_size": int(eval_cfg.batch_size), "stages": stages,

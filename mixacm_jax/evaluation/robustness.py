@@ -2,13 +2,14 @@
 with AutoAttack's per-stage accuracy, timings and sanity flags (written out by
 `robustness_output`).
 
-Attacks are named as in `attacks.registry` (`config.eval.attacks`, comma-separated); eps,
-norm and the PGD step size come from `config.eval.pgd`. Each stage runs only on the points
-every earlier stage left correct, in compacted batches (`split`). Per example, the report
-keeps the clean prediction and, for each attack, the stage that broke the point, the margin
-at the returned point and its perturbation; every returned point is evaluated again and must
-agree with the attack's flags (`outcome`). With a `journal` (`--mode=eval`), each chunk of
-points is committed as it finishes, so a killed run continues where it stopped.
+Attacks are named as in `attacks.registry` (`config.eval.attacks`, comma-separated); eps
+and norm come from `config.eval.threat`, the PGD step from `config.eval.pgd`. Each stage
+runs only on the points every earlier stage left correct, in compacted batches (`split`).
+Per example, the report keeps the clean prediction and, for each attack, the stage that
+broke the point, the margin at the returned point and its perturbation; every returned point
+is evaluated again and must agree with the attack's flags (`outcome`). With a `journal`
+(`--mode=eval`), each chunk of points is committed as it finishes, so a killed run continues
+where it stopped.
 
 The flow: `report_on_arrays` checks the inputs, builds a `_Run` (what every pass shares),
 runs `_clean_pass`, then `_attack` for each attack: `_stage_pass` per stage, target by
@@ -23,27 +24,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import autoattack, registry
-from mixacm_jax.configs import checks as config_checks, cifar10
+from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import AttackConstraintError, ConfigError
-from mixacm_jax.evaluation import hosts, inputs, programs as programs_lib, provenance, sanity, split
+from mixacm_jax.evaluation import (defaults, hosts, inputs, programs as programs_lib,
+                                   provenance, sanity, split)
 from mixacm_jax.evaluation.outcome import CLEAN_MISCLASSIFIED, ROBUST, Outcome, violations
 from mixacm_jax.runtime import parallel, reporting
 
 
 class Threat(NamedTuple):
   """The perturbation every attack of a report is bounded by, and PGD's step at this eps
-  (the step scales with eps: `eval.pgd.step_size` is for `eval.pgd.eps`)."""
+  (the step scales with eps: `eval.pgd.step_size` is for `eval.threat.eps`)."""
   eps: float
   norm: str
   step_size: float
   restarts: int
 
   @classmethod
-  def of(cls, pgd_cfg, eps: Optional[float] = None) -> "Threat":
-    eps = pgd_cfg.eps if eps is None else eps
-    return cls(eps, pgd_cfg.norm, pgd_cfg.step_size * eps / pgd_cfg.eps,
-               pgd_cfg.get("restarts", 1))
+  def of(cls, eval_cfg, eps: Optional[float] = None) -> "Threat":
+    """`eval_cfg`'s threat, at `eps` in place of its own if given."""
+    eps = eval_cfg.threat.eps if eps is None else eps
+    return cls(eps, eval_cfg.threat.norm, eval_cfg.pgd.step_size * eps / eval_cfg.threat.eps,
+               eval_cfg.pgd.get("restarts", 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,7 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   run = _Run(model, parallel.replicate(variables),
              split.Split(images, labels, real, split.local_batch(eval_cfg.batch_size,
                                                                  len(labels))),
-             Threat.of(eval_cfg.pgd, eps), num_classes, key, programs, journal, verbose,
+             Threat.of(eval_cfg, eps), num_classes, key, programs, journal, verbose,
              bool(eval_cfg.get("apgd_as_original", False)), stage_settings)
   report, clean = _clean_pass(run)
   report.update(eps=run.threat.eps, norm=run.threat.norm,
@@ -328,7 +331,7 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   _check_key(key)
   devices = jax.local_device_count()
   batch = -(-(batch_size or len(x)) // devices) * devices
-  eval_cfg = cifar10.eval_config(attacks="autoattack", eps=eps, norm=norm, version=version,
+  eval_cfg = defaults.eval_config(attacks="autoattack", eps=eps, norm=norm, version=version,
                                  batch_size=batch * jax.process_count())
   config_checks.validate_eval(eval_cfg)
   report = report_on_arrays(logits_fn, None, x, y, eval_cfg, key=key, verbose=False,
@@ -361,8 +364,8 @@ def _check_key(key) -> None:
 def eps_sweep(model, variables, data_cfg, eval_cfg, epsilons: Sequence[float],
               seed: int = 0) -> Dict[str, Any]:
   """Robust accuracy of each attack at each eps; flags accuracy that rises with eps. The PGD
-  step size scales with eps (step / eps as in `eval_cfg.pgd`); eps is a traced argument, so
-  every attack compiles once for the whole sweep."""
+  step scales with eps (`eval_cfg.pgd.step_size` is for `eval_cfg.threat.eps`); eps is a
+  traced argument, so every attack compiles once for the whole sweep."""
   programs = {}
   rows = [report_on_split(model, variables, data_cfg, eval_cfg, eps=e, seed=seed,
                           verbose=False, programs=programs) for e in epsilons]

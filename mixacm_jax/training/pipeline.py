@@ -81,11 +81,11 @@ def _run_pipeline(config, workdir: str) -> List[Dict[str, Any]]:
     rows.append(result_row(f"student ({objective})", result))
   report = reporting.table(rows, COLUMNS)
   if reporting.is_primary():
-    first = next(iter(config.evals.values()))
+    first = next(iter(config.train_evals.values()))
     attacks = re.sub(r"^(pgd|cw)(\d+)$", lambda m: f"{m[1].upper()}-{m[2]}", ", ".join(
         a for a in first.attacks.split(",") if a != "clean"))
     print(f"\nTeacher: {source}. Accuracy in %, robust = {attacks} "
-          f"({config.eval.pgd.norm}, eps={config.eval.pgd.eps:.4g}); passes = network "
+          f"({config.eval.threat.norm}, eps={config.eval.threat.eps:.4g}); passes = network "
           "forward + backward passes per training example-step, and in total.\n")
     print(report, flush=True)
     for name, text in (("results.json", json.dumps(rows, indent=2)), ("results.md", report)):

@@ -1,4 +1,5 @@
 """TrainState, the one pmapped train step over any objective, the eval step, and the loop."""
+import dataclasses
 import functools
 import json
 import os
@@ -100,31 +101,31 @@ def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
       axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
 
 
-def due_evaluations(evals, step: int, is_last: bool):
-  """The names of `config.evals` to run at `step`: each at its every_steps, all at the end."""
-  return [name for name, e in evals.items()
+def due_evaluations(train_evals, step: int, is_last: bool):
+  """The names of `config.train_evals` to run at `step`: each at its every_steps, all at the
+  end."""
+  return [name for name, e in train_evals.items()
           if is_last or (e.every_steps and step % e.every_steps == 0)]
 
 
-def evaluate_during_training(model, params, batch_stats, data_cfg, eval_cfg, evals, names,
+def evaluate_during_training(model, variables, names, *, data_cfg, eval_cfg, train_evals,
                              seed: int = 0, programs: Optional[Dict] = None
                              ) -> Dict[str, float]:
-  """The evaluations `names` of `config.evals`, by the robustness report's engine (the same
+  """The evaluations `names` of `train_evals`, by the robustness report's engine (the same
   code, keys and numbers as `--mode=eval` with those attacks): `<name>/clean_accuracy` and
-  `<name>/<attack>` for each; the first evaluation of `evals` also as `clean_accuracy`,
-  `robust_accuracy` (its lowest) and `num_examples`. `programs` keeps the compiled attacks
-  from one evaluation to the next."""
+  `<name>/<attack>` for each; the first evaluation of `train_evals` also as
+  `clean_accuracy`, `robust_accuracy` (its lowest) and `num_examples`. `programs` keeps the
+  compiled attacks from one evaluation to the next."""
   out = {}
   for name in names:
     cfg = eval_cfg.copy_and_resolve_references()
-    cfg.attacks, cfg.num_examples = evals[name].attacks, evals[name].num_examples
-    report = robustness.report_on_split(model, {"params": params, "batch_stats": batch_stats},
-                                        data_cfg, cfg, seed=seed, verbose=False,
-                                        programs=programs)
+    cfg.attacks, cfg.num_examples = train_evals[name].attacks, train_evals[name].num_examples
+    report = robustness.report_on_split(model, variables, data_cfg, cfg, seed=seed,
+                                        verbose=False, programs=programs)
     out[f"{name}/clean_accuracy"] = report["clean_accuracy"]
     for attack, result in report["attacks"].items():
       out[f"{name}/{attack}"] = result["robust_accuracy"]
-    if name == next(iter(evals)):
+    if name == next(iter(train_evals)):
       out["clean_accuracy"], out["num_examples"] = report["clean_accuracy"], report["num_examples"]
       if report["attacks"]:
         out["robust_accuracy"] = min(r["robust_accuracy"] for r in report["attacks"].values())
@@ -189,14 +190,52 @@ def train_and_evaluate(config, workdir: str, *, teacher: Optional[teacher_lib.Te
     return _train_and_evaluate(config, workdir, teacher, objective)
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the training loop holds for one run."""
+  config: Any
+  workdir: str
+  objective: objectives.Objective
+  total_steps: int
+  start_step: int
+  checkpointer: ckpt_lib.Checkpointer
+  writer: reporting.MetricWriter
+  progress: reporting.Progress
+  evaluate: Callable  # (names, host state) -> metrics of those `train_evals`
+  p_train_step: Callable
+  p_teacher_variables: Any
+
+
 def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
+  run, p_state = _prepare(config, workdir, teacher, objective)
+  try:
+    p_state, eval_metrics, train_seconds = _loop(run, p_state)
+    if run.start_step == run.total_steps:  # finished before: evaluate what was restored
+      eval_metrics = run.evaluate(list(config.train_evals), _host(p_state))
+  finally:
+    run.checkpointer.close()  # commits any save still in flight, even on a crash
+    run.writer.close()
+  summary = _write_summary(workdir, {
+      "model": config.model.name, "objective": config.objective.name,
+      "steps": run.total_steps, "resumed_from": run.start_step, "train_seconds": train_seconds,
+      **run.objective.training_cost(config.objective, run.total_steps, config.optim.batch_size),
+      **eval_metrics}, trained=run.start_step < run.total_steps)
+  return {"state": _host(p_state), **summary}
+
+
+def _host(p_state):
+  return jax.device_get(parallel.unreplicate(p_state))
+
+
+def _prepare(config, workdir, teacher, objective):
+  """(the run, the replicated state): the model, the teacher, the state restored from the
+  latest checkpoint, the compiled step and the evaluations."""
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
   total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
   objective = objective or objectives.get_objective(config.objective.name)
   teacher = teacher_lib.resolve_teacher(config, objective, teacher, model, info)
-
   state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps,
                              init_objective_params(config, objective, model, teacher,
                                                    info.image_shape))
@@ -206,76 +245,82 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
   state, restored_step = checkpointer.restore(state)
   _check_resumable(restored_step, total_steps, workdir)
   start_step = int(state.step)
-  if restored_step is not None and reporting.is_primary():
-    print(f"Resuming from the checkpoint of step {restored_step} in {workdir}", flush=True)
-
-  p_train_step = make_p_train_step(config.objective, model, objective,
-                                   teacher and teacher.model, donate=True)
-  p_teacher_variables = parallel.replicate(teacher.variables if teacher else {})
-  eval_programs: Dict = {}  # compiled once, for every evaluation of the run
-  evaluate = lambda names, host_state: evaluate_during_training(
-      model, host_state.params["model"], host_state.batch_stats,
-      config.data, config.eval, config.evals, names, config.seed, eval_programs)
-
-  writer = reporting.MetricWriter(workdir)
-  progress = reporting.Progress(total_steps, config.optim.batch_size, start_step)
   if reporting.is_primary():
+    if restored_step is not None:
+      print(f"Resuming from the checkpoint of step {restored_step} in {workdir}", flush=True)
     print(f"Training {config.model.name} with {config.objective.name} on {info.name}: "
           f"{total_steps} steps of {config.optim.batch_size} examples "
           f"({steps_per_epoch} steps/epoch) on {jax.device_count()} device(s)", flush=True)
+  programs: Dict = {}  # compiled once, for every evaluation of the run
+  evaluate = lambda names, host_state: evaluate_during_training(
+      model, {"params": host_state.params["model"], "batch_stats": host_state.batch_stats},
+      names, data_cfg=config.data, eval_cfg=config.eval, train_evals=config.train_evals,
+      seed=config.seed, programs=programs)
+  run = _Run(config, workdir, objective, total_steps, start_step, checkpointer,
+             reporting.MetricWriter(workdir),
+             reporting.Progress(total_steps, config.optim.batch_size, start_step), evaluate,
+             make_p_train_step(config.objective, model, objective, teacher and teacher.model,
+                               donate=True),
+             parallel.replicate(teacher.variables if teacher else {}))
+  return run, parallel.replicate(state)
 
-  p_state = parallel.replicate(state)
+
+def _loop(run: _Run, p_state):
+  """The training steps from the run's start: (the replicated state, the latest metrics of
+  the first evaluation, seconds spent training). SIGTERM saves and exits after a step."""
+  config = run.config
   batches = input_pipeline.train_batches(config.data, config.optim.batch_size, config.seed,
-                                         start_step)
+                                         run.start_step)
   eval_metrics: Dict[str, float] = {}
-  train_seconds, step = 0.0, start_step
+  train_seconds = 0.0
+  with preemption.SigtermFlag() as sigterm:
+    for step in range(run.start_step + 1, run.total_steps + 1):
+      t0 = time.perf_counter()
+      stop = sigterm.raised  # read once, so a signal mid-step is handled at the next one
+      p_state, p_metrics = run.p_train_step(p_state, next(batches), run.p_teacher_variables)
+      due, save_now, host_state = _observe(run, step, p_state, p_metrics, stop)
+      train_seconds += time.perf_counter() - t0
+      eval_metrics = _evaluate_and_save(run, step, host_state, due, save_now, eval_metrics)
+      if stop:
+        raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {run.workdir}; "
+                         "run the same command to resume")
+  return p_state, eval_metrics, train_seconds
 
-  try:
-    with preemption.SigtermFlag() as sigterm:
-      for step in range(start_step + 1, total_steps + 1):
-        t0 = time.perf_counter()
-        stop = sigterm.raised  # read once, so a signal mid-step is handled at the next one
-        p_state, p_metrics = p_train_step(p_state, next(batches), p_teacher_variables)
-        is_last = step == total_steps
-        log_now = step % config.log_every_steps == 0 or is_last
-        due = due_evaluations(config.evals, step, is_last)
-        eval_now = bool(due)
-        save_now = step % config.checkpoint.every_steps == 0 or is_last or stop
-        host_state = None  # fetched once, for the evaluation and the save of this step
-        if log_now or eval_now or save_now:
-          metrics = {k: float(v) for k, v in jax.device_get(
-              parallel.unreplicate(p_metrics)).items()}
-          _check_finite(step, metrics, checkpointer)
-          if eval_now or save_now:
-            host_state = jax.device_get(parallel.unreplicate(p_state))
-            _check_state(step, host_state, checkpointer)
-          if log_now:
-            progress.report(step, metrics)
-            writer.write(step, metrics, prefix="train/")
-        train_seconds += time.perf_counter() - t0
-        first_ran = False  # the first evaluation gives the run's figures (and the best one)
-        if eval_now:
-          step_metrics = evaluate(due, host_state)
-          first_ran = "clean_accuracy" in step_metrics
-          eval_metrics = step_metrics if first_ran else eval_metrics
-          writer.write(step, step_metrics, prefix="eval/")
-          if reporting.is_primary():
-            print(f"[eval] step {step} | " + " | ".join(
-                f"{k} {v:.4f}" for k, v in step_metrics.items() if "/" in k), flush=True)
-        if save_now:
-          checkpointer.save(step, host_state, eval_metrics if first_ran else None)
-        if stop:
-          raise SystemExit(f"SIGTERM: saved the checkpoint of step {step} in {workdir}; "
-                           "run the same command to resume")
-    if start_step == total_steps:  # finished before: restored, so evaluate what was restored
-      eval_metrics = evaluate(list(config.evals), jax.device_get(parallel.unreplicate(p_state)))
-  finally:
-    checkpointer.close()  # commits any save still in flight, even on a crash
-    writer.close()
-  summary = _write_summary(workdir, {
-      "model": config.model.name, "objective": config.objective.name, "steps": total_steps,
-      "resumed_from": start_step, "train_seconds": train_seconds,
-      **objective.training_cost(config.objective, total_steps, config.optim.batch_size),
-      **eval_metrics}, trained=start_step < total_steps)
-  return {"state": jax.device_get(parallel.unreplicate(p_state)), **summary}
 
+def _observe(run: _Run, step: int, p_state, p_metrics, stop: bool):
+  """(the evaluations due, whether to save, the host state when either): the step's
+  metrics are checked and logged when due; the state is fetched once and checked for both."""
+  config = run.config
+  is_last = step == run.total_steps
+  log_now = step % config.log_every_steps == 0 or is_last
+  due = due_evaluations(config.train_evals, step, is_last)
+  save_now = step % config.checkpoint.every_steps == 0 or is_last or stop
+  host_state = None
+  if log_now or due or save_now:
+    metrics = {k: float(v) for k, v in jax.device_get(parallel.unreplicate(p_metrics)).items()}
+    _check_finite(step, metrics, run.checkpointer)
+    if due or save_now:
+      host_state = _host(p_state)
+      _check_state(step, host_state, run.checkpointer)
+    if log_now:
+      run.progress.report(step, metrics)
+      run.writer.write(step, metrics, prefix="train/")
+  return due, save_now, host_state
+
+
+def _evaluate_and_save(run: _Run, step: int, host_state, due, save_now: bool,
+                       eval_metrics: Dict[str, float]) -> Dict[str, float]:
+  """The evaluations due and the save of this step; returns the run's latest metrics (those
+  of its first evaluation, which the checkpoint's best metric reads)."""
+  first_ran = False
+  if due:
+    step_metrics = run.evaluate(due, host_state)
+    first_ran = "clean_accuracy" in step_metrics
+    eval_metrics = step_metrics if first_ran else eval_metrics
+    run.writer.write(step, step_metrics, prefix="eval/")
+    if reporting.is_primary():
+      print(f"[eval] step {step} | " + " | ".join(
+          f"{k} {v:.4f}" for k, v in step_metrics.items() if "/" in k), flush=True)
+  if save_now:
+    run.checkpointer.save(step, host_state, eval_metrics if first_ran else None)
+  return eval_metrics
