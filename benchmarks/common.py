@@ -122,9 +122,11 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
     t_model = models.create_model_from_config(config.teacher.model, num_classes)
     teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
                                                      image_shape), "random")
-  params = train.init_objective_params(config, objective, model, teacher,
-                                       image_shape) if teacher else {}
-  state = train.create_train_state(config, model, image_shape, 100, 10_000, params)
+  params = train.init_objective_params(config.objective, objective, model, teacher,
+                                       image_shape, seed=config.seed) if teacher else {}
+  state = train.create_train_state(model, image_shape, config.optim, seed=config.seed,
+                                   steps_per_epoch=100, total_steps=10_000,
+                                   objective_params=params)
   p_step = train.make_p_train_step(config.objective, model, objective,
                                    teacher and teacher.model, devices=devices)
   rng = np.random.RandomState(seed)

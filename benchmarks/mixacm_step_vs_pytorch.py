@@ -110,9 +110,10 @@ def main():
   t_net, s_net = t_net.to(dev), s_net.to(dev)
   teacher = teacher_lib.Teacher(t_model, t_vars, "random")
   objective = objectives.get_objective("mixacm")
-  state = train.create_train_state(config, s_model, (32, 32, 3), 100, 10_000,
-                                   train.init_objective_params(config, objective, s_model,
-                                                               teacher, (32, 32, 3)))
+  state = train.create_train_state(
+      s_model, (32, 32, 3), config.optim, seed=config.seed, steps_per_epoch=100,
+      total_steps=10_000, objective_params=train.init_objective_params(
+          config.objective, objective, s_model, teacher, (32, 32, 3), seed=config.seed))
   state = state.replace(params={"model": s_vars["params"],
                                 "objective": state.params["objective"]},
                         batch_stats=s_vars["batch_stats"])

@@ -40,7 +40,8 @@ def main():
     config.objective[method].attack.steps = 2
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
-  state = train.create_train_state(config, model, info.image_shape, 10, 100)
+  state = train.create_train_state(model, info.image_shape, config.optim, seed=config.seed,
+                                   steps_per_epoch=10, total_steps=100)
   images, labels = digits.arrays("train")
   step = train.make_p_train_step(config.objective, model,
                                  objectives.get_objective(args.objective))

@@ -40,9 +40,10 @@ def _setup(config):
   objective = objectives.get_objective("mixacm")
   teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
   model = models.create_model_from_config(config.model, info.num_classes)
-  state = train.create_train_state(config, model, info.image_shape, 10, 100,
-                                   train.init_objective_params(config, objective, model,
-                                                               teacher, info.image_shape))
+  state = train.create_train_state(
+      model, info.image_shape, config.optim, seed=config.seed, steps_per_epoch=10,
+      total_steps=100, objective_params=train.init_objective_params(
+          config.objective, objective, model, teacher, info.image_shape, seed=config.seed))
   return model, teacher, state
 
 
@@ -129,7 +130,8 @@ def test_end_to_end_acm_falls_agreement_rises_and_export_drops_transforms(mixacm
   teacher = teacher_lib.load_teacher(mixacm_config.teacher, 10, (8, 8, 1))
   x, _ = digits.arrays("test")
   t_pred = jnp.argmax(teacher.model.apply(teacher.variables, x), -1)
-  initial = train.create_train_state(mixacm_config, student, (8, 8, 1), 1, 1)
+  initial = train.create_train_state(student, (8, 8, 1), mixacm_config.optim,
+                                     seed=mixacm_config.seed, steps_per_epoch=1, total_steps=1)
   agreement = lambda s: float(jnp.mean(jnp.argmax(student.apply(
       {"params": s.params["model"], "batch_stats": s.batch_stats}, x), -1) == t_pred))
   assert agreement(result["state"]) > agreement(initial) + 0.2

@@ -72,17 +72,17 @@ def check_feature_names(model, image_shape, names: Sequence[str], role: str) -> 
   models.check_sown(model, names, models.feature_names(model, image_shape), role)
 
 
-def resolve_teacher(config, objective, teacher: Optional[Teacher], student, info
-                    ) -> Optional[Teacher]:
-  """The objective's frozen teacher (the given one, or loaded from `config.teacher`), with
+def resolve_teacher(teacher_cfg, objective_cfg, objective, teacher: Optional[Teacher],
+                    student, info) -> Optional[Teacher]:
+  """The objective's frozen teacher (the given one, or loaded from `teacher_cfg`), with
   the features the objective matches checked on both models before any work; None when
   the objective needs no teacher."""
   if not objective.needs_teacher:
     return None
   if teacher is None:
-    teacher = load_teacher(config.teacher, info.num_classes, info.image_shape)
+    teacher = load_teacher(teacher_cfg, info.num_classes, info.image_shape)
   if objective.feature_names is not None:
-    student_names, teacher_names = objective.feature_names(objective.settings(config.objective))
+    student_names, teacher_names = objective.feature_names(objective.settings(objective_cfg))
     check_feature_names(teacher.model, info.image_shape, teacher_names, "teacher")
     check_feature_names(student, info.image_shape, student_names, "student")
   return teacher

@@ -35,31 +35,32 @@ def make_forward(model) -> Callable:
   return forward
 
 
-def create_train_state(config, model, image_shape, steps_per_epoch: int, total_steps: int,
-                       objective_params: Optional[Dict[str, Any]] = None) -> TrainState:
+def create_train_state(model, image_shape, optim_cfg, *, seed: int, steps_per_epoch: int,
+                       total_steps: int, objective_params: Optional[Dict[str, Any]] = None
+                       ) -> TrainState:
   """`params` = {"model": the network's, "objective": what the objective learns beside it
   (e.g. MixACM's ACM transformations; dropped at inference and export)}."""
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = models.init_variables(model, init_rng, image_shape)
-  tx = optim.create_optimizer(config.optim, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(optim_cfg, steps_per_epoch, total_steps)
   params = {"model": variables["params"], "objective": objective_params or {}}
   return TrainState.create(apply_fn=model.apply, params=params,
                            batch_stats=variables.get("batch_stats", {}), tx=tx, rng=state_rng)
 
 
-def init_objective_params(config, objective, model, teacher, image_shape):
+def init_objective_params(objective_cfg, objective, model, teacher, image_shape, *, seed: int):
   """Initial params the objective learns beside the model (e.g. MixACM's ACM
   transformations), shaped from both models' sown features (traced, not computed)."""
   if objective.init_params is None:
     return {}
-  cfg = objective.settings(config.objective)
+  cfg = objective.settings(objective_cfg)
   student_names, teacher_names = objective.feature_names(cfg)
   x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
   shapes = lambda m, v, names: {k: a.shape for k, a in jax.eval_shape(
       lambda v, x: models.apply_model(m, v, x, train=False, names=names)[1], v, x).items()}
   student_vars = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
                                                               image_shape))
-  return objective.init_params(jax.random.PRNGKey(config.seed + 2), cfg,
+  return objective.init_params(jax.random.PRNGKey(seed + 2), cfg,
                                shapes(model, student_vars, student_names),
                                shapes(teacher.model, teacher.variables, teacher_names))
 
@@ -235,10 +236,12 @@ def _prepare(config, workdir, teacher, objective):
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
   total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
   objective = objective or objectives.get_objective(config.objective.name)
-  teacher = teacher_lib.resolve_teacher(config, objective, teacher, model, info)
-  state = create_train_state(config, model, info.image_shape, steps_per_epoch, total_steps,
-                             init_objective_params(config, objective, model, teacher,
-                                                   info.image_shape))
+  teacher = teacher_lib.resolve_teacher(config.teacher, config.objective, objective, teacher,
+                                        model, info)
+  state = create_train_state(
+      model, info.image_shape, config.optim, seed=config.seed, steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps, objective_params=init_objective_params(
+          config.objective, objective, model, teacher, info.image_shape, seed=config.seed))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
