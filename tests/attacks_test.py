@@ -121,6 +121,7 @@ def _jitted_stage(name, norm):
                   seed=st.integers(0, 2**16),
                   name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"]),
                   norm=st.sampled_from(["linf", "l2"]))
+@pytest.mark.slow
 def test_autoattack_stages_respect_constraints_and_report_honestly(n, side, eps, seed, name,
                                                                     norm):
   kx, ky, ka, kw = jax.random.split(jax.random.PRNGKey(seed), 4)
@@ -397,8 +398,8 @@ def test_apgd_ends_once_every_point_is_fooled_with_the_same_result(monkeypatch):
   early = apgd.apgd(net, x, y, jax.random.PRNGKey(2), eps=0.5, n_iter=60)
   assert bool(np.all(early[1])) and sum(calls) < 60
   program = apgd._program("ce", "linf", 60, 0.75, 1)  # pylint: disable=protected-access
-  consts = dict(logits_fn=net, x=x, y=y, y_target=None, key=jax.random.PRNGKey(2),
-                eps=jnp.float32(0.5))
+  consts = apgd.ApgdConsts(logits_fn=net, x=x, y=y, y_target=None, key=jax.random.PRNGKey(2),
+                           eps=jnp.float32(0.5))
   # No early end: the same program without its `settled`.
   full = loop.run(program._replace(settled=None), 60, consts)
   np.testing.assert_array_equal(early[0], full[0])
@@ -417,7 +418,7 @@ def test_fooled_points_leave_the_batch_with_the_same_result(monkeypatch, name):
   real = loop._chunk  # pylint: disable=protected-access
 
   def recording(start, state, consts, **kw):
-    sizes.append(consts["x"].shape[0])
+    sizes.append(consts.x.shape[0])
     return real(start, state, consts, **kw)
   monkeypatch.setattr(loop, "_chunk", recording)
   settings = {"n_queries": 200} if name == "square" else {"n_iter": 40}

@@ -11,14 +11,15 @@ version, for randomized models) loss and gradient are averaged over that many dr
 model's randomness: `logits_fn(x, rng=key)`.
 """
 import functools
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import keys, loop, targets
-from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, per_example_norm, project
+from mixacm_jax.attacks.pgd import (ascent_direction, ce_loss, check_labels, per_example_norm,
+                                    project)
 from mixacm_jax.runtime import parallel
 
 
@@ -58,7 +59,8 @@ def eot_value_and_grad(one_draw: Callable, v: jnp.ndarray, rngs: jax.Array):
 def checkpoints(n_iter: int):
   """The iterations (0-based, inclusive) at which step sizes are checked."""
   out = []
-  k, k_min, decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
+  k, k_min = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
+  decr = max(int(0.03 * n_iter), 1)
   i = k - 1
   while i < n_iter:
     out.append((i, k))
@@ -74,94 +76,158 @@ LOSSES = {
 }
 
 
+class ApgdConsts(NamedTuple):
+  """APGD's arrays for one run, the loop's `consts` (static settings are in `_program`).
+
+  logits_fn: the model, `logits_fn(x) -> (N, K)` logits (with EOT `logits_fn(x, rng=key)`),
+    a `jax.tree_util.Partial` so that its variables are leaves, not constants.
+  x: (N, ...) clean inputs in [0, 1].
+  y: (N,) int true labels.
+  y_target: (N,) int target classes of the targeted DLR loss, or None.
+  key: the run's randomness, one raw key (2,) or one per example (N, 2) (see `keys`).
+  eps: () radius of the ball, in x's dtype.
+  """
+  logits_fn: Callable
+  x: jnp.ndarray
+  y: jnp.ndarray
+  y_target: Optional[jnp.ndarray]
+  key: jax.Array
+  eps: jnp.ndarray
+
+
+class ApgdState(NamedTuple):
+  """APGD's loop state: every field has the examples on its leading axis (N).
+
+  x_adv: (N, ...) the current point.
+  x_old: (N, ...) the previous point (momentum).
+  grad: (N, ...) the loss gradient at x_adv.
+  x_best: (N, ...) the highest-loss point so far, where a reduced step restarts.
+  grad_best: (N, ...) the loss gradient at x_best.
+  loss_best: (N,) the loss at x_best.
+  x_found: (N, ...) the first misclassified point found (the last with `as_original`).
+  fooled: (N,) bool, whether a misclassified point was found.
+  step: (N, 1, ...) the step size, 2 eps at first, halved at some checkpoints.
+  prev_loss: (N,) the loss of the previous step (rises are counted).
+  increases: (N,) int32 steps since the last checkpoint whose loss rose.
+  reduced_last: (N,) bool, whether the step was halved at the last checkpoint.
+  loss_best_last: (N,) loss_best at the last checkpoint.
+  """
+  x_adv: jnp.ndarray
+  x_old: jnp.ndarray
+  grad: jnp.ndarray
+  x_best: jnp.ndarray
+  grad_best: jnp.ndarray
+  loss_best: jnp.ndarray
+  x_found: jnp.ndarray
+  fooled: jnp.ndarray
+  step: jnp.ndarray
+  prev_loss: jnp.ndarray
+  increases: jnp.ndarray
+  reduced_last: jnp.ndarray
+  loss_best_last: jnp.ndarray
+
+
+def _value_and_grad(loss_of: Callable, eot_iter: int, c: ApgdConsts, v: jnp.ndarray, i):
+  """(per-example loss, logits, input gradient) at `v` in step `i`; with `eot_iter` > 1,
+  loss and gradient averaged over that many draws of the model's randomness."""
+  def one_draw(v, rng):
+    def total(v):
+      logits = c.logits_fn(v) if rng is None else c.logits_fn(v, rng=rng)
+      per = loss_of(logits, c.y, c.y_target)
+      return jnp.sum(per), (per, logits)
+    (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(v)
+    return per, logits, g
+  if eot_iter <= 1:
+    return one_draw(v, None)
+  # The run itself starts from `key`, as without EOT.
+  rngs = jax.random.split(jax.random.fold_in(jax.random.fold_in(
+      keys.shared(c.key), 0x5EED), i), eot_iter)
+  return eot_value_and_grad(one_draw, v, rngs)
+
+
+def _start(c: ApgdConsts, norm: str) -> jnp.ndarray:
+  """The random start: x plus eps times noise of unit L-inf (uniform) or L2 (Gaussian) norm
+  per example, clipped to [0, 1]."""
+  x, key, eps = c.x, c.key, c.eps
+  n = x.shape[0]
+  bshape = (n,) + (1,) * (x.ndim - 1)
+  if norm == "linf":
+    t = keys.sample(key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
+    t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
+  else:
+    t = keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
+    t = t / (per_example_norm(t) + 1e-12)
+  return jnp.clip(x + eps * t, 0.0, 1.0)
+
+
+def _settled(s: ApgdState, c: ApgdConsts) -> jnp.ndarray:
+  """A fooled point's result (the first adversarial found) can no longer change."""
+  del c
+  return s.fooled
+
+
+def _finish(s: ApgdState, c: ApgdConsts):
+  """(x_adv, fooled): the point found where fooled, else the highest-loss point."""
+  x_out = jnp.where(parallel.per_example(s.fooled, c.x), s.x_found, s.x_best)
+  return jax.lax.stop_gradient(x_out), s.fooled
+
+
 @functools.lru_cache(maxsize=None)
 def _program(loss: str, norm: str, n_iter: int, rho: float, eot_iter: int,
              as_original: bool = False):
   """(init, step, settled, finish) of APGD for these static settings, for
-  `loop.run`; the arrays (model, x, y, target, key, eps) come in `consts`."""
-  loss_of = LOSSES[loss]
+  `loop.run`; the arrays (model, x, y, target, key, eps) come in `ApgdConsts`."""
+  value_and_grad = functools.partial(_value_and_grad, LOSSES[loss], eot_iter)
   ckpt_at, ckpt_len = np.zeros((n_iter,), bool), np.zeros((n_iter,), np.int32)
   for i, k in checkpoints(n_iter):
     ckpt_at[i], ckpt_len[i] = True, k
 
-  def value_and_grad(c, v, i):
-    def one_draw(v, rng):
-      def total(v):
-        logits = c["logits_fn"](v) if rng is None else c["logits_fn"](v, rng=rng)
-        per = loss_of(logits, c["y"], c["y_target"])
-        return jnp.sum(per), (per, logits)
-      (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(v)
-      return per, logits, g
-    if eot_iter <= 1:
-      return one_draw(v, None)
-    # The run itself starts from `key`, as without EOT.
-    rngs = jax.random.split(jax.random.fold_in(jax.random.fold_in(
-        keys.shared(c["key"]), 0x5EED), i), eot_iter)
-    return eot_value_and_grad(one_draw, v, rngs)
-
-  def init(c):
-    x, key, eps = c["x"], c["key"], c["eps"]
-    n = x.shape[0]
-    bshape = (n,) + (1,) * (x.ndim - 1)
-    if norm == "linf":
-      t = keys.sample(key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
-      t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
-    else:
-      t = keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
-      t = t / (per_example_norm(t) + 1e-12)
-    x_adv = jnp.clip(x + eps * t, 0.0, 1.0)
+  def init(c: ApgdConsts) -> ApgdState:
+    n = c.x.shape[0]
+    x_adv = _start(c, norm)
     per, logits, grad = value_and_grad(c, x_adv, 0)
-    return dict(x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad,
-                loss_best=per, x_found=x_adv, fooled=jnp.argmax(logits, -1) != c["y"],
-                step=jnp.broadcast_to(2.0 * eps, bshape).astype(x.dtype),
-                # The original's first window compares step 0's loss with an unset (zero)
-                # entry of its loss history; here, with the loss at the start.
-                prev_loss=jnp.zeros_like(per) if as_original else per,
-                increases=jnp.zeros((n,), jnp.int32), reduced_last=jnp.ones((n,), bool),
-                loss_best_last=per)
+    return ApgdState(
+        x_adv=x_adv, x_old=x_adv, grad=grad, x_best=x_adv, grad_best=grad, loss_best=per,
+        x_found=x_adv, fooled=jnp.argmax(logits, -1) != c.y,
+        step=jnp.broadcast_to(2.0 * c.eps, (n,) + (1,) * (c.x.ndim - 1)).astype(c.x.dtype),
+        # The original's first window compares step 0's loss with an unset (zero) entry of
+        # its loss history; here, with the loss at the start.
+        prev_loss=jnp.zeros_like(per) if as_original else per,
+        increases=jnp.zeros((n,), jnp.int32), reduced_last=jnp.ones((n,), bool),
+        loss_best_last=per)
 
-  def step(i, s, c):
-    x, eps = c["x"], c["eps"]
+  def step(i, s: ApgdState, c: ApgdConsts) -> ApgdState:
+    x, eps = c.x, c.eps
     a = jnp.where(i > 0, 0.75, 1.0)
-    z = project(s["x_adv"] + s["step"] * ascent_direction(s["grad"], norm), x, eps, norm)
-    x_new = project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_old"]),
-                    x, eps, norm)
+    z = project(s.x_adv + s.step * ascent_direction(s.grad, norm), x, eps, norm)
+    x_new = project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_old), x, eps, norm)
     per, logits, grad = value_and_grad(c, x_new, i + 1)
-    miss = jnp.argmax(logits, -1) != c["y"]
-    newly = miss if as_original else miss & ~s["fooled"]  # the last adversarial, or the first
-    x_found = jnp.where(parallel.per_example(newly, x), x_new, s["x_found"])
-    improved = per > s["loss_best"]
+    miss = jnp.argmax(logits, -1) != c.y
+    newly = miss if as_original else miss & ~s.fooled  # the last adversarial, or the first
+    x_found = jnp.where(parallel.per_example(newly, x), x_new, s.x_found)
+    improved = per > s.loss_best
     ib = parallel.per_example(improved, x)
-    x_best = jnp.where(ib, x_new, s["x_best"])
-    grad_best = jnp.where(ib, grad, s["grad_best"])
-    loss_best = jnp.where(improved, per, s["loss_best"])
-    increases = s["increases"] + (per > s["prev_loss"]).astype(jnp.int32)
+    x_best = jnp.where(ib, x_new, s.x_best)
+    grad_best = jnp.where(ib, grad, s.grad_best)
+    loss_best = jnp.where(improved, per, s.loss_best)
+    increases = s.increases + (per > s.prev_loss).astype(jnp.int32)
     # At a checkpoint: halve the step and restart from the best point where progress stalled.
     at = jnp.asarray(ckpt_at)[i]
     k = jnp.asarray(ckpt_len)[i]
     oscillating = increases <= k * rho
-    no_improvement = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
+    no_improvement = ~s.reduced_last & (s.loss_best_last >= loss_best)
     reduce = at & (oscillating | no_improvement)
     rb = parallel.per_example(reduce, x)
-    return dict(
-        x_adv=jnp.where(rb, x_best, x_new), x_old=s["x_adv"],
+    return ApgdState(
+        x_adv=jnp.where(rb, x_best, x_new), x_old=s.x_adv,
         grad=jnp.where(rb, grad_best, grad), x_best=x_best, grad_best=grad_best,
-        loss_best=loss_best, x_found=x_found, fooled=s["fooled"] | miss,
-        step=jnp.where(rb, s["step"] / 2, s["step"]), prev_loss=per,
+        loss_best=loss_best, x_found=x_found, fooled=s.fooled | miss,
+        step=jnp.where(rb, s.step / 2, s.step), prev_loss=per,
         increases=jnp.where(at, 0, increases),
-        reduced_last=jnp.where(at, reduce, s["reduced_last"]),
-        loss_best_last=jnp.where(at, loss_best, s["loss_best_last"]))
+        reduced_last=jnp.where(at, reduce, s.reduced_last),
+        loss_best_last=jnp.where(at, loss_best, s.loss_best_last))
 
-  def settled(s, c):
-    # A fooled point's result (the first adversarial found) can no longer change.
-    del c
-    return s["fooled"]
-
-  def finish(s, c):
-    x_out = jnp.where(parallel.per_example(s["fooled"], c["x"]), s["x_found"], s["x_best"])
-    return jax.lax.stop_gradient(x_out), s["fooled"]
-
-  return loop.Program(init, step, finish, settled)
+  return loop.Program(init, step, _finish, _settled)
 
 
 def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
@@ -176,12 +242,13 @@ def apgd(logits_fn: Callable, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *,
   points are fooled: it returns the *last* misclassified point found (so it can neither end
   early nor drop fooled points), and its first checkpoint window counts the first step as an
   increase when its loss is above zero."""
+  check_labels("apgd", x, y, y_target)
   if loss not in LOSSES:
     raise ValueError(f"unknown APGD loss {loss!r}; known: {', '.join(LOSSES)}")
   eot_iter = max(int(eot_iter), 1)
   program = _program(loss, norm, n_iter, float(rho), eot_iter, bool(as_original))
-  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target, key=key,
-                eps=jnp.asarray(eps, x.dtype))
+  consts = ApgdConsts(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target,
+                      key=key, eps=jnp.asarray(eps, x.dtype))
   # As the original, a fooled point's result still changes; with EOT the model's noise is
   # drawn for the whole batch, so dropping rows would change it.
   if as_original:
@@ -196,6 +263,7 @@ def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, n_iter: int = 1
   """APGD-T: APGD on the targeted DLR loss towards the 2nd, 3rd, ... most likely classes
   at the clean input, each run on the points the previous ones did not fool (or only
   towards `target_rank`, see `targets.over_targets`)."""
+  check_labels("apgd_targeted", x, y)
   attack_one = lambda y_target, k: apgd(logits_fn, x, y, k, eps=eps, n_iter=n_iter,
                                         loss="dlr_targeted", y_target=y_target, norm=norm,
                                         as_original=as_original)

@@ -9,12 +9,13 @@ search steps back towards the original by beta, keeping the smallest perturbatio
 A point counts as broken when that perturbation is within eps.
 """
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mixacm_jax.attacks import loop, targets
-from mixacm_jax.attacks.pgd import project
+from mixacm_jax.attacks.pgd import check_labels, project
 from mixacm_jax.runtime import parallel
 
 
@@ -58,16 +59,44 @@ def _norm(d: jnp.ndarray, norm: str) -> jnp.ndarray:
   return jnp.max(jnp.abs(d), 1) if norm == "linf" else jnp.sqrt(jnp.sum(d * d, 1))
 
 
+class FabConsts(NamedTuple):
+  """FAB's arrays for one run, the loop's `consts`.
+
+  logits_fn: the model, `logits_fn(x) -> (N, K)` logits, a `jax.tree_util.Partial`.
+  x: (N, ...) clean inputs in [0, 1].
+  y: (N,) int true labels.
+  y_target: (N,) int target classes (the boundary z_t = z_y is sought).
+  eps: () radius within which a point counts as broken, in x's dtype.
+  """
+  logits_fn: Callable
+  x: jnp.ndarray
+  y: jnp.ndarray
+  y_target: jnp.ndarray
+  eps: jnp.ndarray
+
+
+class FabState(NamedTuple):
+  """FAB's loop state, on flattened inputs (D = the size of one example).
+
+  cur: (N, D) the current point.
+  best: (N, D) the adversarial point of smallest perturbation found (x until one is).
+  best_norm: (N,) its distance to x in the attack's norm (inf until one is found).
+  """
+  cur: jnp.ndarray
+  best: jnp.ndarray
+  best_norm: jnp.ndarray
+
+
 @functools.lru_cache(maxsize=None)
 def _program(norm: str, alpha_max: float, eta: float, beta: float):
   """FAB's loop program for these static settings."""
-  def init(c):
-    x0 = c["x"].reshape(c["x"].shape[0], -1)
-    return x0, x0, jnp.full((x0.shape[0],), jnp.inf, x0.dtype)
+  def init(c: FabConsts) -> FabState:
+    x0 = c.x.reshape(c.x.shape[0], -1)
+    return FabState(x0, x0, jnp.full((x0.shape[0],), jnp.inf, x0.dtype))
 
-  def step(i, s, c):
+  def step(i, s: FabState, c: FabConsts) -> FabState:
     del i
-    x, y, y_target, logits_fn = c["x"], c["y"], c["y_target"], c["logits_fn"]
+    x, y, y_target, logits_fn = c.x, c.y, c.y_target, c.logits_fn
     x0 = x.reshape(x.shape[0], -1)
     cur, best, best_norm = s
 
@@ -88,13 +117,13 @@ def _program(norm: str, alpha_max: float, eta: float, beta: float):
     best = jnp.where(better[:, None], new, best)
     best_norm = jnp.where(better, size, best_norm)
     cur = jnp.where(adv[:, None], (1 - beta) * x0 + beta * new, new)
-    return cur, best, best_norm
+    return FabState(cur, best, best_norm)
 
-  def finish(s, c):
-    x, eps = c["x"], c["eps"]
+  def finish(s: FabState, c: FabConsts):
+    x, eps = c.x, c.eps
     _, best, best_norm = s
     x_adv = project(best.reshape(x.shape), x, eps, norm)
-    fooled = (best_norm <= eps) & (jnp.argmax(c["logits_fn"](x_adv), -1) != c["y"])
+    fooled = (best_norm <= eps) & (jnp.argmax(c.logits_fn(x_adv), -1) != c.y)
     x_adv = jnp.where(parallel.per_example(fooled, x), x_adv, x)
     return jax.lax.stop_gradient(x_adv), fooled
 
@@ -105,8 +134,9 @@ def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps
         n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
         norm: str = "linf"):
   """Targeted FAB towards `y_target`; returns (x_adv, fooled) with ||x_adv - x|| <= eps."""
-  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target,
-                eps=jnp.asarray(eps, x.dtype))
+  check_labels("fab", x, y, y_target)
+  consts = FabConsts(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target,
+                     eps=jnp.asarray(eps, x.dtype))
   return loop.run(_program(norm, float(alpha_max), float(eta), float(beta)), n_iter, consts)
 
 
@@ -115,6 +145,7 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,
   """FAB-T: FAB towards the 2nd, 3rd, ... most likely classes at the clean input (or only
   towards `target_rank`). The first (in AutoAttack's standard version the only) restart
   starts at x, so no randomness is used."""
+  check_labels("fab_targeted", x, y)
   attack_one = lambda y_target, _: fab(logits_fn, x, y, y_target, eps=eps, n_iter=n_iter,
                                        norm=norm)
   return targets.over_targets(attack_one, logits_fn, x, y, key,

@@ -11,15 +11,16 @@ one `lax.fori_loop` (or `while_loop` with an early exit). Both forms run the sam
 `step(i, state, consts)` must be a stable, hashable callable that closes over static
 settings only (build it with a `functools.lru_cache`d factory): it is a static argument of
 the jitted chunk, and everything that is an array (inputs, keys, eps, the model as a
-`jax.tree_util.Partial`) goes in `consts`.
+`jax.tree_util.Partial`) goes in `consts`, a pytree: an attack's typed `NamedTuple` of its
+arrays (`ApgdConsts`, `SquareConsts`, `FabConsts`), its state one too.
 
 With `settled(state, consts)`, a per-example mask of rows whose result can no longer change,
-the loop ends once every row is settled; from Python, given which `consts` are per example,
-it also drops settled rows between chunks once at least half of the batch is settled (to the
-next power of two of what is left, so a batch compiles at most log2(N) more programs), and
-puts every row back in place at the end. That
-is exact only when the examples do not interact and no step draws random numbers shaped by
-the batch; the attack decides (APGD without EOT qualifies).
+the loop ends once every row is settled; from Python, given which `consts` fields are per
+example, it also drops settled rows between chunks once at least half of the batch is
+settled (to the next power of two of what is left, so a batch compiles at most log2(N) more
+programs), and puts every row back in place at the end. That is exact only when the
+examples do not interact and no step draws random numbers shaped by the batch; the attack
+decides (APGD without EOT qualifies).
 """
 import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -55,9 +56,9 @@ class Program(NamedTuple):
 
 def run(program: Program, n: int, consts: Any, *,
         per_example: Optional[Sequence[str]] = None) -> Any:
-  """`program` for `n` steps on `consts`: init, the loop (`fori`), finish. `per_example`
-  names the `consts` entries with the examples on their leading axis, when settled rows may
-  leave the batch (see `fori`)."""
+  """`program` for `n` steps on `consts` (a NamedTuple): init, the loop (`fori`), finish.
+  `per_example` names the `consts` fields with the examples on their leading axis, when
+  settled rows may leave the batch (see `fori`)."""
   state = fori(n, program.step, call(program.init, consts), consts, settled=program.settled,
                per_example=per_example)
   return call(program.finish, state, consts)
@@ -104,10 +105,11 @@ def fori(n: int, step: Callable, state: Any, consts: Any, *,
   """`state` after `n` steps `state = step(i, state, consts)`, i = 0 .. n-1. With
   `settled(state, consts)`, a per-example mask of rows `step` no longer changes the result
   of, it ends once every row is settled (looked at between chunks on CPU); with
-  `per_example` too, the names of the `consts` entries that have the examples on their
-  leading axis (as every leaf of `state` has), settled rows leave the batch from Python
-  (see the module doc). `unroll_short` unrolls a loop of at most MAX_CPU_UNROLL steps inside a
-  trace on CPU (PGD's few cheap steps; not APGD's or FAB's long bodies, slow to compile)."""
+  `per_example` too, the names of the fields of `consts` (then a NamedTuple) that have the
+  examples on their leading axis (as every leaf of `state` has; a None field stays None),
+  settled rows leave the batch from Python (see the module doc). `unroll_short` unrolls a
+  loop of at most MAX_CPU_UNROLL steps inside a trace on CPU (PGD's few cheap steps; not
+  APGD's or FAB's long bodies, slow to compile)."""
   if not host_driven(state, consts):
     body = lambda i, s: step(i, s, consts)
     if settled is None:
@@ -131,8 +133,8 @@ def fori(n: int, step: Callable, state: Any, consts: Any, *,
         full = _put_back(full, rows, state)
         rows = keep if rows is None else rows[keep]
         state = jax.tree_util.tree_map(lambda v: v[keep], state)
-        consts = {k: (v[keep] if k in per_example and v is not None else v)
-                  for k, v in consts.items()}
+        consts = consts._replace(**{name: getattr(consts, name)[keep] for name in per_example
+                                    if getattr(consts, name) is not None})
     state = _chunk(jnp.int32(start), state, consts, step=step, length=min(chunk, n - start))
   return _put_back(full, rows, state)
 

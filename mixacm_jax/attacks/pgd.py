@@ -3,8 +3,9 @@
 `logits_fn(x) -> logits` closes over the model's variables in eval mode, so BatchNorm
 statistics never change during an attack. Inputs and outputs live in [0, 1].
 """
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,6 +14,23 @@ from mixacm_jax.attacks import keys, loop
 from mixacm_jax.runtime import parallel
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
+
+
+def check_labels(attack: str, x: jnp.ndarray, y: jnp.ndarray,
+                 y_target: Optional[jnp.ndarray] = None) -> None:
+  """Raises AssertionError unless `y` (and `y_target`, when given) holds one integer label
+  per example of `x`: shape (N,) for x of shape (N, ...). A float or misaligned y would
+  otherwise broadcast or index silently. Static checks of shapes and dtypes (chex), so they
+  hold on arrays and inside a jit/pmap trace alike."""
+  for name, labels in (("y", y), ("y_target", y_target)):
+    if labels is None:
+      continue
+    msg = (f"{attack}: {name} must be integer labels of shape (N,) for x of shape "
+           f"{tuple(x.shape)}, got {getattr(labels, 'dtype', type(labels))} "
+           f"{tuple(getattr(labels, 'shape', ()))}")
+    chex.assert_rank(labels, 1, custom_message=msg)
+    chex.assert_axis_dimension(labels, 0, x.shape[0], custom_message=msg)
+    chex.assert_type(labels, int, custom_message=msg)
 
 
 def margin_loss(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -78,6 +96,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
   With `restarts` > 1, each example keeps the first restart that misclassifies it (else the
   last one). Returns (x_adv, fooled), as every attack here does (under `jit`, an unused
   `fooled` costs nothing)."""
+  check_labels("pgd", x, y)
   loss_of = LOSSES[loss]
   per_example = lambda v: loss_of(logits_fn(v), y)
 
@@ -106,6 +125,7 @@ def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, 
 def fgsm(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, *, eps: float,
          norm: str = "linf", loss: str = "ce") -> Tuple[jnp.ndarray, jnp.ndarray]:
   """One step of size eps (Goodfellow et al. 2015); returns (x_adv, fooled)."""
+  check_labels("fgsm", x, y)
   g = input_grad(lambda v: LOSSES[loss](logits_fn(v), y), x)
   x_adv = jax.lax.stop_gradient(project(x + eps * ascent_direction(g, norm), x, eps, norm))
   return _with_fooled(logits_fn, x_adv, y)

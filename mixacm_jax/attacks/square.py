@@ -15,13 +15,15 @@ halves of opposite sign); a query moves the perturbation mass of a second window
 chosen one into a new bump in the chosen window, keeping the total norm at eps.
 """
 import functools
+from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import keys, loop
-from mixacm_jax.attacks.pgd import margin_loss, per_example_norm, project
+from mixacm_jax.attacks.pgd import check_labels, margin_loss, per_example_norm, project
 from mixacm_jax.runtime import parallel
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
@@ -36,6 +38,34 @@ def p_selection(p_init: float, i: jnp.ndarray, n_queries: int,
   return p_init / 2.0 ** jnp.sum(it > _P_BOUNDARIES)
 
 
+class SquareConsts(NamedTuple):
+  """The Square attack's arrays for one run, the loop's `consts`.
+
+  logits_fn: the model, `logits_fn(x) -> (N, K)` logits, a `jax.tree_util.Partial`.
+  x: (N, H, W, C) clean inputs in [0, 1].
+  y: (N,) int true labels.
+  key: (N, 2) one key per example: each query's draws come from the example's own key, so
+    they do not depend on the other points in the batch.
+  eps: () radius of the ball, in x's dtype.
+  """
+  logits_fn: Callable
+  x: jnp.ndarray
+  y: jnp.ndarray
+  key: jax.Array
+  eps: jnp.ndarray
+
+
+class SquareState(NamedTuple):
+  """The search's state, per example.
+
+  x_best: (N, H, W, C) the point of lowest margin found so far.
+  margin: (N,) z_y - max_{j != y} z_j at x_best: > 0 still correctly classified, <= 0
+    fooled (then never queried again).
+  """
+  x_best: jnp.ndarray
+  margin: jnp.ndarray
+
+
 @functools.lru_cache(maxsize=None)
 def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
   """The greedy search's loop program: each query
@@ -43,26 +73,26 @@ def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
   classified; the search ends when none is left."""
   start, propose = _SEARCHES[norm]
 
-  def init(c):
+  def init(c: SquareConsts) -> SquareState:
     x_init = start(c)
-    return x_init, -margin_loss(c["logits_fn"](x_init), c["y"])  # > 0: still correct
+    return SquareState(x_init, -margin_loss(c.logits_fn(x_init), c.y))  # > 0: still correct
 
-  def step(i, s, c):
+  def step(i, s: SquareState, c: SquareConsts) -> SquareState:
     x_best, margin = s
     x_new = propose(i, x_best, c, p_selection(p_init, i, n_queries, rescale))
-    new_margin = -margin_loss(c["logits_fn"](x_new), c["y"])
+    new_margin = -margin_loss(c.logits_fn(x_new), c.y)
     better = (new_margin < margin) & (margin > 0)
     x_best = jnp.where(parallel.per_example(better, x_best), x_new, x_best)
-    return x_best, jnp.where(better, new_margin, margin)
+    return SquareState(x_best, jnp.where(better, new_margin, margin))
 
-  def settled(s, c):
+  def settled(s: SquareState, c: SquareConsts):
     # A fooled point (margin <= 0) is never changed again.
     del c
-    return s[1] <= 0
+    return s.margin <= 0
 
-  def finish(s, c):
+  def finish(s: SquareState, c: SquareConsts):
     del c
-    return jax.lax.stop_gradient(s[0]), s[1] <= 0
+    return jax.lax.stop_gradient(s.x_best), s.margin <= 0
 
   return loop.Program(init, step, finish, settled)
 
@@ -74,18 +104,18 @@ def _window(h, w, top, left, side):
   return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
 
-def _start_draws(c, salt, count: int):
+def _start_draws(c: SquareConsts, salt, count: int):
   """`count` keys per example for the starting point, (N, count, 2)."""
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(jax.random.fold_in(k, 0), salt),
-                                             count))(c["key"])
+                                             count))(c.key)
 
 
-def _query_draws(c, i, count: int):
+def _query_draws(c: SquareConsts, i, count: int):
   """`count` keys per example for query `i`, (N, count, 2), each from the example's own key:
   a point's draws do not depend on which other points are still in the batch, so the batch
   can shrink to the points not yet fooled without changing any result."""
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(jax.random.fold_in(k, 1), i),
-                                             count))(c["key"])
+                                             count))(c.key)
 
 
 def _per_example(keys, j, draw):
@@ -93,16 +123,16 @@ def _per_example(keys, j, draw):
   return jax.vmap(draw)(keys[:, j])
 
 
-def _start_linf(c):
-  x, eps = c["x"], c["eps"]
+def _start_linf(c: SquareConsts) -> jnp.ndarray:
+  x, eps = c.x, c.eps
   _, _, w, ch = x.shape
   stripes = _per_example(_start_draws(c, 0, 1), 0, lambda k: jax.random.choice(
       k, jnp.stack([-eps, eps]).astype(x.dtype), (1, w, ch)))
   return jnp.clip(x + stripes, 0.0, 1.0)
 
 
-def _propose_linf(i, x_best, c, p):
-  x, eps = c["x"], c["eps"]
+def _propose_linf(i, x_best: jnp.ndarray, c: SquareConsts, p) -> jnp.ndarray:
+  x, eps = c.x, c.eps
   n, h, w, ch = x.shape
   keys = _query_draws(c, i, 3)
   side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
@@ -146,9 +176,9 @@ def bump(h, w, top, left, side, transpose):
   return v / jnp.maximum(_channel_norm(v), 1e-12)
 
 
-def _start_l2(c):
+def _start_l2(c: SquareConsts) -> jnp.ndarray:
   """A grid of bumps of side h // 5, each with a random sign per example and channel."""
-  x, eps = c["x"], c["eps"]
+  x, eps = c.x, c.eps
   _, h, w, ch = x.shape
   s0 = max(h // 5, 1)
   start = (h - 5 * s0) // 2
@@ -163,8 +193,8 @@ def _start_l2(c):
   return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
 
-def _propose_l2(i, x_best, c, p):
-  x, eps = c["x"], c["eps"]
+def _propose_l2(i, x_best: jnp.ndarray, c: SquareConsts, p) -> jnp.ndarray:
+  x, eps = c.x, c.eps
   n, h, w, ch = x.shape
   keys = _query_draws(c, i, 6)
   side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
@@ -197,10 +227,12 @@ def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: fl
            n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
            rescale_schedule: bool = False):
   """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
+  chex.assert_rank(x, 4, custom_message=f"square: x must be NHWC images, got {tuple(x.shape)}")
+  check_labels("square", x, y)
   if norm not in _SEARCHES:
     raise ValueError(f"unknown norm {norm!r}; known: {', '.join(_SEARCHES)}")
-  consts = dict(logits_fn=loop.as_partial(logits_fn), x=x, y=y,
-                key=keys.per_example(key, x.shape[0]), eps=jnp.asarray(eps, x.dtype))
+  consts = SquareConsts(logits_fn=loop.as_partial(logits_fn), x=x, y=y,
+                        key=keys.per_example(key, x.shape[0]), eps=jnp.asarray(eps, x.dtype))
   # Each query's draws are per example, so from Python the batch shrinks to the points not
   # yet fooled (as the original queries only those) without changing any result.
   return loop.run(_program(norm, int(n_queries), float(p_init), bool(rescale_schedule)),
