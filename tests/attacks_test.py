@@ -116,12 +116,12 @@ def _jitted_stage(name, norm):
   return jax.jit(run)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=20, deadline=None)
 @hypothesis.given(n=st.integers(1, 5), side=st.integers(2, 6), eps=st.floats(1e-3, 0.5),
                   seed=st.integers(0, 2**16),
                   name=st.sampled_from(["apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"]),
                   norm=st.sampled_from(["linf", "l2"]))
-@pytest.mark.slow
 def test_autoattack_stages_respect_constraints_and_report_honestly(n, side, eps, seed, name,
                                                                     norm):
   kx, ky, ka, kw = jax.random.split(jax.random.PRNGKey(seed), 4)

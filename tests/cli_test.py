@@ -44,6 +44,7 @@ def test_train_then_eval(tmp_path):
   assert again.returncode == 0 and "Resuming from the checkpoint of step 4" in again.stdout
 
 
+@pytest.mark.slow
 def test_host_devices_split_the_batch_on_cpu(tmp_path):
   """--host_devices=2: two CPU devices from one process (no XLA_FLAGS), the batch split."""
   out = run(f"--workdir={tmp_path}", *TINY, "--host_devices=2", "--config.optim.num_steps=2")

@@ -80,6 +80,7 @@ def trained(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_a_killed_eval_continues_to_exactly_the_uninterrupted_result(trained, tmp_path):
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
   for d in (whole, killed):
@@ -189,6 +190,7 @@ def test_zero_gradients_are_flagged():
   assert _flags(_report(quantised), "64 of 64 inputs have an all-zero")
 
 
+@pytest.mark.slow
 def test_square_beating_the_white_box_stages_is_flagged(monkeypatch):
   import functools  # pylint: disable=g-import-not-at-top
   from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
@@ -208,6 +210,7 @@ def test_square_beating_the_white_box_stages_is_flagged(monkeypatch):
                     "Square lowered")
 
 
+@pytest.mark.slow
 def test_class_counts_the_version_cannot_serve():
   three = lambda v: linear(v)[:, :3]
   y3 = np.asarray(three(X).argmax(-1))
@@ -244,6 +247,7 @@ def test_bpda_has_the_forward_value_and_the_backward_gradient():
   np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: t(v).sum())(x)), 2.0)
 
 
+@pytest.mark.slow
 def test_run_autoattack_and_evaluate_give_the_same_per_example_arrays(monkeypatch):
   import functools  # pylint: disable=g-import-not-at-top
   from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
@@ -271,6 +275,7 @@ def test_run_autoattack_and_evaluate_give_the_same_per_example_arrays(monkeypatc
   np.testing.assert_allclose(table["margin"], examples["margin"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_point_is_attacked_the_same_in_any_batch_size(monkeypatch):
   """Keys come from each point's index: the batch size (and so the chunks, and the points
   still robust beside it in each chunk) changes no result, of any randomised stage."""

@@ -104,6 +104,7 @@ def test_every_documented_command_parses_with_the_real_parser(monkeypatch):
   assert checked >= 9
 
 
+@pytest.mark.slow
 def test_docs_library_page_runs_as_written(tmp_path, monkeypatch, capsys):
   torch = pytest.importorskip("torch", reason="the PyTorch-weights snippet needs torch "
                                               "(the `port` extra)")

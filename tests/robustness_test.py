@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mixacm_jax import models
 from mixacm_jax.attacks import autoattack, pgd as pgd_lib
@@ -54,6 +55,7 @@ def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
   assert report["attacks"]["autoattack"]["robust_accuracy"] <= stages["fgsm"]
 
 
+@pytest.mark.slow
 def test_rand_version_runs_eot_and_flags_a_deterministic_model(tiny_config, monkeypatch):
   cfg = tiny_config
   cfg.eval.num_examples = 32
@@ -109,6 +111,7 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
     assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - direct) < 1e-9, e
 
 
+@pytest.mark.slow
 def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkeypatch):
   """The report runs AutoAttack's stages from Python on CPU, each device's shard in its own
   thread with the pmapped run's keys: the same robust points as the pmapped stages."""

@@ -113,6 +113,7 @@ def test_the_papers_teacher_by_name_and_by_convert_mode(zhang_dir, tmp_path):
   np.testing.assert_array_equal(out2, out)
 
 
+@pytest.mark.slow
 def test_the_papers_teacher_distils_into_a_student_by_name(zhang_dir, tmp_path, tiny_config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mixacm_jax.configs import cifar  # pylint: disable=g-import-not-at-top
