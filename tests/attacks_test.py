@@ -26,6 +26,7 @@ def _jitted(norm, loss, steps, random_start=True):
   return jax.jit(attack)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=25, deadline=None)
 @hypothesis.given(n=st.integers(1, 6), side=st.integers(1, 5), eps=st.floats(1e-3, 1.0),
                   seed=st.integers(0, 2**16), norm=st.sampled_from(["linf", "l2"]),
@@ -360,7 +361,7 @@ def _small_net(key, dim, classes=4):
 
 @pytest.mark.parametrize("name,norm", [("apgd-ce", "linf"), ("apgd-t", "l2"),
                                        ("fab-t", "linf"), ("square", "linf"),
-                                       ("square", "l2")])
+                                       pytest.param("square", "l2", marks=pytest.mark.slow)])
 def test_attack_loops_run_from_python_give_the_compiled_loops_result(name, norm):
   """On CPU a stage called outside `jit` runs its loop from Python over jitted chunks
   (`attacks.loop`); inside `jit` it is one `fori_loop`/`while_loop`: the same result."""

@@ -35,11 +35,13 @@ os.environ.setdefault("MIXACM_JAX_CACHE", os.path.join(tempfile.gettempdir(),
                                                        "mixacm_jax_test_cache"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The command's flags for a run of seconds: a tiny ResNet, 4 steps, PGD-2.
-TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
-        "--config.optim.batch_size=32", "--config.optim.num_steps=4",
-        "--config.objective.pgd_at.attack.steps=1", "--config.train_evals.pgd.attacks=clean,pgd2",
-        "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
+# The command's flags for a tiny ResNet (width 4, one block in each of two stages).
+TINY_MODEL = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)"]
+# The command's flags for a run of seconds: the tiny ResNet, 4 steps, PGD-2.
+TINY = TINY_MODEL + [
+    "--config.optim.batch_size=32", "--config.optim.num_steps=4",
+    "--config.objective.pgd_at.attack.steps=1", "--config.train_evals.pgd.attacks=clean,pgd2",
+    "--config.checkpoint.every_steps=2", "--config.log_every_steps=2"]
 
 
 def run_command(*args, env_devices=1, extra_env=None, prefix=(), **kwargs):

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import TINY_MODEL
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
 
@@ -70,11 +72,11 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
     assert _max_diff(ref, _load(tmp_path / f"p{i}.npz")) < 1e-5
 
 
-TINY = ["--config.model.kwargs.base_width=4", "--config.model.kwargs.stage_sizes=(1, 1)",
-        "--config.optim.batch_size=32", "--config.optim.num_steps=12",
-        "--config.objective.pgd_at.attack.steps=1", "--config.train_evals.pgd.attacks=clean,pgd1",
-        "--config.eval.num_examples=64", "--config.checkpoint.every_steps=2",
-        "--config.log_every_steps=1"]
+TINY = TINY_MODEL + [
+    "--config.optim.batch_size=32", "--config.optim.num_steps=12",
+    "--config.objective.pgd_at.attack.steps=1", "--config.train_evals.pgd.attacks=clean,pgd1",
+    "--config.eval.num_examples=64", "--config.checkpoint.every_steps=2",
+    "--config.log_every_steps=1"]
 
 
 def _train(workdir, stop_at=None, sig=signal.SIGKILL):

@@ -23,7 +23,7 @@ from mixacm_jax.errors import ConfigError
 from mixacm_jax.evaluation import journal as journal_lib, robustness
 from mixacm_jax.training import train
 
-from conftest import tiny_model
+from conftest import TINY_MODEL, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `--mode=eval` with AutoAttack's stages shortened (the same in every run of a test).
@@ -38,8 +38,7 @@ entry()
 """
 EVAL_FLAGS = ["--mode=eval", "--host_devices=1", "--config.eval.attacks=clean,pgd5,autoattack",
               "--config.eval.autoattack_version=apgd", "--config.eval.num_examples=320",
-              "--config.eval.batch_size=32", "--config.model.kwargs.base_width=4",
-              "--config.model.kwargs.stage_sizes=(1, 1)"]
+              "--config.eval.batch_size=32"] + TINY_MODEL
 
 
 def _eval(workdir, *extra, wait=True):
