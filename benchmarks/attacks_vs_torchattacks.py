@@ -35,7 +35,7 @@ import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-or
 from tools import robustbench_zoo as robustbench  # noqa: E402  # pylint: disable=g-bad-import-order
 
 EPS = {"linf": 8 / 255, "l2": 0.5}
-STANDARD = autoattack.VERSIONS["standard"]
+STANDARD = autoattack.get_version("standard")
 
 ARCHS = {
     "resnet18": (lambda: robustbench.architecture_module("resnet").ResNet18(), "resnet18", {}),

@@ -49,7 +49,7 @@ def evaluate(model, variables, data: Union[str, np.ndarray], *, labels=None,
 
   `data` is a dataset name (`digits`, or a prepared TFDS dataset in `data_dir`) or an array of
   images with `labels`. `eval_kwargs` go to `eval_config` (attacks, eps, norm, step_size,
-  version, batch_size, num_examples)."""
+  version, mode, batch_size, num_examples)."""
   eval_cfg = eval_config(**eval_kwargs)
   config_checks.validate_eval(eval_cfg)
   if isinstance(data, str):

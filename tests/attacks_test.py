@@ -337,7 +337,7 @@ def test_targeted_stages_stop_attacking_points_already_broken(monkeypatch):
     calls.append((int(kw["target_rank"]), x.shape[0]))
     return real(f, x, y, key, **kw)
   monkeypatch.setitem(autoattack.STAGES, "apgd-t", functools.partial(recording, **real.keywords))
-  monkeypatch.setitem(autoattack.VERSIONS, "targeted_only", ["apgd-t"])
+  monkeypatch.setitem(autoattack.VERSIONS, "targeted_only", [("apgd-t", {})])
   _, after = mixacm_jax.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=0.1,
                                        version="targeted_only",
                                        overrides={"apgd-t": {"n_iter": 5}})
@@ -450,3 +450,46 @@ def test_apgd_as_original_keeps_the_last_adversarial_point_and_fools_the_same_po
   moved = np.abs(np.asarray(first[0] - last[0])).reshape(len(y), -1).max(1)
   assert np.any(moved[fooled] > 1e-4)  # a later adversarial point was kept
   assert np.all(np.asarray(jnp.argmax(net(last[0]), -1) != y)[fooled])
+
+
+def test_targets_are_random_other_classes_the_least_likely_or_the_given_one():
+  from mixacm_jax.attacks import targets  # pylint: disable=g-import-not-at-top
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2000, 5))
+  y = jnp.argmax(logits, -1)
+  key = jax.random.PRNGKey(1)
+  random = np.asarray(targets.choose("random", logits, y, key))
+  assert np.all(random != np.asarray(y)) and set(random) == set(range(5))
+  counts = np.bincount((random - np.asarray(y)) % 5, minlength=5)[1:]
+  assert counts.min() > 0.2 * 2000 / 4  # each of the 4 other classes, about evenly
+  np.testing.assert_array_equal(random, targets.choose("random", logits, y, key))
+  # A point's target depends on its own key only (the report's per-point keys).
+  per_point = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(2000))
+  np.testing.assert_array_equal(targets.choose("random", logits[:7], y[:7], per_point[:7]),
+                                targets.choose("random", logits, y, per_point)[:7])
+  np.testing.assert_array_equal(targets.choose("least_likely", logits, y, key),
+                                np.argmin(np.asarray(logits), -1))
+  assert set(np.asarray(targets.choose("3", logits, y, key))) == {3}
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_targeted_pgd_moves_points_into_their_target_class(loss):
+  """A linear model, L-inf eps large enough to reach any class: targeted PGD ends in the
+  target class for nearly every point, inside the ball and the box, and lowers the target's
+  loss; untargeted PGD does not aim at it."""
+  logits_fn = _linear_model(jax.random.PRNGKey(3), 48, classes=5)
+  x = jax.random.uniform(jax.random.PRNGKey(4), (64, 4, 4, 3))
+  y = jnp.argmax(logits_fn(x), -1)
+  t = (y + 2) % 5
+  eps = 0.5
+  x_t, fooled = pgd_lib.pgd(logits_fn, x, y, jax.random.PRNGKey(5), eps=eps, step_size=0.05,
+                            steps=40, loss=loss, y_target=t)
+  assert float(jnp.max(jnp.abs(x_t - x))) <= eps + 1e-6 and 0 <= float(x_t.min())
+  assert float(x_t.max()) <= 1
+  hit = np.asarray(jnp.argmax(logits_fn(x_t), -1) == t)
+  assert hit.mean() > 0.9 and np.all(np.asarray(fooled)[hit])
+  before = pgd_lib.LOSSES[loss](logits_fn(x), t)
+  after = pgd_lib.LOSSES[loss](logits_fn(x_t), t)
+  assert float(jnp.mean(after)) < float(jnp.mean(before))
+  x_u, _ = pgd_lib.pgd(logits_fn, x, y, jax.random.PRNGKey(5), eps=eps, step_size=0.05,
+                       steps=40, loss=loss)
+  assert np.mean(np.asarray(jnp.argmax(logits_fn(x_u), -1) == t)) < hit.mean() - 0.3

@@ -64,7 +64,8 @@ def test_host_devices_split_the_batch_on_cpu(tmp_path):
     (["--config.model.dtype=float16"], "error: model.dtype must be one of"),
     (["--config.optim.schedule=linear"], "error: unknown schedule 'linear'"),
     (["--config.eval.attacks=clean,pgdx"], "error: unknown attack 'pgdx'"),
-    (["--config.eval.autoattack_version=plus"], "error: unknown AutoAttack version 'plus'"),
+    (["--config.eval.autoattack_version=plus2"], "error: unknown AutoAttack version 'plus2'"),
+    (["--config.eval.autoattack_mode=each"], "error: eval.autoattack_mode must be one of"),
 ])
 def test_bad_values_fail_in_one_line(tmp_path, args, message):
   out = run(f"--workdir={tmp_path}", *TINY, *args)

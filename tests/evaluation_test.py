@@ -3,14 +3,17 @@
 per-example table; that table reproduces every accuracy; each sanity flag fires on a model
 built to trigger it and stays quiet otherwise; EOT and BPDA do what they say."""
 import csv
+import functools
 import json
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +21,7 @@ import pytest
 
 import mixacm_jax
 from mixacm_jax import api, models
+from mixacm_jax.attacks import autoattack
 from mixacm_jax.data import digits
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.evaluation import journal as journal_lib, robustness
@@ -191,9 +195,7 @@ def test_zero_gradients_are_flagged():
 
 @pytest.mark.slow
 def test_square_beating_the_white_box_stages_is_flagged(monkeypatch):
-  import functools  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(autoattack.VERSIONS, "short", ["apgd-ce", "square"])
+  monkeypatch.setitem(autoattack.VERSIONS, "short", [("apgd-ce", {}), ("square", {})])
   monkeypatch.setitem(autoattack.STAGES, "apgd-ce",
                       functools.partial(autoattack.STAGES["apgd-ce"], n_iter=5))
   monkeypatch.setitem(autoattack.STAGES, "square",
@@ -248,8 +250,6 @@ def test_bpda_has_the_forward_value_and_the_backward_gradient():
 
 @pytest.mark.slow
 def test_run_autoattack_and_evaluate_give_the_same_per_example_arrays(monkeypatch):
-  import functools  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
   for stage, extra in (("apgd-ce", {}), ("apgd-t", {"n_target_classes": 3})):
     monkeypatch.setitem(autoattack.STAGES, stage, functools.partial(
         autoattack.STAGES[stage], n_iter=10, **extra))
@@ -278,8 +278,6 @@ def test_run_autoattack_and_evaluate_give_the_same_per_example_arrays(monkeypatc
 def test_a_point_is_attacked_the_same_in_any_batch_size(monkeypatch):
   """Keys come from each point's index: the batch size (and so the chunks, and the points
   still robust beside it in each chunk) changes no result, of any randomised stage."""
-  import functools  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
   for stage, extra in (("apgd-ce", {"n_iter": 10}), ("apgd-t", {"n_iter": 10,
                                                                   "n_target_classes": 3}),
                        ("square", {"n_queries": 60})):
@@ -296,3 +294,129 @@ def test_a_point_is_attacked_the_same_in_any_batch_size(monkeypatch):
   # Not vacuous: every attack broke some points and left others.
   for name in ("pgd5", "autoattack", "square"):
     assert 0 < reports[0]["attacks"][name]["robust_accuracy"] < reports[0]["clean_accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# AutoAttack's versions (plus, custom) and modes (individual), and the dynamic-model flag.
+
+def _short_stages(monkeypatch):
+  for name, short in (("apgd-ce", {"n_iter": 5}), ("apgd-dlr", {"n_iter": 5}),
+                      ("fab", {"n_iter": 5}), ("fab-t", {"n_iter": 5, "n_target_classes": 2}),
+                      ("apgd-t", {"n_iter": 5, "n_target_classes": 2}),
+                      ("square", {"n_queries": 20})):
+    monkeypatch.setitem(autoattack.STAGES, name,
+                        functools.partial(autoattack.STAGES[name], **short))
+
+
+def _robust(report, attack):
+  return np.asarray(report["examples"]["attacks"][attack]["broken_by"]) == ""
+
+
+def test_individual_mode_runs_each_stage_on_every_point_beside_the_worst_case(monkeypatch):
+  """Each stage alone gives what the same attack gives on its own (Square has the first
+  stage's key, FAB-T uses none); the worst case is robust where every stage failed, and a
+  point is attributed to the first stage in order that broke it."""
+  _short_stages(monkeypatch)
+  cfg = api.eval_config(attacks="clean,autoattack", eps=0.05, version="square+fab-t",
+                        mode="individual", batch_size=32)
+  report = robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False)
+  single = robustness.report_on_arrays(linear, None, X, Y, api.eval_config(
+      attacks="clean,square,fab-t", eps=0.05, batch_size=32), verbose=False)
+  aa = report["attacks"]["autoattack"]
+  alone = {a: _robust(single, a) for a in ("square", "fab-t")}
+  assert aa["individual"] == {a: float(r.mean()) for a, r in alone.items()}
+  worst = alone["square"] & alone["fab-t"]
+  np.testing.assert_array_equal(_robust(report, "autoattack"), worst)
+  assert 0 < aa["robust_accuracy"] == worst.mean() < aa["individual"]["square"]
+  broken_by = np.asarray(report["examples"]["attacks"]["autoattack"]["broken_by"])
+  clean = broken_by != "clean"
+  np.testing.assert_array_equal(broken_by == "square", clean & ~alone["square"])
+  assert aa["after_each_stage"] == {"square": float(alone["square"].mean()),
+                                    "fab-t": float(worst.mean())}
+  assert report["settings"]["autoattack_mode"] == "individual"
+
+
+def test_plus_restarts_attack_only_what_is_left_and_never_break_fewer(monkeypatch):
+  assert autoattack.get_version("plus") == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t",
+                                            "fab-t"]
+  assert autoattack.version_settings("plus") == {s: {"n_restarts": 5}
+                                                 for s in ("apgd-ce", "apgd-dlr", "fab")}
+  passes = autoattack.stage_passes("fab", 10, {"n_restarts": 3})
+  assert [(p.rank, p.restart, p.settings) for p in passes] == [
+      (None, 0, ()), (None, 1, (("random_start", True),)), (None, 2, (("random_start", True),))]
+  assert [(p.rank, p.restart) for p in autoattack.stage_passes(
+      "apgd-t", 10, {"n_restarts": 2, "n_target_classes": 2})] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+  _short_stages(monkeypatch)
+  cfg = api.eval_config(attacks="clean,autoattack", eps=0.03, version="fab+apgd-ce",
+                        batch_size=32)
+  once = robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False)
+  again = robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False, stage_settings={
+      "fab": {"n_restarts": 3}, "apgd-ce": {"n_restarts": 3}})
+  assert np.all(_robust(again, "autoattack") <= _robust(once, "autoattack"))
+  assert again["settings"]["stages"]["fab"]["n_restarts"] == 3
+  plus = api.eval_config(attacks="clean,autoattack", eps=0.03, version="plus", batch_size=32)
+  report = robustness.report_on_arrays(linear, None, X, Y, plus, verbose=False)
+  assert list(report["attacks"]["autoattack"]["after_each_stage"]) == \
+      autoattack.get_version("plus")
+  assert report["settings"]["autoattack_settings"]["fab"] == {"n_restarts": 5}
+
+
+def test_custom_versions_and_modes_are_checked_in_one_line():
+  from mixacm_jax.attacks import registry  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.configs import checks  # pylint: disable=g-import-not-at-top
+  assert autoattack.get_version("apgd-ce+square") == ["apgd-ce", "square"]
+  for version, message in (("apgd-ce+pgd20", "unknown AutoAttack stage 'pgd20' in the custom "
+                                             "version 'apgd-ce+pgd20'; known stages: apgd-ce"),
+                           ("plus2", "unknown AutoAttack version 'plus2'; known: standard, "
+                                     "plus, rand, apgd, or stages joined by '+'")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      registry.validate_attacks("clean", version, "linf")
+  with pytest.raises(ConfigError, match="eval.autoattack_mode must be one of"):
+    checks.validate_eval(api.eval_config(mode="each"))
+
+
+class _Counting(nn.Module):
+  """A dynamic defence: its forward counts its calls in its own state when allowed to."""
+
+  @nn.compact
+  def __call__(self, x):
+    calls = self.variable("state", "calls", lambda: jnp.zeros((), jnp.int32))
+    if self.is_mutable_collection("state"):
+      calls.value += 1
+    return nn.Dense(10)(x.reshape(len(x), -1))
+
+
+def test_a_dynamic_model_is_flagged_and_a_static_one_is_not():
+  counting = _Counting()
+  variables = counting.init(jax.random.PRNGKey(0), X[:1])
+  y = np.asarray(counting.apply(variables, X).argmax(-1))
+  cfg = api.eval_config(attacks="clean,fgsm", eps=0.1, batch_size=32)
+  flags = lambda m, v, yy: _flags(robustness.report_on_arrays(m, v, X, yy, cfg, verbose=False),
+                                  "dynamic defence")
+  assert flags(counting, variables, y) == [
+      "the model's forward pass changes its state (state): it seems to be a dynamic defence, "
+      "and the evaluation with AutoAttack might be insufficient (use an adaptive attack)"]
+
+  def adapting(v):  # test-time optimisation: one gradient step on the input's entropy
+    entropy = lambda u: -jnp.sum(jax.nn.softmax(linear(u)) * jax.nn.log_softmax(linear(u)))
+    return linear(v - 0.01 * jax.grad(entropy)(v))
+  assert flags(adapting, None, Y)[0].startswith("the model's forward pass computes gradients:")
+  assert flags(linear, None, Y) == []  # a static Flax network: see the trained-network test
+
+
+def test_targeted_pgd_in_the_report_records_its_target_and_checks_it():
+  from mixacm_jax.configs import checks  # pylint: disable=g-import-not-at-top
+  cfg = api.eval_config(attacks="clean,pgd5,pgd5_t,cw5_t", eps=0.1, batch_size=32)
+  cfg.pgd.target = "least_likely"
+  report = robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False)
+  assert report["settings"]["stages"]["pgd5_t"]["target"] == "least_likely"
+  assert "target" not in report["settings"]["stages"]["pgd5"]
+  for name in ("pgd5_t", "cw5_t"):
+    assert 0 <= report["attacks"][name]["robust_accuracy"] < report["clean_accuracy"]
+  cfg.pgd.target = "12"
+  with pytest.raises(ConfigError, match="eval.pgd.target 12 is not a class of the model, "
+                                        "which has 10 classes"):
+    robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False)
+  cfg.pgd.target = "likely"
+  with pytest.raises(ConfigError, match="eval.pgd.target must be one of"):
+    checks.validate_eval(cfg)

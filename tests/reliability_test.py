@@ -301,7 +301,7 @@ def test_bad_inputs_to_evaluate_and_run_autoattack_are_one_line(images, labels, 
     ({"eps": 0.0}, r"eps must be in \(0, 1\]"),
     ({"eps": float("nan")}, r"eps must be in \(0, 1\]"),
     ({"eps": 0.1, "norm": "l3"}, r"norm must be one of"),
-    ({"eps": 0.1, "version": "plus"}, r"unknown AutoAttack version 'plus'"),
+    ({"eps": 0.1, "version": "plus2"}, r"unknown AutoAttack version 'plus2'"),
     ({"eps": 0.1, "batch_size": 0}, r"batch_size must be a positive integer"),
     ({"eps": "0.1"}, r"an evaluation setting of the wrong type"),
 ])

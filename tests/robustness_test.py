@@ -35,7 +35,7 @@ def test_report_matches_a_direct_computation(tiny_config, monkeypatch):
   model = models.create_model_from_config(cfg.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(3), info.image_shape)
   # A two-stage "AutoAttack": the second stage only sees what the first left robust.
-  monkeypatch.setitem(autoattack.VERSIONS, "two_fgsm", ["fgsm", "fgsm"])
+  monkeypatch.setitem(autoattack.VERSIONS, "two_fgsm", [("fgsm", {}), ("fgsm", {})])
   cfg.eval.attacks = "clean,fgsm,autoattack"
   cfg.eval.autoattack_version = "two_fgsm"
   report = robustness.report_on_split(model, variables, cfg.data, cfg.eval, verbose=False)
@@ -96,7 +96,8 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
   compiles = [r.getMessage()[:100] for r in caplog.records
               if r.getMessage().startswith("Compiling") and "run" in r.getMessage()]
   assert compiles == []
-  assert set(programs) == {"clean", "margins", ("pgd3", "linf", 1, ()), ("fgsm", "linf", 1, ())}
+  assert set(programs) == {"clean", "margins", ("pgd3", "linf", 1, "random", ()),
+                           ("fgsm", "linf", 1, "random", ())}
   for report in [first] + later:  # the traced eps is the one used: nothing moved far
     assert report["attacks"]["pgd3"]["robust_accuracy"] == first["clean_accuracy"]
   # The traced eps is the one used: each sweep point equals FGSM computed directly at it.

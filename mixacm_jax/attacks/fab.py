@@ -1,21 +1,24 @@
-"""FAB-T, L-inf and L2 (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples
-with a fast adaptive boundary attack"), the targeted version AutoAttack runs.
+"""FAB, L-inf and L2 (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples
+with a fast adaptive boundary attack"): FAB-T, the targeted version AutoAttack's standard
+version runs, and untargeted FAB, which its `plus` version runs.
 
-Each step linearises g = z_t - z_y at the current point, projects onto {g = 0} within the
+Each step linearises g = z_t - z_y at the current point (untargeted: for the class t whose
+linearised boundary is closest, |g| / ||grad g||_dual smallest), projects onto {g = 0} within the
 [0, 1] box with the smallest step in the attack's norm, from the current point (d1) and
 from the original (d2), and moves to a convex combination of the two (weight of d2:
 a1 / (a1 + a2), at most alpha_max), overshooting by eta. Once a point is adversarial the
 search steps back towards the original by beta, keeping the smallest perturbation found.
-A point counts as broken when that perturbation is within eps.
+A point counts as broken when that perturbation is within eps. A random start (the
+original's restarts after the first) begins at x + eps / 2 times noise of unit norm.
 """
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.attacks import loop, targets
-from mixacm_jax.attacks.pgd import check_labels, project
+from mixacm_jax.attacks import keys, loop, targets
+from mixacm_jax.attacks.pgd import check_labels, per_example_norm, project
 from mixacm_jax.runtime import parallel
 
 
@@ -65,14 +68,17 @@ class FabConsts(NamedTuple):
   logits_fn: the model, `logits_fn(x) -> (N, K)` logits, a `jax.tree_util.Partial`.
   x: (N, ...) clean inputs in [0, 1].
   y: (N,) int true labels.
-  y_target: (N,) int target classes (the boundary z_t = z_y is sought).
+  y_target: (N,) int target classes (the boundary z_t = z_y is sought), or None: untargeted,
+    the closest linearised boundary of any class.
   eps: () radius within which a point counts as broken, in x's dtype.
+  key: the random start's key, (2,) or (N, 2) per example; None without a random start.
   """
   logits_fn: Callable
   x: jnp.ndarray
   y: jnp.ndarray
-  y_target: jnp.ndarray
+  y_target: Optional[jnp.ndarray]
   eps: jnp.ndarray
+  key: Optional[jax.Array] = None
 
 
 class FabState(NamedTuple):
@@ -87,24 +93,65 @@ class FabState(NamedTuple):
   best_norm: jnp.ndarray
 
 
+def _towards_target(c: FabConsts, v: jnp.ndarray, norm: str):
+  """(g, grad g) at v, g = z_t - z_y per example: the boundary with the target class."""
+  del norm
+  def g(v):
+    z = c.logits_fn(v)
+    per = (jnp.take_along_axis(z, c.y_target[:, None], 1)
+           - jnp.take_along_axis(z, c.y[:, None], 1))
+    return jnp.sum(per), per[:, 0]
+  (_, gap), grad = jax.value_and_grad(g, has_aux=True)(v)
+  return gap, grad
+
+
+def _closest_boundary(c: FabConsts, v: jnp.ndarray, norm: str):
+  """(g, grad g) at v for the class k != y whose linearised boundary z_k = z_y is closest in
+  the attack's norm: |z_k - z_y| / ||grad(z_k - z_y)||_dual smallest (the original's choice,
+  from the full Jacobian of the logits)."""
+  z, vjp = jax.vjp(c.logits_fn, v)
+  num_classes = z.shape[-1]
+  onehot = jnp.eye(num_classes, dtype=z.dtype)
+  jac = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, z.shape))[0])(onehot)  # (K, N, ...)
+  jac = jnp.moveaxis(jac, 0, 1).reshape(z.shape[0], num_classes, -1)        # (N, K, D)
+  rows = jnp.arange(z.shape[0])
+  df = z - z[rows, c.y][:, None]
+  dg = jac - jac[rows, c.y][:, None]
+  df = df.at[rows, c.y].set(1e10)
+  dual = (jnp.sum(jnp.abs(dg), -1) if norm == "linf" else jnp.sqrt(jnp.sum(dg * dg, -1)))
+  k = jnp.argmin(jnp.abs(df) / (1e-12 + dual), axis=1)
+  return df[rows, k], dg[rows, k].reshape(v.shape)
+
+
+def _random_start(c: FabConsts, norm: str) -> jnp.ndarray:
+  """x + eps / 2 times noise of unit norm (uniform for L-inf, Gaussian for L2), clipped."""
+  x, n = c.x, c.x.shape[0]
+  if norm == "linf":
+    t = keys.sample(c.key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
+    t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape((n,) + (1,) * (x.ndim - 1))
+  else:
+    t = keys.sample(c.key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
+    t = t / (per_example_norm(t) + 1e-12)
+  return jnp.clip(x + 0.5 * c.eps * t, 0.0, 1.0)
+
+
 @functools.lru_cache(maxsize=None)
-def _program(norm: str, alpha_max: float, eta: float, beta: float):
+def _program(norm: str, alpha_max: float, eta: float, beta: float, targeted: bool = True,
+             random_start: bool = False):
   """FAB's loop program for these static settings."""
+  linearise = _towards_target if targeted else _closest_boundary
+
   def init(c: FabConsts) -> FabState:
     x0 = c.x.reshape(c.x.shape[0], -1)
-    return FabState(x0, x0, jnp.full((x0.shape[0],), jnp.inf, x0.dtype))
+    cur = _random_start(c, norm).reshape(x0.shape) if random_start else x0
+    return FabState(cur, x0, jnp.full((x0.shape[0],), jnp.inf, x0.dtype))
 
   def step(i, s: FabState, c: FabConsts) -> FabState:
     del i
-    x, y, y_target, logits_fn = c.x, c.y, c.y_target, c.logits_fn
+    x, y, logits_fn = c.x, c.y, c.logits_fn
     x0 = x.reshape(x.shape[0], -1)
     cur, best, best_norm = s
-
-    def g(v):
-      z = logits_fn(v)
-      per = (jnp.take_along_axis(z, y_target[:, None], 1) - jnp.take_along_axis(z, y[:, None], 1))
-      return jnp.sum(per), per[:, 0]
-    (_, gap), grad = jax.value_and_grad(g, has_aux=True)(cur.reshape(x.shape))
+    gap, grad = linearise(c, cur.reshape(x.shape), norm)
     w = grad.reshape(x0.shape)
     d1 = project_hyperplane(w, -gap, -cur, 1.0 - cur, norm)
     d2 = project_hyperplane(w, -gap - jnp.sum(w * (x0 - cur), 1), -x0, 1.0 - x0, norm)
@@ -138,6 +185,21 @@ def fab(logits_fn, x: jnp.ndarray, y: jnp.ndarray, y_target: jnp.ndarray, *, eps
   consts = FabConsts(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=y_target,
                      eps=jnp.asarray(eps, x.dtype))
   return loop.run(_program(norm, float(alpha_max), float(eta), float(beta)), n_iter, consts)
+
+
+def fab_untargeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,
+                   norm: str = "linf", random_start: bool = False, alpha_max: float = 0.1,
+                   eta: float = 1.05, beta: float = 0.9):
+  """Untargeted FAB (AutoAttack's `plus` version): each step towards the closest linearised
+  boundary of any class; returns (x_adv, fooled) with ||x_adv - x|| <= eps. Starts at x, or
+  with `random_start` (the original's restarts after the first) from a random point drawn
+  with `key`."""
+  check_labels("fab_untargeted", x, y)
+  consts = FabConsts(logits_fn=loop.as_partial(logits_fn), x=x, y=y, y_target=None,
+                     eps=jnp.asarray(eps, x.dtype), key=key if random_start else None)
+  program = _program(norm, float(alpha_max), float(eta), float(beta), targeted=False,
+                     random_start=bool(random_start))
+  return loop.run(program, n_iter, consts)
 
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, n_iter: int = 100,

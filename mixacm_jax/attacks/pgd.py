@@ -91,14 +91,20 @@ def input_grad(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray) ->
 
 def pgd(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
         step_size: float, steps: int, norm: str = "linf", loss: str = "ce",
-        random_start: bool = True, restarts: int = 1) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Projected gradient ascent on `loss` (Madry et al. 2018) from a random start in the ball.
-  With `restarts` > 1, each example keeps the first restart that misclassifies it (else the
-  last one). Returns (x_adv, fooled), as every attack here does (under `jit`, an unused
-  `fooled` costs nothing)."""
-  check_labels("pgd", x, y)
+        random_start: bool = True, restarts: int = 1,
+        y_target: Optional[jnp.ndarray] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Projected gradient ascent on `loss` (Madry et al. 2018) from a random start in the ball;
+  with `y_target`, descent of the loss of the target classes instead (targeted PGD: towards
+  z_t for CE, z_t - max_{j != t} z_j for the margin). With `restarts` > 1, each example keeps
+  the first restart that misclassifies it (else the last one). Returns (x_adv, fooled),
+  fooled meaning misclassified, as every attack here does (under `jit`, an unused `fooled`
+  costs nothing)."""
+  check_labels("pgd", x, y, y_target)
   loss_of = LOSSES[loss]
-  per_example = lambda v: loss_of(logits_fn(v), y)
+  if y_target is None:
+    per_example = lambda v: loss_of(logits_fn(v), y)
+  else:
+    per_example = lambda v: -loss_of(logits_fn(v), y_target)
 
   def body(_, x_adv):
     g = input_grad(per_example, x_adv)

@@ -1,30 +1,33 @@
 """Attack names, as `config.eval.attacks` spells them, to attack functions.
 
-`clean`, `fgsm`, `pgd<k>` (PGD-k on cross-entropy), `cw<k>` (PGD-k on the CW margin), each
-AutoAttack stage by name (`apgd-ce`, `apgd-t`, `fab-t`, `square`, ...), and `autoattack`
+`clean`, `fgsm`, `pgd<k>` (PGD-k on cross-entropy), `cw<k>` (PGD-k on the CW margin), their
+targeted forms `pgd<k>_t` and `cw<k>_t` (towards `eval.pgd.target`), each AutoAttack stage by
+name (`apgd-ce`, `apgd-t`, `fab-t`, `square`, ...), and `autoattack`
 (the stages of a version, each on the points the earlier ones left correct).
 """
 import re
 from typing import Callable, List, Tuple
 
-from mixacm_jax.attacks import autoattack, pgd as pgd_lib
+from mixacm_jax.attacks import autoattack, pgd as pgd_lib, targets
 from mixacm_jax.errors import ConfigError
 
 
 def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = False,
-             settings: Tuple[Tuple[str, object], ...] = ()) -> Callable:
+             settings: Tuple[Tuple[str, object], ...] = (), target: str = "random") -> Callable:
   """attack(logits_fn, x, y, key, rank, eps, step_size) -> x_adv for one named attack. eps
   and the PGD step are arguments (traced), so an eps sweep compiles each attack once; `rank`
   (a target class rank, see `autoattack.stage_ranks`) is read by targeted stages only;
   `apgd_as_original` is the APGD stages' `as_original` (see `apgd.apgd`); `settings`
-  overrides an AutoAttack stage's own (e.g. (("n_queries", 1000),) for Square)."""
-  m = re.fullmatch(r"(pgd|cw)(\d+)", name)
+  overrides an AutoAttack stage's own (e.g. (("n_queries", 1000),) for Square); `target` is
+  the targeted PGD's (`pgd<k>_t`, `cw<k>_t`; see `targets.choose`)."""
+  m = re.fullmatch(r"(pgd|cw)(\d+)(_t)?", name)
   if m:
     loss = "ce" if m.group(1) == "pgd" else "margin"
-    steps = int(m.group(2))
+    steps, targeted = int(m.group(2)), bool(m.group(3))
+    pick = lambda f, x, y, k: (targets.choose(target, f(x), y, k) if targeted else None)
     return lambda f, x, y, k, rank, eps, step: pgd_lib.pgd(
         f, x, y, k, eps=eps, step_size=step, steps=steps, norm=norm, loss=loss,
-        restarts=restarts)[0]
+        restarts=restarts, y_target=pick(f, x, y, k))[0]
   if name == "fgsm":
     return lambda f, x, y, k, rank, eps, step: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)[0]
   if name in autoattack.STAGES:
@@ -37,6 +40,7 @@ def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = F
     return lambda f, x, y, k, rank, eps, step: autoattack.call_stage(
         name, f, x, y, k, rank if targeted else None, eps=eps, norm=norm, **settings)[0]
   raise ConfigError(f"unknown attack {name!r}; known: clean, fgsm, pgd<k>, cw<k>, "
+                    "pgd<k>_t, cw<k>_t, "
                     f"{', '.join(autoattack.STAGES)}, autoattack")
 
 

@@ -3,9 +3,13 @@
 Targets are ranked at the clean input: rank 2 is the most likely wrong class, rank 3 the
 next, ... A `target_rank` may be a traced integer, so one compiled program serves every
 rank when a runner attacks rank by rank only the points still robust (as the original
-AutoAttack does: a broken point stops costing compute)."""
+AutoAttack does: a broken point stops costing compute).
+
+Targeted PGD's target (`choose`): a random class other than the label, the least likely class
+at the clean input, or one given class for every point."""
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 
 from mixacm_jax.attacks import keys
@@ -37,3 +41,20 @@ def over_targets(attack_one: Callable, logits_fn: Callable, x, y, key, *,
     x_out = jnp.where(parallel.per_example(take, x), x_t, x_out)
     fooled = fooled | fooled_t
   return x_out, fooled
+
+
+TARGET_MODES = ("random", "least_likely")  # or a class index, e.g. "3"
+
+
+def choose(target: str, clean_logits: jnp.ndarray, y: jnp.ndarray, key) -> jnp.ndarray:
+  """(N,) target classes: `random` (uniform over the classes other than y, from each
+  point's key), `least_likely` (the smallest clean logit) or a class index for all points
+  (a point of that class is never moved away from it: it counts as robust)."""
+  num_classes = clean_logits.shape[-1]
+  if target == "least_likely":
+    return jnp.argmin(clean_logits, -1).astype(y.dtype)
+  if target == "random":
+    point_keys = keys.fold_in(keys.per_example(key, y.shape[0]), 0x7A46)
+    offset = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_classes))(point_keys)
+    return ((y + offset) % num_classes).astype(y.dtype)
+  return jnp.full_like(y, int(target))

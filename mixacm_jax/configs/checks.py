@@ -5,10 +5,11 @@ import os
 import tempfile
 
 from mixacm_jax import models, objectives
-from mixacm_jax.attacks import registry
+from mixacm_jax.attacks import registry, targets
 from mixacm_jax.errors import ConfigError
 
 NORMS = ("linf", "l2")
+AUTOATTACK_MODES = ("worst_case", "individual")
 # The sign of a number, by its key's name, wherever it appears in a config (weights,
 # temperatures, counts...): one table instead of a check per objective.
 POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "keep",
@@ -127,6 +128,13 @@ def validate_eval(eval_cfg) -> None:
   if "attacks" in eval_cfg:
     registry.validate_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
                                 eval_cfg.threat.norm)
+  target = str(eval_cfg.pgd.get("target", "random"))
+  if target not in targets.TARGET_MODES and not target.isdigit():
+    raise ConfigError(f"eval.pgd.target must be one of {targets.TARGET_MODES} or a class index, "
+                      f"got {target!r}")
+  if eval_cfg.get("autoattack_mode", "worst_case") not in AUTOATTACK_MODES:
+    raise ConfigError(f"eval.autoattack_mode must be one of {AUTOATTACK_MODES}, got "
+                      f"{eval_cfg.autoattack_mode!r}")
   if eval_cfg.batch_size <= 0:
     raise ConfigError(f"eval.batch_size must be positive, got {eval_cfg.batch_size}")
   if eval_cfg.get("num_examples", 0) < 0:

@@ -39,11 +39,16 @@ def eval_settings(*, eps: float, step_size: float, norm: str = "linf",
       "num_examples": 0,                # --mode=eval: 0 = the whole split
       # eps and norm of every attack (the report's, the sweep's and training-time ones).
       "threat": {"eps": eps, "norm": norm},
-      # The PGD / CW step at threat.eps (it scales with eps) and random restarts.
-      "pgd": {"step_size": step_size, "restarts": 1},
+      # The PGD / CW step at threat.eps (it scales with eps), random restarts, and the target
+      # of pgd<k>_t / cw<k>_t: random (a class other than the label), least_likely, or a class.
+      "pgd": {"step_size": step_size, "restarts": 1, "target": "random"},
       # --mode=eval: the report's attacks, e.g. fgsm, pgd20, cw20, apgd-ce, square, autoattack.
       "attacks": attacks,
+      # standard | plus | rand | apgd, or stages joined by '+' (custom, e.g. apgd-ce+square).
       "autoattack_version": "standard",
+      # worst_case: each stage on the points the earlier left robust (the original's
+      # run_standard_evaluation); individual: each stage on every point, reported alone too.
+      "autoattack_mode": "worst_case",
       # True: APGD as the original code in two details that fool the same points (the last
       # adversarial point kept, its first step-size window); False ends APGD early instead.
       "apgd_as_original": False,

@@ -26,8 +26,11 @@ def _stage_settings(stage: str, eval_cfg, eps: float,
       keywords["eot_iter"] = autoattack.EOT_ITER
     keywords.update(dict((overrides or {}).get(stage, ())))
     return {k: v for k, v in keywords.items() if isinstance(v, (int, float, str, bool))}
-  return {"step_size": float(eval_cfg.pgd.step_size * eps / eval_cfg.threat.eps),
-          "restarts": int(eval_cfg.pgd.get("restarts", 1))}
+  settings = {"step_size": float(eval_cfg.pgd.step_size * eps / eval_cfg.threat.eps),
+              "restarts": int(eval_cfg.pgd.get("restarts", 1))}
+  if stage.endswith("_t"):
+    settings["target"] = str(eval_cfg.pgd.get("target", "random"))
+  return settings
 
 
 def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.Array] = None,
@@ -40,6 +43,9 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.
   return {"seed": seed, "prng_key": [int(v) for v in np.asarray(key)],
           "eps": float(eps), "norm": eval_cfg.threat.norm, "attacks": eval_cfg.attacks,
           "autoattack_version": eval_cfg.autoattack_version,
+          "autoattack_mode": eval_cfg.get("autoattack_mode", "worst_case"),
+          "autoattack_settings": (autoattack.version_settings(eval_cfg.autoattack_version)
+                                  if any(n == "autoattack" for n, _ in attacks) else {}),
           "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
           "batch_size": int(eval_cfg.batch_size), "stages": stages,
           "versions": {p: _version(p) for p in PACKAGES}}

@@ -16,6 +16,8 @@ runs `_clean_pass`, then `_attack` for each attack: `_stage_pass` per stage, tar
 target, `_chunk` per compacted batch.
 """
 import dataclasses
+import inspect
+import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -34,25 +36,29 @@ from mixacm_jax.runtime import parallel, reporting
 
 
 class Threat(NamedTuple):
-  """The perturbation every attack of a report is bounded by, and PGD's step at this eps
-  (the step scales with eps: `eval.pgd.step_size` is for `eval.threat.eps`)."""
+  """The perturbation every attack of a report is bounded by (eps, norm), and PGD's settings
+  at this eps: its step (it scales with eps: `eval.pgd.step_size` is for
+  `eval.threat.eps`), restarts and the target of its targeted forms."""
   eps: float
   norm: str
   step_size: float
   restarts: int
+  target: str = "random"
 
   @classmethod
   def of(cls, eval_cfg, eps: Optional[float] = None) -> "Threat":
     """`eval_cfg`'s threat, at `eps` in place of its own if given."""
     eps = eval_cfg.threat.eps if eps is None else eps
     return cls(eps, eval_cfg.threat.norm, eval_cfg.pgd.step_size * eps / eval_cfg.threat.eps,
-               eval_cfg.pgd.get("restarts", 1))
+               eval_cfg.pgd.get("restarts", 1), str(eval_cfg.pgd.get("target", "random")))
 
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
   """What every pass of one report shares. `programs`: the compiled programs' cache (see
-  `programs.cached`); `stage_settings`: AutoAttack stages' overrides, as sorted tuples."""
+  `programs.cached`); `stage_settings`: AutoAttack stages' overrides; `version_settings`:
+  those the AutoAttack version gives its stages (e.g. `plus`'s restarts); `individual`:
+  AutoAttack's stages each on every point (else each on what the earlier left robust)."""
   model: Any
   p_vars: Any
   data: split.Split
@@ -63,18 +69,30 @@ class _Run:
   journal: Any = None
   verbose: bool = True
   as_original: bool = False
-  stage_settings: Mapping[str, Tuple] = dataclasses.field(default_factory=dict)
+  stage_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  version_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  individual: bool = False
 
 
 class _Stage(NamedTuple):
   """One stage of an attack: its name, index among the attack's stages, key, the journal's
-  prefix for its chunks, its label on progress lines and its compiled program."""
+  prefix for its chunks, its label on progress lines and its settings (sorted pairs)."""
   name: str
   index: int
   key: jax.Array
   journal_key: str
   label: str
+  settings: Tuple[Tuple[str, Any], ...] = ()
+
+
+class _Pass(NamedTuple):
+  """One call of a stage on the points still robust (see `autoattack.stage_passes`): the
+  stage's name, compiled program, key, target rank, and its chunks' journal prefix."""
+  name: str
   program: Any
+  key: jax.Array
+  rank: Optional[int]
+  journal_prefix: str
 
 
 def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
@@ -110,13 +128,17 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
   all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
   notes = sanity.check_classes(all_stages, num_classes)  # before any work
+  sanity.check_target(all_stages, str(eval_cfg.pgd.get("target", "random")), num_classes)
   key = jax.random.PRNGKey(seed) if key is None else key
-  stage_settings = {k: tuple(sorted(dict(v).items())) for k, v in (stage_settings or {}).items()}
+  stage_settings = {k: dict(v) for k, v in (stage_settings or {}).items()}
   run = _Run(model, parallel.replicate(variables),
              split.Split(images, labels, real, split.local_batch(eval_cfg.batch_size,
                                                                  len(labels))),
              Threat.of(eval_cfg, eps), num_classes, key, programs, journal, verbose,
-             bool(eval_cfg.get("apgd_as_original", False)), stage_settings)
+             bool(eval_cfg.get("apgd_as_original", False)), stage_settings,
+             autoattack.version_settings(eval_cfg.autoattack_version)
+             if any(n == "autoattack" for n, _ in attacks) else {},
+             eval_cfg.get("autoattack_mode", "worst_case") == "individual")
   report, clean = _clean_pass(run)
   report.update(eps=run.threat.eps, norm=run.threat.norm,
                 settings=provenance.attack_settings(eval_cfg, attacks, run.threat.eps, seed,
@@ -155,11 +177,42 @@ def _model_flags(model, variables, images, randomized_attacks: bool
   draws = [np.asarray(model.apply(variables, x, rngs={"noise": jax.random.PRNGKey(k)}))
            for k in range(3)]
   randomized = sanity.randomized(draws, deterministic_attacks=not randomized_attacks)
-  flags = [sanity.probabilities(draws[0]), randomized]
+  flags = [sanity.probabilities(draws[0]), randomized, _dynamic_flag(model, variables, x)]
   if randomized_attacks and np.array_equal(draws[0], draws[1]):
     flags.append("the model is deterministic: the EOT attacks of AutoAttack's `rand` version "
                  "only cost more here; use `standard`")
   return [f for f in flags if f], randomized is not None
+
+
+# The JAX transformations whose call inside a forward pass marks test-time optimisation (their
+# own code: the decorator's wrapper is shared by many functions).
+_GRADIENT_CODES = frozenset(inspect.unwrap(fn).__code__ for fn in (
+    jax.grad, jax.value_and_grad, jax.vjp, jax.jvp, jax.jacrev, jax.jacfwd))
+
+
+def _dynamic_flag(model, variables, x: np.ndarray) -> Optional[str]:
+  """The original's `check_dynamic` on one forward pass, run eagerly: gradient calls inside
+  it, and (a Flax model) the collections it changes when allowed to."""
+  calls = [0]
+
+  def count(frame, event, arg):
+    del arg
+    if event == "call" and frame.f_code in _GRADIENT_CODES:
+      calls[0] += 1
+  with jax.disable_jit():
+    sys.settrace(count)
+    try:
+      model.apply(variables, x)
+    finally:
+      sys.settrace(None)
+  changed = []
+  if not isinstance(model, programs_lib.FunctionModel):
+    try:
+      _, after = model.apply(variables, x, mutable=True)
+    except TypeError:  # an `apply` that is not Flax's
+      after = {}
+    changed = sanity.changed_collections(variables, after)
+  return sanity.dynamic(calls[0] > 0, changed)
 
 
 def _replayed(journal, key: str) -> Optional[Dict[str, np.ndarray]]:
@@ -196,20 +249,15 @@ def _attack(run: _Run, name: str, stages: Sequence[str], clean_correct: np.ndarr
   """One named attack: its stages one after the other on the points still robust, then
   every returned point evaluated again; its entries go into `report` and `examples`."""
   t0 = time.perf_counter()
-  robust = clean_correct.copy()
-  outcome = Outcome(run.data, robust)
-  per_stage = {}
-  for j, stage_name in enumerate(stages):
-    label = name if len(stages) == 1 else f"{name}:{stage_name}"
-    _stage_pass(run, _Stage(stage_name, j, jax.random.fold_in(run.key, j), f"{name}.{j}",
-                            label, _stage_program(run, stage_name)), robust, outcome)
-    per_stage[stage_name] = float(robust.sum()) / run.data.count
+  robust, outcome, per_stage, alone = _run_stages(run, name, stages, clean_correct)
   acc = float(robust.sum()) / run.data.count
   margins = programs_lib.cached(run.programs, "margins", lambda: programs_lib.margins(run.model))
   checked = outcome.verify(margins, run.p_vars, robust, run.threat.norm, name, strict=strict)
   result = {"robust_accuracy": acc}
   if len(stages) > 1:
     result["after_each_stage"] = per_stage
+  if alone:
+    result["individual"] = alone
   result.update(max_perturbation=float(checked.perturbation.max(initial=0.0)),
                 ties=checked.ties)
   examples["attacks"][name] = {
@@ -222,6 +270,42 @@ def _attack(run: _Run, name: str, stages: Sequence[str], clean_correct: np.ndarr
   report["seconds"][name] = time.perf_counter() - t0
   report["warnings"] += _attack_warnings(name, acc, report["clean_accuracy"], per_stage,
                                          checked.disagree)
+
+
+def _stage(run: _Run, name: str, stages: Sequence[str], j: int) -> _Stage:
+  """Stage `j` of attack `name`, with its settings: the AutoAttack version's (for the
+  `autoattack` attack) under the report's overrides."""
+  stage_name = stages[j]
+  settings = dict(run.version_settings.get(stage_name, {})) if name == "autoattack" else {}
+  settings.update(run.stage_settings.get(stage_name, {}))
+  return _Stage(stage_name, j, jax.random.fold_in(run.key, j), f"{name}.{j}",
+                name if len(stages) == 1 else f"{name}:{stage_name}",
+                tuple(sorted(settings.items())))
+
+
+def _run_stages(run: _Run, name: str, stages: Sequence[str], clean_correct: np.ndarray):
+  """(robust, outcome, robust accuracy after each stage, each stage's own accuracy or None):
+  each stage on the points every earlier one left robust or, in individual mode (an
+  AutoAttack of several stages), each on every point, a point's outcome then the first
+  stage in order that broke it."""
+  robust = clean_correct.copy()
+  outcome = Outcome(run.data, robust)
+  per_stage, alone = {}, {}
+  individual = run.individual and len(stages) > 1
+  for j in range(len(stages)):
+    stage = _stage(run, name, stages, j)
+    if individual:
+      own = clean_correct.copy()
+      own_outcome = Outcome(run.data, own)
+      _stage_pass(run, stage, own, own_outcome)
+      alone[stage.name] = float(own.sum()) / run.data.count
+      first = robust & ~own  # broken here and by no earlier stage
+      outcome.broken(np.flatnonzero(first), own_outcome.x_adv[first], j)
+      robust &= own
+    else:
+      _stage_pass(run, stage, robust, outcome)
+    per_stage[stage.name] = float(robust.sum()) / run.data.count
+  return robust, outcome, per_stage, alone or None
 
 
 def _attack_warnings(name: str, acc: float, clean_acc: float, per_stage: Dict[str, float],
@@ -237,44 +321,55 @@ def _attack_warnings(name: str, acc: float, clean_acc: float, per_stage: Dict[st
   return warnings + ([f"{name}: {flag}"] if flag else [])
 
 
-def _stage_program(run: _Run, stage_name: str):
-  """The compiled program of one stage (see `programs.stage`)."""
+def _stage_program(run: _Run, stage_name: str, settings: Tuple[Tuple[str, Any], ...]):
+  """The compiled program of one stage with these settings (see `programs.stage`)."""
   t = run.threat
-  settings = run.stage_settings.get(stage_name, ())
   host = stage_name in autoattack.STAGES and programs_lib.host_loops()
   return programs_lib.cached(
-      run.programs, (stage_name, t.norm, t.restarts, settings),
+      run.programs, (stage_name, t.norm, t.restarts, t.target, settings),
       lambda: programs_lib.stage(run.model, registry.stage_fn(
-          stage_name, t.norm, t.restarts, run.as_original, settings), host))
+          stage_name, t.norm, t.restarts, run.as_original, settings, t.target), host))
 
 
 def _stage_pass(run: _Run, stage: _Stage, robust: np.ndarray, outcome: Outcome) -> None:
-  """One stage over the points still `robust` (updated in place); a targeted stage goes
-  target by target, each on what is left."""
-  ranks = ([None] if stage.name not in autoattack.STAGES else
-           autoattack.stage_ranks(stage.name, run.num_classes,
-                                  dict(run.stage_settings.get(stage.name, ()))))
-  for rank in ranks:
-    work = list(split.compact_batches(robust, run.data.batch, run.data.n_dev))
-    progress = reporting.Progress(len(work), run.data.batch, label=stage.label
-                                  if rank is None else f"{stage.label} target {rank}")
-    for i, (sel, padded, valid) in enumerate(work):
-      saved = _chunk(run, stage, rank, f"{stage.journal_key}.{rank}.{i}", (sel, padded, valid))
-      robust[sel] &= saved["still"]
-      outcome.broken(sel[~saved["still"]], saved["x_adv"], stage.index)
-      if run.verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
-        progress.report(i + 1, {"robust_acc": robust.sum() / run.data.count})
-      if run.journal and run.journal.should_stop():
-        raise SystemExit(f"SIGTERM: evaluation progress saved in {run.journal.directory}; "
-                         "run the same command to continue")
+  """One stage over the points still `robust` (updated in place): an AutoAttack stage pass
+  by pass (target class by target class, restart by restart), each on what is left."""
+  passes = (autoattack.stage_passes(stage.name, run.num_classes, dict(stage.settings))
+            if stage.name in autoattack.STAGES else [autoattack.StagePass(None, 0)])
+  for p in passes:
+    again = f" restart {p.restart + 1}" if p.restart else ""
+    one = _Pass(stage.name, _stage_program(run, stage.name, tuple(sorted(
+                    stage.settings + p.settings))),
+                jax.random.fold_in(stage.key, p.restart) if p.restart else stage.key, p.rank,
+                f"{stage.journal_key}.{p.rank}" + (f".r{p.restart}" if p.restart else ""))
+    label = stage.label + ("" if p.rank is None else f" target {p.rank}") + again
+    _pass_over_robust(run, one, label, robust, (outcome, stage.index))
 
 
-def _chunk(run: _Run, stage: _Stage, rank: Optional[int], journal_key: str,
+def _pass_over_robust(run: _Run, one: _Pass, label: str, robust: np.ndarray,
+                      outcome: Tuple[Outcome, int]) -> None:
+  """One pass in compacted batches over the points still `robust` (updated in place); the
+  points it breaks go into `outcome` as broken by the stage of that index."""
+  work = list(split.compact_batches(robust, run.data.batch, run.data.n_dev))
+  progress = reporting.Progress(len(work), run.data.batch, label=label)
+  for i, (sel, padded, valid) in enumerate(work):
+    saved = _chunk(run, one, i, (sel, padded, valid))
+    robust[sel] &= saved["still"]
+    outcome[0].broken(sel[~saved["still"]], saved["x_adv"], outcome[1])
+    if run.verbose and (i + 1 == len(work) or (i + 1) % max(1, len(work) // 10) == 0):
+      progress.report(i + 1, {"robust_acc": robust.sum() / run.data.count})
+    if run.journal and run.journal.should_stop():
+      raise SystemExit(f"SIGTERM: evaluation progress saved in {run.journal.directory}; "
+                       "run the same command to continue")
+
+
+def _chunk(run: _Run, one: _Pass, i: int,
            work: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
-  """One compacted batch `work` = (selected, padded indices, mask of real entries) through
-  the stage: {"sel", "still" (robust after it), "x_adv" (the points it broke)}, committed
-  to the journal, or replayed from it when an earlier run did it."""
+  """Chunk `i` of a pass, the compacted batch `work` = (selected, padded indices, mask of
+  real entries): {"sel", "still" (robust after it), "x_adv" (the points it broke)},
+  committed to the journal, or replayed from it when an earlier run did it."""
   sel, padded, valid = work
+  journal_key = f"{one.journal_prefix}.{i}"
   saved = _replayed(run.journal, journal_key)
   if saved is not None and not np.array_equal(saved["sel"], sel):
     raise AttackConstraintError(f"evaluation progress {journal_key} was made on other points; "
@@ -283,15 +378,15 @@ def _chunk(run: _Run, stage: _Stage, rank: Optional[int], journal_key: str,
     return saved
   d, t = run.data, run.threat
   x, y = d.images[padded], d.labels[padded]
-  still, x_adv = stage.program(
+  still, x_adv = one.program(
       run.p_vars, d.to_devices(x), d.to_devices(y), d.to_devices(valid),
-      d.to_devices(hosts.point_keys(stage.key, padded)),
-      parallel.replicate(np.int32(rank or 0)), parallel.replicate(np.float32(t.eps)),
+      d.to_devices(hosts.point_keys(one.key, padded)),
+      parallel.replicate(np.int32(one.rank or 0)), parallel.replicate(np.float32(t.eps)),
       parallel.replicate(np.float32(t.step_size)))
   x_adv = d.flat(x_adv)[:len(sel)]
   bad = violations(x_adv, x[:len(sel)], t.eps, t.norm)
   if bad:
-    raise AttackConstraintError(f"{stage.name} returned {bad} points outside the {t.norm} "
+    raise AttackConstraintError(f"{one.name} returned {bad} points outside the {t.norm} "
                                 f"ball of eps={t.eps} or [0, 1], or not finite")
   still = d.flat(still)[:len(sel)]
   saved = {"sel": sel, "still": still, "x_adv": x_adv[~still]}
@@ -305,9 +400,11 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
                    overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    per_example: bool = False, batch_size: Optional[int] = None,
                    return_flags: bool = False):
-  """The whole AutoAttack on arrays, by the report's engine: each stage of `version` runs only
-  on the points every earlier stage left correctly classified (a targeted stage target class
-  by target class, each on the points still robust), each point with the key of its index,
+  """The whole AutoAttack on arrays, by the report's engine: each stage of `version`
+  (`standard`, `plus`, `rand`, `apgd`, or stages joined by `+`) runs only on the points every
+  earlier stage left correctly classified (a targeted stage target class by target class, a
+  stage with restarts restart by restart, each on the points still robust), each point with
+  the key of its index,
   every returned point checked and evaluated again. `logits_fn(x)` (or `logits_fn(x, rng=k)`
   for a randomised model) takes NHWC inputs in [0, 1].
 

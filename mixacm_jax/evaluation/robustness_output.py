@@ -36,6 +36,8 @@ def report_table(report: Dict[str, Any]) -> str:
                  "seconds": report["seconds"][name]})
     for stage, acc in r.get("after_each_stage", {}).items():
       rows.append({"attack": f"  after {stage}", "accuracy": acc, "seconds": ""})
+    for stage, acc in (r.get("individual") or {}).items():
+      rows.append({"attack": f"  {stage} alone", "accuracy": acc, "seconds": ""})
   return reporting.table(rows, ["attack", "accuracy", "seconds"])
 
 

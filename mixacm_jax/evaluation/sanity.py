@@ -1,8 +1,10 @@
 """The sanity flags of a robustness evaluation, with the meaning the original AutoAttack's
 `checks.py` gives them (Croce & Hein), each a function of what the evaluation already
-computed; every flag is a line in the report's `warnings` and on screen."""
-from typing import Dict, List, Optional, Sequence
+computed (or, for `dynamic`, of one observed forward pass); every flag is a line in the
+report's `warnings` and on screen."""
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import jax
 import numpy as np
 
 from mixacm_jax.errors import ConfigError
@@ -54,6 +56,40 @@ def square_succeeds(after_each_stage: Dict[str, float]) -> Optional[str]:
             "white-box stages: the evaluation may be unreliable (gradient masking); try "
             "Square with more queries, or an adaptive attack")
   return None
+
+
+def changed_collections(before: Mapping[str, Any], after: Mapping[str, Any]) -> List[str]:
+  """The variable collections a forward pass changed or created (`after`: what
+  `apply(..., mutable=True)` returns), sown intermediates aside."""
+  changed = []
+  for name, value in after.items():
+    if name == "intermediates":
+      continue
+    old = before.get(name)
+    if old is None or jax.tree_util.tree_structure(old) != jax.tree_util.tree_structure(value) \
+        or any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(old),
+                                                         jax.tree_util.tree_leaves(value))):
+      changed.append(name)
+  return changed
+
+
+def dynamic(gradients: bool, changed: Sequence[str]) -> Optional[str]:
+  """The original's `check_dynamic`: a forward pass that runs gradients (test-time
+  optimisation) or changes the model's own state is a dynamic defence, which AutoAttack's
+  fixed model assumption does not cover."""
+  what = (["computes gradients"] if gradients else []) + (
+      [f"changes its state ({', '.join(changed)})"] if changed else [])
+  if not what:
+    return None
+  return (f"the model's forward pass {' and '.join(what)}: it seems to be a dynamic defence, "
+          "and the evaluation with AutoAttack might be insufficient (use an adaptive attack)")
+
+
+def check_target(stages: Sequence[str], target: str, num_classes: int) -> None:
+  """ConfigError for a targeted PGD's given class the model does not have."""
+  if target.isdigit() and int(target) >= num_classes and any(s.endswith("_t") for s in stages):
+    raise ConfigError(f"eval.pgd.target {target} is not a class of the model, which has "
+                      f"{num_classes} classes (0 to {num_classes - 1})")
 
 
 def check_classes(stages: Sequence[str], num_classes: int) -> List[str]:
