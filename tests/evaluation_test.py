@@ -420,3 +420,54 @@ def test_targeted_pgd_in_the_report_records_its_target_and_checks_it():
   cfg.pgd.target = "likely"
   with pytest.raises(ConfigError, match="eval.pgd.target must be one of"):
     checks.validate_eval(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer attacks.
+
+def test_transfer_judges_the_target_on_the_points_crafted_on_the_source():
+  """The target's robust flags equal a NumPy evaluation of the target at the source's
+  returned points; judged on its own points a model gives its white-box numbers."""
+  from mixacm_jax.evaluation import transfer  # pylint: disable=g-import-not-at-top
+  w_other = W + 0.3 * np.random.RandomState(3).randn(*W.shape).astype(np.float32)
+  other = lambda v: v.reshape(len(v), -1) @ w_other
+  cfg = api.eval_config(attacks="clean,fgsm,pgd5", eps=0.1, batch_size=32)
+  result = transfer.transfer_report((other, None), (linear, None), X, Y, cfg,
+                                    source_name="linear")
+  crafted = robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False,
+                                        return_points=True)
+  flat = lambda v: np.asarray(v).reshape(len(v), -1)
+  clean_ok = (flat(X) @ w_other).argmax(-1) == Y
+  for name in ("fgsm", "pgd5"):
+    points = crafted["examples"]["attacks"][name]["x_adv"]
+    robust = clean_ok & ((flat(points) @ w_other).argmax(-1) == Y)
+    table = result["examples"][f"transfer:{name}"]
+    np.testing.assert_array_equal(np.asarray(table["broken_by"]) == "", robust)
+    assert result["attacks"][f"transfer:{name}"]["robust_accuracy"] == robust.mean()
+    assert table["source"] == "linear"
+    assert set(table["broken_by"]) <= {"", "clean", name}
+  assert result["clean_accuracy"] == clean_ok.mean() and result["source_clean_accuracy"] == 1.0
+  grid = transfer.matrix({"linear": (linear, None), "other": (other, None)}, X, Y, cfg)
+  assert grid["linear"]["linear"] == crafted["attacks"]["pgd5"]["robust_accuracy"]
+  assert grid["linear"]["other"] == result["attacks"]["transfer:pgd5"]["robust_accuracy"]
+  assert grid["linear"]["linear"] < grid["linear"]["other"]  # white-box beats transfer
+
+
+@pytest.mark.slow
+def test_eval_mode_adds_the_transfer_from_a_source_checkpoint(trained, tmp_path):
+  """--config.transfer.checkpoint: the model transfers from itself, so each transfer entry
+  equals the white-box one (the same points, keys and settings); the table names the
+  source and the CSV has its columns."""
+  workdir = str(tmp_path / "eval")
+  shutil.copytree(trained, workdir)
+  out = _eval(workdir, "--config.eval.attacks=clean,pgd5",
+              f"--config.transfer.checkpoint={trained}",
+              "--config.transfer.model.kwargs.base_width=4",
+              "--config.transfer.model.kwargs.stage_sizes=(1, 1)")
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.load(open(os.path.join(workdir, "robustness.json")))
+  assert report["transfer"]["source"] == trained
+  assert report["attacks"]["transfer:pgd5"]["robust_accuracy"] == \
+      report["attacks"]["pgd5"]["robust_accuracy"]
+  header = open(os.path.join(workdir, "robustness_examples.csv")).readline()
+  assert "transfer:pgd5_broken_by" in header and "transfer:pgd5" in out.stdout

@@ -204,3 +204,42 @@ def test_catastrophic_overfitting_and_the_controls_are_reported():
   assert f"{100 * 26 / 51:.0f} % needs the robust teacher" in text
   assert "fast_at_equal seed 1: robust accuracy fell from 60.0 %" in text
   assert "seed 0:" not in text.split("Catastrophic")[1]
+
+
+def test_transfer_matrix_reads_a_pipeline_workdir_and_writes_its_table(tmp_path):
+  """A pipeline workdir (the teacher and two students, here three tiny random models): the
+  matrix's diagonal is each model's white-box PGD robust accuracy, and the table has a row
+  and a column per model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.evaluation import robustness, transfer  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
+  tm = _load("transfer_matrix")
+  config = repo_config("default_mixacm")
+  for cfg in (config.model, config.teacher.model):
+    cfg.kwargs.base_width, cfg.kwargs.stage_sizes = 4, (1, 1)
+  info = input_pipeline.get_info(config.data)
+  for i, run in enumerate(("teacher", "student_mixacm", "student_kd")):
+    model_cfg = config.teacher.model if run == "teacher" else config.model
+    model = models.create_model_from_config(model_cfg, info.num_classes)
+    state = train.create_train_state(model, info.image_shape, config.optim, seed=i,
+                                     steps_per_epoch=1, total_steps=1)
+    saver = checkpoint.Checkpointer(str(tmp_path / run / "checkpoints"), async_save=False)
+    try:
+      saver.save(1, jax.device_get(state))
+    finally:
+      saver.close()
+  loaded = tm.load_models(config, str(tmp_path), info)
+  assert list(loaded) == ["teacher", "kd", "mixacm"]
+  eval_cfg = config.eval.copy_and_resolve_references()
+  eval_cfg.attacks, eval_cfg.num_examples = "pgd2", 64
+  images, labels, real = robustness.split_arrays(config.data, eval_cfg)
+  grid = transfer.matrix(loaded, images[real], labels[real], eval_cfg)
+  for name, (model, variables) in loaded.items():
+    white_box = robustness.report_on_arrays(model, variables, images[real], labels[real],
+                                            eval_cfg, verbose=False)
+    assert grid[name][name] == white_box["attacks"]["pgd2"]["robust_accuracy"]
+  text = tm.markdown(grid, "pgd2", 0.1, 64)
+  assert "| teacher" in text and text.count("\n|") == 5

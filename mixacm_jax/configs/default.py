@@ -108,8 +108,9 @@ def objectives():
   return config
 
 
-def teacher():
-  """The frozen teacher of the distillation objectives: a checkpoint or a zoo entry."""
+def frozen_model():
+  """A frozen model by checkpoint or zoo entry: the distillation objectives' teacher, and
+  the source of transfer attacks (see `port.source`)."""
   config = ml_collections.ConfigDict()
   config.checkpoint = ""           # a workdir or checkpoint dir (orbax)
   config.update(robustbench_entry())  # or a RobustBench entry (its own model)
@@ -160,7 +161,10 @@ def get_config():
   config.data = data()
   config.model = model()
   config.objective = objectives()
-  config.teacher = teacher()
+  config.teacher = frozen_model()
+  # --mode=eval: also the points each attack crafts on this model, evaluated on the one under
+  # test (transfer attacks); unset (no checkpoint, no robustbench entry): none.
+  config.transfer = frozen_model()
   config.optim = optim()
   config.eval = eval_settings(eps=0.1, step_size=0.025)
   # Evaluations during training, by the same engine as --mode=eval (the same numbers for the

@@ -10,7 +10,9 @@ from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import CheckpointError
-from mixacm_jax.evaluation import journal as journal_lib, provenance, robustness, robustness_output
+from mixacm_jax.evaluation import (journal as journal_lib, provenance, robustness,
+                                   robustness_output, transfer)
+from mixacm_jax.port import source
 from mixacm_jax.runtime import checkpoint, preemption, reporting, workdir_lock
 
 PROGRESS_DIR = "eval_progress"
@@ -52,6 +54,8 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
     report = robustness.report_on_split(model, variables, config.data, config.eval,
                                         seed=config.seed, journal=journal)
   report["checkpoint"] = os.path.abspath(workdir)
+  if source.is_given(config.transfer):
+    _add_transfer(report, (model, variables), config, info)
   if config.eval.eps_sweep:
     sweep = robustness.eps_sweep(model, variables, config.data, config.eval,
                                  list(config.eval.eps_sweep), seed=config.seed)
@@ -63,3 +67,20 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
     robustness_output.write_report(report, workdir)
   journal.finish()
   return report
+
+
+def _add_transfer(report: Dict[str, Any], target, config, info) -> None:
+  """The report's transfer entries: each attack crafted on `config.transfer`'s model and
+  evaluated on the checkpoint's (the same points, keys and settings)."""
+  loaded = source.load(config.transfer, info.num_classes, info.image_shape,
+                       role="the transfer source")
+  images, labels, real = robustness.split_arrays(config.data, config.eval)
+  if reporting.is_primary():
+    print(f"Transfer: crafting each attack on {loaded.source}", flush=True)
+  result = transfer.transfer_report(target, (loaded.model, loaded.variables), images[real],
+                                    labels[real], config.eval, source_name=loaded.source,
+                                    seed=config.seed)
+  report["attacks"].update(result.pop("attacks"))
+  report["examples"]["attacks"].update(result.pop("examples"))
+  report["warnings"] += result.pop("warnings")
+  report["transfer"] = result

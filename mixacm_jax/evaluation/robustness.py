@@ -99,14 +99,20 @@ def report_on_split(model, variables, data_cfg, eval_cfg, *, eps: float = None,
                     seed: int = 0, verbose: bool = True, programs: Optional[Dict] = None,
                     journal=None) -> Dict[str, Any]:
   """Clean and robust accuracy for each attack in `eval_cfg.attacks` over the eval split."""
+  images, labels, real = split_arrays(data_cfg, eval_cfg)
+  return report_on_arrays(model, variables, images, labels, eval_cfg, real=real, eps=eps,
+                          seed=seed, verbose=verbose, programs=programs, journal=journal)
+
+
+def split_arrays(data_cfg, eval_cfg) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images, labels, mask of real entries) of this host's share of the eval split (its
+  first `eval_cfg.num_examples`), as the report reads them."""
   batches = list(input_pipeline.eval_batches(data_cfg, eval_cfg.batch_size,
                                              eval_cfg.get("num_examples")))
   flat = lambda v: v.reshape((-1,) + v.shape[2:])
-  return report_on_arrays(model, variables, np.concatenate([flat(b["image"]) for b in batches]),
-                          np.concatenate([flat(b["label"]) for b in batches]), eval_cfg,
-                          real=np.concatenate([flat(b["mask"]) for b in batches]) > 0,
-                          eps=eps, seed=seed, verbose=verbose, programs=programs,
-                          journal=journal)
+  return (np.concatenate([flat(b["image"]) for b in batches]),
+          np.concatenate([flat(b["label"]) for b in batches]),
+          np.concatenate([flat(b["mask"]) for b in batches]) > 0)
 
 
 def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,

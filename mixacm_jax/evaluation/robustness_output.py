@@ -33,7 +33,7 @@ def report_table(report: Dict[str, Any]) -> str:
            "seconds": report["seconds"]["clean"]}]
   for name, r in report["attacks"].items():
     rows.append({"attack": name, "accuracy": r["robust_accuracy"],
-                 "seconds": report["seconds"][name]})
+                 "seconds": report["seconds"].get(name, "")})
     for stage, acc in r.get("after_each_stage", {}).items():
       rows.append({"attack": f"  after {stage}", "accuracy": acc, "seconds": ""})
     for stage, acc in (r.get("individual") or {}).items():

@@ -9,8 +9,7 @@ import jax
 
 from mixacm_jax import models
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.port import zoo
-from mixacm_jax.runtime import checkpoint as ckpt_lib
+from mixacm_jax.port import source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,38 +32,19 @@ def training_config(config):
 
 def is_given(teacher_cfg) -> bool:
   """Whether the config names a teacher to load (a checkpoint or a RobustBench entry)."""
-  return bool(teacher_cfg.get("checkpoint") or teacher_cfg.get("robustbench"))
+  return source.is_given(teacher_cfg)
 
 
 def load_teacher(teacher_cfg, num_classes: int, image_shape: Sequence[int],
                  path: Optional[str] = None) -> Teacher:
   """The teacher at `path`, else at teacher.checkpoint (with teacher.model's architecture),
   else RobustBench's teacher.robustbench entry (with its own architecture)."""
-  path = path or teacher_cfg.get("checkpoint")
-  if not path and teacher_cfg.get("robustbench"):
-    return _robustbench_teacher(teacher_cfg, num_classes, image_shape)
-  if not path:
+  if not (path or source.is_given(teacher_cfg)):
     raise ConfigError("this objective needs a teacher: set --config.teacher.checkpoint=<dir> "
                       "(a workdir of a PGD-AT/TRADES run, or converted PyTorch weights) or "
                       "--config.teacher.robustbench=<RobustBench entry>")
-  model = models.create_model_from_config(teacher_cfg.model, num_classes)
-  variables = ckpt_lib.load_variables(model, image_shape, path,
-                                       teacher_cfg.get("step") or None)
-  return Teacher(model, variables, path)
-
-
-def _robustbench_teacher(teacher_cfg, num_classes: int, image_shape: Sequence[int]) -> Teacher:
-  model, variables, info = zoo.load_entry(
-      teacher_cfg.robustbench, teacher_cfg.dataset, teacher_cfg.threat_model,
-      teacher_cfg.model_dir, teacher_cfg.model.get("dtype", "float32"))
-  entry = f"RobustBench's {info['robustbench']} ({info['dataset']} {info['threat_model']})"
-  if info["num_classes"] != num_classes:
-    raise ConfigError(f"the teacher, {entry}, has {info['num_classes']} classes and the data "
-                      f"{num_classes}: pick an entry of the data's dataset")
-  if tuple(info["image_shape"]) != tuple(image_shape):
-    raise ConfigError(f"the teacher, {entry}, takes {tuple(info['image_shape'])} images and "
-                      f"the data has {tuple(image_shape)}")
-  return Teacher(model, variables, info["source"])
+  loaded = source.load(teacher_cfg, num_classes, image_shape, role="the teacher", path=path)
+  return Teacher(*loaded)
 
 
 def check_feature_names(model, image_shape, names: Sequence[str], role: str) -> None:
