@@ -10,7 +10,7 @@ from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import CheckpointError
-from mixacm_jax.evaluation import (journal as journal_lib, provenance, robustness,
+from mixacm_jax.evaluation import (journal as journal_lib, min_norm, provenance, robustness,
                                    robustness_output, transfer)
 from mixacm_jax.port import source
 from mixacm_jax.runtime import checkpoint, preemption, reporting, workdir_lock
@@ -63,6 +63,8 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
     report["warnings"] += sweep["warnings"]
     if reporting.is_primary():
       robustness_output.plot_sweep(sweep, os.path.join(workdir, "robustness_vs_eps.png"))
+  if config.eval.get("min_norm"):
+    _add_min_norm(report, model, variables, config, workdir)
   if reporting.is_primary():
     robustness_output.write_report(report, workdir)
   journal.finish()
@@ -84,3 +86,16 @@ def _add_transfer(report: Dict[str, Any], target, config, info) -> None:
   report["examples"]["attacks"].update(result.pop("examples"))
   report["warnings"] += result.pop("warnings")
   report["transfer"] = result
+
+
+def _add_min_norm(report: Dict[str, Any], model, variables, config, workdir: str) -> None:
+  """Each point's smallest perturbation (untargeted FAB) and the robustness curve, plotted
+  with the bounded attacks' points (`robustness_curve.png`)."""
+  images, labels, real = robustness.split_arrays(config.data, config.eval)
+  if reporting.is_primary():
+    print(f"Minimum norm: untargeted FAB on {int(real.sum())} points", flush=True)
+  result = min_norm.report(model, variables, images[real], labels[real], config.eval)
+  report["examples"]["min_norm"] = result.pop("per_point")
+  report["min_norm"] = result
+  if reporting.is_primary():
+    robustness_output.plot_curve(report, os.path.join(workdir, "robustness_curve.png"))

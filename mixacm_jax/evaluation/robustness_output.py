@@ -1,5 +1,5 @@
 """The robustness report on disk and on screen: JSON, the per-example CSV, a table, the
-accuracy-vs-eps plot."""
+accuracy-vs-eps plot and the minimum-norm robustness curve."""
 import csv
 import json
 import os
@@ -8,16 +8,14 @@ from typing import Any, Dict
 from mixacm_jax.runtime import reporting, storage
 
 
-def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
+def _figure():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  eps = sweep["epsilons"]
-  ax.plot(eps, [100 * r["clean_accuracy"] for r in sweep["reports"]], "k--", label="clean")
-  for name in sweep["reports"][0]["attacks"]:
-    ax.plot(eps, [100 * r["attacks"][name]["robust_accuracy"] for r in sweep["reports"]],
-            marker="o", label=name)
+  return plt, *plt.subplots(figsize=(5, 3.5))
+
+
+def _save(plt, fig, ax, path: str) -> None:
   ax.set_xlabel("eps")
   ax.set_ylabel("accuracy (%)")
   ax.legend()
@@ -26,6 +24,35 @@ def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
   with storage.writing("write", path):
     fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_curve(report: Dict[str, Any], path: str) -> None:
+  """The minimum-norm robustness curve (accuracy against eps, from each point's smallest
+  perturbation), with the eps-bounded attacks' robust accuracy on the same axes: at the
+  report's eps, and at each eps of a sweep."""
+  plt, fig, ax = _figure()
+  curve = report["min_norm"]["curve"]
+  ax.plot(curve["eps"], [100 * a for a in curve["accuracy"]], "k-",
+          label=f"{report['min_norm']['attack']} minimum norm")
+  for name, result in report["attacks"].items():
+    ax.plot([report["eps"]], [100 * result["robust_accuracy"]], "o", label=name)
+  sweep = report.get("eps_sweep")
+  for name in (sweep["reports"][0]["attacks"] if sweep else ()):
+    ax.plot(sweep["epsilons"], [100 * r["attacks"][name]["robust_accuracy"]
+                                for r in sweep["reports"]], "x:", label=f"{name} (sweep)")
+  ax.set_title(f"{report['norm']} robustness curve, {report['num_examples']} examples",
+               fontsize=9)
+  _save(plt, fig, ax, path)
+
+
+def plot_sweep(sweep: Dict[str, Any], path: str) -> None:
+  plt, fig, ax = _figure()
+  eps = sweep["epsilons"]
+  ax.plot(eps, [100 * r["clean_accuracy"] for r in sweep["reports"]], "k--", label="clean")
+  for name in sweep["reports"][0]["attacks"]:
+    ax.plot(eps, [100 * r["attacks"][name]["robust_accuracy"] for r in sweep["reports"]],
+            marker="o", label=name)
+  _save(plt, fig, ax, path)
 
 
 def report_table(report: Dict[str, Any]) -> str:
@@ -63,16 +90,20 @@ def example_rows(examples: Dict[str, Any]):
   """The header and one row per evaluated point: its index in the split, label, clean
   prediction and margin, and per attack the stage that broke it ('' if robust, 'clean' if
   misclassified already), the margin (true logit minus the largest other) at the returned
-  point and the perturbation's norm."""
+  point and the perturbation's norm; with a minimum-norm run, each point's smallest
+  perturbation found (0: misclassified already, inf: none found)."""
   attacks = examples["attacks"]
   header = ["index", "label", "clean_prediction", "clean_margin"] + [
       f"{a}_{c}" for a in attacks for c in ("broken_by", "margin", "perturbation")]
+  min_norm = examples.get("min_norm")
+  header += ["min_norm"] if min_norm is not None else []
   rows = []
   for i in range(len(examples["index"])):
     row = [int(examples["index"][i]), int(examples["label"][i]),
            int(examples["clean_prediction"][i]), f"{examples['clean_margin'][i]:.6g}"]
     for a in attacks.values():
       row += [a["broken_by"][i], f"{a['margin'][i]:.6g}", f"{a['perturbation'][i]:.6g}"]
+    row += [f"{min_norm[i]:.6g}"] if min_norm is not None else []
     rows.append(row)
   return header, rows
 
