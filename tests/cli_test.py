@@ -66,6 +66,8 @@ def test_host_devices_split_the_batch_on_cpu(tmp_path):
     (["--config.eval.attacks=clean,pgdx"], "error: unknown attack 'pgdx'"),
     (["--config.eval.autoattack_version=plus2"], "error: unknown AutoAttack version 'plus2'"),
     (["--config.eval.autoattack_mode=each"], "error: eval.autoattack_mode must be one of"),
+    (["--config.eval.min_norm=fgsm"],
+     "error: unknown minimum-norm attack 'fgsm' in eval.min_norm"),
 ])
 def test_bad_values_fail_in_one_line(tmp_path, args, message):
   out = run(f"--workdir={tmp_path}", *TINY, *args)

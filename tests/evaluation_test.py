@@ -476,11 +476,12 @@ def test_eval_mode_adds_the_transfer_from_a_source_checkpoint(trained, tmp_path)
 # ---------------------------------------------------------------------------------------------
 # Minimum-norm evaluation and the robustness curve.
 
-def test_fab_finds_the_exact_distance_to_a_linear_models_boundary_and_the_curve_follows():
+def test_fab_and_fmn_find_the_exact_distance_to_a_linear_models_boundary():
   """A linear model with its boundaries inside the box: untargeted FAB's smallest L2 (and
   L-inf) perturbation per point is the analytic distance to the nearest decision boundary,
   min_j (z_y - z_j) / ||w_y - w_j||_dual (NumPy), from above within 1 % (FAB overshoots the
-  boundary by eta and steps back by beta); the curve at eps counts the points beyond it."""
+  boundary by eta and steps back by beta), FMN's within 0.1 %; the curve at eps counts the
+  points beyond it."""
   from mixacm_jax.evaluation import min_norm  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   w = (0.2 * rng.randn(48, 5)).astype(np.float32)
@@ -498,6 +499,12 @@ def test_fab_finds_the_exact_distance_to_a_linear_models_boundary_and_the_curve_
     norms = min_norm.smallest_perturbations(f, None, x, y, norm=norm, batch_size=32)
     np.testing.assert_allclose(norms[inside], distance[inside], rtol=1e-2, atol=1e-5)
     assert np.all(norms >= distance * (1 - 1e-4))
+    # FMN converges to the boundary itself where it finds it (nearly every point here).
+    fmn = min_norm.smallest_perturbations(f, None, x, y, norm=norm, batch_size=32,
+                                          attack="fmn")
+    found = np.isfinite(fmn)
+    assert found[inside].mean() >= 0.9
+    np.testing.assert_allclose(fmn[inside & found], distance[inside & found], rtol=1e-3)
   cfg = api.eval_config(attacks="clean", eps=0.05, norm="l2", batch_size=32)
   result = min_norm.report(f, None, x, y, cfg)
   accuracy = result["curve"]["accuracy"]
@@ -507,20 +514,22 @@ def test_fab_finds_the_exact_distance_to_a_linear_models_boundary_and_the_curve_
 
 @pytest.mark.slow
 def test_eval_mode_writes_the_minimum_norm_curve(trained, tmp_path):
-  """--config.eval.min_norm=True (the robustness-curve example of docs/attacks.md at CI
-  size): each point's smallest perturbation in the CSV, the curve in robustness.json, its
+  """--config.eval.min_norm=fab,fmn (the robustness-curve example of docs/attacks.md at CI
+  size): each point's smallest perturbation in the CSV, the curves in robustness.json, their
   value at the report's eps recomputed from the CSV, and the plot."""
   workdir = str(tmp_path / "eval")
   shutil.copytree(trained, workdir)
   out = _eval(workdir, "--config.eval.attacks=clean,pgd5", "--config.eval.num_examples=96",
-              "--config.eval.min_norm=True")
+              "--config.eval.min_norm=fab,fmn")
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.load(open(os.path.join(workdir, "robustness.json")))
   rows = list(csv.DictReader(open(os.path.join(workdir, "robustness_examples.csv"))))
-  norms = np.array([float(r["min_norm"]) for r in rows])
-  found = np.isfinite(norms) & (norms > 0)
-  assert len(norms) == 96 and report["min_norm"]["found"] == found.sum()
-  assert report["min_norm"]["robust_accuracy_at_eps"] == np.mean(norms > report["eps"])
-  accuracy = report["min_norm"]["curve"]["accuracy"]
-  assert accuracy[0] == report["clean_accuracy"] and accuracy[-1] <= accuracy[0]
+  for attack in ("fab", "fmn"):
+    norms = np.array([float(r[f"min_norm_{attack}"]) for r in rows])
+    found = np.isfinite(norms) & (norms > 0)
+    result = report["min_norm"][attack]
+    assert len(norms) == 96 and result["found"] == found.sum() > 0
+    assert result["robust_accuracy_at_eps"] == np.mean(norms > report["eps"])
+    accuracy = result["curve"]["accuracy"]
+    assert accuracy[0] == report["clean_accuracy"] and accuracy[-1] <= accuracy[0]
   assert os.path.getsize(os.path.join(workdir, "robustness_curve.png")) > 1000

@@ -3,12 +3,15 @@
 `clean`, `fgsm`, `pgd<k>` (PGD-k on cross-entropy), `cw<k>` (PGD-k on the CW margin), their
 targeted forms `pgd<k>_t` and `cw<k>_t` (towards `eval.pgd.target`), each AutoAttack stage by
 name (`apgd-ce`, `apgd-t`, `fab-t`, `square`, ...), and `autoattack`
-(the stages of a version, each on the points the earlier ones left correct).
+(the stages of a version, each on the points the earlier ones left correct); and the
+minimum-norm attacks of `config.eval.min_norm` (`fab`, `fmn`).
 """
 import re
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
-from mixacm_jax.attacks import autoattack, pgd as pgd_lib, targets
+import numpy as np
+
+from mixacm_jax.attacks import autoattack, fab, fmn, pgd as pgd_lib, targets
 from mixacm_jax.errors import ConfigError
 
 
@@ -65,3 +68,22 @@ def validate_attacks(spec: str, version: str, norm: str) -> None:
     for stage in stages:
       if stage != "clean":
         stage_fn(stage, norm)
+
+
+# The minimum-norm attacks (`eval.min_norm`): name -> attack(logits_fn, x, y, norm, steps) ->
+# (x_adv, found), each point's smallest adversarial perturbation found, from x, unbounded.
+MIN_NORM: Dict[str, Callable] = {
+    "fab": lambda f, x, y, norm, steps: fab.fab_untargeted(f, x, y, None, eps=np.inf,
+                                                           n_iter=steps, norm=norm),
+    "fmn": lambda f, x, y, norm, steps: fmn.fmn(f, x, y, norm=norm, steps=steps),
+}
+
+
+def parse_min_norm(spec: str) -> List[str]:
+  """The minimum-norm attacks of `eval.min_norm` (comma-separated); ConfigError if unknown."""
+  names = [s.strip() for s in spec.split(",") if s.strip()]
+  unknown = [n for n in names if n not in MIN_NORM]
+  if unknown:
+    raise ConfigError(f"unknown minimum-norm attack {unknown[0]!r} in eval.min_norm; known: "
+                      f"{', '.join(MIN_NORM)}")
+  return names

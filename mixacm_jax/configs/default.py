@@ -53,9 +53,9 @@ def eval_settings(*, eps: float, step_size: float, norm: str = "linf",
       # adversarial point kept, its first step-size window); False ends APGD early instead.
       "apgd_as_original": False,
       "eps_sweep": (),                  # e.g. (0.05, 0.1, 0.2): report + plot per eps
-      # --mode=eval: each point's smallest perturbation (untargeted FAB) and the robustness
-      # curve from it (robustness_curve.png).
-      "min_norm": False,
+      # --mode=eval: each point's smallest perturbation by these attacks (fab, fmn; comma-
+      # separated) and the robustness curves from it (robustness_curve.png); "": none.
+      "min_norm": "",
   })
 
 

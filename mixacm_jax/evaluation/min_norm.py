@@ -1,24 +1,24 @@
 """Minimum-norm evaluation: per point the smallest adversarial perturbation an attack finds
-(untargeted FAB, which looks for exactly that), and from it the robustness curve, robust
-accuracy at every eps from one run: a point is robust at eps when its smallest perturbation
-found is larger (0 for a point misclassified already, inf where none was found)."""
+(untargeted FAB or FMN, which look for exactly that), and from it the robustness curve,
+robust accuracy at every eps from one run: a point is robust at eps when its smallest
+perturbation found is larger (0 for a point misclassified already, inf where none was
+found)."""
 from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.attacks import fab
+from mixacm_jax.attacks import registry
 from mixacm_jax.evaluation import outcome, programs
-
-ATTACKS = ("fab",)
 
 
 def smallest_perturbations(model, variables, images: np.ndarray, labels: np.ndarray, *,
-                           norm: str, batch_size: int, n_iter: int = 100) -> np.ndarray:
-  """(N,) per point the norm of the smallest adversarial perturbation untargeted FAB finds
-  in `n_iter` steps (FAB from x, deterministic), 0 where x is misclassified already and inf
-  where none is found."""
+                           norm: str, batch_size: int, attack: str = "fab",
+                           n_iter: int = 100) -> np.ndarray:
+  """(N,) per point the norm of the smallest adversarial perturbation `attack` finds in
+  `n_iter` steps (from x, deterministic), 0 where x is misclassified already and inf where
+  none is found."""
   if not hasattr(model, "apply"):
     model, variables = programs.FunctionModel(model), variables or {}
   logits_fn = jax.tree_util.Partial(lambda v, x: model.apply(v, x), variables)
@@ -27,8 +27,7 @@ def smallest_perturbations(model, variables, images: np.ndarray, labels: np.ndar
   for i in range(0, len(labels), batch_size):
     x, y = jnp.asarray(images[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])
     correct = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
-    x_adv, found = fab.fab_untargeted(logits_fn, x, y, None, eps=np.inf, n_iter=n_iter,
-                                      norm=norm)
+    x_adv, found = registry.MIN_NORM[attack](logits_fn, x, y, norm, n_iter)
     size = outcome.perturbation(np.asarray(x_adv), np.asarray(x), norm)
     out[i:i + batch_size] = np.where(correct, np.where(np.asarray(found), size, np.inf), 0.0)
   return out
@@ -41,18 +40,18 @@ def curve(norms: np.ndarray, epsilons: Sequence[float]) -> list:
 
 
 def report(model, variables, images: np.ndarray, labels: np.ndarray, eval_cfg, *,
-           epsilons: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+           attack: str = "fab", epsilons: Optional[Sequence[float]] = None) -> Dict[str, Any]:
   """{"attack", "norm", "median" (over the clean-correct points found), "found",
   "robust_accuracy_at_eps" (at eval.threat.eps), "curve": {"eps", "accuracy"},
   "per_point"}: the curve over `epsilons` (default: 101 from 0 to twice eval.threat.eps or
   the largest perturbation found)."""
   norm, eps = eval_cfg.threat.norm, float(eval_cfg.threat.eps)
   norms = smallest_perturbations(model, variables, images, labels, norm=norm,
-                                 batch_size=int(eval_cfg.batch_size))
+                                 batch_size=int(eval_cfg.batch_size), attack=attack)
   finite = norms[np.isfinite(norms) & (norms > 0)]
   if epsilons is None:
     epsilons = np.linspace(0.0, max(2 * eps, float(finite.max(initial=0.0))), 101).tolist()
-  return {"attack": "fab", "norm": norm,
+  return {"attack": attack, "norm": norm,
           "median": float(np.median(finite)) if len(finite) else None,
           "found": int(len(finite)), "robust_accuracy_at_eps": float(np.mean(norms > eps)),
           "curve": {"eps": list(map(float, epsilons)), "accuracy": curve(norms, epsilons)},

@@ -31,9 +31,9 @@ def plot_curve(report: Dict[str, Any], path: str) -> None:
   perturbation), with the eps-bounded attacks' robust accuracy on the same axes: at the
   report's eps, and at each eps of a sweep."""
   plt, fig, ax = _figure()
-  curve = report["min_norm"]["curve"]
-  ax.plot(curve["eps"], [100 * a for a in curve["accuracy"]], "k-",
-          label=f"{report['min_norm']['attack']} minimum norm")
+  for style, (name, result) in zip(("k-", "k--"), report["min_norm"].items()):
+    ax.plot(result["curve"]["eps"], [100 * a for a in result["curve"]["accuracy"]], style,
+            label=f"{name} minimum norm")
   for name, result in report["attacks"].items():
     ax.plot([report["eps"]], [100 * result["robust_accuracy"]], "o", label=name)
   sweep = report.get("eps_sweep")
@@ -95,15 +95,15 @@ def example_rows(examples: Dict[str, Any]):
   attacks = examples["attacks"]
   header = ["index", "label", "clean_prediction", "clean_margin"] + [
       f"{a}_{c}" for a in attacks for c in ("broken_by", "margin", "perturbation")]
-  min_norm = examples.get("min_norm")
-  header += ["min_norm"] if min_norm is not None else []
+  min_norm = examples.get("min_norm") or {}
+  header += [f"min_norm_{a}" for a in min_norm]
   rows = []
   for i in range(len(examples["index"])):
     row = [int(examples["index"][i]), int(examples["label"][i]),
            int(examples["clean_prediction"][i]), f"{examples['clean_margin'][i]:.6g}"]
     for a in attacks.values():
       row += [a["broken_by"][i], f"{a['margin'][i]:.6g}", f"{a['perturbation'][i]:.6g}"]
-    row += [f"{min_norm[i]:.6g}"] if min_norm is not None else []
+    row += [f"{norms[i]:.6g}" for norms in min_norm.values()]
     rows.append(row)
   return header, rows
 
