@@ -95,7 +95,8 @@ def _train_and_attack(name, cfg, run_dir, teacher):
   report["autoattack_examples"] = subset["num_examples"]
   report["clean_accuracy_subset"] = subset["clean_accuracy"]
   row = pipeline.result_row(name, result)
-  return {**row, "seed": cfg.seed, "report": report, "history": common.eval_history(run_dir), "eval_seconds": time.perf_counter() - t0,
+  return {**row, "seed": cfg.seed, "report": report, "history": common.eval_history(run_dir),
+          "eval_seconds": time.perf_counter() - t0,
           "sweep": {"eps": sweep["epsilons"],
                     "pgd20": [r["attacks"]["pgd20"]["robust_accuracy"]
                               for r in sweep["reports"]]},

@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mixacm_jax import models
+from mixacm_jax.attacks import registry
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.evaluation import robustness, transfer
 from mixacm_jax.runtime import checkpoint, reporting
@@ -58,6 +59,8 @@ def markdown(grid, attack: str, eps: float, n: int) -> str:
 def main(argv):
   del argv
   config = FLAGS.config
+  registry.validate_attacks(FLAGS.attack, config.eval.autoattack_version,
+                            config.eval.threat.norm)
   info = input_pipeline.get_info(config.data)
   eval_cfg = config.eval.copy_and_resolve_references()
   eval_cfg.attacks, eval_cfg.num_examples = FLAGS.attack, FLAGS.num_examples

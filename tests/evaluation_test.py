@@ -533,3 +533,40 @@ def test_eval_mode_writes_the_minimum_norm_curve(trained, tmp_path):
     accuracy = result["curve"]["accuracy"]
     assert accuracy[0] == report["clean_accuracy"] and accuracy[-1] <= accuracy[0]
   assert os.path.getsize(os.path.join(workdir, "robustness_curve.png")) > 1000
+
+
+def test_review_guards_compile_once_restore_tracers_and_fail_early(monkeypatch, trained,
+                                                                   tmp_path):
+  """A stage compiles once for all its target classes; the dynamic check leaves another
+  tracer in place; a repeated custom stage, a missing transfer source and a training-time
+  targeted PGD towards a class the data lacks are one line, before any work."""
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.evaluation import (  # pylint: disable=g-import-not-at-top
+      checkpoint_report, programs)
+  _short_stages(monkeypatch)
+  built = []
+  stage = programs.stage
+  monkeypatch.setattr(programs, "stage", lambda *a: built.append(1) or stage(*a))
+  cfg = api.eval_config(attacks="clean,autoattack", eps=0.05, version="apgd-t", batch_size=32)
+  tracer = lambda frame, event, arg: None
+  sys.settrace(tracer)
+  try:
+    robustness.report_on_arrays(linear, None, X, Y, cfg, verbose=False)
+    assert sys.gettrace() is tracer
+  finally:
+    sys.settrace(None)
+  assert len(built) == 1  # 2 target classes, one program
+  with pytest.raises(ConfigError, match="repeats a stage"):
+    api.evaluate(linear, None, X, labels=Y, attacks="autoattack", version="apgd-ce+apgd-ce")
+  config = default.get_config()
+  config.model.kwargs.base_width, config.model.kwargs.stage_sizes = 4, (1, 1)
+  config.transfer.checkpoint = str(tmp_path / "missing")
+  with pytest.raises(CheckpointError, match="the transfer source"):
+    checkpoint_report.robustness_of_checkpoint(config, trained)
+  assert not os.path.exists(os.path.join(trained, "robustness.json"))
+  config = default.get_config()
+  config.train_evals.pgd.attacks, config.eval.pgd.target = "clean,pgd2_t", "12"
+  with pytest.raises(ConfigError, match="eval.pgd.target 12 is not a class"):
+    train.train_and_evaluate(config, str(tmp_path / "train"))
+  assert not os.path.exists(tmp_path / "train" / "checkpoints")

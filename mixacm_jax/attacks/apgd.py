@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import keys, loop, targets
-from mixacm_jax.attacks.pgd import (ascent_direction, ce_loss, check_labels, per_example_norm,
-                                    project)
+from mixacm_jax.attacks.pgd import ascent_direction, ce_loss, check_labels, project, unit_noise
 from mixacm_jax.runtime import parallel
 
 
@@ -148,16 +147,7 @@ def _value_and_grad(loss_of: Callable, eot_iter: int, c: ApgdConsts, v: jnp.ndar
 def _start(c: ApgdConsts, norm: str) -> jnp.ndarray:
   """The random start: x plus eps times noise of unit L-inf (uniform) or L2 (Gaussian) norm
   per example, clipped to [0, 1]."""
-  x, key, eps = c.x, c.key, c.eps
-  n = x.shape[0]
-  bshape = (n,) + (1,) * (x.ndim - 1)
-  if norm == "linf":
-    t = keys.sample(key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
-    t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape(bshape)
-  else:
-    t = keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
-    t = t / (per_example_norm(t) + 1e-12)
-  return jnp.clip(x + eps * t, 0.0, 1.0)
+  return jnp.clip(c.x + c.eps * unit_noise(c.key, c.x, norm), 0.0, 1.0)
 
 
 def _settled(s: ApgdState, c: ApgdConsts) -> jnp.ndarray:

@@ -107,6 +107,9 @@ def _version(version: str) -> List[Tuple[str, Dict[str, Any]]]:
   stages = [s.strip() for s in version.split("+")]
   if "+" in version or version in STAGES:
     unknown = [s for s in stages if s not in STAGES]
+    if len(set(stages)) < len(stages):
+      raise ValueError(f"the custom AutoAttack version {version!r} repeats a stage; give each "
+                       "stage once (restarts: overrides such as {'apgd-ce': {'n_restarts': 5}})")
     if not unknown:
       return [(s, {}) for s in stages]
     raise ValueError(f"unknown AutoAttack stage {unknown[0]!r} in the custom version "

@@ -17,8 +17,8 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.attacks import keys, loop, targets
-from mixacm_jax.attacks.pgd import check_labels, per_example_norm, project
+from mixacm_jax.attacks import loop, targets
+from mixacm_jax.attacks.pgd import check_labels, flat_norm, project, unit_noise
 from mixacm_jax.runtime import parallel
 
 
@@ -55,11 +55,6 @@ def project_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray, hi: jnp.
   r = (target[:, 0] - s_low) / jnp.maximum(slope, 1e-12)
   r = jnp.where(feasible, r, jnp.inf)
   return s * jnp.minimum(jnp.where(u > 0, r[:, None] * u, 0.0), cap)
-
-
-def _norm(d: jnp.ndarray, norm: str) -> jnp.ndarray:
-  """Per-row norm of flattened (N, D) arrays."""
-  return jnp.max(jnp.abs(d), 1) if norm == "linf" else jnp.sqrt(jnp.sum(d * d, 1))
 
 
 class FabConsts(NamedTuple):
@@ -112,7 +107,8 @@ def _closest_boundary(c: FabConsts, v: jnp.ndarray, norm: str):
   z, vjp = jax.vjp(c.logits_fn, v)
   num_classes = z.shape[-1]
   onehot = jnp.eye(num_classes, dtype=z.dtype)
-  jac = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, z.shape))[0])(onehot)  # (K, N, ...)
+  # One class at a time (lax.map): the memory of one backward pass, not K.
+  jac = jax.lax.map(lambda e: vjp(jnp.broadcast_to(e, z.shape))[0], onehot)  # (K, N, ...)
   jac = jnp.moveaxis(jac, 0, 1).reshape(z.shape[0], num_classes, -1)        # (N, K, D)
   rows = jnp.arange(z.shape[0])
   df = z - z[rows, c.y][:, None]
@@ -125,14 +121,7 @@ def _closest_boundary(c: FabConsts, v: jnp.ndarray, norm: str):
 
 def _random_start(c: FabConsts, norm: str) -> jnp.ndarray:
   """x + eps / 2 times noise of unit norm (uniform for L-inf, Gaussian for L2), clipped."""
-  x, n = c.x, c.x.shape[0]
-  if norm == "linf":
-    t = keys.sample(c.key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
-    t = t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape((n,) + (1,) * (x.ndim - 1))
-  else:
-    t = keys.sample(c.key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
-    t = t / (per_example_norm(t) + 1e-12)
-  return jnp.clip(x + 0.5 * c.eps * t, 0.0, 1.0)
+  return jnp.clip(c.x + 0.5 * c.eps * unit_noise(c.key, c.x, norm), 0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,11 +144,11 @@ def _program(norm: str, alpha_max: float, eta: float, beta: float, targeted: boo
     w = grad.reshape(x0.shape)
     d1 = project_hyperplane(w, -gap, -cur, 1.0 - cur, norm)
     d2 = project_hyperplane(w, -gap - jnp.sum(w * (x0 - cur), 1), -x0, 1.0 - x0, norm)
-    a1, a2 = _norm(d1, norm)[:, None], _norm(d2, norm)[:, None]
+    a1, a2 = flat_norm(d1, norm)[:, None], flat_norm(d2, norm)[:, None]
     alpha = jnp.clip(a1 / jnp.maximum(a1 + a2, 1e-12), 0.0, alpha_max)
     new = jnp.clip((cur + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
     adv = jnp.argmax(logits_fn(new.reshape(x.shape)), -1) != y
-    size = _norm(new - x0, norm)
+    size = flat_norm(new - x0, norm)
     better = adv & (size < best_norm)
     best = jnp.where(better[:, None], new, best)
     best_norm = jnp.where(better, size, best_norm)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.attacks import loop
-from mixacm_jax.attacks.pgd import check_labels, margin_loss
+from mixacm_jax.attacks.pgd import check_labels, flat_norm, margin_loss
 
 
 class FmnConsts(NamedTuple):
@@ -38,15 +38,6 @@ class FmnState(NamedTuple):
   found: jnp.ndarray
 
 
-def _flat_norm(v: jnp.ndarray, norm: str) -> jnp.ndarray:
-  v = v.reshape(v.shape[0], -1)
-  if norm == "linf":
-    return jnp.max(jnp.abs(v), 1)
-  if norm == "l1":
-    return jnp.sum(jnp.abs(v), 1)
-  return jnp.sqrt(jnp.sum(v * v, 1))
-
-
 def _per_example(v: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
   return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
@@ -55,13 +46,13 @@ def _project(delta: jnp.ndarray, eps: jnp.ndarray, norm: str) -> jnp.ndarray:
   e = _per_example(eps, delta)
   if norm == "linf":
     return jnp.clip(delta, -e, e)
-  size = _per_example(_flat_norm(delta, "l2"), delta)
+  size = _per_example(flat_norm(delta, "l2"), delta)
   return delta * jnp.minimum(1.0, e / jnp.maximum(size, 1e-12))
 
 
 def _keep_best(s: FmnState, c: FmnConsts, delta: jnp.ndarray, adv: jnp.ndarray, norm: str):
   """(best_norm, best) with `delta` taken where adversarial and smaller."""
-  size = _flat_norm(delta, norm)
+  size = flat_norm(delta, norm)
   better = adv & (size < s.best_norm)
   return (jnp.where(better, size, s.best_norm),
           jnp.where(_per_example(better, c.x), c.x + delta, s.best))
@@ -88,14 +79,14 @@ def _program(norm: str, steps: int, alpha_init: float, alpha_final: float, gamma
       per = margin_loss(logits, c.y)
       return jnp.sum(per), (per, jnp.argmax(logits, -1) != c.y)
     (_, (per, adv)), grad = jax.value_and_grad(loss, has_aux=True)(s.delta)
-    size = _flat_norm(s.delta, norm)
+    size = flat_norm(s.delta, norm)
     best_norm, best = _keep_best(s, c, s.delta, adv, norm)
     found = s.found | adv
-    to_boundary = jnp.abs(per) / jnp.maximum(_flat_norm(grad, dual), 1e-12)
+    to_boundary = jnp.abs(per) / jnp.maximum(flat_norm(grad, dual), 1e-12)
     eps = jnp.where(adv, jnp.minimum(s.eps * (1 - gamma), best_norm),
                     jnp.where(found, s.eps * (1 + gamma), size + to_boundary))
-    eps = jnp.minimum(eps, _flat_norm(jnp.maximum(c.x, 1 - c.x), norm))
-    delta = s.delta + alpha * grad / _per_example(jnp.maximum(_flat_norm(grad, "l2"), 1e-12),
+    eps = jnp.minimum(eps, flat_norm(jnp.maximum(c.x, 1 - c.x), norm))
+    delta = s.delta + alpha * grad / _per_example(jnp.maximum(flat_norm(grad, "l2"), 1e-12),
                                                   grad)
     delta = jnp.clip(c.x + _project(delta, eps, norm), 0.0, 1.0) - c.x
     return FmnState(delta, eps, best_norm, best, found)

@@ -51,6 +51,27 @@ def per_example_norm(v: jnp.ndarray) -> jnp.ndarray:
   return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
 
 
+def flat_norm(v: jnp.ndarray, norm: str) -> jnp.ndarray:
+  """(N,) each example's L-inf, L2 or L1 norm."""
+  v = v.reshape(v.shape[0], -1)
+  if norm == "linf":
+    return jnp.max(jnp.abs(v), 1)
+  if norm == "l1":
+    return jnp.sum(jnp.abs(v), 1)
+  return jnp.sqrt(jnp.sum(v * v, 1))
+
+
+def unit_noise(key: jax.Array, x: jnp.ndarray, norm: str) -> jnp.ndarray:
+  """Noise of unit norm per example, x's shape: uniform scaled to unit L-inf norm, or
+  Gaussian scaled to unit L2 norm (APGD's and FAB's random starts). `key`: (2,) or (N, 2)."""
+  n = x.shape[0]
+  if norm == "linf":
+    t = keys.sample(key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
+    return t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape((n,) + (1,) * (x.ndim - 1))
+  t = keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
+  return t / (per_example_norm(t) + 1e-12)
+
+
 def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:
   """Projects onto the eps-ball around x, then onto the [0, 1] box."""
   delta = x_adv - x

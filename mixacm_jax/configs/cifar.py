@@ -21,7 +21,8 @@ def get_config(dataset: str = "cifar10"):
   config.data.update(name=dataset, crop_padding=4, random_flip=True,
                      num_threads=16,  # PNG decoding + augmentation per example
                      prefetch=8)
-  config.model.kwargs = ml_collections.ConfigDict()
+  for model in (config.model, config.teacher.model, config.transfer.model):
+    model.kwargs = ml_collections.ConfigDict()  # the architectures' own sizes
   config.optim.update(batch_size=128, learning_rate=0.1, weight_decay=5e-4,
                       schedule="piecewise", warmup_epochs=0.0)
   config.eval = default.eval_settings(eps=EPS, step_size=STEP_SIZE, batch_size=500,
@@ -44,7 +45,6 @@ def mixacm_config(student: str, teacher: str, stages, dataset: str = "cifar10"):
   config.objective.name = "mixacm"
   config.objective.mixacm.acm.stages = tuple(stages)
   config.teacher.model.name = teacher
-  config.teacher.model.kwargs = ml_collections.ConfigDict()
   config.optim.num_epochs = 200
   config.optim.decay_epochs = (100, 150)
   config.pipeline = ml_collections.ConfigDict()

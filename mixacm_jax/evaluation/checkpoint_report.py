@@ -34,6 +34,9 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
   variables = checkpoint.load_variables(model, info.image_shape, workdir, step)
+  source_model = (source.load(config.transfer, info.num_classes, info.image_shape,
+                              role="the transfer source (config.transfer)")
+                  if source.is_given(config.transfer) else None)  # before any work
   attacks = registry.parse_attacks(config.eval.attacks, config.eval.autoattack_version)
   settings = provenance.attack_settings(config.eval, attacks, config.eval.threat.eps,
                                         config.seed)
@@ -54,8 +57,8 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
     report = robustness.report_on_split(model, variables, config.data, config.eval,
                                         seed=config.seed, journal=journal)
   report["checkpoint"] = os.path.abspath(workdir)
-  if source.is_given(config.transfer):
-    _add_transfer(report, (model, variables), config, info)
+  if source_model is not None:
+    _add_transfer(report, (model, variables), source_model, config)
   if config.eval.eps_sweep:
     sweep = robustness.eps_sweep(model, variables, config.data, config.eval,
                                  list(config.eval.eps_sweep), seed=config.seed)
@@ -71,17 +74,15 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   return report
 
 
-def _add_transfer(report: Dict[str, Any], target, config, info) -> None:
+def _add_transfer(report: Dict[str, Any], target, loaded: source.Loaded, config) -> None:
   """The report's transfer entries: each attack crafted on `config.transfer`'s model and
   evaluated on the checkpoint's (the same points, keys and settings)."""
-  loaded = source.load(config.transfer, info.num_classes, info.image_shape,
-                       role="the transfer source")
   images, labels, real = robustness.split_arrays(config.data, config.eval)
   if reporting.is_primary():
     print(f"Transfer: crafting each attack on {loaded.source}", flush=True)
-  result = transfer.transfer_report(target, (loaded.model, loaded.variables), images[real],
-                                    labels[real], config.eval, source_name=loaded.source,
-                                    seed=config.seed)
+  result = transfer.transfer_report(target, (loaded.model, loaded.variables), images, labels,
+                                    config.eval, source_name=loaded.source, real=real,
+                                    seed=config.seed, verbose=True)
   report["attacks"].update(result.pop("attacks"))
   report["examples"]["attacks"].update(result.pop("examples"))
   report["warnings"] += result.pop("warnings")

@@ -19,8 +19,8 @@ def smallest_perturbations(model, variables, images: np.ndarray, labels: np.ndar
   """(N,) per point the norm of the smallest adversarial perturbation `attack` finds in
   `n_iter` steps (from x, deterministic), 0 where x is misclassified already and inf where
   none is found."""
-  if not hasattr(model, "apply"):
-    model, variables = programs.FunctionModel(model), variables or {}
+  registry.parse_min_norm(attack)
+  model, variables = programs.as_model(model, variables)
   logits_fn = jax.tree_util.Partial(lambda v, x: model.apply(v, x), variables)
   images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
   out = np.zeros(len(labels), np.float32)
@@ -29,7 +29,8 @@ def smallest_perturbations(model, variables, images: np.ndarray, labels: np.ndar
     correct = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
     x_adv, found = registry.MIN_NORM[attack](logits_fn, x, y, norm, n_iter)
     size = outcome.perturbation(np.asarray(x_adv), np.asarray(x), norm)
-    out[i:i + batch_size] = np.where(correct, np.where(np.asarray(found), size, np.inf), 0.0)
+    found = np.asarray(found) & np.isfinite(size)  # a non-finite point is no perturbation
+    out[i:i + batch_size] = np.where(correct, np.where(found, size, np.inf), 0.0)
   return out
 
 

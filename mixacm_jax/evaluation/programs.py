@@ -3,7 +3,7 @@ clean pass, the margins of returned points, and one attack stage over a batch of
 A program is built once per `cache` dict (an eps sweep and a training run share one: eps is
 a traced argument, so one compilation serves every eps)."""
 import inspect
-from typing import Callable, Dict, Hashable, Optional
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,13 @@ class FunctionModel:
     if self.takes_rng and rngs is not None:
       return self.fn(x, rng=rngs["noise"])
     return self.fn(x)
+
+
+def as_model(model, variables) -> Tuple[Any, Any]:
+  """(model, variables): a Flax model as given, a logits function as a `FunctionModel`."""
+  if hasattr(model, "apply"):
+    return model, variables
+  return FunctionModel(model), variables or {}
 
 
 def cached(cache: Optional[Dict], key: Hashable, build: Callable):

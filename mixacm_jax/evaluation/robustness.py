@@ -128,8 +128,8 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   settings (`{"square": {"n_queries": 1000}}`); with `return_points`, each attack's
   per-example entry has the returned points (`x_adv`). Bad images, labels or a model that
   cannot take them are one ConfigError (see `inputs`), before any work."""
-  if not hasattr(model, "apply"):
-    model, variables = programs_lib.FunctionModel(model), variables or {}
+  model, variables = programs_lib.as_model(model, variables)
+  programs = {} if programs is None else programs  # one compilation per stage and settings
   images, labels, real, num_classes = _checked_inputs(model, variables, images, labels, real)
   attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
   all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
@@ -197,28 +197,35 @@ _GRADIENT_CODES = frozenset(inspect.unwrap(fn).__code__ for fn in (
 
 
 def _dynamic_flag(model, variables, x: np.ndarray) -> Optional[str]:
-  """The original's `check_dynamic` on one forward pass, run eagerly: gradient calls inside
-  it, and (a Flax model) the collections it changes when allowed to."""
+  """The original's `check_dynamic` on one forward pass: for a logits function, gradient
+  calls inside it (run eagerly, traced); for a Flax model, the collections it changes when
+  allowed to."""
+  if isinstance(model, programs_lib.FunctionModel):
+    return sanity.dynamic(_gradient_calls(lambda: model.apply(variables, x)) > 0, [])
+  try:
+    _, after = model.apply(variables, x, mutable=True)
+  except TypeError:  # an `apply` that is not Flax's
+    after = {}
+  return sanity.dynamic(False, sanity.changed_collections(variables, after))
+
+
+def _gradient_calls(forward: Callable[[], Any]) -> int:
+  """How many JAX gradient transformations `forward()` calls (without jit, so that a
+  jitted function's body runs too); another tracer (a debugger, coverage) is restored."""
   calls = [0]
 
   def count(frame, event, arg):
     del arg
     if event == "call" and frame.f_code in _GRADIENT_CODES:
       calls[0] += 1
+  previous = sys.gettrace()
   with jax.disable_jit():
     sys.settrace(count)
     try:
-      model.apply(variables, x)
+      forward()
     finally:
-      sys.settrace(None)
-  changed = []
-  if not isinstance(model, programs_lib.FunctionModel):
-    try:
-      _, after = model.apply(variables, x, mutable=True)
-    except TypeError:  # an `apply` that is not Flax's
-      after = {}
-    changed = sanity.changed_collections(variables, after)
-  return sanity.dynamic(calls[0] > 0, changed)
+      sys.settrace(previous)
+  return calls[0]
 
 
 def _replayed(journal, key: str) -> Optional[Dict[str, np.ndarray]]:
@@ -332,7 +339,7 @@ def _stage_program(run: _Run, stage_name: str, settings: Tuple[Tuple[str, Any], 
   t = run.threat
   host = stage_name in autoattack.STAGES and programs_lib.host_loops()
   return programs_lib.cached(
-      run.programs, (stage_name, t.norm, t.restarts, t.target, settings),
+      run.programs, (stage_name, t.norm, t.restarts, t.target, run.as_original, settings),
       lambda: programs_lib.stage(run.model, registry.stage_fn(
           stage_name, t.norm, t.restarts, run.as_original, settings, t.target), host))
 

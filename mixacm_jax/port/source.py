@@ -6,7 +6,7 @@ and `step`, 0 for the latest) or `robustbench` (an entry, with `dataset`, `threa
 from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 from mixacm_jax import models
-from mixacm_jax.errors import ConfigError
+from mixacm_jax.errors import CheckpointError, ConfigError
 from mixacm_jax.port import zoo
 from mixacm_jax.runtime import checkpoint as ckpt_lib
 
@@ -33,7 +33,10 @@ def load(cfg, num_classes: int, image_shape: Sequence[int], *, role: str,
   if not path:
     raise ConfigError(f"{role} is not given: set its checkpoint or its robustbench entry")
   model = models.create_model_from_config(cfg.model, num_classes)
-  variables = ckpt_lib.load_variables(model, image_shape, path, cfg.get("step") or None)
+  try:
+    variables = ckpt_lib.load_variables(model, image_shape, path, cfg.get("step") or None)
+  except CheckpointError as e:  # name whose checkpoint, and where its architecture is set
+    raise CheckpointError(f"{role}: {e}") from None
   return Loaded(model, variables, path)
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import optax
 
 from mixacm_jax import models, objectives
+from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import ConfigError, NonFiniteLossError
-from mixacm_jax.evaluation import robustness
+from mixacm_jax.evaluation import robustness, sanity
 from mixacm_jax.runtime import (checkpoint as ckpt_lib, parallel, preemption, reporting, storage,
                                 workdir_lock)
 from mixacm_jax.training import optim, teacher as teacher_lib
@@ -155,6 +156,16 @@ def _check_state(step: int, state, checkpointer) -> None:
         f"stopped ({checkpointer.last_good()}). Lower optim.learning_rate or check the inputs.")
 
 
+def _check_evaluations(config, num_classes: int) -> None:
+  """Before any training: the training-time evaluations' attacks can serve the data's
+  classes (the DLR stages need 3; a targeted PGD's given class must exist)."""
+  for e in config.train_evals.values():
+    stages = [s for _, names in registry.parse_attacks(e.attacks, config.eval.autoattack_version)
+              for s in names if s != "clean"]
+    sanity.check_classes(stages, num_classes)
+    sanity.check_target(stages, str(config.eval.pgd.get("target", "random")), num_classes)
+
+
 def _check_resumable(restored_step: Optional[int], total_steps: int, workdir: str) -> None:
   if restored_step is not None and restored_step > total_steps:
     raise ConfigError(
@@ -232,6 +243,7 @@ def _prepare(config, workdir, teacher, objective):
   """(the run, the replicated state): the model, the teacher, the state restored from the
   latest checkpoint, the compiled step and the evaluations."""
   info = input_pipeline.get_info(config.data)
+  _check_evaluations(config, info.num_classes)
   model = models.create_model_from_config(config.model, info.num_classes)
   steps_per_epoch = input_pipeline.steps_per_epoch(config.data, config.optim.batch_size)
   total_steps = config.optim.get("num_steps") or int(config.optim.num_epochs * steps_per_epoch)
