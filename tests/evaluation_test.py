@@ -312,6 +312,7 @@ def _robust(report, attack):
   return np.asarray(report["examples"]["attacks"][attack]["broken_by"]) == ""
 
 
+@pytest.mark.slow
 def test_individual_mode_runs_each_stage_on_every_point_beside_the_worst_case(monkeypatch):
   """Each stage alone gives what the same attack gives on its own (Square has the first
   stage's key, FAB-T uses none); the worst case is robust where every stage failed, and a
@@ -336,6 +337,7 @@ def test_individual_mode_runs_each_stage_on_every_point_beside_the_worst_case(mo
   assert report["settings"]["autoattack_mode"] == "individual"
 
 
+@pytest.mark.slow
 def test_plus_restarts_attack_only_what_is_left_and_never_break_fewer(monkeypatch):
   assert autoattack.get_version("plus") == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t",
                                             "fab-t"]
@@ -535,6 +537,7 @@ def test_eval_mode_writes_the_minimum_norm_curve(trained, tmp_path):
   assert os.path.getsize(os.path.join(workdir, "robustness_curve.png")) > 1000
 
 
+@pytest.mark.slow
 def test_review_guards_compile_once_restore_tracers_and_fail_early(monkeypatch, trained,
                                                                    tmp_path):
   """A stage compiles once for all its target classes; the dynamic check leaves another
