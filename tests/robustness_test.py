@@ -96,8 +96,8 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
   compiles = [r.getMessage()[:100] for r in caplog.records
               if r.getMessage().startswith("Compiling") and "run" in r.getMessage()]
   assert compiles == []
-  assert set(programs) == {"clean", "margins", ("pgd3", "linf", 1, "random", ()),
-                           ("fgsm", "linf", 1, "random", ())}
+  assert set(programs) == {"clean", "margins", ("pgd3", "linf", 1, "random", False, ()),
+                           ("fgsm", "linf", 1, "random", False, ())}
   for report in [first] + later:  # the traced eps is the one used: nothing moved far
     assert report["attacks"]["pgd3"]["robust_accuracy"] == first["clean_accuracy"]
   # The traced eps is the one used: each sweep point equals FGSM computed directly at it.
