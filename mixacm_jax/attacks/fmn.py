@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.attacks import loop
-from mixacm_jax.attacks.pgd import check_labels, flat_norm, margin_loss
+from mixacm_jax.attacks.pgd import check_labels, flat_norm, margin_loss, project
+from mixacm_jax.runtime import parallel
 
 
 class FmnConsts(NamedTuple):
@@ -38,24 +39,12 @@ class FmnState(NamedTuple):
   found: jnp.ndarray
 
 
-def _per_example(v: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _project(delta: jnp.ndarray, eps: jnp.ndarray, norm: str) -> jnp.ndarray:
-  e = _per_example(eps, delta)
-  if norm == "linf":
-    return jnp.clip(delta, -e, e)
-  size = _per_example(flat_norm(delta, "l2"), delta)
-  return delta * jnp.minimum(1.0, e / jnp.maximum(size, 1e-12))
-
-
 def _keep_best(s: FmnState, c: FmnConsts, delta: jnp.ndarray, adv: jnp.ndarray, norm: str):
   """(best_norm, best) with `delta` taken where adversarial and smaller."""
   size = flat_norm(delta, norm)
   better = adv & (size < s.best_norm)
   return (jnp.where(better, size, s.best_norm),
-          jnp.where(_per_example(better, c.x), c.x + delta, s.best))
+          jnp.where(parallel.per_example(better, c.x), c.x + delta, s.best))
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,9 +75,9 @@ def _program(norm: str, steps: int, alpha_init: float, alpha_final: float, gamma
     eps = jnp.where(adv, jnp.minimum(s.eps * (1 - gamma), best_norm),
                     jnp.where(found, s.eps * (1 + gamma), size + to_boundary))
     eps = jnp.minimum(eps, flat_norm(jnp.maximum(c.x, 1 - c.x), norm))
-    delta = s.delta + alpha * grad / _per_example(jnp.maximum(flat_norm(grad, "l2"), 1e-12),
+    delta = s.delta + alpha * grad / parallel.per_example(jnp.maximum(flat_norm(grad, "l2"), 1e-12),
                                                   grad)
-    delta = jnp.clip(c.x + _project(delta, eps, norm), 0.0, 1.0) - c.x
+    delta = project(c.x + delta, c.x, eps, norm) - c.x
     return FmnState(delta, eps, best_norm, best, found)
 
   def finish(s: FmnState, c: FmnConsts):

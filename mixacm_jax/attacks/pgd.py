@@ -72,8 +72,11 @@ def unit_noise(key: jax.Array, x: jnp.ndarray, norm: str) -> jnp.ndarray:
   return t / (per_example_norm(t) + 1e-12)
 
 
-def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:
-  """Projects onto the eps-ball around x, then onto the [0, 1] box."""
+def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps, norm: str) -> jnp.ndarray:
+  """Projects onto the eps-ball around x (eps: one radius, or one per example, (N,)), then
+  onto the [0, 1] box."""
+  if jnp.ndim(eps) == 1:
+    eps = parallel.per_example(eps, x)
   delta = x_adv - x
   if norm == "linf":
     delta = jnp.clip(delta, -eps, eps)

@@ -61,6 +61,15 @@ def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
   return out
 
 
+def autoattack_settings(attacks: List[Tuple[str, List[str]]], version: str
+                        ) -> Dict[str, Dict[str, object]]:
+  """The settings `version` gives its stages (e.g. `plus`'s restarts) where `autoattack` is
+  one of `attacks` (`parse_attacks`); {} otherwise."""
+  if any(name == "autoattack" for name, _ in attacks):
+    return autoattack.version_settings(version)
+  return {}
+
+
 def validate_attacks(spec: str, version: str, norm: str) -> None:
   """Raises ConfigError for an unknown attack or AutoAttack version (before any work)."""
   parse_attacks("autoattack", version)

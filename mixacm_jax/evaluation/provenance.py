@@ -6,7 +6,7 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import numpy as np
 
-from mixacm_jax.attacks import autoattack
+from mixacm_jax.attacks import autoattack, registry
 
 PACKAGES = ("mixacm_jax", "jax", "jaxlib", "flax", "numpy")
 
@@ -44,8 +44,8 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.
           "eps": float(eps), "norm": eval_cfg.threat.norm, "attacks": eval_cfg.attacks,
           "autoattack_version": eval_cfg.autoattack_version,
           "autoattack_mode": eval_cfg.get("autoattack_mode", "worst_case"),
-          "autoattack_settings": (autoattack.version_settings(eval_cfg.autoattack_version)
-                                  if any(n == "autoattack" for n, _ in attacks) else {}),
+          "autoattack_settings": registry.autoattack_settings(attacks,
+                                                              eval_cfg.autoattack_version),
           "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
           "batch_size": int(eval_cfg.batch_size), "stages": stages,
           "versions": {p: _version(p) for p in PACKAGES}}

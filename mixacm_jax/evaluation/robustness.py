@@ -142,8 +142,7 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
                                                                  len(labels))),
              Threat.of(eval_cfg, eps), num_classes, key, programs, journal, verbose,
              bool(eval_cfg.get("apgd_as_original", False)), stage_settings,
-             autoattack.version_settings(eval_cfg.autoattack_version)
-             if any(n == "autoattack" for n, _ in attacks) else {},
+             registry.autoattack_settings(attacks, eval_cfg.autoattack_version),
              eval_cfg.get("autoattack_mode", "worst_case") == "individual")
   report, clean = _clean_pass(run)
   report.update(eps=run.threat.eps, norm=run.threat.norm,
