@@ -188,6 +188,19 @@ def _original_sequence(net, x_t, y_t, eps, norm, n_queries, version="standard"):
   return after
 
 
+def _compare_stages(label, ours, theirs, clean_logits, y, *, bites, differ):
+  """After every stage, robust accuracy within 2.5 points of the original's and at most
+  `differ` points differing; after stage `bites`, 10 points below clean accuracy."""
+  print(f"{label}: robust % after each stage: ours",
+        [round(100 * float(v.mean()), 1) for v in ours.values()], "original",
+        [round(100 * float(v.mean()), 1) for v in theirs.values()])
+  clean = np.asarray(jnp.argmax(clean_logits, -1) == y).mean()
+  assert ours[bites].mean() < clean - 0.1  # the attack bites on this model
+  for stage in ours:
+    assert abs(ours[stage].mean() - theirs[stage].mean()) <= 0.025 + 1e-9, stage
+    assert np.sum(ours[stage] != theirs[stage]) <= differ, stage
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", EPS_L2)])
 def test_autoattack_matches_the_original_code_stage_by_stage(setup, norm, eps):
@@ -206,14 +219,8 @@ def test_autoattack_matches_the_original_code_stage_by_stage(setup, norm, eps):
   d = np.asarray(x_adv - np.asarray(x)).reshape(n, -1)
   size = np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
   assert size.max() <= eps + 1e-5 and x_adv.min() >= 0 and x_adv.max() <= 1
-  print(f"{norm} eps={eps}: robust % after each stage: ours",
-        [round(100 * float(v.mean()), 1) for v in ours.values()], "original",
-        [round(100 * float(v.mean()), 1) for v in theirs.values()])
-  clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y).mean()
-  assert ours["square"].mean() < clean - 0.1  # the attack bites on this model
-  for stage in ours:
-    assert abs(ours[stage].mean() - theirs[stage].mean()) <= 0.025 + 1e-9, stage
-    assert np.sum(ours[stage] != theirs[stage]) <= 5, stage
+  _compare_stages(f"{norm} eps={eps}", ours, theirs, logits_fn(x), y, bites="square",
+                  differ=5)
 
 
 def _tanh_net(seed=0, dim=48, hidden=32, classes=5):
@@ -274,11 +281,4 @@ def test_autoattack_plus_matches_the_original_code_stage_by_stage(setup):
   assert list(theirs) == autoattack.get_version("plus")
   _, ours = robustness.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=EPS,
                                       version="plus", overrides={"square": {"n_queries": 1000}})
-  print("plus: robust % after each stage: ours",
-        [round(100 * float(v.mean()), 1) for v in ours.values()], "original",
-        [round(100 * float(v.mean()), 1) for v in theirs.values()])
-  clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y).mean()
-  assert ours["fab-t"].mean() < clean - 0.1  # the attack bites on this model
-  for stage in ours:
-    assert abs(ours[stage].mean() - theirs[stage].mean()) <= 0.025 + 1e-9, stage
-    assert np.sum(ours[stage] != theirs[stage]) <= 3, stage
+  _compare_stages("plus", ours, theirs, logits_fn(x), y, bites="fab-t", differ=3)
