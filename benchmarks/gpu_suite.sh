@@ -21,7 +21,8 @@ MODE="${1:-gpu}"
 if [[ "$MODE" == "--vendor" ]]; then
   mkdir -p vendor
   for pkg in ml_collections absl torchattacks robustbench pyautoattack; do
-    dir=$(python -c "import os, $pkg; print(os.path.dirname($pkg.__file__))") || exit 1
+    # find_spec, not import: robustbench's __init__ needs torchvision, which is not needed here
+    dir=$(python -c "import importlib.util as u; print(u.find_spec('$pkg').submodule_search_locations[0])") || exit 1
     rm -rf "vendor/$pkg" && cp -r "$dir" "vendor/$pkg"
   done
   rm -rf vendor/robustbench/model_zoo/models vendor/*/__pycache__  # weights are not needed
