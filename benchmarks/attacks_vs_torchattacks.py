@@ -164,7 +164,7 @@ def main():
   y = np.asarray(jnp.argmax(logits_fn(x), -1))
   x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev)
   y_t = torch.from_numpy(y.astype(np.int64)).to(dev)
-  with torch.no_grad():
+  with torch.no_grad(), common.exact_float32(torch):
     diff = np.max(np.abs(np.asarray(logits_fn(x)) - net(x_t).cpu().numpy()))
   assert diff < 1e-3, f"the two models differ (max |dlogit| = {diff})"
   print(f"{common.describe_machine()}; torch {torch.__version__} on {dev.type} ({args.threads} "

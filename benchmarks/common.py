@@ -1,8 +1,9 @@
 """The benchmarks' shared harness: device choice, timing, train steps of any objective,
-FLOP counts from XLA's cost analysis and the measured matmul peak.
+FLOP counts from XLA's cost analysis of the lowered HLO and the measured matmul peak.
 
 Every benchmark prints its command line, machine and the figures; nothing here asserts a
 speed (a benchmark is not a test)."""
+import contextlib
 import os
 import platform
 import statistics
@@ -147,12 +148,31 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
   return run_step, p_step, (p_state, p_batch, p_teacher), objective
 
 
-def compiled_flops(jitted, *args) -> float:
-  """FLOPs of one call as XLA's cost analysis counts them (per device for pmap)."""
-  analysis = jitted.lower(*args).compile().cost_analysis()
+def hlo_flops(jitted, *args) -> float:
+  """FLOPs of one call (per device for pmap) as XLA's cost analysis counts them on the lowered
+  HLO, before the backend's passes: after them the GPU's convolutions are cuDNN custom calls,
+  which the analysis counts as zero."""
+  analysis = jitted.lower(*args).cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
   return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+
+
+@contextlib.contextmanager
+def exact_float32(torch=None):
+  """Full float32 matmuls and convolutions in JAX and (given its module) PyTorch, for the
+  benchmarks' correctness checks: on NVIDIA GPUs both frameworks' float32 defaults use
+  TensorFloat-32 (10-bit mantissas), which moves logits by ~1e-3. Timing keeps the defaults."""
+  saved = None
+  if torch is not None:
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+  try:
+    with jax.default_matmul_precision("highest"):
+      yield
+  finally:
+    if saved is not None:
+      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def matmul_peak(dtype: str = "float32", n: int = None, repeats: int = 5) -> float:

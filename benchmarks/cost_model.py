@@ -40,7 +40,7 @@ def main():
     config = common.step_config("resnet18", {"base_width": args.student_width}, args.teacher,
                                 teacher_kwargs, name, dtype, args.attack_steps)
     run_step, p_step, step_args, objective = common.build_train_step(config, args.batch, 1)
-    flops = common.compiled_flops(p_step, *step_args)
+    flops = common.hlo_flops(p_step, *step_args)
     run_step()  # compiles
     med, lo, hi = common.timed(run_step, args.steps)
     per = objective.passes(objective.settings(config.objective))

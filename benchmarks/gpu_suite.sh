@@ -29,7 +29,8 @@ if [[ "$MODE" == "--vendor" ]]; then
   du -sh vendor
   exit 0
 fi
-[[ -d vendor ]] && export PYTHONPATH="$PWD/vendor${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # mixacm_jax from this checkout, installed or not
+[[ -d vendor ]] && export PYTHONPATH="$PWD/vendor:$PYTHONPATH"
 
 if [[ "$MODE" == "--tiny" ]]; then
   DEVICE=cpu; SLOT=300
@@ -46,7 +47,7 @@ else
 fi
 
 python - "$DEVICE" <<'EOF' || exit 2
-import importlib, sys
+import importlib.util, sys
 missing = [m for m in ("jax", "flax", "optax", "torch", "ml_collections", "torchattacks",
                        "robustbench", "pyautoattack") if importlib.util.find_spec(m) is None]
 if missing:

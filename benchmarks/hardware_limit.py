@@ -26,7 +26,7 @@ def main():
                               {"depth": args.teacher_depth, "widen_factor": args.teacher_width},
                               args.objective, dtype)
   run_step, p_step, step_args, _ = common.build_train_step(config, args.batch, 1)
-  flops = common.compiled_flops(p_step, *step_args)
+  flops = common.hlo_flops(p_step, *step_args)
   run_step()
   med, lo, hi = common.timed(run_step, args.steps)
   peak = common.matmul_peak(dtype)

@@ -136,13 +136,14 @@ def main():
       forward=lambda prm, *a: train.make_forward(s_model)(prm["model"], *a),
       batch_stats=state.batch_stats, rng=jax.random.PRNGKey(0), cfg=no_mix.mixacm,
       teacher=teacher_lib.frozen_forward(t_model, t_vars))
-  ours_loss = jax.jit(lambda prm, b: jax.vmap(
-      lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name=parallel.AXIS)(
-          jax.tree_util.tree_map(lambda v: v[None], b))[0])(
-              state.params, {"image": x, "label": y})
-  with autocast():
-    ref_loss = torch_loss(s_net, t_net, s_acts, t_acts, kernels, x_t, y_t, y_t,
-                          torch.ones(args.batch, device=dev), no_mix.mixacm)
+  with common.exact_float32(torch):
+    ours_loss = jax.jit(lambda prm, b: jax.vmap(
+        lambda b: objective.loss_fn(prm, ctx, b)[0], axis_name=parallel.AXIS)(
+            jax.tree_util.tree_map(lambda v: v[None], b))[0])(
+                state.params, {"image": x, "label": y})
+    with autocast():
+      ref_loss = torch_loss(s_net, t_net, s_acts, t_acts, kernels, x_t, y_t, y_t,
+                            torch.ones(args.batch, device=dev), no_mix.mixacm)
   diff = abs(float(ours_loss) - float(ref_loss.detach()))
   tol = 1e-4 if dtype == "float32" else 0.05 * max(1.0, abs(float(ref_loss.detach())))
   print(f"loss ours {float(ours_loss):.6f} PyTorch {float(ref_loss.detach()):.6f} "
