@@ -8,9 +8,6 @@ import numpy as np
 from mixacm_jax.errors import AttackConstraintError
 from mixacm_jax.evaluation.split import Split
 
-# A returned point whose margin is within this of 0 may flip between two evaluations (float
-# reductions in batches of other sizes): counted, not an error.
-TIE_MARGIN = 1e-4
 CLEAN_MISCLASSIFIED, ROBUST = -2, -1  # per-example codes beside the stage index
 
 
@@ -34,7 +31,8 @@ class Verified(NamedTuple):
   code: the index of the stage that broke each point, ROBUST or CLEAN_MISCLASSIFIED.
   margin: true logit minus the largest other at the returned point (< 0: misclassified).
   perturbation: the returned point's perturbation norm.
-  ties: points whose flag disagrees with a margin within TIE_MARGIN of 0.
+  ties: points whose flag disagrees with a margin within its tie tolerance of 0 (see
+    `programs.tie_tolerance`): counted, not an error.
   disagree: other disagreements (counted only for a randomised model, else an error).
   """
   code: np.ndarray
@@ -60,12 +58,12 @@ class Outcome:
   def verify(self, margins: Callable, p_vars, robust: np.ndarray, norm: str, name: str, *,
              strict: bool = True) -> Verified:
     """The model's prediction at every returned point must agree with the attack's flags
-    (robust <=> still correctly classified); ties (|margin| < TIE_MARGIN) are counted, and
+    (robust <=> still correctly classified); ties (|margin| < tolerance) are counted, and
     so are all disagreements when not `strict` (a randomised model)."""
     d = self.data
-    pred, margin = d.map_batches(margins, p_vars, self.x_adv)
+    pred, margin, tolerance = d.map_batches(margins, p_vars, self.x_adv)
     disagree = d.real & ((pred == d.labels) != robust)
-    ties = disagree & (np.abs(margin) < TIE_MARGIN)
+    ties = disagree & (np.abs(margin) < tolerance)
     wrong = np.flatnonzero(disagree & ~ties)
     if len(wrong) and strict:
       raise AttackConstraintError(

@@ -12,6 +12,12 @@ import numpy as np
 from mixacm_jax.attacks import loop, pgd as pgd_lib
 from mixacm_jax.runtime import parallel
 
+# A re-evaluated point whose margin is within this of 0 may flip (see tie_tolerance): an
+# absolute bound for float32 on the CPU, a fraction of the largest |logit| elsewhere. The
+# relative one covers TensorFloat-32's 10-bit and bfloat16's 8-bit mantissas.
+TIE_MARGIN = 1e-4
+TIE_RELATIVE = 1e-2
+
 
 class FunctionModel:
   """A logits function `fn(x)` (or a randomised `fn(x, rng=key)`) where the report expects
@@ -69,10 +75,23 @@ def clean(model) -> Callable:
   return jax.pmap(run, axis_name=parallel.AXIS)
 
 
+def tie_tolerance(logits):
+  """Per example, how far from 0 a margin may move between two evaluations of one point in
+  batches of other sizes: float32 sums in another order on the CPU (TIE_MARGIN); on a GPU or
+  TPU float32 matmuls default to TensorFloat-32 or bfloat16 passes, and bfloat16 logits keep 8
+  bits, so there TIE_RELATIVE of the largest |logit|."""
+  if jax.default_backend() == "cpu" and logits.dtype == jnp.float32:
+    return jnp.full(logits.shape[:-1], TIE_MARGIN)
+  scale = jnp.max(jnp.abs(logits.astype(jnp.float32)), -1)
+  return jnp.maximum(TIE_MARGIN, TIE_RELATIVE * scale)
+
+
 def margins(model) -> Callable:
-  """(variables, x, y) -> (prediction, margin)."""
-  return jax.pmap(lambda variables, x, y: prediction_and_margin(model.apply(variables, x), y),
-                  axis_name=parallel.AXIS)
+  """(variables, x, y) -> (prediction, margin, tie tolerance)."""
+  def run(variables, x, y):
+    logits = model.apply(variables, x)
+    return prediction_and_margin(logits, y) + (tie_tolerance(logits),)
+  return jax.pmap(run, axis_name=parallel.AXIS)
 
 
 def _still_robust(logits_fn, x, y, robust, x_adv):
