@@ -11,6 +11,12 @@ Versions, for L-inf and L2 alike (eps and norm from the config):
 - `apgd`: APGD-CE and APGD-T only (a cheaper subset);
 - custom: any stages joined by `+`, e.g. `apgd-ce+square`, with their standard settings.
 
+Under L1, `standard` is the original's APGD stages with its L1 settings: APGD-CE (5
+restarts) and APGD-T (5 target classes), each with APGD's large-radius phases
+(`use_largereps`, which every APGD stage uses under L1). The original then runs FAB-T and
+Square in their L1 forms, which are not built here: a version that runs FAB or Square under
+L1 is refused, and `standard`'s L1 figure is an upper bound on the original's.
+
 A stage's `n_restarts` (and a targeted stage's target classes) are passes of the runner:
 each restart attacks only the points every earlier pass left robust, with a key of its own,
 as the original runs them; FAB's restarts after the first begin from a random point.
@@ -48,6 +54,7 @@ VERSIONS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "rand": [("apgd-ce-eot", {}), ("apgd-dlr-eot", {})],
     "apgd": [("apgd-ce", {}), ("apgd-t", {})],
 }
+L1_VERSIONS = {"standard": [("apgd-ce", {"n_restarts": 5}), ("apgd-t", {"n_target_classes": 5})]}
 
 
 class StagePass(NamedTuple):
@@ -97,13 +104,25 @@ def call_stage(name: str, logits_fn, x, y, key, rank, *, eps: float, norm: str, 
   extra = {} if rank is None else {"target_rank": rank}
   if name.endswith("-eot"):
     settings = {"eot_iter": EOT_ITER, **settings}
+  if norm == "l1" and name.startswith("apgd"):
+    settings = {"use_largereps": True, **settings}
   settings = {k: v for k, v in settings.items() if k not in RUNNER_SETTINGS}
   return get_stage(name)(logits_fn, x, y, key, eps=eps, norm=norm, **settings, **extra)
 
 
-def _version(version: str) -> List[Tuple[str, Dict[str, Any]]]:
-  if version in VERSIONS:
-    return VERSIONS[version]
+def _version(version: str, norm: str) -> List[Tuple[str, Dict[str, Any]]]:
+  stages = _stages(version, {**VERSIONS, **L1_VERSIONS} if norm == "l1" else VERSIONS)
+  no_l1 = [name for name, _ in stages if not name.startswith("apgd")]
+  if norm == "l1" and no_l1:
+    raise ValueError(f"AutoAttack {version!r} runs {no_l1[0]}, which has no L1 form here yet; "
+                     "under L1 use 'standard' (the original's APGD-CE and APGD-T with large "
+                     "radii), 'apgd' or APGD stages joined by '+'")
+  return stages
+
+
+def _stages(version: str, versions) -> List[Tuple[str, Dict[str, Any]]]:
+  if version in versions:
+    return versions[version]
   stages = [s.strip() for s in version.split("+")]
   if "+" in version or version in STAGES:
     unknown = [s for s in stages if s not in STAGES]
@@ -114,15 +133,15 @@ def _version(version: str) -> List[Tuple[str, Dict[str, Any]]]:
       return [(s, {}) for s in stages]
     raise ValueError(f"unknown AutoAttack stage {unknown[0]!r} in the custom version "
                      f"{version!r}; known stages: {', '.join(STAGES)}")
-  raise ValueError(f"unknown AutoAttack version {version!r}; known: {', '.join(VERSIONS)}, "
+  raise ValueError(f"unknown AutoAttack version {version!r}; known: {', '.join(versions)}, "
                    "or stages joined by '+' (e.g. apgd-ce+square)")
 
 
-def get_version(version: str) -> List[str]:
-  """The stages of a version (or of a custom `+`-joined list), in order."""
-  return [name for name, _ in _version(version)]
+def get_version(version: str, norm: str = "linf") -> List[str]:
+  """The stages of a version (or of a custom `+`-joined list) under `norm`, in order."""
+  return [name for name, _ in _version(version, norm)]
 
 
-def version_settings(version: str) -> Dict[str, Dict[str, Any]]:
+def version_settings(version: str, norm: str = "linf") -> Dict[str, Dict[str, Any]]:
   """The settings a version gives its stages beside their own (e.g. `plus`'s restarts)."""
-  return {name: dict(extra) for name, extra in _version(version) if extra}
+  return {name: dict(extra) for name, extra in _version(version, norm) if extra}

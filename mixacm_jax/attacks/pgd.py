@@ -1,4 +1,5 @@
-"""FGSM and PGD (L-inf / L2, cross-entropy or margin loss), as pure jittable functions.
+"""FGSM and PGD (L-inf, L2 or L1; cross-entropy or margin loss), as pure jittable functions,
+and the projections and ascent directions the other attacks share.
 
 `logits_fn(x) -> logits` closes over the model's variables in eval mode, so BatchNorm
 statistics never change during an attack. Inputs and outputs live in [0, 1].
@@ -61,20 +62,65 @@ def flat_norm(v: jnp.ndarray, norm: str) -> jnp.ndarray:
   return jnp.sqrt(jnp.sum(v * v, 1))
 
 
+NORMS = ("linf", "l2", "l1")
+# L1's ascent direction: the signs of the largest `L1_TOPK` of each gradient's entries (by
+# magnitude), as APGD-L1's first step (Croce & Hein, ICCV 2021, "Mind the box").
+L1_TOPK = 0.2
+
+
 def unit_noise(key: jax.Array, x: jnp.ndarray, norm: str) -> jnp.ndarray:
   """Noise of unit norm per example, x's shape: uniform scaled to unit L-inf norm, or
-  Gaussian scaled to unit L2 norm (APGD's and FAB's random starts). `key`: (2,) or (N, 2)."""
+  Gaussian scaled to unit L2 (L1) norm (APGD's and FAB's random starts). `key`: (2,) or
+  (N, 2)."""
   n = x.shape[0]
   if norm == "linf":
     t = keys.sample(key, x, lambda k, shape: jax.random.uniform(k, shape, x.dtype, -1.0, 1.0))
     return t / jnp.max(jnp.abs(t).reshape(n, -1), axis=1).reshape((n,) + (1,) * (x.ndim - 1))
-  t = keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
-  return t / (per_example_norm(t) + 1e-12)
+  t = gaussian(key, x)
+  size = per_example_norm(t) if norm == "l2" else parallel.per_example(flat_norm(t, norm), x)
+  return t / (size + 1e-12)
+
+
+def gaussian(key: jax.Array, x: jnp.ndarray) -> jnp.ndarray:
+  """Standard normal noise of x's shape; `key`: (2,) or (N, 2)."""
+  return keys.sample(key, x, lambda k, shape: jax.random.normal(k, shape, x.dtype))
+
+
+def l1_project(x_adv: jnp.ndarray, x: jnp.ndarray, eps) -> jnp.ndarray:
+  """The nearest point (Euclidean) to x_adv in the L1 ball of radius eps around x intersected
+  with the [0, 1] box (eps: one radius or one per example, (N,)).
+
+  Each entry of delta = x_adv - x keeps its sign and becomes clip(|delta| - lam, 0, cap), cap
+  the box's room in that direction; lam >= 0 is the smallest that brings the L1 norm to eps.
+  The norm is piecewise linear in lam, with breaks at |delta| - cap and |delta|, so lam is
+  exact from the sorted breaks (as the original AutoAttack's `L1_projection`)."""
+  n = x.shape[0]
+  d, x0 = (x_adv - x).reshape(n, -1), x.reshape(n, -1)
+  a = jnp.abs(d)
+  cap = jnp.clip(jnp.where(d >= 0, 1.0 - x0, x0), 0.0, a)
+  breaks = jnp.concatenate([a - cap, a], 1)
+  order = jnp.argsort(breaks, axis=1)
+  t = jnp.take_along_axis(breaks, order, 1)
+  # Entries that start shrinking (+1) or reach 0 (-1) at each break: the norm's slope.
+  active = jnp.cumsum(jnp.take_along_axis(
+      jnp.concatenate([jnp.ones_like(a), -jnp.ones_like(a)], 1), order, 1), 1)
+  total = jnp.sum(cap, 1, keepdims=True)
+  norm_at = total - jnp.concatenate(
+      [jnp.zeros_like(total), jnp.cumsum(active[:, :-1] * jnp.diff(t, axis=1), 1)], 1)
+  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (n,))[:, None]
+  j = jnp.maximum(jnp.argmax(norm_at <= eps, 1)[:, None] - 1, 0)
+  pick = lambda v: jnp.take_along_axis(v, j, 1)
+  lam = pick(t) + (pick(norm_at) - eps) / jnp.maximum(pick(active), 1.0)
+  lam = jnp.where(total <= eps, 0.0, lam)
+  delta = jnp.sign(d) * jnp.clip(a - lam, 0.0, cap)
+  return x + delta.reshape(x.shape)
 
 
 def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps, norm: str) -> jnp.ndarray:
   """Projects onto the eps-ball around x (eps: one radius, or one per example, (N,)), then
-  onto the [0, 1] box."""
+  onto the [0, 1] box; for L1 onto the intersection of both (`l1_project`)."""
+  if norm == "l1":
+    return l1_project(x_adv, x, eps)
   if jnp.ndim(eps) == 1:
     eps = parallel.per_example(eps, x)
   delta = x_adv - x
@@ -83,28 +129,41 @@ def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps, norm: str) -> jnp.ndarray:
   elif norm == "l2":
     delta = delta * jnp.minimum(1.0, eps / (per_example_norm(delta) + 1e-12))
   else:
-    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
   return jnp.clip(x + delta, 0.0, 1.0)
 
 
 def _random_start(key: jax.Array, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:
-  """Uniform in the L-inf ball, or uniform radius along a random L2 direction. `key` is one
-  raw key (2,) or one per example (N, 2); per-example keys keep the noise independent of
+  """Uniform in the L-inf ball, or uniform radius along a random L2 (L1) direction. `key` is
+  one raw key (2,) or one per example (N, 2); per-example keys keep the noise independent of
   how the batch is split over devices."""
   if keys.is_per_example(key):
     return jax.vmap(lambda k, v: _random_start(k, v[None], eps, norm)[0])(key, x)
   if norm == "linf":
     return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
   k1, k2 = jax.random.split(key)
-  direction = jax.random.normal(k1, x.shape, x.dtype)
-  direction /= per_example_norm(direction) + 1e-12
+  direction = unit_noise(k1, x, norm)
   radius = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
   return direction * radius * eps
+
+
+def sparse_sign(grad: jnp.ndarray, topk) -> jnp.ndarray:
+  """L1's ascent direction: the signs of each example's largest `topk` fraction of entries
+  (by magnitude; `topk` one fraction or one per example), scaled to unit L1 norm."""
+  n = grad.shape[0]
+  g = grad.reshape(n, -1)
+  size = g.shape[1]
+  ranked = jnp.sort(jnp.abs(g), axis=1)
+  at = jnp.clip(((1.0 - jnp.broadcast_to(topk, (n,))) * size).astype(jnp.int32), 0, size - 1)
+  kept = jnp.sign(g) * (jnp.abs(g) >= jnp.take_along_axis(ranked, at[:, None], 1))
+  return (kept / (jnp.sum(jnp.abs(kept), 1, keepdims=True) + 1e-10)).reshape(grad.shape)
 
 
 def ascent_direction(grad: jnp.ndarray, norm: str) -> jnp.ndarray:
   if norm == "linf":
     return jnp.sign(grad)
+  if norm == "l1":
+    return sparse_sign(grad, L1_TOPK)
   return grad / (per_example_norm(grad) + 1e-12)
 
 

@@ -34,8 +34,11 @@ def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = F
   if name == "fgsm":
     return lambda f, x, y, k, rank, eps, step: pgd_lib.fgsm(f, x, y, eps=eps, norm=norm)[0]
   if name in autoattack.STAGES:
-    if norm not in ("linf", "l2"):
-      raise ConfigError(f"unknown norm {norm!r}; known: linf, l2")
+    if norm not in pgd_lib.NORMS:
+      raise ConfigError(f"unknown norm {norm!r}; known: {', '.join(pgd_lib.NORMS)}")
+    if norm == "l1" and not name.startswith("apgd"):
+      raise ConfigError(f"the attack {name!r} has no L1 form here yet; under L1 use pgd<k>, "
+                        "cw<k> or the APGD stages (or autoattack)")
     targeted = autoattack.is_targeted(name)
     settings = dict(settings)
     if apgd_as_original and name.startswith("apgd"):
@@ -47,13 +50,13 @@ def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = F
                     f"{', '.join(autoattack.STAGES)}, autoattack")
 
 
-def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
-  """[(report name, [stage names])]: `autoattack` expands into its stages."""
+def parse_attacks(spec: str, version: str, norm: str = "linf") -> List[Tuple[str, List[str]]]:
+  """[(report name, [stage names])]: `autoattack` expands into its stages under `norm`."""
   out = []
   for name in [s.strip() for s in spec.split(",") if s.strip()]:
     if name == "autoattack":
       try:
-        out.append((name, autoattack.get_version(version)))
+        out.append((name, autoattack.get_version(version, norm)))
       except ValueError as e:
         raise ConfigError(str(e)) from None
     else:
@@ -61,19 +64,19 @@ def parse_attacks(spec: str, version: str) -> List[Tuple[str, List[str]]]:
   return out
 
 
-def autoattack_settings(attacks: List[Tuple[str, List[str]]], version: str
+def autoattack_settings(attacks: List[Tuple[str, List[str]]], version: str, norm: str = "linf"
                         ) -> Dict[str, Dict[str, object]]:
-  """The settings `version` gives its stages (e.g. `plus`'s restarts) where `autoattack` is
-  one of `attacks` (`parse_attacks`); {} otherwise."""
+  """The settings `version` gives its stages under `norm` (e.g. `plus`'s restarts) where
+  `autoattack` is one of `attacks` (`parse_attacks`); {} otherwise."""
   if any(name == "autoattack" for name, _ in attacks):
-    return autoattack.version_settings(version)
+    return autoattack.version_settings(version, norm)
   return {}
 
 
 def validate_attacks(spec: str, version: str, norm: str) -> None:
   """Raises ConfigError for an unknown attack or AutoAttack version (before any work)."""
-  parse_attacks("autoattack", version)
-  for _, stages in parse_attacks(spec, version):
+  parse_attacks("autoattack", version, norm)
+  for _, stages in parse_attacks(spec, version, norm):
     for stage in stages:
       if stage != "clean":
         stage_fn(stage, norm)
@@ -88,11 +91,15 @@ MIN_NORM: Dict[str, Callable] = {
 }
 
 
-def parse_min_norm(spec: str) -> List[str]:
-  """The minimum-norm attacks of `eval.min_norm` (comma-separated); ConfigError if unknown."""
+def parse_min_norm(spec: str, norm: str = "linf") -> List[str]:
+  """The minimum-norm attacks of `eval.min_norm` (comma-separated); ConfigError if unknown
+  or without a form for `norm`."""
   names = [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in MIN_NORM]
   if unknown:
     raise ConfigError(f"unknown minimum-norm attack {unknown[0]!r} in eval.min_norm; known: "
                       f"{', '.join(MIN_NORM)}")
+  if names and norm == "l1":
+    raise ConfigError(f"the minimum-norm attack {names[0]!r} has no L1 form here yet; set "
+                      "eval.min_norm='' under L1")
   return names

@@ -5,10 +5,10 @@ import os
 import tempfile
 
 from mixacm_jax import models, objectives
-from mixacm_jax.attacks import registry, targets
+from mixacm_jax.attacks import pgd as pgd_lib, registry, targets
 from mixacm_jax.errors import ConfigError
 
-NORMS = ("linf", "l2")
+NORMS = pgd_lib.NORMS
 AUTOATTACK_MODES = ("worst_case", "individual")
 # The sign of a number, by its key's name, wherever it appears in a config (weights,
 # temperatures, counts...): one table instead of a check per objective.
@@ -132,7 +132,7 @@ def validate_eval(eval_cfg) -> None:
   if target not in targets.TARGET_MODES and not target.isdigit():
     raise ConfigError(f"eval.pgd.target must be one of {targets.TARGET_MODES} or a class index, "
                       f"got {target!r}")
-  registry.parse_min_norm(eval_cfg.get("min_norm", ""))
+  registry.parse_min_norm(eval_cfg.get("min_norm", ""), eval_cfg.threat.norm)
   if eval_cfg.get("autoattack_mode", "worst_case") not in AUTOATTACK_MODES:
     raise ConfigError(f"eval.autoattack_mode must be one of {AUTOATTACK_MODES}, got "
                       f"{eval_cfg.autoattack_mode!r}")
@@ -170,7 +170,8 @@ def evaluation_metrics(evals, eval_cfg):
   `train.evaluate_during_training`): what `checkpoint.best_metric` may name."""
   names = []
   for i, (name, e) in enumerate(evals.items()):
-    attacks = [a for a, _ in registry.parse_attacks(e.attacks, eval_cfg.autoattack_version)
+    attacks = [a for a, _ in registry.parse_attacks(e.attacks, eval_cfg.autoattack_version,
+                                                   eval_cfg.threat.norm)
                if a != "clean"]
     if i == 0:
       names += ["clean_accuracy"] + (["robust_accuracy"] if attacks else [])

@@ -37,7 +37,8 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   source_model = (source.load(config.transfer, info.num_classes, info.image_shape,
                               role="the transfer source (config.transfer)")
                   if source.is_given(config.transfer) else None)  # before any work
-  attacks = registry.parse_attacks(config.eval.attacks, config.eval.autoattack_version)
+  attacks = registry.parse_attacks(config.eval.attacks, config.eval.autoattack_version,
+                                   config.eval.threat.norm)
   settings = provenance.attack_settings(config.eval, attacks, config.eval.threat.eps,
                                         config.seed)
   settings.pop("versions")
@@ -94,7 +95,7 @@ def _add_min_norm(report: Dict[str, Any], model, variables, config, workdir: str
   robustness curves, plotted with the bounded attacks' points (`robustness_curve.png`)."""
   images, labels, real = robustness.split_arrays(config.data, config.eval)
   report["min_norm"], report["examples"]["min_norm"] = {}, {}
-  for attack in registry.parse_min_norm(config.eval.min_norm):
+  for attack in registry.parse_min_norm(config.eval.min_norm, config.eval.threat.norm):
     if reporting.is_primary():
       print(f"Minimum norm: {attack} on {int(real.sum())} points", flush=True)
     result = min_norm.report(model, variables, images[real], labels[real], config.eval,

@@ -44,8 +44,8 @@ def attack_settings(eval_cfg, attacks, eps: float, seed: int, key: Optional[jax.
           "eps": float(eps), "norm": eval_cfg.threat.norm, "attacks": eval_cfg.attacks,
           "autoattack_version": eval_cfg.autoattack_version,
           "autoattack_mode": eval_cfg.get("autoattack_mode", "worst_case"),
-          "autoattack_settings": registry.autoattack_settings(attacks,
-                                                              eval_cfg.autoattack_version),
+          "autoattack_settings": registry.autoattack_settings(
+              attacks, eval_cfg.autoattack_version, eval_cfg.threat.norm),
           "apgd_as_original": bool(eval_cfg.get("apgd_as_original", False)),
           "batch_size": int(eval_cfg.batch_size), "stages": stages,
           "versions": {p: _version(p) for p in PACKAGES}}

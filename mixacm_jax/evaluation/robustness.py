@@ -131,7 +131,8 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   model, variables = programs_lib.as_model(model, variables)
   programs = {} if programs is None else programs  # one compilation per stage and settings
   images, labels, real, num_classes = _checked_inputs(model, variables, images, labels, real)
-  attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
+  attacks = registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
+                                   eval_cfg.threat.norm)
   all_stages = [st for _, stages in attacks for st in stages if st != "clean"]
   notes = sanity.check_classes(all_stages, num_classes)  # before any work
   sanity.check_target(all_stages, str(eval_cfg.pgd.get("target", "random")), num_classes)
@@ -142,7 +143,8 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
                                                                  len(labels))),
              Threat.of(eval_cfg, eps), num_classes, key, programs, journal, verbose,
              bool(eval_cfg.get("apgd_as_original", False)), stage_settings,
-             registry.autoattack_settings(attacks, eval_cfg.autoattack_version),
+             registry.autoattack_settings(attacks, eval_cfg.autoattack_version,
+                                          eval_cfg.threat.norm),
              eval_cfg.get("autoattack_mode", "worst_case") == "individual")
   report, clean = _clean_pass(run)
   report.update(eps=run.threat.eps, norm=run.threat.norm,
@@ -448,7 +450,7 @@ def run_autoattack(logits_fn: Callable, x, y, key: jax.Array, *, eps: float,
   ex = report["examples"]
   table = ex["attacks"]["autoattack"]
   broken_by = np.asarray(table["broken_by"], object)
-  stages = autoattack.get_version(version)
+  stages = autoattack.get_version(version, norm)
   robust_after = {name: (broken_by == "") | np.isin(broken_by, stages[j + 1:])
                   for j, name in enumerate(stages)}
   out = (table["x_adv"], robust_after)

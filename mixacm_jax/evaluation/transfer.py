@@ -31,7 +31,8 @@ def predictor(model: Model, batch_size: int) -> Callable:
 def _crafted(source: Model, images, labels, eval_cfg, *, real=None, seed: int = 0,
              key: Optional[jax.Array] = None, verbose: bool = False) -> Dict[str, Any]:
   """The source's report with its returned points (real points only)."""
-  if not [a for a, _ in registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version)
+  if not [a for a, _ in registry.parse_attacks(eval_cfg.attacks, eval_cfg.autoattack_version,
+                                                   eval_cfg.threat.norm)
           if a != "clean"]:
     raise ConfigError(f"transfer needs an attack to craft points with; eval.attacks is "
                       f"{eval_cfg.attacks!r}")

@@ -160,7 +160,8 @@ def _check_evaluations(config, num_classes: int) -> None:
   """Before any training: the training-time evaluations' attacks can serve the data's
   classes (the DLR stages need 3; a targeted PGD's given class must exist)."""
   for e in config.train_evals.values():
-    stages = [s for _, names in registry.parse_attacks(e.attacks, config.eval.autoattack_version)
+    stages = [s for _, names in registry.parse_attacks(
+        e.attacks, config.eval.autoattack_version, config.eval.threat.norm)
               for s in names if s != "clean"]
     sanity.check_classes(stages, num_classes)
     sanity.check_target(stages, str(config.eval.pgd.get("target", "random")), num_classes)
