@@ -14,6 +14,8 @@ left, on both sides (torchattacks' stages built with AutoAttack's settings: 100 
   python benchmarks/attacks_vs_torchattacks.py --device=gpu --batch=512  # both on the GPU
   python benchmarks/attacks_vs_torchattacks.py --arch=autoattack_resnet18 --batch=16 \
       --inputs=confident --attacks=autoattack --original --repeats=1  # every stage works
+  python benchmarks/attacks_vs_torchattacks.py --arch=autoattack_resnet18 --batch=8 \
+      --inputs=confident --norm=l1 --attacks=autoattack --repeats=1  # vs the original's L1
 """
 import argparse
 import os
@@ -34,7 +36,8 @@ from mixacm_jax.port import convert  # noqa: E402
 import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
 from tools import robustbench_zoo as robustbench  # noqa: E402  # pylint: disable=g-bad-import-order
 
-EPS = {"linf": 8 / 255, "l2": 0.5}
+# L1: the original L1 AutoAttack's CIFAR-10 radius (Croce & Hein, ICCV 2021).
+EPS = {"linf": 8 / 255, "l2": 0.5, "l1": 12.0}
 STANDARD = autoattack.get_version("standard")
 
 ARCHS = {
@@ -92,7 +95,8 @@ def confident_inputs(model, variables, n, seed=0, max_steps=60):
 def original_sequence(net, x_t, y_t, eps, norm):
   """The original AutoAttack code's standard version (`pyautoattack`), robust accuracy."""
   import pyautoattack  # pylint: disable=g-import-not-at-top
-  adversary = pyautoattack.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
+  adversary = pyautoattack.AutoAttack(net, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm],
+                                      eps=eps,
                                       version="standard", seed=0, device=x_t.device)
   adversary.verbose = False
   x_adv, _ = adversary.run_standard_evaluation(x_t, y_t, batch_size=len(y_t))
@@ -149,6 +153,9 @@ def main():
   p.add_argument("--threads", type=int, default=os.cpu_count())
   common.add_device_flags(p)
   args = p.parse_args()
+  if args.norm == "l1" and set(args.attacks.split(",")) - {"clean", "autoattack"}:
+    raise SystemExit("--norm=l1: torchattacks has no L1 attacks; time --attacks=autoattack "
+                     "(against the original code) or clean")
   common.setup_device(args)
   torch.set_num_threads(args.threads)
   dev = torch.device("cuda" if args.device == "gpu" else "cpu")
@@ -185,7 +192,7 @@ def main():
     xj, yj = (a.reshape((n, -1) + a.shape[1:]) for a in (xj, yj))
     compiled, keys = jax.pmap, jax.random.split(key, n)
   for name in args.attacks.split(","):
-    acc = {}
+    acc, peer = {}, "torchattacks"
     if name == "clean":
       fwd = compiled(logits_fn)
       ours_fn = lambda: jax.block_until_ready(fwd(xj))
@@ -195,11 +202,16 @@ def main():
           net(x_t)
         sync()
     elif name == "autoattack":
-      attacks = [their_attack(s, net, eps, args.norm) for s in STANDARD]
       # The library's own sequence; the timed repeats reuse its compiled stages.
       ours_fn = lambda: acc.__setitem__("ours", robustness.run_autoattack(
           logits_fn, x, y, key, eps=eps, norm=args.norm)[1]["square"].mean())
-      theirs_fn = lambda: acc.__setitem__("theirs", their_sequence(attacks, net, x_t, y_t))
+      if args.norm == "l1":  # torchattacks has no L1 attacks: the original code is the peer
+        peer = "original"
+        theirs_fn = lambda: acc.__setitem__("theirs", original_sequence(
+            net, x_t, y_t, eps, args.norm))
+      else:
+        attacks = [their_attack(s, net, eps, args.norm) for s in STANDARD]
+        theirs_fn = lambda: acc.__setitem__("theirs", their_sequence(attacks, net, x_t, y_t))
     else:
       # PGD is one jitted program; AutoAttack's stages drive their own loops (attacks.loop).
       fn = ours_attack(name, logits_fn, eps, args.norm)
@@ -213,7 +225,7 @@ def main():
     ours = common.timed(ours_fn, args.repeats)
     theirs = common.timed(theirs_fn, args.repeats)
     note = f" robust acc {acc['ours']:.3f} vs {acc['theirs']:.3f};" if acc else ""
-    if name == "autoattack" and args.original:
+    if name == "autoattack" and args.original and peer != "original":
       original = common.timed(lambda: acc.__setitem__(
           "original", original_sequence(net, x_t, y_t, eps, args.norm)), args.repeats)
       note += (f" original AutoAttack {args.batch / original[0]:.1f} ex/s (median "
@@ -221,7 +233,7 @@ def main():
                f"{original[0] / ours[0]:.2f}x;")
     print(f"{name:10s} ours {args.batch / ours[0]:9.1f} ex/s (median {ours[0]:.3f} s, "
           f"{ours[1]:.3f}-{ours[2]:.3f}; first call incl. compile {compile_s:.1f} s) | "
-          f"torchattacks {args.batch / theirs[0]:9.1f} ex/s (median {theirs[0]:.3f} s) |{note} "
+          f"{peer} {args.batch / theirs[0]:9.1f} ex/s (median {theirs[0]:.3f} s) |{note} "
           f"ratio {theirs[0] / ours[0]:.2f}x", flush=True)
 
 

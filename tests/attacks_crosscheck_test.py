@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 torchattacks = pytest.importorskip("torchattacks",
                                    reason="pip install --no-deps -r requirements-port.txt")
 
-from mixacm_jax.attacks import autoattack, fab as fab_lib, pgd  # noqa: E402
+from mixacm_jax.attacks import autoattack, fab as fab_lib, pgd, square as square_lib  # noqa: E402
 from mixacm_jax.evaluation import robustness  # noqa: E402
 from mixacm_jax.data.digits import arrays as digits_arrays  # noqa: E402
 
@@ -238,7 +238,7 @@ def _tanh_net(seed=0, dim=48, hidden=32, classes=5):
   return (lambda v: jnp.tanh(v.reshape(v.shape[0], -1) @ w1) @ w2), Net()
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.3)])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.3), ("l1", 1.0)])
 def test_untargeted_fab_matches_the_original_code_point_by_point(norm, eps):
   """Untargeted FAB (AutoAttack's `plus`) from x, no random start: the original's
   `attack_single_run` and ours find the same smallest perturbation for every point (to
@@ -249,14 +249,14 @@ def test_untargeted_fab_matches_the_original_code_point_by_point(norm, eps):
   f, net = _tanh_net()
   x = np.random.RandomState(1).rand(40, 4, 4, 3).astype(np.float32)
   y = np.asarray(jnp.argmax(f(x), -1)).astype(np.int32)
-  original = FABAttack_PT(net, norm={"linf": "Linf", "l2": "L2"}[norm], n_restarts=1,
+  original = FABAttack_PT(net, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], n_restarts=1,
                           n_iter=100, eps=eps, device="cpu")
   del pyautoattack
   theirs = original.attack_single_run(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                                       torch.from_numpy(y.astype(np.int64))).numpy()
   theirs = theirs.transpose(0, 2, 3, 1)
-  size = lambda a: (np.abs(a - x).reshape(len(x), -1).max(1) if norm == "linf"
-                    else np.linalg.norm((a - x).reshape(len(x), -1), axis=1))
+  size = lambda a: {"linf": lambda d: np.abs(d).max(1), "l1": lambda d: np.abs(d).sum(1),
+                    "l2": lambda d: np.linalg.norm(d, axis=1)}[norm]((a - x).reshape(len(x), -1))
   # Ours at a large eps returns each point's smallest adversarial perturbation found.
   unbounded, _ = fab_lib.fab_untargeted(f, jnp.asarray(x), jnp.asarray(y), None, eps=1e3,
                                         norm=norm)
@@ -286,19 +286,43 @@ def test_autoattack_plus_matches_the_original_code_stage_by_stage(setup):
 
 
 @pytest.mark.slow
-def test_autoattack_l1_matches_the_original_apgd_stages(setup):
-  """Under L1 (eps = 2 on the 8x8 digits), the original's standard version begins with
-  APGD-CE (5 restarts) and APGD-T (5 target classes), both with its large-radius phases;
-  ours, on the same model and 120 digits: after each, robust accuracy within 2.5 points and
-  at most 3 points differing (the random starts: their torch generator, our JAX keys). The
-  original's FAB-T and Square follow in their L1 forms, not built here."""
+def test_autoattack_l1_matches_the_original_code_stage_by_stage(setup):
+  """Under L1 (eps = 2 on the 8x8 digits) the original's standard version: APGD-CE (5
+  restarts) and APGD-T (5 target classes), both with its large-radius phases, then FAB-T and
+  Square in their L1 forms (1000 queries on both sides). On the same model and 120 digits,
+  after each stage robust accuracy within 2.5 points and at most 3 points differing (the
+  random starts: their torch generator, our JAX keys)."""
   logits_fn, net, x, y, x_t, y_t = setup
   n, eps = 120, 2.0
   x, y, x_t, y_t = x[:n], y[:n], x_t[:n], y_t[:n]
-  theirs = _original_sequence(net, x_t, y_t, eps, "l1", 1000, stages=2)
+  theirs = _original_sequence(net, x_t, y_t, eps, "l1", 1000)
   x_adv, ours = robustness.run_autoattack(logits_fn, x, y, jax.random.PRNGKey(0), eps=eps,
-                                          norm="l1")
-  assert list(ours) == list(theirs) == ["apgd-ce", "apgd-t"]
+                                          norm="l1", overrides={"square": {"n_queries": 1000}})
+  assert list(ours) == list(theirs) == ["apgd-ce", "apgd-t", "fab-t", "square"]
   size = np.abs(np.asarray(x_adv - np.asarray(x))).reshape(n, -1).sum(1)
   assert size.max() <= eps * (1 + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
   _compare_stages(f"l1 eps={eps}", ours, theirs, logits_fn(x), y, bites="apgd-ce", differ=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eps", [2.0, 4.0])
+def test_square_l1_matches_the_original_code(setup, eps):
+  """Square under L1 (1000 queries) on the same model and 120 digits, with windows placed as
+  the original places them (`original_positions`): robust accuracy within 5 points of the
+  original's (the random search: their torch generator, our JAX keys)."""
+  pyautoattack = pytest.importorskip("pyautoattack.square",
+                                     reason="pip install --no-deps -r requirements-port.txt")
+  logits_fn, net, x, y, x_t, y_t = setup
+  n = 120
+  x, y, x_t, y_t = x[:n], y[:n], x_t[:n], y_t[:n]
+  attack = pyautoattack.SquareAttack(net, p_init=0.8, n_queries=1000, eps=eps, norm="L1",
+                                     n_restarts=1, seed=0, device="cpu", resc_schedule=False)
+  theirs = _acc_torch(net, attack.perturb(x_t, y_t), y_t)
+  x_adv, _ = square_lib.square(logits_fn, x, y, jax.random.PRNGKey(0), eps=eps,
+                               n_queries=1000, norm="l1", original_positions=True)
+  size = np.abs(np.asarray(x_adv - np.asarray(x))).reshape(n, -1).sum(1)
+  assert size.max() <= eps * (1 + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
+  ours = _acc_ours(logits_fn, x_adv, y)
+  print(f"Square L1 eps={eps}: robust ours {ours:.4f} original {theirs:.4f}")
+  assert ours < _acc_ours(logits_fn, x, y) - 0.1  # the search bites
+  assert abs(ours - theirs) <= 0.05

@@ -479,8 +479,8 @@ def test_eval_mode_adds_the_transfer_from_a_source_checkpoint(trained, tmp_path)
 # Minimum-norm evaluation and the robustness curve.
 
 def test_fab_and_fmn_find_the_exact_distance_to_a_linear_models_boundary():
-  """A linear model with its boundaries inside the box: untargeted FAB's smallest L2 (and
-  L-inf) perturbation per point is the analytic distance to the nearest decision boundary,
+  """A linear model with its boundaries inside the box: untargeted FAB's smallest L2 (L-inf,
+  L1) perturbation per point is the analytic distance to the nearest decision boundary,
   min_j (z_y - z_j) / ||w_y - w_j||_dual (NumPy), from above within 1 % (FAB overshoots the
   boundary by eta and steps back by beta), FMN's within 0.1 %; the curve at eps counts the
   points beyond it."""
@@ -491,7 +491,7 @@ def test_fab_and_fmn_find_the_exact_distance_to_a_linear_models_boundary():
   f = lambda v: v.reshape(len(v), -1) @ w
   z = x.reshape(64, -1) @ w
   y = z.argmax(-1)
-  for norm, dual in (("l2", 2), ("linf", 1)):
+  for norm, dual in (("l2", 2), ("linf", 1), ("l1", np.inf)):
     gaps = z[np.arange(64), y][:, None] - z
     widths = np.linalg.norm((w[:, y].T[:, None, :] - w.T[None]), ord=dual, axis=-1)
     other = np.arange(5)[None] != y[:, None]

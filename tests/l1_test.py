@@ -1,15 +1,15 @@
 """The L1 threat model: the projection onto the L1 ball inside the box (against an
-independent NumPy bisection and the original AutoAttack's `L1_projection`), PGD and APGD
-under L1 (every point inside the ball and the box; APGD's large-radius phases), and the
-config's L1 rules (the L1 recipe of AutoAttack, stages without an L1 form refused)."""
+independent NumPy bisection and the original AutoAttack's `L1_projection`), PGD, APGD and
+Square under L1 (every point inside the ball and the box; APGD's large-radius phases;
+Square's L1 bump against NumPy), and AutoAttack's L1 recipe (FAB's L1 form is checked
+point by point against the original code in attacks_crosscheck_test)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mixacm_jax
-from mixacm_jax.attacks import apgd, autoattack, pgd
-from mixacm_jax.errors import ConfigError
+from mixacm_jax.attacks import apgd, autoattack, pgd, square
 
 
 def _numpy_l1_projection(x_adv, x, eps):
@@ -95,18 +95,45 @@ def test_pgd_l1_reaches_the_ball_boundary_and_respects_the_box():
   assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
-def test_the_l1_recipe_and_the_stages_without_an_l1_form():
-  assert autoattack.get_version("standard", "l1") == ["apgd-ce", "apgd-t"]
+def test_the_l1_recipe_is_the_originals():
+  assert autoattack.get_version("standard", "l1") == ["apgd-ce", "apgd-t", "fab-t", "square"]
   assert autoattack.version_settings("standard", "l1") == {
-      "apgd-ce": {"n_restarts": 5}, "apgd-t": {"n_target_classes": 5}}
-  assert autoattack.get_version("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
+      "apgd-ce": {"n_restarts": 5, "use_largereps": True},
+      "apgd-t": {"n_target_classes": 5, "use_largereps": True}}
+  assert autoattack.version_settings("apgd", "l1") == {}  # large radii: `standard` only
   f, x, y = _linear_problem(8)
   report = mixacm_jax.evaluate(f, None, np.asarray(x), labels=np.asarray(y),
                                attacks="autoattack", eps=1.0, norm="l1")
-  assert list(report["attacks"]["autoattack"]["after_each_stage"]) == ["apgd-ce", "apgd-t"]
-  assert report["attacks"]["autoattack"]["max_perturbation"] <= 1.0 + 1e-5
-  for attacks, version, match in (("square", "standard", "'square' has no L1 form"),
-                                  ("autoattack", "plus", "'plus' runs fab, which has no L1")):
-    with pytest.raises(ConfigError, match=match):
-      mixacm_jax.evaluate(f, None, np.asarray(x), labels=np.asarray(y), attacks=attacks,
-                          eps=1.0, norm="l1", version=version)
+  aa = report["attacks"]["autoattack"]
+  assert list(aa["after_each_stage"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  assert 0 < aa["max_perturbation"] <= 1.0 + 1e-5
+  assert aa["robust_accuracy"] < report["clean_accuracy"]
+
+
+def _numpy_l1_bump(s):
+  """The original's L1 `eta(s)`, written from its description: concentric squares weighted
+  1 / k^4 on each half (top positive, bottom negative), each half and then the whole of unit
+  L1 norm."""
+  def rect(a, b):
+    out, (ci, cj) = np.zeros((a, b)), (a // 2, b // 2)
+    for k in range(max(ci, cj) + 1):
+      out[max(ci - k, 0):ci + k + 1, max(cj - k, 0):cj + k + 1] += 1.0 / (k + 1) ** 4
+    return out / np.abs(out).sum()
+  v = np.concatenate([rect(s // 2, s), -rect(s - s // 2, s)])
+  return v / np.abs(v).sum()
+
+
+@pytest.mark.parametrize("side", [3, 5, 8])
+def test_square_l1_bump_matches_a_numpy_reference(side):
+  v = square.bump(side, side, 0, 0, side, jnp.zeros((1, 1, 1), bool), "l1")
+  np.testing.assert_allclose(np.asarray(v)[0, :, :, 0], _numpy_l1_bump(side), atol=1e-6)
+
+
+def test_square_l1_stays_in_the_ball_and_box_and_bites():
+  f, x, y = _linear_problem()
+  x_adv, fooled = square.square(f, x, y, jax.random.PRNGKey(0), eps=1.5, n_queries=300,
+                                norm="l1")
+  size = np.abs(np.asarray(x_adv - x)).reshape(len(y), -1).sum(1)
+  assert size.max() <= 1.5 * (1 + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
+  np.testing.assert_array_equal(np.asarray(jnp.argmax(f(x_adv), -1) != y), np.asarray(fooled))
+  assert int(fooled.sum()) > 0

@@ -55,3 +55,16 @@ def test_a_randomised_model_counts_disagreements_instead():
   checked = _verify([2.0, 0.5, -0.5, -3.0], [1e-4] * 4, [True, False, True, False],
                     strict=False)
   assert (checked.ties, checked.disagree) == (0, 2)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_perturbation_norms_and_violations(norm):
+  rng = np.random.RandomState(0)
+  x = (0.05 + 0.9 * rng.rand(5, 3, 3, 2)).astype(np.float32)  # x + d stays in the box
+  d = (0.01 * rng.randn(*x.shape)).astype(np.float32)
+  flat = d.reshape(5, -1).astype(np.float64)
+  expected = {"linf": np.abs(flat).max(1), "l2": np.sqrt((flat ** 2).sum(1)),
+              "l1": np.abs(flat).sum(1)}[norm]
+  np.testing.assert_allclose(outcome_lib.perturbation(x + d, x, norm), expected, rtol=1e-5)
+  eps = float(np.median(expected))
+  assert outcome_lib.violations(x + d, x, eps, norm) == int(np.sum(expected > eps + 1e-5))

@@ -1,7 +1,7 @@
 """AutoAttack (Croce & Hein, ICML 2020): attacks run in sequence, each on the points that
 all earlier ones left correctly classified; robust accuracy after each is reported.
 
-Versions, for L-inf and L2 alike (eps and norm from the config):
+Versions (eps and norm from the config):
 - `standard`: APGD-CE (100 iterations), APGD-T (targeted DLR, 9 target classes, 100
   iterations each), FAB-T (9 target classes, 100 iterations each), Square (5000 queries);
 - `plus`: APGD-CE and APGD-DLR (5 restarts each), untargeted FAB (5 restarts), Square,
@@ -11,11 +11,10 @@ Versions, for L-inf and L2 alike (eps and norm from the config):
 - `apgd`: APGD-CE and APGD-T only (a cheaper subset);
 - custom: any stages joined by `+`, e.g. `apgd-ce+square`, with their standard settings.
 
-Under L1, `standard` is the original's APGD stages with its L1 settings: APGD-CE (5
-restarts) and APGD-T (5 target classes), each with APGD's large-radius phases
-(`use_largereps`, which every APGD stage uses under L1). The original then runs FAB-T and
-Square in their L1 forms, which are not built here: a version that runs FAB or Square under
-L1 is refused, and `standard`'s L1 figure is an upper bound on the original's.
+Under L1, `standard` is the original's L1 recipe: APGD-CE (5 restarts) and APGD-T (5 target
+classes), both with APGD's large-radius phases (`use_largereps`), then FAB-T and Square in
+their L1 forms. As in the original, only `standard` sets `use_largereps`; other versions
+run under L1 with their own settings.
 
 A stage's `n_restarts` (and a targeted stage's target classes) are passes of the runner:
 each restart attacks only the points every earlier pass left robust, with a key of its own,
@@ -54,7 +53,9 @@ VERSIONS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "rand": [("apgd-ce-eot", {}), ("apgd-dlr-eot", {})],
     "apgd": [("apgd-ce", {}), ("apgd-t", {})],
 }
-L1_VERSIONS = {"standard": [("apgd-ce", {"n_restarts": 5}), ("apgd-t", {"n_target_classes": 5})]}
+L1_VERSIONS = {"standard": [("apgd-ce", {"n_restarts": 5, "use_largereps": True}),
+                            ("apgd-t", {"n_target_classes": 5, "use_largereps": True}),
+                            ("fab-t", {}), ("square", {})]}
 
 
 class StagePass(NamedTuple):
@@ -104,20 +105,12 @@ def call_stage(name: str, logits_fn, x, y, key, rank, *, eps: float, norm: str, 
   extra = {} if rank is None else {"target_rank": rank}
   if name.endswith("-eot"):
     settings = {"eot_iter": EOT_ITER, **settings}
-  if norm == "l1" and name.startswith("apgd"):
-    settings = {"use_largereps": True, **settings}
   settings = {k: v for k, v in settings.items() if k not in RUNNER_SETTINGS}
   return get_stage(name)(logits_fn, x, y, key, eps=eps, norm=norm, **settings, **extra)
 
 
 def _version(version: str, norm: str) -> List[Tuple[str, Dict[str, Any]]]:
-  stages = _stages(version, {**VERSIONS, **L1_VERSIONS} if norm == "l1" else VERSIONS)
-  no_l1 = [name for name, _ in stages if not name.startswith("apgd")]
-  if norm == "l1" and no_l1:
-    raise ValueError(f"AutoAttack {version!r} runs {no_l1[0]}, which has no L1 form here yet; "
-                     "under L1 use 'standard' (the original's APGD-CE and APGD-T with large "
-                     "radii), 'apgd' or APGD stages joined by '+'")
-  return stages
+  return _stages(version, {**VERSIONS, **L1_VERSIONS} if norm == "l1" else VERSIONS)
 
 
 def _stages(version: str, versions) -> List[Tuple[str, Dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""FAB, L-inf and L2 (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples
+"""FAB, L-inf, L2 and L1 (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples
 with a fast adaptive boundary attack"): FAB-T, the targeted version AutoAttack's standard
 version runs, and untargeted FAB, which its `plus` version runs.
 
@@ -10,6 +10,8 @@ a1 / (a1 + a2), at most alpha_max), overshooting by eta. Once a point is adversa
 search steps back towards the original by beta, keeping the smallest perturbation found.
 A point counts as broken when that perturbation is within eps. A random start (the
 original's restarts after the first) begins at x + eps / 2 times noise of unit norm.
+Under L1 the projection fills the coordinates of largest |grad g| first, and the closest
+boundary is measured with the dual L-inf norm of the gradient.
 """
 import functools
 from typing import Callable, NamedTuple, Optional
@@ -24,9 +26,9 @@ from mixacm_jax.runtime import parallel
 
 def project_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray, hi: jnp.ndarray,
                        norm: str = "linf") -> jnp.ndarray:
-  """Per example, the delta of smallest L-inf or L2 norm with <w, delta> = c and
-  lo <= delta <= hi (flattened (N, D) arrays; lo <= 0 <= hi). When the box cannot reach c,
-  the box corner that gets closest.
+  """Per example, the delta of smallest L-inf, L2 or L1 (`_l1_fill`) norm with
+  <w, delta> = c and lo <= delta <= hi (flattened (N, D) arrays; lo <= 0 <= hi). When the
+  box cannot reach c, the box corner that gets closest.
 
   The optimum moves each coordinate towards sign(c w_i) as d_i = min(r u_i, cap_i), with
   u_i = 1 (L-inf) or |w_i| (L2, the KKT condition d = clip(lambda w)); <w, d> grows piecewise
@@ -34,12 +36,14 @@ def project_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray, hi: jnp.
   s = jnp.sign(c)[:, None] * jnp.sign(w)          # direction of each coordinate
   cap = jnp.where(s > 0, hi, -lo)                 # how far each coordinate can move
   a = jnp.abs(w)
+  if norm == "l1":
+    return s * _l1_fill(a, cap, jnp.abs(c))
   if norm == "linf":
     u = jnp.ones_like(a)
   elif norm == "l2":
     u = a
   else:
-    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2, l1")
   t = jnp.where(u > 0, cap / jnp.where(u > 0, u, 1.0), jnp.inf)  # r at which i saturates
   order = jnp.argsort(t, axis=1)
   t_s, a_s, u_s, cap_s = (jnp.take_along_axis(v, order, 1) for v in (t, a, u, cap))
@@ -55,6 +59,23 @@ def project_hyperplane(w: jnp.ndarray, c: jnp.ndarray, lo: jnp.ndarray, hi: jnp.
   r = (target[:, 0] - s_low) / jnp.maximum(slope, 1e-12)
   r = jnp.where(feasible, r, jnp.inf)
   return s * jnp.minimum(jnp.where(u > 0, r[:, None] * u, 0.0), cap)
+
+
+def _l1_fill(a: jnp.ndarray, cap: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """L1's optimum of `project_hyperplane` (magnitudes): per unit of L1 norm the coordinates
+  of largest |w_i| = a_i reach furthest, so they go to their caps in that order and the one
+  that reaches |c| only part way (the original's `projection_l1`); where the box cannot
+  reach |c|, every coordinate with a_i > 0 goes to its cap."""
+  order = jnp.argsort(-a, axis=1)
+  a_s, cap_s = (jnp.take_along_axis(v, order, 1) for v in (a, cap))
+  gain = jnp.cumsum(a_s * cap_s, axis=1)
+  k = jnp.argmax(gain >= target[:, None], axis=1)[:, None]
+  before = jnp.take_along_axis(gain - a_s * cap_s, k, 1)
+  part = (target[:, None] - before) / jnp.maximum(jnp.take_along_axis(a_s, k, 1), 1e-12)
+  rank = jnp.arange(a.shape[1])[None]
+  d = jnp.where(rank < k, cap_s, jnp.where(rank == k, part, 0.0))
+  d = jnp.where((gain[:, -1] >= target)[:, None], d, jnp.where(a_s > 0, cap_s, 0.0))
+  return jnp.take_along_axis(d, jnp.argsort(order, axis=1), 1)
 
 
 class FabConsts(NamedTuple):
@@ -114,7 +135,8 @@ def _closest_boundary(c: FabConsts, v: jnp.ndarray, norm: str):
   df = z - z[rows, c.y][:, None]
   dg = jac - jac[rows, c.y][:, None]
   df = df.at[rows, c.y].set(1e10)
-  dual = (jnp.sum(jnp.abs(dg), -1) if norm == "linf" else jnp.sqrt(jnp.sum(dg * dg, -1)))
+  dual = {"linf": lambda: jnp.sum(jnp.abs(dg), -1), "l2": lambda: jnp.sqrt(jnp.sum(dg * dg, -1)),
+          "l1": lambda: jnp.max(jnp.abs(dg), -1)}[norm]()
   k = jnp.argmin(jnp.abs(df) / (1e-12 + dual), axis=1)
   return df[rows, k], dg[rows, k].reshape(v.shape)
 

@@ -1,4 +1,4 @@
-"""FMN, the fast minimum-norm attack (Pintor et al., NeurIPS 2021), L-inf and L2: it looks for
+"""FMN, the fast minimum-norm attack (Pintor et al., NeurIPS 2021), L-inf, L2 and L1: it looks for
 each point's smallest adversarial perturbation by alternating a normalised gradient step on
 the logit difference with an adaptive radius eps_k: shrunk by (1 - gamma_k) (and to the best
 norm found) while the point is adversarial, grown by (1 + gamma_k) once one was found and it
@@ -51,7 +51,7 @@ def _keep_best(s: FmnState, c: FmnConsts, delta: jnp.ndarray, adv: jnp.ndarray, 
 def _program(norm: str, steps: int, alpha_init: float, alpha_final: float, gamma_init: float,
              gamma_final: float):
   """FMN's loop program for these static settings."""
-  dual = "l1" if norm == "linf" else "l2"
+  dual = {"linf": "l1", "l2": "l2", "l1": "linf"}[norm]
 
   def init(c: FmnConsts) -> FmnState:
     n = c.x.shape[0]
@@ -95,8 +95,8 @@ def fmn(logits_fn, x: jnp.ndarray, y: jnp.ndarray, *, norm: str = "linf", steps:
   """(x_adv, found): per point the adversarial point of smallest `norm` perturbation found
   (x where none was). alpha_final defaults to 1 % of alpha_init, as in the authors' code."""
   check_labels("fmn", x, y)
-  if norm not in ("linf", "l2"):
-    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+  if norm not in ("linf", "l2", "l1"):
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2, l1")
   alpha_final = alpha_final or alpha_init / 100
   consts = FmnConsts(loop.as_partial(logits_fn), x, y)
   return loop.run(_program(norm, int(steps), float(alpha_init), float(alpha_final),

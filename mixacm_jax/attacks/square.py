@@ -1,4 +1,5 @@
-"""Square attack, L-inf and L2 (Andriushchenko et al., ECCV 2020): score-based random search.
+"""Square attack, L-inf, L2 and L1 (Andriushchenko et al., ECCV 2020): score-based random
+search.
 
 Each query changes, per example, a square window at a random position and keeps the change
 if the margin loss fell; the window's area fraction p follows the paper's schedule: halved
@@ -13,6 +14,8 @@ L-inf: start from vertical stripes of +-eps; a query sets the window to +-eps pe
 L2: start from a grid of "pseudo-Gaussian" bumps (concentric squares weighted 1/k^2, two
 halves of opposite sign); a query moves the perturbation mass of a second window and of the
 chosen one into a new bump in the chosen window, keeping the total norm at eps.
+L1, as the original AutoAttack code's: the same with rings weighted 1/k^4 and L1 masses, each
+point projected onto the L1 ball within the box.
 """
 import functools
 from typing import Callable, NamedTuple
@@ -23,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixacm_jax.attacks import keys, loop
-from mixacm_jax.attacks.pgd import check_labels, margin_loss, per_example_norm, project
+from mixacm_jax.attacks.pgd import (check_labels, l1_project, margin_loss, per_example_norm,
+                                    project)
 from mixacm_jax.runtime import parallel
 
 # Query fractions (of 10,000) after which p is halved again, as in the paper's schedule.
@@ -67,11 +71,12 @@ class SquareState(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _program(norm: str, n_queries: int, p_init: float, rescale: bool):
+def _program(norm: str, n_queries: int, p_init: float, rescale: bool, original_positions: bool):
   """The greedy search's loop program: each query
   `propose(i, x_best)` keeps improvements of the margin for the examples still correctly
   classified; the search ends when none is left."""
   start, propose = _SEARCHES[norm]
+  propose = functools.partial(propose, original=original_positions)
 
   def init(c: SquareConsts) -> SquareState:
     x_init = start(c)
@@ -131,54 +136,65 @@ def _start_linf(c: SquareConsts) -> jnp.ndarray:
   return jnp.clip(x + stripes, 0.0, 1.0)
 
 
-def _propose_linf(i, x_best: jnp.ndarray, c: SquareConsts, p) -> jnp.ndarray:
+def _position(keys, j, size, side, original: bool):
+  """A window's top (or left) coordinate per example, from the j-th keys: uniform over the
+  size - side + 1 positions, or, as the original code (and the Square paper's), over all
+  but the last (its `random_int(0, h - s)` excludes h - s)."""
+  count = jnp.maximum(size - side, 1) if original else size - side + 1
+  return _per_example(keys, j, lambda k: jax.random.randint(k, (1, 1, 1), 0, count))
+
+
+def _propose_linf(i, x_best: jnp.ndarray, c: SquareConsts, p, *, original: bool) -> jnp.ndarray:
   x, eps = c.x, c.eps
   n, h, w, ch = x.shape
   keys = _query_draws(c, i, 3)
   side = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
-  top = _per_example(keys, 0, lambda k: jax.random.randint(k, (1, 1, 1), 0, h - side + 1))
-  left = _per_example(keys, 1, lambda k: jax.random.randint(k, (1, 1, 1), 0, w - side + 1))
+  top, left = _position(keys, 0, h, side, original), _position(keys, 1, w, side, original)
   signs = _per_example(keys, 2, lambda k: jax.random.choice(
       k, jnp.stack([-2 * eps, 2 * eps]).astype(x.dtype), (1, 1, ch)))
   inside = _window(h, w, top, left, side)
   return project(jnp.where(inside, x_best + signs, x_best), x, eps, "linf")
 
 
-# H[k] = sum_{m=1}^{k} 1/m^2: the bump's value at ring d of a rectangle with M rings is
-# H[M] - H[d] (concentric squares, the k-th weighted 1/k^2).
-_H = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 1025) ** 2)]).astype(np.float32)
+# H[k] = sum_{m=1}^{k} 1/m^power: the bump's value at ring d of a rectangle with M rings is
+# H[M] - H[d] (concentric squares, the k-th weighted 1/k^2 for L2, 1/k^4 for L1).
+_H = {norm: np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 1025) ** power)]).astype(
+    np.float32) for norm, power in (("l2", 2), ("l1", 4))}
 
 
-def _channel_norm(v):
+def _channel_norm(v, norm: str = "l2"):
+  """Each example's and channel's L2 (or L1) norm over the image, (N, 1, 1, C)."""
+  if norm == "l1":
+    return jnp.sum(jnp.abs(v), axis=(1, 2), keepdims=True)
   return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
 
 
-def _rectangle(i, j, a, b):
+def _rectangle(i, j, a, b, norm):
   """The normalised pseudo-Gaussian bump on an a x b rectangle at local coordinates (i, j)
   (zero outside); a, b may be traced."""
   ci, cj = a // 2, b // 2
   rings = jnp.maximum(ci, cj) + 1
   d = jnp.maximum(jnp.abs(i - ci), jnp.abs(j - cj))
   inside = (i >= 0) & (i < a) & (j >= 0) & (j < b)
-  h = jnp.asarray(_H)
+  h = jnp.asarray(_H[norm])
   v = jnp.where(inside, h[rings] - h[jnp.clip(d, 0, rings)], 0.0)
-  return v / jnp.maximum(_channel_norm(v), 1e-12)
+  return v / jnp.maximum(_channel_norm(v, norm), 1e-12)
 
 
-def bump(h, w, top, left, side, transpose):
-  """(N, H, W, 1) unit-norm bump of size `side` at (top, left): the top half a bump, the
-  bottom half a negative one; transposed where `transpose`."""
+def bump(h, w, top, left, side, transpose, norm: str = "l2"):
+  """(N, H, W, 1) bump of unit L2 (L1) norm and size `side` at (top, left): the top half a
+  bump, the bottom half a negative one; transposed where `transpose`."""
   i = jnp.arange(h).reshape(1, h, 1, 1) - top
   j = jnp.arange(w).reshape(1, 1, w, 1) - left
   i, j = jnp.where(transpose, j, i), jnp.where(transpose, i, j)
   half = side // 2
-  v = _rectangle(i, j, half, side) - _rectangle(i - half, j, side - half, side)
-  return v / jnp.maximum(_channel_norm(v), 1e-12)
+  v = _rectangle(i, j, half, side, norm) - _rectangle(i - half, j, side - half, side, norm)
+  return v / jnp.maximum(_channel_norm(v, norm), 1e-12)
 
 
-def _start_l2(c: SquareConsts) -> jnp.ndarray:
+def _bump_grid(c: SquareConsts, norm: str) -> jnp.ndarray:
   """A grid of bumps of side h // 5, each with a random sign per example and channel."""
-  x, eps = c.x, c.eps
+  x = c.x
   _, h, w, ch = x.shape
   s0 = max(h // 5, 1)
   start = (h - 5 * s0) // 2
@@ -187,28 +203,45 @@ def _start_l2(c: SquareConsts) -> jnp.ndarray:
                                   for l in range(start, w - s0 + 1, s0)):
     draws = _start_draws(c, b, 2)
     transpose = _per_example(draws, 0, lambda k: jax.random.bernoulli(k, 0.5, (1, 1, 1)))
-    pattern = bump(h, w, top, left, s0, transpose)
+    pattern = bump(h, w, top, left, s0, transpose, norm)
     delta = delta + pattern * _per_example(draws, 1, lambda k: jax.random.choice(
         k, jnp.array([-1.0, 1.0], x.dtype), (1, 1, ch)))
-  return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
+  return delta
 
 
-def _propose_l2(i, x_best: jnp.ndarray, c: SquareConsts, p) -> jnp.ndarray:
-  x, eps = c.x, c.eps
+def _start_l2(c: SquareConsts) -> jnp.ndarray:
+  delta = _bump_grid(c, "l2")
+  return jnp.clip(c.x + c.eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
+
+
+def _start_l1(c: SquareConsts) -> jnp.ndarray:
+  """The grid of L1 bumps, projected onto the L1 ball (just inside it) within the box."""
+  return l1_project(c.x + _bump_grid(c, "l1"), c.x, c.eps * (1 - 1e-6))
+
+
+def _query(i, c: SquareConsts, p, norm: str, original: bool):
+  """A query's two windows of one odd side (from p) and a new signed bump in the first."""
+  x = c.x
   n, h, w, ch = x.shape
   keys = _query_draws(c, i, 6)
   side = jnp.maximum(jnp.round(jnp.sqrt(p * h * w)), 3).astype(jnp.int32)
   side = jnp.minimum(side + (1 - side % 2), min(h, w) - (1 - min(h, w) % 2))  # odd, fits
-  pos = lambda j, size: _per_example(keys, j, lambda k: jax.random.randint(
-      k, (1, 1, 1), 0, size - side + 1))
+  pos = lambda j, size: _position(keys, j, size, side, original)
   top, left = pos(0, h), pos(1, w)
   win1 = _window(h, w, top, left, side)
   win2 = _window(h, w, pos(2, h), pos(3, w), side)
-  delta = x_best - x
   transpose = _per_example(keys, 4, lambda k: jax.random.bernoulli(k, 0.5, (1, 1, 1)))
-  new = bump(h, w, top, left, side, transpose)
+  new = bump(h, w, top, left, side, transpose, norm)
   new = new * _per_example(keys, 5, lambda k: jax.random.choice(
       k, jnp.array([-1.0, 1.0], x.dtype), (1, 1, ch)))
+  return win1, win2, new
+
+
+def _propose_l2(i, x_best: jnp.ndarray, c: SquareConsts, p, *, original: bool) -> jnp.ndarray:
+  x, eps = c.x, c.eps
+  ch = x.shape[-1]
+  win1, win2, new = _query(i, c, p, "l2", original)
+  delta = x_best - x
   in1 = jnp.where(win1, delta, 0.0)
   new = new + in1 / (_channel_norm(in1) + 1e-12)
   # Rescale so the mass of both windows plus what the total budget has left goes here.
@@ -219,14 +252,32 @@ def _propose_l2(i, x_best: jnp.ndarray, c: SquareConsts, p) -> jnp.ndarray:
   return jnp.clip(x + eps * delta / (per_example_norm(delta) + 1e-12), 0.0, 1.0)
 
 
+def _propose_l1(i, x_best: jnp.ndarray, c: SquareConsts, p, *, original: bool) -> jnp.ndarray:
+  """As L2's, with L1 masses (the original's rescaling, times the channel count), then the
+  projection onto the L1 ball within the box."""
+  x, eps = c.x, c.eps
+  ch = x.shape[-1]
+  win1, win2, new = _query(i, c, p, "l1", original)
+  delta = x_best - x
+  in1 = jnp.where(win1, delta, 0.0)
+  new = new + in1 / (_channel_norm(in1, "l1") + 1e-12)
+  room = jnp.maximum(eps - jnp.sum(jnp.abs(delta), axis=(1, 2, 3), keepdims=True), 0.0)
+  mass = room / ch + _channel_norm(jnp.where(win1 | win2, delta, 0.0), "l1")
+  new = new / (_channel_norm(new, "l1") + 1e-12) * mass * ch
+  delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
+  return l1_project(x + delta, x, eps * (1 - 1e-6))
+
+
 # norm -> (starting point, proposal of a query)
-_SEARCHES = {"linf": (_start_linf, _propose_linf), "l2": (_start_l2, _propose_l2)}
+_SEARCHES = {"linf": (_start_linf, _propose_linf), "l2": (_start_l2, _propose_l2),
+             "l1": (_start_l1, _propose_l1)}
 
 
 def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: float,
            n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
-           rescale_schedule: bool = False):
-  """Returns (x_adv, fooled). `x` is NHWC in [0, 1]."""
+           rescale_schedule: bool = False, original_positions: bool = False):
+  """Returns (x_adv, fooled). `x` is NHWC in [0, 1]. `original_positions`: windows never at
+  the last row or column, as the original code places them (see `_position`)."""
   chex.assert_rank(x, 4, custom_message=f"square: x must be NHWC images, got {tuple(x.shape)}")
   check_labels("square", x, y)
   if norm not in _SEARCHES:
@@ -235,5 +286,6 @@ def square(logits_fn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array, *, eps: fl
                         key=keys.per_example(key, x.shape[0]), eps=jnp.asarray(eps, x.dtype))
   # Each query's draws are per example, so from Python the batch shrinks to the points not
   # yet fooled (as the original queries only those) without changing any result.
-  return loop.run(_program(norm, int(n_queries), float(p_init), bool(rescale_schedule)),
+  return loop.run(_program(norm, int(n_queries), float(p_init), bool(rescale_schedule),
+                           bool(original_positions)),
                   n_queries, consts, per_example=("x", "y", "key"))

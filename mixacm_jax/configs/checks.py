@@ -132,7 +132,7 @@ def validate_eval(eval_cfg) -> None:
   if target not in targets.TARGET_MODES and not target.isdigit():
     raise ConfigError(f"eval.pgd.target must be one of {targets.TARGET_MODES} or a class index, "
                       f"got {target!r}")
-  registry.parse_min_norm(eval_cfg.get("min_norm", ""), eval_cfg.threat.norm)
+  registry.parse_min_norm(eval_cfg.get("min_norm", ""))
   if eval_cfg.get("autoattack_mode", "worst_case") not in AUTOATTACK_MODES:
     raise ConfigError(f"eval.autoattack_mode must be one of {AUTOATTACK_MODES}, got "
                       f"{eval_cfg.autoattack_mode!r}")

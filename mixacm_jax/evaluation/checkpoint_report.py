@@ -95,7 +95,7 @@ def _add_min_norm(report: Dict[str, Any], model, variables, config, workdir: str
   robustness curves, plotted with the bounded attacks' points (`robustness_curve.png`)."""
   images, labels, real = robustness.split_arrays(config.data, config.eval)
   report["min_norm"], report["examples"]["min_norm"] = {}, {}
-  for attack in registry.parse_min_norm(config.eval.min_norm, config.eval.threat.norm):
+  for attack in registry.parse_min_norm(config.eval.min_norm):
     if reporting.is_primary():
       print(f"Minimum norm: {attack} on {int(real.sum())} points", flush=True)
     result = min_norm.report(model, variables, images[real], labels[real], config.eval,

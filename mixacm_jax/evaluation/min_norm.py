@@ -19,7 +19,7 @@ def smallest_perturbations(model, variables, images: np.ndarray, labels: np.ndar
   """(N,) per point the norm of the smallest adversarial perturbation `attack` finds in
   `n_iter` steps (from x, deterministic), 0 where x is misclassified already and inf where
   none is found."""
-  registry.parse_min_norm(attack, norm)
+  registry.parse_min_norm(attack)
   model, variables = programs.as_model(model, variables)
   logits_fn = jax.tree_util.Partial(lambda v, x: model.apply(v, x), variables)
   images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)

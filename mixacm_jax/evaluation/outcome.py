@@ -14,6 +14,8 @@ CLEAN_MISCLASSIFIED, ROBUST = -2, -1  # per-example codes beside the stage index
 def perturbation(x_adv: np.ndarray, x: np.ndarray, norm: str) -> np.ndarray:
   """Each point's perturbation norm."""
   d = (x_adv - x).reshape(x.shape[0], -1)
+  if norm == "l1":
+    return np.abs(d).sum(1)
   return np.abs(d).max(1) if norm == "linf" else np.linalg.norm(d, axis=1)
 
 
@@ -21,7 +23,9 @@ def violations(x_adv: np.ndarray, x: np.ndarray, eps: float, norm: str, tol: flo
                ) -> int:
   """How many points are outside the `norm` ball of `eps` or [0, 1], or not finite."""
   flat = x_adv.reshape(x.shape[0], -1)
-  return int(np.sum((perturbation(x_adv, x, norm) > eps + tol) | (flat.min(1) < -tol)
+  # Relative beyond eps = 1: an L1 norm sums thousands of float32 entries.
+  return int(np.sum((perturbation(x_adv, x, norm) > eps + tol * max(1.0, eps))
+                    | (flat.min(1) < -tol)
                     | (flat.max(1) > 1 + tol) | ~np.all(np.isfinite(flat), axis=1)))
 
 
