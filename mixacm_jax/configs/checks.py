@@ -9,6 +9,8 @@ from mixacm_jax.attacks import pgd as pgd_lib, registry, targets
 from mixacm_jax.errors import ConfigError
 
 NORMS = pgd_lib.NORMS
+# TRADES' and RSLAD's inner maximisation takes signed steps, an L-inf / L2 recipe.
+TRAINING_NORMS = ("linf", "l2")
 AUTOATTACK_MODES = ("worst_case", "individual")
 # The sign of a number, by its key's name, wherever it appears in a config (weights,
 # temperatures, counts...): one table instead of a check per objective.
@@ -101,12 +103,12 @@ def check_numbers(config) -> None:
       raise ConfigError(f"{path} must be at most {READ_AHEAD_LIMIT}, got {value}")
 
 
-def _check_threat(where: str, cfg) -> None:
-  if cfg.norm not in NORMS:
-    raise ConfigError(f"{where}.norm must be one of {NORMS}, got {cfg.norm!r}")
+def _check_threat(where: str, cfg, norms=NORMS) -> None:
+  if cfg.norm not in norms:
+    raise ConfigError(f"{where}.norm must be one of {norms}, got {cfg.norm!r}")
   if not 0.0 < cfg.eps <= (1.0 if cfg.norm == "linf" else 1e6):
-    raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1] (L2: finite, > 0), "
-                      f"got {cfg.eps}")
+    raise ConfigError(f"{where}.eps must be in (0, 1] for inputs in [0, 1] (L2, L1: finite, "
+                      f"> 0), got {cfg.eps}")
 
 
 def _check_steps(where: str, cfg) -> None:
@@ -116,8 +118,8 @@ def _check_steps(where: str, cfg) -> None:
 
 
 def _check_attack(where: str, cfg) -> None:
-  """A training attack: its own eps, norm, steps and step size."""
-  _check_threat(where, cfg)
+  """A training attack: its own eps, norm (L-inf or L2), steps and step size."""
+  _check_threat(where, cfg, TRAINING_NORMS)
   _check_steps(where, cfg)
 
 
