@@ -41,7 +41,7 @@ def _run_steps(step, state, batches, n_devices):
 # differences into sign flips, so its equality is checked with the attack's steps at 0
 # (random start, two train-mode passes and the KL term still run).
 @pytest.mark.parametrize("objective,attack_steps", [("natural", 0), ("pgd_at", 2), ("fast_at", 1),
-                                                   ("mixup", 0), ("trades", 0)])
+                                                   ("mixup", 0), ("trades", 0), ("mart", 2)])
 def test_one_vs_two_devices_same_update(tiny_config, objective, attack_steps):
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")

@@ -71,7 +71,8 @@ class SquareState(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _program(norm: str, n_queries: int, p_init: float, rescale: bool, original_positions: bool):
+def _program(norm: str, n_queries: int, p_init: float, rescale: bool,
+             original_positions: bool = False):
   """The greedy search's loop program: each query
   `propose(i, x_best)` keeps improvements of the margin for the examples still correctly
   classified; the search ends when none is left."""

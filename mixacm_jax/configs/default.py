@@ -3,7 +3,8 @@ a small ResNet-18, PGD-AT (a robust teacher), evaluated on clean and PGD accurac
 Finishes offline in a few minutes on 2 CPU cores; a smoke-scale stand-in for CIFAR-10."""
 import ml_collections
 
-ADVERSARIAL_METHODS = ("pgd_at", "fast_at", "trades", "ard", "rslad")  # the ones with `attack`
+# The methods with a training `attack`.
+ADVERSARIAL_METHODS = ("pgd_at", "fast_at", "trades", "mart", "ard", "rslad")
 
 
 def training_attack(eps=0.1, step_size=0.025, steps=5, norm="linf"):
@@ -83,13 +84,16 @@ def model(name: str = "resnet18"):
 def objectives():
   """Each method's own settings in its own group, `objective.<name>.*`; natural has none."""
   config = ml_collections.ConfigDict()
-  config.name = "pgd_at"  # natural, pgd_at, fast_at, mixup, trades, mixacm, kd, ard, rslad
+  # natural, pgd_at, fast_at, mixup, trades, mart, mixacm, kd, ard, rslad
+  config.name = "pgd_at"
   config.natural = ml_collections.ConfigDict()
   config.pgd_at = ml_collections.ConfigDict({"attack": training_attack()})
   config.fast_at = ml_collections.ConfigDict({"attack": fast_attack()})
   # Mixup training alone (no teacher): Beta(alpha, alpha); one lambda per example or per batch.
   config.mixup = ml_collections.ConfigDict({"alpha": 1.0, "per_example": False})
   config.trades = ml_collections.ConfigDict({"beta": 6.0, "attack": training_attack()})
+  # MART's lambda = 6, the paper's CIFAR-10 setting.
+  config.mart = ml_collections.ConfigDict({"beta": 6.0, "attack": training_attack()})
   config.mixacm = ml_collections.ConfigDict({
       "w_ce": 1.0, "w_kd": 1.0, "w_acm": 10.0,  # weights of the three terms
       "temperature": 1.0,                      # of the KD term

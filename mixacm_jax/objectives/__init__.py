@@ -11,8 +11,8 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives import (ard, fast_at, kd, mixacm, mixup, natural, pgd_at, rslad,
-                                  trades)
+from mixacm_jax.objectives import (ard, fast_at, kd, mart, mixacm, mixup, natural, pgd_at,
+                                  rslad, trades)
 from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 
@@ -54,6 +54,7 @@ OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("fast_at", fast_at.loss_fn, fast_at.passes),
     Objective("mixup", mixup.loss_fn, mixup.passes),
     Objective("trades", trades.loss_fn, trades.passes),
+    Objective("mart", mart.loss_fn, mart.passes),
     Objective("mixacm", mixacm.loss_fn, mixacm.passes, True, mixacm.init_params,
               mixacm.feature_names, mixacm.check_settings),
     Objective("kd", kd.loss_fn, kd.passes, True),
