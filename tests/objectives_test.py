@@ -57,24 +57,31 @@ def test_example_keys_do_not_depend_on_the_device_split():
   np.testing.assert_array_equal(whole, np.concatenate(halves))
 
 
+def _losses_at_betas(config, name, tiny_resnet):
+  """({beta: loss} for beta 0 and 6 on one tiny batch, the metrics at beta 6) of the objective
+  `name` whose settings group has a `beta`; its KL term is positive at both."""
+  model, variables = tiny_resnet
+  params = {"model": variables["params"]}
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
+           "label": jnp.arange(8) % 10}
+  objective = objectives.get_objective(name)
+  losses = {}
+  for beta in (0.0, 6.0):
+    config.objective[name].beta = beta
+    ctx = _ctx(objective.settings(config.objective), model, variables)
+    loss, (_, metrics) = objective.loss_fn(params, ctx, batch)
+    losses[beta] = float(loss)
+    assert float(metrics["kl"]) > 0
+  return losses, metrics
+
+
 def test_each_method_reads_its_own_settings_group(tiny_resnet):
   """`objective.trades.beta` reaches TRADES' loss and nothing else's; the flat keys of before
   are refused with where they went."""
   from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from mixacm_jax.training import pipeline
   config = default.get_config()
-  model, variables = tiny_resnet
-  params = {"model": variables["params"]}
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
-           "label": jnp.arange(8) % 10}
-  trades_objective = objectives.get_objective("trades")
-  losses = {}
-  for beta in (0.0, 6.0):
-    config.objective.trades.beta = beta
-    ctx = _ctx(trades_objective.settings(config.objective), model, variables)
-    loss, (_, metrics) = trades_objective.loss_fn(params, ctx, batch)
-    losses[beta] = float(loss)
-    assert float(metrics["kl"]) > 0
+  losses, metrics = _losses_at_betas(config, "trades", tiny_resnet)
   assert losses[0.0] == pytest.approx(float(metrics["ce"]), rel=1e-6)
   assert losses[6.0] > losses[0.0]
   # The ARD group's alpha changes ARD's cost (a clean pass when alpha < 1), not TRADES'.
@@ -191,18 +198,8 @@ def test_mart_loss_matches_numpy_and_its_passes(tiny_resnet):
     np.testing.assert_allclose(float(jnp.mean(bce) + beta * jnp.mean(kl)),
                                _numpy_mart(clean, adv, y, beta), rtol=1e-5)
   config = default.get_config()
-  model, variables = tiny_resnet
-  params = {"model": variables["params"]}
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1)),
-           "label": jnp.arange(8) % 10}
   objective = objectives.get_objective("mart")
-  losses = {}
-  for beta in (0.0, 6.0):
-    config.objective.mart.beta = beta
-    ctx = _ctx(objective.settings(config.objective), model, variables)
-    loss, (_, metrics) = objective.loss_fn(params, ctx, batch)
-    losses[beta] = float(loss)
-    assert float(metrics["kl"]) > 0
+  losses, metrics = _losses_at_betas(config, "mart", tiny_resnet)
   assert losses[0.0] == pytest.approx(float(metrics["bce"]), rel=1e-6)
   assert losses[6.0] == pytest.approx(losses[0.0] + 6.0 * float(metrics["kl"]), rel=1e-5)
   k = config.objective.mart.attack.steps
