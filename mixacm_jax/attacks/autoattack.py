@@ -110,10 +110,7 @@ def call_stage(name: str, logits_fn, x, y, key, rank, *, eps: float, norm: str, 
 
 
 def _version(version: str, norm: str) -> List[Tuple[str, Dict[str, Any]]]:
-  return _stages(version, {**VERSIONS, **L1_VERSIONS} if norm == "l1" else VERSIONS)
-
-
-def _stages(version: str, versions) -> List[Tuple[str, Dict[str, Any]]]:
+  versions = {**VERSIONS, **L1_VERSIONS} if norm == "l1" else VERSIONS
   if version in versions:
     return versions[version]
   stages = [s.strip() for s in version.split("+")]
