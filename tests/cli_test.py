@@ -116,7 +116,10 @@ def test_unknown_key_wrong_type_and_missing_config_file_are_one_line(tmp_path, a
                                   "cifar10_preact18_pgd_at", "cifar10_wrn34_10_trades",
                                   "cifar10_mixacm_wrn34_10_to_resnet18",
                                   "cifar10_mixacm_wrn34_10_to_wrn34_10",
-                                  "cifar100_mixacm_wrn34_10_to_resnet18"])
+                                  "cifar100_mixacm_wrn34_10_to_resnet18",
+                                  "imagenet_mixacm_salman_r50_to_resnet18",
+                                  "imagenet_mixacm_salman_wrn50_2_to_resnet50",
+                                  "imagenet_robustbench_eval"])
 def test_every_config_loads_and_validates(name):
   from mixacm_jax.configs import checks as config_checks  # pylint: disable=g-import-not-at-top
   config = repo_config(name)
@@ -125,13 +128,23 @@ def test_every_config_loads_and_validates(name):
     assert config.data.name == name.split("_")[0]
     for method in default.ADVERSARIAL_METHODS:
       assert config.objective[method].attack.eps == pytest.approx(8 / 255)
+  if name.startswith("imagenet"):  # RobustBench's protocol; its ids file ships
+    assert config.eval.threat.eps == pytest.approx(4 / 255)
+    assert (config.data.image_size, config.data.eval_resize) == (224, 256)
+    assert os.path.isfile(config.data.eval_ids)
+  if "mixacm" in name and name.startswith("imagenet"):  # the teacher's entry exists, by name
+    from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
+    found = zoo.recipe(config.teacher.robustbench, "imagenet", "Linf")
+    config.teacher.model.name, shape = found["arch"], (64, 64, 3)
+  else:
+    shape = (32, 32, 3)
   if "mixacm" in name:
     # Every matched block exists in both full-size models (traced, not run).
     from mixacm_jax import models  # pylint: disable=g-import-not-at-top
     from mixacm_jax.objectives import mixacm  # pylint: disable=g-import-not-at-top
     student, teacher = mixacm.feature_names(config.objective.mixacm)
     for cfg, names in ((config.model, student), (config.teacher.model, teacher)):
-      sown = models.feature_names(models.create_model_from_config(cfg, 10), (32, 32, 3))
+      sown = models.feature_names(models.create_model_from_config(cfg, 10), shape)
       assert set(names) <= set(sown), (names, sown)
 
 

@@ -28,8 +28,16 @@ REPORT = os.path.join(robustbench.ROOT, "docs", "robustbench_parity.md")
 
 def save_as_robustbench(net, recipe, path: str) -> None:
   """The layouts RobustBench's loader reads: {'last': {...}} for the entries it opens at
-  'last', else {'state_dict': {'module.' + key}} (Carmon et al.'s DataParallel files)."""
+  'last', else {'state_dict': {'module.' + key}} (Carmon et al.'s DataParallel files); for
+  the ImageNet entries the wrapped network's keys (the loader adds the wrapper's `model.`),
+  and for those on torchvision's pretrained weights, torch.hub's plain state_dict."""
   import torch  # pylint: disable=g-import-not-at-top
+  net, _ = robustbench.unwrap_normalize_model(net)
+  if recipe.get("torchvision_weights"):
+    hub = zoo.torch_hub_checkpoints()
+    os.makedirs(hub, exist_ok=True)
+    torch.save(net.state_dict(), os.path.join(hub, recipe["torchvision_weights"]))
+    return
   if recipe.get("softmax_ensemble"):  # one file per member, as RobustBench keeps them
     for i, member in enumerate(net.models):
       torch.save({"state_dict": {f"module.{k}": v for k, v in member.state_dict().items()}},
@@ -63,7 +71,8 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   import torch  # pylint: disable=g-import-not-at-top
   recipe = zoo.recipe(name, dataset, threat)
   torch.manual_seed(seed)
-  net = robustbench.randomise_batchnorm(entry["model"](), seed)
+  with robustbench.pretrained_recorded([]):  # random weights, never a download
+    net = robustbench.randomise_batchnorm(entry["model"](), seed)
   robustbench.randomise_learned_activations(net, seed)
   h, w, c = recipe["image_shape"]
   x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
@@ -79,7 +88,7 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
     ref = net(x).numpy()
   del net
   model, variables = zoo.load_robustbench(name, dataset, threat, model_dir)
-  for file in [path] + [f"{path}_m{i}.pt" for i in range(recipe.get("softmax_ensemble", 0))]:
+  for file in zoo.weight_files(recipe, path):
     if os.path.exists(file):
       os.remove(file)
   out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
@@ -89,7 +98,9 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
 def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) -> Dict:
   results = {}
   seen: Dict[tuple, tuple] = {}
+  torch_home = os.environ.get("TORCH_HOME")
   with tempfile.TemporaryDirectory() as model_dir:
+    os.environ["TORCH_HOME"] = os.path.join(model_dir, "torch")  # torchvision's weights
     for dataset, tables in zoo_recipes.RECIPES.items():
       if not any("arch" in e for es in tables.values() for e in es.values()):
         continue
@@ -99,8 +110,8 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) ->
           if "arch" not in recipe or (only and name not in only):
             continue
           entry = entries[threat][name]
-          with robustbench.weights_on_meta():
-            cls = type(entry["model"]())
+          with robustbench.weights_on_meta(), robustbench.pretrained_recorded([]):
+            cls = type(robustbench.unwrap_normalize_model(entry["model"]())[0])
           signature = (cls.__module__, cls.__qualname__, repr(recipe))
           if signature in seen:
             results[(dataset, threat, name)] = seen[signature][:2] + (seen[signature][2],)
@@ -112,6 +123,10 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) ->
           print(f"{dataset:8s} {threat:11s} {name:42s} {recipe['arch']:18s} "
                 f"max|dlogit| {diff:.1e} of max|logit| {scale:.1e} "
                 f"({time.time() - start:.0f} s)", flush=True)
+  if torch_home is None:
+    del os.environ["TORCH_HOME"]
+  else:
+    os.environ["TORCH_HOME"] = torch_home
   if report:
     with open(report, "w") as f:
       f.write(render(results))

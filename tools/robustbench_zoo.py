@@ -1,11 +1,11 @@
 """RobustBench's PyTorch code, read from the installed package without running its `__init__`,
 and its model zoo turned into recipes for the Flax models.
 
-The package's `__init__` imports torchvision and timm (not needed here, and without CPU builds
-on some machines), while the zoo tables and `model_zoo/architectures/*.py` need only torch. So
+The package's `__init__` imports torchvision and timm as whole packages, while the zoo tables
+and `model_zoo/architectures/*.py` need only torch and torchvision's model definitions. So
 `pip install --no-deps robustbench` is enough: `zoo_package()` registers the package's folders
-as bare packages, and a torchvision whose every name refuses to build (the few zoo entries that
-subclass a torchvision model are unsupported here anyway).
+as bare packages, and torchvision's models through `tools.torch_reference` (which loads them
+without torchvision's compiled operators).
 
 `derive_recipes()` builds every zoo entry's own PyTorch module with its weights on the meta
 device (no memory, no initialisation; constants such as a normalisation's mean stay real) and
@@ -20,20 +20,22 @@ import ast
 import contextlib
 import dataclasses
 import importlib
-import importlib.machinery
 import importlib.util
 import os
 import sys
-import types
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from mixacm_jax.errors import ConfigError
+from tools import torch_reference
 
 # RobustBench's dataset tables: (module, table) in model_zoo/.
 ZOO_TABLES = {"cifar10": ("cifar10", "cifar_10_models"),
               "cifar100": ("cifar100", "cifar_100_models"),
               "imagenet": ("imagenet", "imagenet_models")}
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "imagenet": (224, 224, 3)}
+# The input side of RobustBench's ImageNet preprocessings (robustbench/data.py): Res256Crop224
+# resizes the shorter side to 256 and crops the centre 224; Crop288 crops the centre 288.
+PREPROCESSING_SIDES = {"Res256Crop224": 224, "Crop288": 288}
 
 
 def _package_root() -> str:
@@ -50,26 +52,6 @@ class Unbuildable(Exception):
   """A zoo entry whose PyTorch module needs a library that is not installed."""
 
 
-def _refusing_module(name: str) -> types.ModuleType:
-  """A stand-in module whose every attribute is a class that refuses to be built."""
-  module = types.ModuleType(name)
-  module.__path__ = []
-
-  def getattr_(attr):
-    if attr.startswith("__"):
-      raise AttributeError(attr)
-    import torch  # pylint: disable=g-import-not-at-top
-
-    class Refused(torch.nn.Module):
-      def __init__(self, *args, **kwargs):
-        raise Unbuildable(f"{name}.{attr}")
-    Refused.__name__ = Refused.__qualname__ = attr
-    Refused.__module__ = name
-    return Refused
-  module.__getattr__ = getattr_
-  return module
-
-
 def zoo_package() -> str:
   """Registers robustbench, robustbench.model_zoo and its architectures folder as bare
   packages (unless the real package is already imported); returns the package's folder."""
@@ -79,16 +61,8 @@ def zoo_package() -> str:
   for name, folder in (("robustbench", ""), ("robustbench.model_zoo", "model_zoo"),
                        ("robustbench.model_zoo.architectures",
                         os.path.join("model_zoo", "architectures"))):
-    package = types.ModuleType(name)
-    package.__path__ = [os.path.join(root, folder)]
-    package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    package.__spec__.submodule_search_locations = package.__path__
-    sys.modules[name] = package
-  if importlib.util.find_spec("torchvision") is None:
-    for name in ("torchvision", "torchvision.models", "torchvision.models.resnet"):
-      sys.modules[name] = _refusing_module(name)
-    sys.modules["torchvision"].models = sys.modules["torchvision.models"]
-    sys.modules["torchvision.models"].resnet = sys.modules["torchvision.models.resnet"]
+    torch_reference.bare_package(name, os.path.join(root, folder))
+  torch_reference.torchvision_models()  # the ImageNet zoo builds torchvision's ResNets
   return root
 
 
@@ -255,6 +229,23 @@ def _resnet(net) -> Tuple[str, dict]:
                     "block": blocks[block]}
 
 
+def _torchvision_resnet(net, stem: str = "imagenet") -> Tuple[str, dict]:
+  kernel = {"imagenet": (7, 7), "cifar": (3, 3)}[stem]
+  if net.conv1.kernel_size != kernel:
+    raise Unsupported(f"a ResNet with a {net.conv1.kernel_size} stem convolution")
+  if net.groups != 1:
+    raise Unsupported(f"ResNeXt (grouped convolutions, {net.groups} groups)")
+  blocks = {"BasicBlock": "basic", "Bottleneck": "bottleneck"}
+  return "ResNet", {"stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
+                    "block": blocks[type(net.layer1[0]).__name__], "stem": stem,
+                    "width_per_group": net.base_width, "base_width": net.conv1.out_channels}
+
+
+def _lrr_resnet(net) -> Tuple[str, dict]:
+  """RobustBench's LRR_ResNet: torchvision's ResNet with a CIFAR stem, of any width."""
+  return _torchvision_resnet(net, stem="cifar")
+
+
 def _preact_resnet(net) -> Tuple[str, dict]:
   block = net.layer1[0]
   if type(block).__name__ not in ("PreActBlock", "PreActBlockV2"):
@@ -309,6 +300,8 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("dm_wide_resnet", "DMPreActResNet"): _dm_preact_resnet,
     ("resnet", "ResNet"): _resnet,
     ("resnet", "PreActResNet"): _preact_resnet,
+    ("torchvision.models.resnet", "ResNet"): _torchvision_resnet,
+    ("CARD_resnet", "LRR_ResNet"): _lrr_resnet,
 }
 # Families with no Flax twin, and what they are.
 NO_TWIN = {
@@ -326,7 +319,9 @@ SOFTMAX_ENSEMBLES = {"Chen2020AdversarialNet": lambda net: list(net.models)}
 
 def _family(net):
   for cls in type(net).__mro__:  # the most derived known class decides
-    key = (cls.__module__.rpartition(".")[2], cls.__name__)
+    module = cls.__module__  # RobustBench's by file name, torchvision's in full
+    key = (module if module.startswith("torchvision") else module.rpartition(".")[2],
+           cls.__name__)
     if cls.__name__ in NO_TWIN:
       raise Unsupported(NO_TWIN[cls.__name__])
     if key in FAMILIES:
@@ -391,6 +386,38 @@ def _buffer_normalisation(net) -> Dict[str, Any]:
   return {}
 
 
+def unwrap_normalize_model(net):
+  """(the network, {"mean", "std"}) of RobustBench's `normalize_model` wrapper (an
+  nn.Sequential of an ImageNormalizer `normalize` and the `model`), else (net, {})."""
+  import torch  # pylint: disable=g-import-not-at-top
+  norm = getattr(net, "normalize", None)
+  if not (isinstance(net, torch.nn.Sequential) and type(norm).__name__ == "ImageNormalizer"):
+    return net, {}
+  return net.model, {k: tuple(round(float(v), 7) for v in getattr(norm, k).reshape(-1))
+                     for k in ("mean", "std")}
+
+
+@contextlib.contextmanager
+def pretrained_recorded(files: list):
+  """Builds torchvision models with `pretrained=True` without downloading: the file name of
+  each pretrained weight file asked for is appended to `files`, and nothing is loaded."""
+  import torch  # pylint: disable=g-import-not-at-top
+  api = importlib.import_module("torchvision.models._api")
+  fetch, load = api.load_state_dict_from_url, torch.nn.Module.load_state_dict
+  asked = object()
+
+  def record(url, *args, **kwargs):
+    files.append(os.path.basename(url))
+    return asked
+  api.load_state_dict_from_url = record
+  torch.nn.Module.load_state_dict = lambda self, state, *a, **k: (
+      None if state is asked else load(self, state, *a, **k))
+  try:
+    yield
+  finally:
+    api.load_state_dict_from_url, torch.nn.Module.load_state_dict = fetch, load
+
+
 def _last_checkpoint_rule(root: str) -> Callable[[str], bool]:
   """Which entries RobustBench's `load_model` takes from the file's 'last' key, read from its
   own source (`if 'X' in model_name or model_name == 'Y': checkpoint = checkpoint['last']`)."""
@@ -423,8 +450,9 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
   """The recipe of one zoo entry, or {"unsupported": why}."""
   import torch  # pylint: disable=g-import-not-at-top
   prefix = "ensemble: " if isinstance(entry.get("gdrive_id"), list) else ""
+  pretrained = []
   try:
-    with weights_on_meta():
+    with weights_on_meta(), pretrained_recorded(pretrained):
       try:
         net = entry["model"]()
       except Unbuildable:
@@ -432,6 +460,7 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
       except Exception as e:  # pylint: disable=broad-except
         raise Unsupported(_torchvision_base(e) or "its PyTorch module does not build here "
                           f"({type(e).__name__}: {e})") from None
+    net, wrapper = unwrap_normalize_model(net)
     members = SOFTMAX_ENSEMBLES.get(type(net).__name__, lambda _: None)(net)
     if members:
       derived = [registered_architecture(*_family(m)[1](m)) for m in members]
@@ -442,8 +471,9 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
     else:
       base, family = _family(net)
       arch, kwargs = registered_architecture(*family(net))
-    # Normalisation in a subclass's forward, else in the family's own (from its buffers).
-    transform = _probe_normalisation(net, base) or _buffer_normalisation(net)
+    # Normalisation in a wrapper, in a subclass's forward, else in the family's own (from its
+    # buffers).
+    transform = wrapper or _probe_normalisation(net, base) or _buffer_normalisation(net)
     mean, std = transform.pop("mean", None), transform.pop("std", None)
     kwargs.update(transform)
     classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -451,9 +481,15 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
     return {"unsupported": (prefix if "ensemble" not in str(e) else "") + str(e)}
   except Unbuildable as e:
     return {"unsupported": prefix + f"built from {e}, which has no Flax twin"}
+  side = PREPROCESSING_SIDES.get(entry.get("preprocessing"))
   recipe = {"arch": arch, "kwargs": kwargs, "num_classes": classifier.out_features,
-            "mean": mean, "std": std, "image_shape": IMAGE_SHAPES[dataset],
+            "mean": mean, "std": std,
+            "image_shape": (side, side, 3) if side else IMAGE_SHAPES[dataset],
             "checkpoint_key": "last" if uses_last(name) else "state_dict"}
+  if entry.get("preprocessing"):
+    recipe["preprocessing"] = entry["preprocessing"]
+  if pretrained:  # RobustBench loads torchvision's own weights, from torch's hub cache
+    recipe["torchvision_weights"] = pretrained[0]
   if prefix:
     if not members or len(members) != len(entry["gdrive_id"]):
       return {"unsupported": f"an ensemble of {len(entry['gdrive_id'])} networks"}

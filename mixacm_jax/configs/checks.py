@@ -17,7 +17,7 @@ AUTOATTACK_MODES = ("worst_case", "individual")
 POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "keep",
             "log_every_steps", "restarts")
 NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_epochs",
-                "crop_padding", "num_threads", "prefetch", "num_examples", "num_steps",
+                "crop_padding", "image_size", "eval_resize", "num_threads", "prefetch", "num_examples", "num_steps",
                 "num_epochs", "steps", "every_steps", "stage_weights", "decay_epochs")
 READ_AHEAD_LIMIT = 1024  # data.num_threads and data.prefetch: more only exhausts memory
 ARCHITECTURE_LIMIT = 10_000  # an architecture's integer field (width, depth, block count)
@@ -236,6 +236,9 @@ def validate(config) -> None:
   if config.log_every_steps <= 0:
     raise ConfigError("log_every_steps must be positive")
   check_numbers(config)
+  if not 0 < config.data.get("crop_scale_min", 1) <= 1:
+    raise ConfigError(f"data.crop_scale_min must be in (0, 1], got "
+                      f"{config.data.crop_scale_min}")
 
 
 def check_writable(workdir: str) -> None:

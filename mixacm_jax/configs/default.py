@@ -67,6 +67,13 @@ def data():
       "train_split": "train", "eval_split": "test",
       "crop_padding": 1,      # CIFAR configs use 4 (of 32 pixels); digits are 8x8
       "random_flip": False,   # digits are not mirror-symmetric
+      # > 0: JPEGs of any size (imagenet2012), decoded here; training takes random-resized
+      # crops of this side (area fraction >= crop_scale_min), evaluation resizes the shorter
+      # side to eval_resize (0: not at all) and crops the centre (RobustBench: 256 / 224).
+      "image_size": 0, "crop_scale_min": 0.08, "eval_resize": 0,
+      # A file of eval image names, one per line (RobustBench's 5,000 ImageNet images:
+      # mixacm_jax/data/robustbench_imagenet_ids.txt); "": the whole eval split.
+      "eval_ids": "",
       "num_threads": 2,       # Grain read-ahead threads (augmentation runs in them)
       "prefetch": 4})         # batches read ahead
 

@@ -10,13 +10,15 @@ directly: no iterator state needs saving beside the checkpoint's step. TFDS data
 through `tfds.data_source` (ArrayRecord files), which needs no TensorFlow.
 """
 import dataclasses
+import functools
 import math
+import os
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
 
-from mixacm_jax.data import digits
+from mixacm_jax.data import digits, jpeg
 from mixacm_jax.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -51,11 +53,27 @@ def _prepare_command(name: str, data_dir: Optional[str]) -> str:
   return f"`tfds build {name} --data_dir={data_dir or '<dir>'} --file_format=array_record`"
 
 
-def _tfds_source(name: str, split: str, data_dir: Optional[str]):
-  """`tfds.data_source` of a prepared split; never downloads, one clear line when it can't."""
+class _Subset:
+  """The examples of `source` at `indices` (Grain's data source protocol)."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int):
+    return self.source[self.indices[i]]
+
+
+def _tfds_source(name: str, split: str, data_dir: Optional[str], encoded: bool = False):
+  """`tfds.data_source` of a prepared split; never downloads, one clear line when it can't.
+  `encoded`: images as their JPEG bytes, decoded by `jpeg` (faster than TFDS' decoder)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders=decoders)
   except tfds.core.registered.DatasetNotFoundError:
     raise ConfigError(f"unknown dataset {name!r}: not in TFDS and not one of the embedded "
                       f"datasets {EMBEDDED_DATASETS}") from None
@@ -74,10 +92,40 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str]):
       "then pass --config.data.data_dir=<dir>.")
 
 
+def encoded_images(data_cfg) -> bool:
+  """Datasets of JPEGs of any size (ImageNet) are decoded and cropped to data.image_size."""
+  return int(data_cfg.get("image_size", 0)) > 0
+
+
 def _source(data_cfg, split: str):
   if data_cfg.name == digits.NAME:
     return _ArraySource(*digits.arrays(split))
-  return _tfds_source(data_cfg.name, split, data_cfg.get("data_dir"))
+  source = _tfds_source(data_cfg.name, split, data_cfg.get("data_dir"),
+                        encoded_images(data_cfg))
+  if split == data_cfg.eval_split and data_cfg.get("eval_ids"):
+    indices = _listed(data_cfg.name, split, data_cfg.get("data_dir"), data_cfg.eval_ids)
+    return _Subset(source, indices)
+  return source
+
+
+@functools.lru_cache(maxsize=8)
+def _listed(name: str, split: str, data_dir: Optional[str], ids_file: str) -> Tuple[int, ...]:
+  """The indices of the examples of a split whose file names `ids_file` lists (one scan of
+  the split's file names; kept for the process)."""
+  ids = jpeg.read_ids(ids_file)
+  source = _tfds_source(name, split, data_dir, encoded=True)
+  print(f"data.eval_ids: looking up {len(ids)} images of {os.path.basename(ids_file)} among "
+        f"{len(source)} of {name}/{split}", flush=True)
+  names = (source[i].get("file_name", b"") for i in range(len(source)))
+  indices = tuple(i for i, n in enumerate(names) if os.path.basename(
+      n.decode() if isinstance(n, bytes) else str(n)) in ids)
+  if not indices:
+    raise DataError(f"none of the {len(ids)} images of data.eval_ids={ids_file} is in "
+                    f"{name}/{split} (its examples have no such file_name)")
+  if len(indices) < len(ids):
+    print(f"data.eval_ids: {len(ids) - len(indices)} of the listed images are not in "
+          f"{name}/{split}; evaluating the {len(indices)} found", flush=True)
+  return indices
 
 
 def get_info(data_cfg) -> DatasetInfo:
@@ -92,6 +140,11 @@ def get_info(data_cfg) -> DatasetInfo:
       raise ConfigError(f"unknown dataset {data_cfg.name!r}: not in TFDS and not one of the "
                         f"embedded datasets {EMBEDDED_DATASETS}") from None
     image_shape = tuple(builder.info.features["image"].shape)
+    if encoded_images(data_cfg):
+      image_shape = (int(data_cfg.image_size),) * 2 + image_shape[2:]
+    elif None in image_shape:
+      raise ConfigError(f"the images of {data_cfg.name!r} differ in size: set "
+                        "data.image_size (e.g. 224) to decode and crop them")
     num_classes = builder.info.features["label"].num_classes
   sizes = [len(_source(data_cfg, s)) for s in (data_cfg.train_split, data_cfg.eval_split)]
   for split, size in zip((data_cfg.train_split, data_cfg.eval_split), sizes):
@@ -115,9 +168,11 @@ def _grain():
 
 
 def _host_dataset(data_cfg, split: str) -> "grain.MapDataset":
-  """This host's shard of a split (every process_count-th example) as float32 images."""
+  """This host's shard of a split (every process_count-th example) as float32 images, or as
+  stored for JPEG datasets (decoded per example by the caller)."""
   ds = _grain().MapDataset.source(_source(data_cfg, split))
-  return ds[jax.process_index()::jax.process_count()].map(_to_float)
+  ds = ds[jax.process_index()::jax.process_count()]
+  return ds if encoded_images(data_cfg) else ds.map(_to_float)
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -169,13 +224,19 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapData
   if len(base) < batch:
     raise DataError(f"split {data_cfg.train_split!r} of {data_cfg.name!r} has {len(base)} "
                     f"examples on this host, fewer than its batch of {batch}")
+  # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
+  shuffled = base.shuffle(seed=(seed * 100003) % 2**31).repeat()
+  if encoded_images(data_cfg):  # decoded and cropped per example, seeded by its position
+    crop = functools.partial(jpeg.train_example, size=int(data_cfg.image_size),
+                             scale_min=float(data_cfg.crop_scale_min),
+                             flip=bool(data_cfg.random_flip))
+    return shuffled.random_map(crop, seed=seed).batch(batch, drop_remainder=True)
   padding, flip = int(data_cfg.crop_padding), bool(data_cfg.random_flip)
   side = min(get_info(data_cfg).image_shape[:2])
   if not 0 <= padding <= side:
     raise ConfigError(f"data.crop_padding must be in [0, {side}] (the images' side), got "
                       f"{padding}")
-  # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
-  ds = base.shuffle(seed=(seed * 100003) % 2**31).repeat().batch(batch, drop_remainder=True)
+  ds = shuffled.batch(batch, drop_remainder=True)
   if not (padding or flip):
     return ds
   # Augmented per batch, seeded by (seed, batch index): still a pure function of the step.
@@ -203,7 +264,11 @@ def eval_batches(data_cfg, global_batch_size: int,
   # A batch beyond the examples would only be padding: cut to the examples, per device.
   batch = min(batch, math.ceil(host_limit / jax.local_device_count()) * jax.local_device_count())
   num_batches = math.ceil(host_limit / batch)
-  it = iter(ds[:host_limit].batch(batch).to_iter_dataset(_read_options(data_cfg)))
+  ds = ds[:host_limit]
+  if encoded_images(data_cfg):
+    ds = ds.map(functools.partial(jpeg.eval_example, size=int(data_cfg.image_size),
+                                  resize_to=int(data_cfg.eval_resize)))
+  it = iter(ds.batch(batch).to_iter_dataset(_read_options(data_cfg)))
   for _ in range(num_batches):
     example = next(it, None)
     if example is None:  # this host's shard ran out first: an all-padding batch

@@ -23,6 +23,21 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "preact_bottleneck_resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
                                                     block="preact_bottleneck"),
     "preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2)),
+    # torchvision's ImageNet ResNets (7x7 stride-2 stem and max-pool, v1.5 bottlenecks).
+    "imagenet_resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), stem="imagenet"),
+    "imagenet_resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), stem="imagenet"),
+    "imagenet_resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck",
+                                           stem="imagenet"),
+    "imagenet_resnet101": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
+                                            block="bottleneck", stem="imagenet"),
+    "imagenet_resnet152": functools.partial(ResNet, stage_sizes=(3, 8, 36, 3),
+                                            block="bottleneck", stem="imagenet"),
+    "imagenet_wide_resnet50_2": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                                                  block="bottleneck", stem="imagenet",
+                                                  width_per_group=128),
+    "imagenet_wide_resnet101_2": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
+                                                   block="bottleneck", stem="imagenet",
+                                                   width_per_group=128),
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
     "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
@@ -44,9 +59,18 @@ DM_NORMALISATION = {
     100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),   # CIFAR-100
 }
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "auto": None}  # bfloat16 on a GPU or TPU, float32 on a CPU (see compute_dtype)
 # Fields set by create_model itself (or by Flax), not through kwargs.
 _SET_HERE = ("parent", "name", "num_classes", "mean", "std", "dtype", "shared_activation")
+
+
+def compute_dtype(name: str):
+  """The compute dtype `name` stands for; "auto" is bfloat16 on accelerators (parameters and
+  losses stay float32) and float32 on a CPU, where bfloat16 is emulated and slower."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return DTYPES[name]
 
 
 def architecture_fields(name: str) -> Tuple[str, ...]:
@@ -76,7 +100,7 @@ def create_model(name: str, *, num_classes: int, mean: Optional[Sequence[float]]
                       f"{', '.join(architecture_fields(name))}")
   try:
     return MODELS[name](num_classes=num_classes, mean=tuple(mean) if mean else None,
-                        std=tuple(std) if std else None, dtype=DTYPES[dtype], **kwargs)
+                        std=tuple(std) if std else None, dtype=compute_dtype(dtype), **kwargs)
   except TypeError as e:
     raise ConfigError(f"bad model.kwargs for {name!r}: {e}") from None
 

@@ -1,5 +1,7 @@
-"""CIFAR ResNets (3x3 stem, no max-pool) as RobustBench's `resnet.py` defines them: basic
-blocks (ResNet-18/34) or bottleneck blocks (ResNet-50, expansion 4, also with a
+"""ResNets: the CIFAR form (3x3 stem, no max-pool) as RobustBench's `resnet.py` defines it and
+the ImageNet form (7x7 stride-2 stem and max-pool) as torchvision's `resnet.py`; basic blocks
+(ResNet-18/34) or bottleneck blocks (ResNet-50 and up, expansion 4, the stride on the 3x3
+convolution as in torchvision's v1.5, wider inside for Wide-ResNet-50-2; also with a
 pre-activation bn0); and the softmax ensemble of several (RobustBench's Chen2020Adversarial)."""
 from typing import Any, Sequence
 
@@ -14,6 +16,7 @@ class BasicBlock(ConvBNModule):
   """conv-bn-relu-conv-bn + shortcut, then relu. Returns (output, output before the relu)."""
   planes: int = 64
   stride: int = 1
+  width: int = 0  # a bottleneck's inner width (0: planes)
   expansion = 1
 
   @nn.compact
@@ -37,8 +40,9 @@ class BottleneckBlock(BasicBlock):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(self.bn(train, "bn1")(self.conv(self.planes, 1, 1, "conv1")(x)))
-    out = nn.relu(self.bn(train, "bn2")(self.conv(self.planes, 3, self.stride, "conv2")(out)))
+    width = self.width or self.planes
+    out = nn.relu(self.bn(train, "bn1")(self.conv(width, 1, 1, "conv1")(x)))
+    out = nn.relu(self.bn(train, "bn2")(self.conv(width, 3, self.stride, "conv2")(out)))
     out = self.bn(train, "bn3")(self.conv(self.planes * self.expansion, 1, 1, "conv3")(out))
     return self.add_shortcut(x, out, train)
 
@@ -64,22 +68,48 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock,
           "preact_bottleneck": PreActBottleneckBlock}
 
 
+def cifar_stem(model, x, train):
+  """3x3 stride-1 conv-bn-relu: 32x32 inputs keep their size."""
+  return nn.relu(model.bn(train, "bn1")(model.conv(model.base_width, 3, 1, "conv1")(x)))
+
+
+def imagenet_stem(model, x, train):
+  """7x7 stride-2 conv-bn-relu, then a 3x3 stride-2 max-pool (padded with -inf): /4."""
+  x = nn.relu(model.bn(train, "bn1")(model.conv(model.base_width, 7, 2, "conv1")(x)))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+STEMS = {"cifar": cifar_stem, "imagenet": imagenet_stem}
+
+
 class ResNet(ModelBase):
-  """Sows `stem`, `stage{i}` (after the final relu), `stage{i}_preact` (before it), `features`."""
+  """Sows `stem` (the stem's output), `stage{i}` (after the final relu), `stage{i}_preact`
+  (before it), `features`: the same names for both stems, so a MixACM config moves from CIFAR
+  to ImageNet unchanged. Any input size works (global average pooling)."""
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   base_width: int = 64
   block: str = "basic"
+  stem: str = "cifar"
+  # torchvision's width_per_group: a bottleneck is base_width * 2**i * width_per_group / 64
+  # wide inside (128 for Wide-ResNet-50-2); basic blocks take only 64.
+  width_per_group: int = 64
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.block not in BLOCKS:
       raise ValueError(f"unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
-    x = nn.relu(self.bn(train, "bn1")(self.conv(self.base_width, 3, 1, "conv1")(self.prepare(x))))
+    if self.stem not in STEMS:
+      raise ValueError(f"unknown ResNet stem {self.stem!r}; known: {sorted(STEMS)}")
+    if self.block == "basic" and self.width_per_group != 64:
+      raise ValueError(f"basic blocks take width_per_group=64 only, not {self.width_per_group}")
+    x = STEMS[self.stem](self, self.prepare(x), train)
     sow(self, "stem", x)
     for i, blocks in enumerate(self.stage_sizes):
+      planes = self.base_width * 2**i
       for j in range(blocks):
         stride = 2 if (i > 0 and j == 0) else 1
-        x, preact = BLOCKS[self.block](planes=self.base_width * 2**i, stride=stride,
+        x, preact = BLOCKS[self.block](planes=planes, stride=stride,
+                                       width=planes * self.width_per_group // 64,
                                        name=f"layer{i + 1}_{j}", **self.block_kwargs())(x, train)
       sow(self, f"stage{i + 1}", x)
       sow(self, f"stage{i + 1}_preact", preact)

@@ -15,7 +15,7 @@ CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "logits.weight")
 
 def layouts_for(model):
   """The PyTorch layouts (rule tables) `model` reads; the first is the one it writes."""
-  key = (type(model).__name__, bool(getattr(model, "tf_same_padding", False)))
+  key = (type(model).__name__, rules_lib.style(model))
   if key not in rules_lib.RULES:
     raise ConfigError(f"no PyTorch weight rules for {key[0]}; ported architectures: "
                       f"{', '.join(sorted({k[0] for k in rules_lib.RULES}))}")

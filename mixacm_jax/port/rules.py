@@ -21,6 +21,15 @@ RESNET: List[Rule] = [
     ("layer{s}.{b}.shortcut.1", "layer{s}_{b}/shortcut_bn"),
     ("linear", "fc"),
 ]
+# torchvision's ResNet family (RobustBench's ImageNet entries): `downsample`, `fc`.
+TORCHVISION_RESNET: List[Rule] = [
+    ("conv1", "conv1"), ("bn1", "bn1"),
+    ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
+    ("layer{s}.{b}.bn{i}", "layer{s}_{b}/bn{i}"),
+    ("layer{s}.{b}.downsample.0", "layer{s}_{b}/shortcut_conv"),
+    ("layer{s}.{b}.downsample.1", "layer{s}_{b}/shortcut_bn"),
+    ("fc", "fc"),
+]
 PREACT_RESNET: List[Rule] = [
     ("conv1", "conv1"), ("bn", "bn"),
     ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
@@ -61,10 +70,20 @@ DM_PREACT_RESNET: List[Rule] = [
     ("layer_{s}.{b}.conv_2d_2", "layer{s+1}_{b}/conv2"),
     ("layer_{s}.{b}.shortcut", "layer{s+1}_{b}/shortcut_conv"),
 ]
-# (Flax class name, DeepMind-style?) -> the PyTorch layouts it reads, the first also written.
-RULES = {("ResNet", False): [RESNET], ("PreActResNet", False): [PREACT_RESNET],
-         ("WideResNet", False): [WIDE_RESNET, ROBUST_WIDE_RESNET],
-         ("WideResNet", True): [DM_WIDE_RESNET], ("PreActResNet", True): [DM_PREACT_RESNET]}
+# (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
+# is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
+RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
+         ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
+         ("PreActResNet", ""): [PREACT_RESNET],
+         ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET],
+         ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET]}
+
+
+def style(model) -> str:
+  """The key's second part for a Flax model (see RULES)."""
+  if getattr(model, "tf_same_padding", False):
+    return "dm"
+  return "imagenet" if getattr(model, "stem", "") == "imagenet" else ""
 
 _FIELD = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
 
@@ -95,6 +114,11 @@ def _fill(pattern: str, values: Dict[str, object]) -> str:
                                   else values[m.group(1)] + int(m.group(2) or 0)), pattern)
 
 
+# Leaves a file may carry that the PyTorch module does not use: the pruning scores beside the
+# weights of Diffenderfer et al.'s LRR files (RobustBench's loader skips "conv1.scores" too).
+IGNORED_LEAVES = ("scores",)
+
+
 def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
             ) -> Optional[Tuple[Tuple[str, ...], np.ndarray]]:
   """(collection, *module path, leaf) and the re-laid-out array; None if no rule matches;
@@ -104,7 +128,7 @@ def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
     m = _match(torch_pat, module)
     if m is None:
       continue
-    if not flax_pat:
+    if not flax_pat or leaf in IGNORED_LEAVES:
       return (), value
     key = (leaf, value.ndim)
     if key not in LEAVES:

@@ -47,7 +47,10 @@ def _robustbench(cfg, num_classes: int, image_shape: Sequence[int], role: str) -
   if info["num_classes"] != num_classes:
     raise ConfigError(f"{role}, {entry}, has {info['num_classes']} classes and the data "
                       f"{num_classes}: pick an entry of the data's dataset")
-  if tuple(info["image_shape"]) != tuple(image_shape):
+  # ImageNet entries (a preprocessing named) are global-pooled ResNets trained on crops of
+  # many sizes: they take any size, e.g. a smaller training crop.
+  if tuple(info["image_shape"]) != tuple(image_shape) and not (
+      info.get("preprocessing") and info["image_shape"][2:] == tuple(image_shape)[2:]):
     raise ConfigError(f"{role}, {entry}, takes {tuple(info['image_shape'])} images and "
                       f"the data has {tuple(image_shape)}")
   return Loaded(model, variables, info["source"])

@@ -54,6 +54,26 @@ def checkpoint_path(name: str, dataset: str = "cifar10", threat_model: str = "Li
   return os.path.join(model_dir, dataset, threat, f"{name}.pt")
 
 
+def torch_hub_checkpoints() -> str:
+  """torch.hub's folder of downloaded weights (`torch.hub.get_dir()/checkpoints`), found
+  without importing torch: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
+  home = os.environ.get("TORCH_HOME") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+  return os.path.join(home, "hub", "checkpoints")
+
+
+def weight_files(found: Dict[str, Any], path: str) -> Tuple[str, ...]:
+  """The files an entry's weights are read from: RobustBench keeps an ensemble's members as
+  <name>.pt_m0.pt, ...; an entry built on torchvision's pretrained weights (Standard_R50)
+  reads torch.hub's file, unless a copy lies at the entry's own path."""
+  members = found.get("softmax_ensemble", 0)
+  if members:
+    return tuple(f"{path}_m{i}.pt" for i in range(members))
+  if found.get("torchvision_weights") and not os.path.isfile(path):
+    return (os.path.join(torch_hub_checkpoints(), found["torchvision_weights"]),)
+  return (path,)
+
+
 def create_model(found: Dict[str, Any], *, mean=None, std=None, dtype: str = "float32"):
   """The Flax model of a recipe; `mean` / `std` (from the file) override the recipe's."""
   mean = mean if mean is not None else found["mean"]
@@ -61,7 +81,7 @@ def create_model(found: Dict[str, Any], *, mean=None, std=None, dtype: str = "fl
   if found.get("softmax_ensemble"):
     return models.SoftmaxEnsemble(
         members=tuple(_member(found, dtype) for _ in range(found["softmax_ensemble"])),
-        num_classes=found["num_classes"], mean=mean, std=std, dtype=models.DTYPES[dtype])
+        num_classes=found["num_classes"], mean=mean, std=std, dtype=models.compute_dtype(dtype))
   return models.create_model(found["arch"], num_classes=found["num_classes"], mean=mean,
                              std=std, dtype=dtype, **dict(found["kwargs"]))
 
@@ -81,14 +101,15 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
   path = checkpoint_path(name, dataset, threat_model, model_dir)
   dataset, threat = _canonical(dataset, threat_model)
   members = found.get("softmax_ensemble", 0)
-  # RobustBench keeps an ensemble's members as <name>.pt_m0.pt, <name>.pt_m1.pt, ...
-  files = [f"{path}_m{i}.pt" for i in range(members)] if members else [path]
+  files = weight_files(found, path)
   for file in files:
     if not os.path.isfile(file):
       fetch = (f"python -c \"from robustbench.utils import load_model; load_model('{name}', "
                f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat}')\"")
+      copy = (f"copy torch.hub's checkpoints/{found['torchvision_weights']} to {path} or "
+              f"{file}" if found.get("torchvision_weights") else f"copy {model_dir} here")
       raise CheckpointError(f"{file} not found; mixacm_jax never downloads: fetch it where "
-                            f"there is network with {fetch} and copy {model_dir} here")
+                            f"there is network with {fetch} and {copy}")
   nested = (found["checkpoint_key"],) + tuple(
       k for k in sd_lib.NESTED_KEYS if k != found["checkpoint_key"])
   converted, norm = [], {"mean": None, "std": None}
@@ -105,10 +126,12 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
   model = create_model(found, mean=norm["mean"], std=norm["std"], dtype=dtype)
   variables = converted[0] if not members else {
       col: {f"members_{i}": v[col] for i, v in enumerate(converted)} for col in converted[0]}
-  info = {"robustbench": name, "dataset": dataset, "threat_model": threat, "source": path,
+  info = {"robustbench": name, "dataset": dataset, "threat_model": threat,
+          "source": path if members else files[0],
           "arch": found["arch"], "kwargs": dict(found["kwargs"]),
           "num_classes": found["num_classes"], "mean": model.mean, "std": model.std,
           "image_shape": tuple(found["image_shape"]),
+          "preprocessing": found.get("preprocessing"),
           "robustbench_version": zoo_recipes.ROBUSTBENCH_VERSION}
   return model, variables, info
 
