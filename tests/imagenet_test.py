@@ -42,7 +42,6 @@ def test_imagenet_resnets_give_torchvisions_logits(name, side):
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet34", "resnet101", "resnet152", "wide_resnet50_2",
                                   "wide_resnet101_2"])
 def test_every_imagenet_resnet_gives_torchvisions_logits(name):
