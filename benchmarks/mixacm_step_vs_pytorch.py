@@ -12,6 +12,10 @@ random permutation does not enter) and must agree within 1e-4.
   python benchmarks/mixacm_step_vs_pytorch.py --batch=64 --steps=10 --torch_compile
   python benchmarks/mixacm_step_vs_pytorch.py --device=gpu --dtype=bfloat16 --batch=128 \
       --teacher_depth=34 --teacher_width=10 --torch_compile   # both sides on the GPU
+  python benchmarks/mixacm_step_vs_pytorch.py --imagenet --batch=16 --steps=3
+
+With --imagenet the teacher is torchvision's ResNet-50 and the student its ResNet-18, at
+--image_size pixels (224) and 1,000 classes, matched stem to stem and stage to stage.
 
 With --device=gpu both sides run on the GPU; with bfloat16 ours computes in bfloat16 and
 PyTorch under `torch.autocast(dtype=torch.bfloat16)`, and the loss check allows bfloat16's
@@ -31,19 +35,45 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mixacm_jax import objectives  # noqa: E402
-from mixacm_jax.configs import cifar  # noqa: E402
+from mixacm_jax.configs import cifar, imagenet  # noqa: E402
 from mixacm_jax.port import convert  # noqa: E402
 from mixacm_jax.runtime import parallel  # noqa: E402
 from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
 
 import common  # noqa: E402  sets up sys.path  # pylint: disable=g-bad-import-order
 from tools import robustbench_zoo as robustbench  # noqa: E402  # pylint: disable=g-bad-import-order
+from tools import torch_reference  # noqa: E402  # pylint: disable=g-bad-import-order
 
 # (student stage, PyTorch module whose output it is), (teacher stage, module)
 STUDENT_HOOKS = {"stem": "bn1", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",
                  "stage4": "layer4"}
 TEACHER_HOOKS = {"stem": "conv1", "stage1": "block1", "stage2": "block2", "stage3": "block3",
                  "stage3_act": "bn1"}  # ReLU is applied by the ACM mapping either way
+# torchvision's ResNets: the stem's output is the max-pool's.
+IMAGENET_HOOKS = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",
+                  "stage4": "layer4"}
+
+
+def cifar_setting(args):
+  """(config, teacher net, student net, teacher arch and fields, student arch, hooks, image
+  shape): RobustBench's WideResNet teacher and ResNet-18 student at 32 px."""
+  config = cifar.mixacm_config("resnet18", "wrn", cifar.WRN_TO_RESNET_STAGES)
+  t_net = robustbench.architecture_module("wide_resnet").WideResNet(
+      depth=args.teacher_depth, widen_factor=args.teacher_width)
+  s_net = robustbench.architecture_module("resnet").ResNet18()
+  return (config, t_net, s_net, ("wrn", {"depth": args.teacher_depth,
+                                         "widen_factor": args.teacher_width}),
+          "resnet18", (STUDENT_HOOKS, TEACHER_HOOKS), (32, 32, 3))
+
+
+def imagenet_setting(args):
+  """The same for torchvision's ResNet-50 teacher and ResNet-18 student."""
+  tv = torch_reference.torchvision_models()
+  config = imagenet.mixacm_config("imagenet_resnet18", "")
+  config.model.dtype = config.teacher.model.dtype = "float32"  # --dtype decides
+  return (config, tv.resnet50(), tv.resnet18(), ("imagenet_resnet50", {}),
+          "imagenet_resnet18", (IMAGENET_HOOKS, IMAGENET_HOOKS),
+          (args.image_size, args.image_size, 3))
 
 
 def hooked(net, names):
@@ -81,6 +111,9 @@ def main():
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--teacher_depth", type=int, default=16)
   p.add_argument("--teacher_width", type=int, default=4)
+  p.add_argument("--imagenet", action="store_true",
+                 help="torchvision's ResNet-50 -> ResNet-18 at --image_size, 1,000 classes")
+  p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
   p.add_argument("--breakdown", action="store_true",
@@ -93,39 +126,37 @@ def main():
   autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16,
                                     enabled=dtype == "bfloat16")
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-  config = cifar.mixacm_config("resnet18", "wrn", cifar.WRN_TO_RESNET_STAGES)
-  cfg = config.objective  # torch_loss reads its `mixacm` group
-
   torch.manual_seed(0)
-  t_net = robustbench.randomise_batchnorm(robustbench.architecture_module("wide_resnet").WideResNet(
-      depth=args.teacher_depth, widen_factor=args.teacher_width), 0)
-  s_net = robustbench.randomise_batchnorm(robustbench.architecture_module("resnet").ResNet18(),
-                                          1).train()
+  config, t_net, s_net, (t_arch, t_fields), s_arch, (s_hooks, t_hooks), shape = (
+      imagenet_setting if args.imagenet else cifar_setting)(args)
+  cfg = config.objective  # torch_loss reads its `mixacm` group
+  t_net = robustbench.randomise_batchnorm(t_net, 0)
+  s_net = robustbench.randomise_batchnorm(s_net, 1).train()
   torch.save(t_net.state_dict(), "/tmp/_bench_t.pt")
   torch.save(s_net.state_dict(), "/tmp/_bench_s.pt")
   t_model, t_vars, _ = convert.load_pytorch_weights(
-      "/tmp/_bench_t.pt", "wrn", depth=args.teacher_depth, widen_factor=args.teacher_width,
-      dtype=dtype)
-  s_model, s_vars, _ = convert.load_pytorch_weights("/tmp/_bench_s.pt", "resnet18", dtype=dtype)
+      "/tmp/_bench_t.pt", t_arch, image_shape=shape, dtype=dtype, **t_fields)
+  s_model, s_vars, _ = convert.load_pytorch_weights("/tmp/_bench_s.pt", s_arch,
+                                                    image_shape=shape, dtype=dtype)
   t_net, s_net = t_net.to(dev), s_net.to(dev)
   teacher = teacher_lib.Teacher(t_model, t_vars, "random")
   objective = objectives.get_objective("mixacm")
   state = train.create_train_state(
-      s_model, (32, 32, 3), config.optim, seed=config.seed, steps_per_epoch=100,
+      s_model, shape, config.optim, seed=config.seed, steps_per_epoch=100,
       total_steps=10_000, objective_params=train.init_objective_params(
-          config.objective, objective, s_model, teacher, (32, 32, 3), seed=config.seed))
+          config.objective, objective, s_model, teacher, shape, seed=config.seed))
   state = state.replace(params={"model": s_vars["params"],
                                 "objective": state.params["objective"]},
                         batch_stats=s_vars["batch_stats"])
   kernels = {k: torch.tensor(np.asarray(v["kernel"]), requires_grad=True, device=dev)
              for k, v in state.params["objective"].items()}
-  s_acts, t_acts = hooked(s_net, STUDENT_HOOKS), hooked(t_net, TEACHER_HOOKS)
+  s_acts, t_acts = hooked(s_net, s_hooks), hooked(t_net, t_hooks)
   opt = torch.optim.SGD(list(s_net.parameters()) + list(kernels.values()), lr=0.1, momentum=0.9,
                         weight_decay=5e-4)
 
   rng = np.random.RandomState(0)
-  x = rng.rand(args.batch, 32, 32, 3).astype(np.float32)
-  y = rng.randint(0, 10, args.batch)
+  x = rng.rand(args.batch, *shape).astype(np.float32)
+  y = rng.randint(0, s_model.num_classes, args.batch)
   x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev)
   y_t = torch.from_numpy(y.astype(np.int64)).to(dev)
 
@@ -190,8 +221,8 @@ def main():
     variants.append(("torch.compile", make_torch_step(torch.compile(eager_loss))))
   mo = statistics.median(ours)
   print(f"{common.describe_machine()}; torch {torch.__version__} on {dev.type} "
-        f"({args.threads} threads); teacher WRN-{args.teacher_depth}-{args.teacher_width}, "
-        f"student ResNet-18, batch {args.batch} over {len(devices)} device(s), {dtype}, "
+        f"({args.threads} threads); teacher {t_arch}{t_fields or ''}, student {s_arch}, "
+        f"{shape[0]} px, batch {args.batch} over {len(devices)} device(s), {dtype}, "
         f"{args.steps} timed steps")
   print(f"ours  {args.batch / mo:7.1f} ex/s (median {mo:.3f} s, {min(ours):.3f}-{max(ours):.3f}; "
         f"first step incl. compile {compile_s:.1f} s)")
