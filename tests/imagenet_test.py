@@ -219,3 +219,15 @@ def test_mixacm_with_imagenet_stems_trains_on_mock_imagenet_and_eval_runs_autoat
   stages = report["attacks"]["autoattack"]["after_each_stage"]
   assert list(stages) == ["apgd-ce", "apgd-t", "fab-t", "square"]
   assert report["attacks"]["autoattack"]["robust_accuracy"] <= report["clean_accuracy"]
+
+
+def test_imagenet_resized_reads_as_a_fixed_size_dataset():
+  """imagenet_resized/32x32 (images of one size, decoded by TFDS): data.image_size stays 0."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  cfg = default.data()
+  cfg.update(name="imagenet_resized/32x32", eval_split="validation")
+  with tfds.testing.mock_data(num_examples=16):
+    info = input_pipeline.get_info(cfg)
+    batch = next(input_pipeline.train_batches(cfg, 8, seed=0))
+  assert (info.image_shape, info.num_classes) == ((32, 32, 3), 1000)
+  assert batch["image"].shape[-3:] == (32, 32, 3) and batch["image"].max() <= 1

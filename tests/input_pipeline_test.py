@@ -192,14 +192,14 @@ print("OK", result["steps"])
 
 
 def test_models_attacks_and_the_train_step_import_without_grain_or_tensorflow():
-  """A stock JAX GPU image has neither: the benchmarks' imports must not need them (only
-  reading data does)."""
+  """A stock JAX GPU image has none of these: the benchmarks' imports must not need them
+  (only reading data does)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = """
 import sys
-for blocked in ("tensorflow", "tensorflow_datasets", "grain"):
+for blocked in ("tensorflow", "tensorflow_datasets", "grain", "simplejpeg"):
   sys.modules[blocked] = None  # `import` of these now raises ImportError
 from mixacm_jax.training import train
 from mixacm_jax import objectives

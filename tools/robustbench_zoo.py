@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from mixacm_jax.errors import ConfigError
@@ -413,7 +414,9 @@ def pretrained_recorded(files: list):
   torch.nn.Module.load_state_dict = lambda self, state, *a, **k: (
       None if state is asked else load(self, state, *a, **k))
   try:
-    yield
+    with warnings.catch_warnings():  # torchvision's notes on the `pretrained` argument
+      warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+      yield
   finally:
     api.load_state_dict_from_url, torch.nn.Module.load_state_dict = fetch, load
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 import jax
 import numpy as np
 
-from mixacm_jax.data import digits, jpeg
+from mixacm_jax.data import digits
 from mixacm_jax.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _source(data_cfg, split: str):
 def _listed(name: str, split: str, data_dir: Optional[str], ids_file: str) -> Tuple[int, ...]:
   """The indices of the examples of a split whose file names `ids_file` lists (one scan of
   the split's file names; kept for the process)."""
-  ids = jpeg.read_ids(ids_file)
+  ids = _jpeg().read_ids(ids_file)
   source = _tfds_source(name, split, data_dir, encoded=True)
   print(f"data.eval_ids: looking up {len(ids)} images of {os.path.basename(ids_file)} among "
         f"{len(source)} of {name}/{split}", flush=True)
@@ -165,6 +165,12 @@ def _grain():
   attacks and the train step import on machines without it (e.g. a stock JAX GPU image)."""
   import grain  # pylint: disable=g-import-not-at-top
   return grain
+
+
+def _jpeg():
+  """The JPEG module (simplejpeg, Pillow), imported when JPEGs are read, as Grain is."""
+  from mixacm_jax.data import jpeg  # pylint: disable=g-import-not-at-top
+  return jpeg
 
 
 def _host_dataset(data_cfg, split: str) -> "grain.MapDataset":
@@ -227,7 +233,7 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapData
   # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
   shuffled = base.shuffle(seed=(seed * 100003) % 2**31).repeat()
   if encoded_images(data_cfg):  # decoded and cropped per example, seeded by its position
-    crop = functools.partial(jpeg.train_example, size=int(data_cfg.image_size),
+    crop = functools.partial(_jpeg().train_example, size=int(data_cfg.image_size),
                              scale_min=float(data_cfg.crop_scale_min),
                              flip=bool(data_cfg.random_flip))
     return shuffled.random_map(crop, seed=seed).batch(batch, drop_remainder=True)
@@ -266,7 +272,7 @@ def eval_batches(data_cfg, global_batch_size: int,
   num_batches = math.ceil(host_limit / batch)
   ds = ds[:host_limit]
   if encoded_images(data_cfg):
-    ds = ds.map(functools.partial(jpeg.eval_example, size=int(data_cfg.image_size),
+    ds = ds.map(functools.partial(_jpeg().eval_example, size=int(data_cfg.image_size),
                                   resize_to=int(data_cfg.eval_resize)))
   it = iter(ds.batch(batch).to_iter_dataset(_read_options(data_cfg)))
   for _ in range(num_batches):
