@@ -116,8 +116,11 @@ def pipeline_part(args):
                                 T.ToTensor()]),
             "eval": T.Compose([T.Resize(256), T.CenterCrop(size), T.ToTensor()])}
   rng = np.random.default_rng(0)
-  ours = {"train": lambda e: jpeg.train_example(e, rng, size=size, scale_min=0.08, flip=True),
-          "eval": lambda e: jpeg.eval_example(e, size=size, resize_to=256)}
+  # Ours makes uint8 crops and the batch float32; here each image is made float32, as ToTensor.
+  as_float = lambda e: e["image"].astype(np.float32) / 255.0
+  ours = {"train": lambda e: as_float(jpeg.train_example(e, rng, size=size, scale_min=0.08,
+                                                          flip=True)),
+          "eval": lambda e: as_float(jpeg.eval_example(e, size=size, resize_to=256))}
   pil = lambda e: Image.open(io.BytesIO(e["image"])).convert("RGB")
   torch.set_num_threads(1)
   print(f"pipeline: {len(examples)} JPEGs of 500x375 / 375x500, crops of {size} px")
@@ -131,13 +134,15 @@ def pipeline_part(args):
 
 
 def grain_rate(examples, size, args):
-  """Ours through Grain with a thread per core (as data.num_threads), whole batches."""
+  """Ours through Grain as the pipeline runs it: an element per image, a thread per core
+  (data.num_threads), then batches."""
   import functools  # pylint: disable=g-import-not-at-top
   import grain  # pylint: disable=g-import-not-at-top
   cores = os.cpu_count()
   crop = functools.partial(jpeg.train_example, size=size, scale_min=0.08, flip=True)
-  ds = grain.MapDataset.source(examples).repeat().random_map(crop, seed=0).batch(32)
-  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cores, prefetch_buffer_size=4)))
+  ds = grain.MapDataset.source(examples).repeat().random_map(crop, seed=0)
+  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cores, prefetch_buffer_size=128))
+            .batch(32))
   next(it)
   batches = max(1, len(examples) // 32)
   t0 = time.perf_counter()

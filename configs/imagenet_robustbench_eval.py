@@ -1,6 +1,6 @@
 """RobustBench's ImageNet protocol for any model: standard AutoAttack, L-inf at 4/255, on
 its 5,000 validation images (data.eval_ids), Res256Crop224 (the shorter side resized to 256,
-the centre 224 cropped). A trained workdir:
+the centre 224 cropped), in float32 on every device. A trained workdir:
 
     mixacm --config=configs/imagenet_robustbench_eval.py --workdir=/tmp/r18 --mode=eval \
         --config.data.data_dir=<prepared TFDS> --config.model.name=imagenet_resnet18
@@ -22,4 +22,5 @@ def get_config():
   config = imagenet.get_config()
   config.eval.attacks = "clean,autoattack"
   config.eval.autoattack_version = "standard"
+  config.model.dtype = "float32"  # RobustBench's protocol; bfloat16 rounds the inputs
   return config

@@ -62,6 +62,31 @@ def test_imagenet_resnets_sow_the_cifar_names_and_export_torchvisions_layout():
                           jax.random.PRNGKey(0), (64, 64, 3))
 
 
+def test_standard_r50_reads_torch_hubs_file_unless_a_copy_lies_in_the_zoo(tmp_path,
+                                                                          monkeypatch):
+  """RobustBench takes Standard_R50's weights from torch.hub's cache: so does the loader."""
+  from mixacm_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  found = zoo.recipe("Standard_R50", "imagenet", "Linf")
+  own = zoo.checkpoint_path("Standard_R50", "imagenet", "Linf", str(tmp_path / "models"))
+  hub = os.path.join(str(tmp_path / "torch"), "hub", "checkpoints", "resnet50-0676ba61.pth")
+  assert zoo.weight_files(found, own) == (hub,)
+  with pytest.raises(CheckpointError, match="copy torch.hub's checkpoints/resnet50-0676ba61"):
+    zoo.load_entry("Standard_R50", "imagenet", "Linf", str(tmp_path / "models"))
+  net = torch_reference.torchvision_models().resnet50()
+  os.makedirs(os.path.dirname(hub))
+  torch.save(net.state_dict(), hub)
+  model, variables, info = zoo.load_entry("Standard_R50", "imagenet", "Linf",
+                                          str(tmp_path / "models"))
+  assert info["source"] == hub and model.mean == (0.485, 0.456, 0.406)
+  x = np.random.default_rng(0).random((1, 64, 64, 3), np.float32)
+  with torch.no_grad():
+    ref = net.eval()((torch.from_numpy(x.transpose(0, 3, 1, 2)) - torch.tensor(
+        model.mean).view(1, 3, 1, 1)) / torch.tensor(model.std).view(1, 3, 1, 1)).numpy()
+  np.testing.assert_allclose(np.asarray(model.apply(variables, x)), ref, atol=1e-4, rtol=1e-5)
+
+
 def test_a_robustbench_imagenet_entry_loads_by_name_at_full_size(tmp_path):
   """Salman2020Do_R18 at 224 px: RobustBench's own module (normalize_model around
   torchvision's ResNet-18, random weights), saved in its file layout, loaded by name."""
@@ -124,7 +149,7 @@ def test_eval_crops_are_robustbenchs_res256crop224(mock_imagenet):
                                   transforms.ToTensor()])
   for example in mock_imagenet["validation"][:4]:
     ref = reference(Image.open(io.BytesIO(example["image"])).convert("RGB")).numpy()
-    ours = jpeg.eval_example(example, size=224, resize_to=256)["image"]
+    ours = jpeg.eval_example(example, size=224, resize_to=256)["image"] / 255.0
     assert ours.shape == (224, 224, 3)
     diff = np.abs(ours - ref.transpose(1, 2, 0))
     assert diff.max() <= 2 / 255 and diff.mean() < 0.2 / 255, (diff.max(), diff.mean())
@@ -136,7 +161,7 @@ def test_random_resized_crops_follow_torchvisions_rule():
     for _ in range(200):
       top, left, h, w = jpeg.random_resized_crop_box(height, width, rng, 0.08)
       assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
-      if (h, w) != (height, width) and top or left:  # a drawn box, not the fallback
+      if (h, w) != (height, width) and (top or left):  # a drawn box, not the fallback
         assert 0.08 * height * width * 0.9 <= h * w
   # An image too thin for any box falls back to its centre, the ratio clamped to [3/4, 4/3].
   assert jpeg.random_resized_crop_box(10, 1000, rng, 0.9) == (0, 493, 10, 13)
@@ -174,11 +199,11 @@ def test_variable_size_images_without_image_size_are_a_clear_error(mock_imagenet
 
 def test_robustbench_ids_ship_with_the_package():
   from mixacm_jax.configs import imagenet  # pylint: disable=g-import-not-at-top
-  ids = jpeg.read_ids(imagenet.ROBUSTBENCH_IDS)
+  ids = input_pipeline.read_ids(imagenet.ROBUSTBENCH_IDS)
   assert len(ids) == 5000 and all(i.startswith("ILSVRC2012_val_") for i in ids)
   installed = os.path.join(robustbench_zoo.zoo_package(), "helper_files",
                            "imagenet_test_image_ids.txt")
-  assert ids == jpeg.read_ids(installed)
+  assert ids == input_pipeline.read_ids(installed)
 
 
 # --- MixACM with ImageNet stems, end to end -------------------------------------------------

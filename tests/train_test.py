@@ -164,7 +164,7 @@ def test_empty_split_and_unknown_digits_split_are_clear_errors(tiny_config, tmp_
   tiny_config.data.name, tiny_config.data.eval_split = "cifar10", "test"
   real = input_pipeline._tfds_source
   monkeypatch.setattr(input_pipeline, "_tfds_source",
-                      lambda name, split, d: [] if split == "test" else real(name, split, d))
+                      lambda name, split, d, *rest: [] if split == "test" else real(name, split, d))
   with tfds.testing.mock_data(num_examples=8):
     with pytest.raises(DataError, match="split 'test' of dataset 'cifar10' is empty"):
       train.train_and_evaluate(tiny_config, str(tmp_path / "b"))

@@ -30,13 +30,13 @@ def save_as_robustbench(net, recipe, path: str) -> None:
   """The layouts RobustBench's loader reads: {'last': {...}} for the entries it opens at
   'last', else {'state_dict': {'module.' + key}} (Carmon et al.'s DataParallel files); for
   the ImageNet entries the wrapped network's keys (the loader adds the wrapper's `model.`),
-  and for those on torchvision's pretrained weights, torch.hub's plain state_dict."""
+  and for those on torchvision's pretrained weights torch.hub's plain state_dict, at the
+  entry's own path (which the loader reads before torch.hub's cache: the user's cache is
+  never touched)."""
   import torch  # pylint: disable=g-import-not-at-top
   net, _ = robustbench.unwrap_normalize_model(net)
   if recipe.get("torchvision_weights"):
-    hub = zoo.torch_hub_checkpoints()
-    os.makedirs(hub, exist_ok=True)
-    torch.save(net.state_dict(), os.path.join(hub, recipe["torchvision_weights"]))
+    torch.save(net.state_dict(), path)
     return
   if recipe.get("softmax_ensemble"):  # one file per member, as RobustBench keeps them
     for i, member in enumerate(net.models):
@@ -89,7 +89,7 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   del net
   model, variables = zoo.load_robustbench(name, dataset, threat, model_dir)
   for file in zoo.weight_files(recipe, path):
-    if os.path.exists(file):
+    if file.startswith(model_dir) and os.path.exists(file):
       os.remove(file)
   out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
   return float(np.max(np.abs(out - ref))), float(np.max(np.abs(ref)))
@@ -98,9 +98,7 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
 def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) -> Dict:
   results = {}
   seen: Dict[tuple, tuple] = {}
-  torch_home = os.environ.get("TORCH_HOME")
   with tempfile.TemporaryDirectory() as model_dir:
-    os.environ["TORCH_HOME"] = os.path.join(model_dir, "torch")  # torchvision's weights
     for dataset, tables in zoo_recipes.RECIPES.items():
       if not any("arch" in e for es in tables.values() for e in es.values()):
         continue
@@ -123,10 +121,6 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) ->
           print(f"{dataset:8s} {threat:11s} {name:42s} {recipe['arch']:18s} "
                 f"max|dlogit| {diff:.1e} of max|logit| {scale:.1e} "
                 f"({time.time() - start:.0f} s)", flush=True)
-  if torch_home is None:
-    del os.environ["TORCH_HOME"]
-  else:
-    os.environ["TORCH_HOME"] = torch_home
   if report:
     with open(report, "w") as f:
       f.write(render(results))

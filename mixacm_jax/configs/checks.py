@@ -17,8 +17,9 @@ AUTOATTACK_MODES = ("worst_case", "individual")
 POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "keep",
             "log_every_steps", "restarts")
 NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_epochs",
-                "crop_padding", "image_size", "eval_resize", "num_threads", "prefetch", "num_examples", "num_steps",
-                "num_epochs", "steps", "every_steps", "stage_weights", "decay_epochs")
+                "crop_padding", "image_size", "eval_resize", "num_threads", "prefetch",
+                "num_examples", "num_steps", "num_epochs", "steps", "every_steps",
+                "stage_weights", "decay_epochs")
 READ_AHEAD_LIMIT = 1024  # data.num_threads and data.prefetch: more only exhausts memory
 ARCHITECTURE_LIMIT = 10_000  # an architecture's integer field (width, depth, block count)
 # Keys that were renamed: a config file or override that uses the old name is told the new.

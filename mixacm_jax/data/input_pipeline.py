@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
@@ -97,31 +97,55 @@ def encoded_images(data_cfg) -> bool:
   return int(data_cfg.get("image_size", 0)) > 0
 
 
-def _source(data_cfg, split: str):
+def _source(data_cfg, split: str, listed: bool = False):
+  """A split's examples; `listed`: only those `data.eval_ids` names (the eval split's)."""
   if data_cfg.name == digits.NAME:
     return _ArraySource(*digits.arrays(split))
   source = _tfds_source(data_cfg.name, split, data_cfg.get("data_dir"),
                         encoded_images(data_cfg))
-  if split == data_cfg.eval_split and data_cfg.get("eval_ids"):
+  if listed and data_cfg.get("eval_ids"):
     indices = _listed(data_cfg.name, split, data_cfg.get("data_dir"), data_cfg.eval_ids)
     return _Subset(source, indices)
   return source
 
 
+def read_ids(path: str) -> FrozenSet[str]:
+  """The file names listed in an id file, one per line, each optionally under its class
+  folder (RobustBench's `n01440764/ILSVRC2012_val_00000293.JPEG`)."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"data.eval_ids: no file {path}")
+  with open(path) as f:
+    ids = frozenset(os.path.basename(line.strip()) for line in f if line.strip())
+  if not ids:
+    raise ConfigError(f"data.eval_ids: {path} lists no image")
+  return ids
+
+
+def _file_names(source, chunk: int = 1024) -> Iterator[str]:
+  for start in range(0, len(source), chunk):
+    indices = range(start, min(start + chunk, len(source)))
+    getitems = getattr(source, "__getitems__", None)
+    for example in (getitems(list(indices)) if getitems else (source[i] for i in indices)):
+      name = example["file_name"]
+      yield os.path.basename(name.decode() if isinstance(name, bytes) else str(name))
+
+
 @functools.lru_cache(maxsize=8)
 def _listed(name: str, split: str, data_dir: Optional[str], ids_file: str) -> Tuple[int, ...]:
   """The indices of the examples of a split whose file names `ids_file` lists (one scan of
-  the split's file names; kept for the process)."""
-  ids = _jpeg().read_ids(ids_file)
+  the split's records; kept for the process)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ids = read_ids(ids_file)
+  if "file_name" not in tfds.builder(name, data_dir=data_dir).info.features:
+    raise ConfigError(f"data.eval_ids selects images by file name, and {name!r} has no "
+                      "file_name feature")
   source = _tfds_source(name, split, data_dir, encoded=True)
   print(f"data.eval_ids: looking up {len(ids)} images of {os.path.basename(ids_file)} among "
         f"{len(source)} of {name}/{split}", flush=True)
-  names = (source[i].get("file_name", b"") for i in range(len(source)))
-  indices = tuple(i for i, n in enumerate(names) if os.path.basename(
-      n.decode() if isinstance(n, bytes) else str(n)) in ids)
+  indices = tuple(i for i, n in enumerate(_file_names(source)) if n in ids)
   if not indices:
     raise DataError(f"none of the {len(ids)} images of data.eval_ids={ids_file} is in "
-                    f"{name}/{split} (its examples have no such file_name)")
+                    f"{name}/{split}")
   if len(indices) < len(ids):
     print(f"data.eval_ids: {len(ids) - len(indices)} of the listed images are not in "
           f"{name}/{split}; evaluating the {len(indices)} found", flush=True)
@@ -146,7 +170,8 @@ def get_info(data_cfg) -> DatasetInfo:
       raise ConfigError(f"the images of {data_cfg.name!r} differ in size: set "
                         "data.image_size (e.g. 224) to decode and crop them")
     num_classes = builder.info.features["label"].num_classes
-  sizes = [len(_source(data_cfg, s)) for s in (data_cfg.train_split, data_cfg.eval_split)]
+  sizes = [len(_source(data_cfg, data_cfg.train_split)),
+           len(_source(data_cfg, data_cfg.eval_split, listed=True))]
   for split, size in zip((data_cfg.train_split, data_cfg.eval_split), sizes):
     if size <= 0:
       raise DataError(f"split {split!r} of dataset {data_cfg.name!r} is empty")
@@ -173,10 +198,10 @@ def _jpeg():
   return jpeg
 
 
-def _host_dataset(data_cfg, split: str) -> "grain.MapDataset":
+def _host_dataset(data_cfg, split: str, listed: bool = False) -> "grain.MapDataset":
   """This host's shard of a split (every process_count-th example) as float32 images, or as
   stored for JPEG datasets (decoded per example by the caller)."""
-  ds = _grain().MapDataset.source(_source(data_cfg, split))
+  ds = _grain().MapDataset.source(_source(data_cfg, split, listed))
   ds = ds[jax.process_index()::jax.process_count()]
   return ds if encoded_images(data_cfg) else ds.map(_to_float)
 
@@ -222,21 +247,45 @@ def _read_options(data_cfg) -> "grain.ReadOptions":
                               prefetch_buffer_size=int(data_cfg.get("prefetch", 4)))
 
 
-def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapDataset":
-  """The endless training stream of this host as a random-access dataset of batches:
-  epoch after epoch of shuffled, augmented examples, cut into batches."""
-  batch = local_batch_size(global_batch_size)
+def _decoded_batches(examples: "grain.MapDataset", data_cfg, batch: int,
+                     drop_remainder: bool) -> "grain.IterDataset":
+  """Batches of JPEG examples, each decoded and cropped (as uint8) in its own Grain element:
+  `data.num_threads` threads decode at once, `data.prefetch` batches ahead."""
+  threads = int(data_cfg.get("num_threads", 2))
+  options = _grain().ReadOptions(
+      num_threads=threads,
+      prefetch_buffer_size=max(threads, int(data_cfg.get("prefetch", 4)) * batch))
+  return examples.to_iter_dataset(options).batch(
+      batch, drop_remainder=drop_remainder).map(_to_float)
+
+
+def _shuffled_train(data_cfg, batch: int, seed: int) -> "grain.MapDataset":
+  """This host's training examples, epoch after epoch, each epoch shuffled."""
   base = _host_dataset(data_cfg, data_cfg.train_split)
   if len(base) < batch:
     raise DataError(f"split {data_cfg.train_split!r} of {data_cfg.name!r} has {len(base)} "
                     f"examples on this host, fewer than its batch of {batch}")
   # Grain reseeds the shuffle per epoch (seed + epoch); spread the run seeds apart.
-  shuffled = base.shuffle(seed=(seed * 100003) % 2**31).repeat()
-  if encoded_images(data_cfg):  # decoded and cropped per example, seeded by its position
-    crop = functools.partial(_jpeg().train_example, size=int(data_cfg.image_size),
-                             scale_min=float(data_cfg.crop_scale_min),
-                             flip=bool(data_cfg.random_flip))
-    return shuffled.random_map(crop, seed=seed).batch(batch, drop_remainder=True)
+  return base.shuffle(seed=(seed * 100003) % 2**31).repeat()
+
+
+def jpeg_train_examples(data_cfg, global_batch_size: int, seed: int) -> "grain.MapDataset":
+  """The endless training stream of a JPEG dataset as a random-access dataset of decoded,
+  randomly cropped examples (uint8), each seeded by its position: batch k is examples
+  k * batch ... (k + 1) * batch - 1."""
+  crop = functools.partial(_jpeg().train_example, size=int(data_cfg.image_size),
+                           scale_min=float(data_cfg.crop_scale_min),
+                           flip=bool(data_cfg.random_flip))
+  batch = local_batch_size(global_batch_size)
+  return _shuffled_train(data_cfg, batch, seed).random_map(crop, seed=seed)
+
+
+def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapDataset":
+  """The endless training stream of this host as a random-access dataset of batches:
+  epoch after epoch of shuffled, augmented examples, cut into batches (datasets of arrays;
+  JPEG datasets: `jpeg_train_examples`)."""
+  batch = local_batch_size(global_batch_size)
+  shuffled = _shuffled_train(data_cfg, batch, seed)
   padding, flip = int(data_cfg.crop_padding), bool(data_cfg.random_flip)
   side = min(get_info(data_cfg).image_shape[:2])
   if not 0 <= padding <= side:
@@ -253,8 +302,14 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int) -> "grain.MapData
 def train_batches(data_cfg, global_batch_size: int, seed: int,
                   start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
   """Endless training batches from batch `start_step` on, read ahead by Grain threads."""
-  ds = train_dataset(data_cfg, global_batch_size, seed)[start_step:]
-  for example in ds.to_iter_dataset(_read_options(data_cfg)):
+  if encoded_images(data_cfg):
+    batch = local_batch_size(global_batch_size)
+    examples = jpeg_train_examples(data_cfg, global_batch_size, seed)[start_step * batch:]
+    stream = _decoded_batches(examples, data_cfg, batch, drop_remainder=True)
+  else:
+    stream = train_dataset(data_cfg, global_batch_size, seed)[start_step:].to_iter_dataset(
+        _read_options(data_cfg))
+  for example in stream:
     yield _device_shape(example)
 
 
@@ -264,7 +319,7 @@ def eval_batches(data_cfg, global_batch_size: int,
   padded and masked, and every host yields the same number of batches (pmap needs that)."""
   batch = local_batch_size(global_batch_size)
   info = get_info(data_cfg)
-  ds = _host_dataset(data_cfg, data_cfg.eval_split)
+  ds = _host_dataset(data_cfg, data_cfg.eval_split, listed=True)
   total = info.num_eval if not num_examples else min(num_examples, info.num_eval)
   host_limit = math.ceil(total / jax.process_count())
   # A batch beyond the examples would only be padding: cut to the examples, per device.
@@ -272,9 +327,11 @@ def eval_batches(data_cfg, global_batch_size: int,
   num_batches = math.ceil(host_limit / batch)
   ds = ds[:host_limit]
   if encoded_images(data_cfg):
-    ds = ds.map(functools.partial(_jpeg().eval_example, size=int(data_cfg.image_size),
-                                  resize_to=int(data_cfg.eval_resize)))
-  it = iter(ds.batch(batch).to_iter_dataset(_read_options(data_cfg)))
+    crop = functools.partial(_jpeg().eval_example, size=int(data_cfg.image_size),
+                             resize_to=int(data_cfg.eval_resize))
+    it = iter(_decoded_batches(ds.map(crop), data_cfg, batch, drop_remainder=False))
+  else:
+    it = iter(ds.batch(batch).to_iter_dataset(_read_options(data_cfg)))
   for _ in range(num_batches):
     example = next(it, None)
     if example is None:  # this host's shard ran out first: an all-padding batch

@@ -1,5 +1,5 @@
 """JPEG datasets of any image size (ImageNet): decoding, training crops and RobustBench's
-evaluation crops, one example at a time, in NumPy.
+evaluation crops, one example at a time, in NumPy, as uint8 (the batch is made float32).
 
 * Decoding: simplejpeg (libjpeg-turbo; it releases the GIL, so Grain's threads decode in
   parallel). An image TFDS has already decoded (an array) passes through.
@@ -11,14 +11,13 @@ evaluation crops, one example at a time, in NumPy.
 """
 import io
 import math
-import os
-from typing import Dict, FrozenSet, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image
 import simplejpeg
 
-from mixacm_jax.errors import ConfigError, DataError
+from mixacm_jax.errors import DataError
 
 RATIO = (3 / 4, 4 / 3)
 
@@ -85,35 +84,19 @@ def shorter_side_resize(image: np.ndarray, side: int) -> np.ndarray:
   return resize(image, int(side * h / w), side)
 
 
-def _float(image: np.ndarray) -> np.ndarray:
-  return image.astype(np.float32) / 255.0
-
-
 def train_example(example: Dict, rng: np.random.Generator, *, size: int, scale_min: float,
                   flip: bool) -> Dict[str, np.ndarray]:
   image = decode(example["image"])
   top, left, h, w = random_resized_crop_box(*image.shape[:2], rng, scale_min)
   image = resize(image[top:top + h, left:left + w], size, size)
   if flip and rng.random() < 0.5:
-    image = image[:, ::-1]
-  return {"image": _float(image), "label": np.asarray(example["label"], np.int32)}
+    image = np.ascontiguousarray(image[:, ::-1])
+  return {"image": image, "label": np.asarray(example["label"], np.int32)}
 
 
 def eval_example(example: Dict, *, size: int, resize_to: int) -> Dict[str, np.ndarray]:
   image = decode(example["image"])
   if resize_to:
     image = shorter_side_resize(image, resize_to)
-  return {"image": _float(center_crop(image, size)),
+  return {"image": np.ascontiguousarray(center_crop(image, size)),
           "label": np.asarray(example["label"], np.int32)}
-
-
-def read_ids(path: str) -> FrozenSet[str]:
-  """The file names listed in an id file, one per line, each optionally under its class
-  folder (RobustBench's `n01440764/ILSVRC2012_val_00000293.JPEG`)."""
-  if not os.path.isfile(path):
-    raise ConfigError(f"data.eval_ids: no file {path}")
-  with open(path) as f:
-    ids = frozenset(os.path.basename(line.strip()) for line in f if line.strip())
-  if not ids:
-    raise ConfigError(f"data.eval_ids: {path} lists no image")
-  return ids

@@ -91,7 +91,7 @@ class ResNet(ModelBase):
   block: str = "basic"
   stem: str = "cifar"
   # torchvision's width_per_group: a bottleneck is base_width * 2**i * width_per_group / 64
-  # wide inside (128 for Wide-ResNet-50-2); basic blocks take only 64.
+  # wide inside (128 for Wide-ResNet-50-2); the other blocks take only 64.
   width_per_group: int = 64
 
   @nn.compact
@@ -100,8 +100,9 @@ class ResNet(ModelBase):
       raise ValueError(f"unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
     if self.stem not in STEMS:
       raise ValueError(f"unknown ResNet stem {self.stem!r}; known: {sorted(STEMS)}")
-    if self.block == "basic" and self.width_per_group != 64:
-      raise ValueError(f"basic blocks take width_per_group=64 only, not {self.width_per_group}")
+    if self.block != "bottleneck" and self.width_per_group != 64:
+      raise ValueError(f"{self.block} blocks take width_per_group=64 only, not "
+                       f"{self.width_per_group}")
     x = STEMS[self.stem](self, self.prepare(x), train)
     sow(self, "stem", x)
     for i, blocks in enumerate(self.stage_sizes):

@@ -48,9 +48,11 @@ def _robustbench(cfg, num_classes: int, image_shape: Sequence[int], role: str) -
     raise ConfigError(f"{role}, {entry}, has {info['num_classes']} classes and the data "
                       f"{num_classes}: pick an entry of the data's dataset")
   # ImageNet entries (a preprocessing named) are global-pooled ResNets trained on crops of
-  # many sizes: they take any size, e.g. a smaller training crop.
+  # many sizes: they take other crop sizes too (e.g. 160 for 224), but not thumbnails.
+  side, entry_side = min(image_shape[:2]), min(info["image_shape"][:2])
   if tuple(info["image_shape"]) != tuple(image_shape) and not (
-      info.get("preprocessing") and info["image_shape"][2:] == tuple(image_shape)[2:]):
+      info.get("preprocessing") and info["image_shape"][2:] == tuple(image_shape)[2:]
+      and side >= entry_side // 2):
     raise ConfigError(f"{role}, {entry}, takes {tuple(info['image_shape'])} images and "
                       f"the data has {tuple(image_shape)}")
   return Loaded(model, variables, info["source"])

@@ -58,8 +58,8 @@ def torch_hub_checkpoints() -> str:
   """torch.hub's folder of downloaded weights (`torch.hub.get_dir()/checkpoints`), found
   without importing torch: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
   home = os.environ.get("TORCH_HOME") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
-  return os.path.join(home, "hub", "checkpoints")
+      os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+  return os.path.join(os.path.expanduser(home), "hub", "checkpoints")
 
 
 def weight_files(found: Dict[str, Any], path: str) -> Tuple[str, ...]:
