@@ -28,9 +28,7 @@ def get_config(dataset: str = "cifar10"):
   config.eval = default.eval_settings(eps=EPS, step_size=STEP_SIZE, batch_size=500,
                                       attacks="clean,pgd20,cw20,autoattack")
   config.train_evals.pgd = default.evaluation("clean,pgd20", every_steps=5_000)
-  for method in default.ADVERSARIAL_METHODS:
-    config.objective[method].attack = default.training_attack(EPS, STEP_SIZE, 10)
-  config.objective.fast_at.attack = default.fast_attack(EPS)
+  default.set_training_attacks(config.objective, EPS, STEP_SIZE, 10)
   config.checkpoint.every_steps = 1_000
   config.log_every_steps = 100
   return config

@@ -18,6 +18,13 @@ def fast_attack(eps=0.1, norm="linf"):
   return training_attack(eps, 1.25 * eps, 1, norm)
 
 
+def set_training_attacks(objective_cfg, eps: float, step_size: float, steps: int) -> None:
+  """Every adversarial objective's attack at one threat (and fast-AT's single step)."""
+  for method in ADVERSARIAL_METHODS:
+    objective_cfg[method].attack = training_attack(eps, step_size, steps)
+  objective_cfg.fast_at.attack = fast_attack(eps)
+
+
 def evaluation(attacks: str, every_steps: int = 0, num_examples: int = 0):
   """One named evaluation during training, an entry of `config.train_evals`."""
   return ml_collections.ConfigDict(

@@ -42,9 +42,7 @@ def get_config(batch_size: int = 1024):
   config.eval.num_examples = 0  # the whole eval split: here data.eval_ids' 5,000 images
   config.train_evals.pgd = default.evaluation("clean,pgd20", every_steps=5_000,
                                               num_examples=1_000)
-  for method in default.ADVERSARIAL_METHODS:
-    config.objective[method].attack = default.training_attack(EPS, STEP_SIZE, 4)
-  config.objective.fast_at.attack = default.fast_attack(EPS)
+  default.set_training_attacks(config.objective, EPS, STEP_SIZE, 4)
   config.checkpoint.every_steps = 2_000
   config.log_every_steps = 100
   return config
