@@ -3,9 +3,13 @@ own zoo files, the coverage it claims, the paper's teacher (Zhang2019Theoretical
 by the library call, by --mode=convert and as a MixACM teacher, RobustBench's loader layout,
 and every wrong input as one line."""
 import importlib.util
+import json
 import os
 import re
+import subprocess
+import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ if importlib.util.find_spec("robustbench") is None:
 import mixacm_jax  # noqa: E402
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.errors import CheckpointError, ConfigError  # noqa: E402
-from mixacm_jax.port import zoo, zoo_recipes  # noqa: E402
+from mixacm_jax.port import convert, zoo, zoo_recipes, zoo_recipes_main  # noqa: E402
 from tools import robustbench_parity as parity, robustbench_zoo as robustbench  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,11 +33,10 @@ def test_recipe_table_and_coverage_are_derived_from_the_installed_zoo():
   derived = robustbench.derive_recipes()
   assert robustbench.installed_version() == zoo_recipes.ROBUSTBENCH_VERSION
   assert derived == zoo_recipes.RECIPES, "run: python -m tools.robustbench_zoo"
-  with open(os.path.join(ROOT, "docs", "port.md")) as f:
-    port_doc = f.read()
-  coverage = robustbench.render_coverage(derived, zoo_recipes.ROBUSTBENCH_VERSION)
-  assert coverage in port_doc, "run: python -m tools.robustbench_zoo"
-  assert robustbench.render_unsupported(derived) in port_doc
+  files = robustbench.generated_files("wheel", zoo_recipes.ROBUSTBENCH_VERSION, derived)
+  for path, text in files.items():  # the recipes and docs/port.md's table and lists
+    with open(path) as f:
+      assert f.read() == text, "run: python -m tools.robustbench_zoo"
 
 
 def test_coverage_by_name():
@@ -204,3 +207,71 @@ def test_every_wrong_input_is_one_line(zhang_dir, tmp_path):
   cfg.robustbench, cfg.model_dir = ZHANG, model_dir
   with pytest.raises(ConfigError, match="has 10 classes and the data 100"):
     teacher_lib.load_teacher(cfg, 100, (32, 32, 3))
+
+
+# --- RobustBench's main branch ------------------------------------------------------------
+
+
+def test_the_main_branch_recipes_name_their_commit_and_build_registered_models():
+  """zoo_recipes_main (python -m tools.robustbench_zoo --source=<checkout>): derived again
+  only where a checkout is given (ROBUSTBENCH_SOURCE); here, what can be checked without it."""
+  assert re.fullmatch(r"main@[0-9a-f]{40}", zoo_recipes_main.ROBUSTBENCH_VERSION)
+  for dataset, tables in zoo_recipes_main.RECIPES.items():
+    for threat, entries in tables.items():
+      for name, entry in entries.items():
+        assert "arch" in entry or entry["unsupported"], name
+        if "arch" in entry:
+          assert entry["arch"] in models.MODELS, name
+          fields = models.architecture_fields(entry["arch"])
+          assert set(entry["kwargs"]) <= set(fields), (name, entry["kwargs"])
+  # Entries both zoos have are built the same way by both, unless RobustBench changed them.
+  for dataset, tables in zoo_recipes.RECIPES.items():
+    for threat, entries in tables.items():
+      for name, entry in entries.items():
+        newer = zoo_recipes_main.RECIPES.get(dataset, {}).get(threat, {}).get(name)
+        if newer and "arch" in entry and "arch" in newer:
+          assert newer == entry, name
+  # docs/port.md shows both zoos side by side, as the generator writes them.
+  files = robustbench.generated_files("main", zoo_recipes_main.ROBUSTBENCH_VERSION,
+                                      zoo_recipes_main.RECIPES)
+  with open(os.path.join(ROOT, "docs", "port.md")) as f:
+    assert f.read() == files[os.path.join(ROOT, "docs", "port.md")]
+
+
+def test_the_main_branch_recipes_are_derived_from_its_checkout():
+  source = os.environ.get("ROBUSTBENCH_SOURCE")
+  if not source:
+    pytest.skip("set ROBUSTBENCH_SOURCE to a checkout of RobustBench's main branch to derive "
+                "mixacm_jax/port/zoo_recipes_main.py again (CI has no network)")
+  code = ("import json, sys; from tools import robustbench_zoo as r; "
+          "print(json.dumps([r.source_version(sys.argv[1]), repr(r.derive_recipes(sys.argv[1]))]))")
+  out = subprocess.run([sys.executable, "-c", code, source], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, check=True)  # its own process: its own zoo
+  version, recipes = json.loads(out.stdout.strip().splitlines()[-1])
+  assert version == zoo_recipes_main.ROBUSTBENCH_VERSION
+  assert recipes == repr(zoo_recipes_main.RECIPES)
+
+
+def test_an_entry_only_the_main_branch_has_loads_by_name(tmp_path, monkeypatch):
+  """Wang2023Better_WRN-28-10 is not in robustbench==1.1.1: its recipe comes from the main
+  branch's zoo, its file from RobustBench's layout (written here by our own export), and a
+  missing file's message says which RobustBench fetches it."""
+  name = "Wang2023Better_WRN-28-10"
+  assert name not in zoo_recipes.RECIPES["cifar10"]["Linf"]
+  version, found = zoo.lookup(name)
+  assert version == zoo_recipes_main.ROBUSTBENCH_VERSION
+  with pytest.raises(CheckpointError, match="with RobustBench installed from RobustBench's "
+                                            "main branch"):
+    zoo.load_entry(name, model_dir=str(tmp_path))
+  found = dict(found, kwargs={**found["kwargs"], "depth": 10, "widen_factor": 1})  # tiny
+  monkeypatch.setitem(zoo_recipes_main.RECIPES["cifar10"]["Linf"], name, found)
+  model = zoo.create_model(found)
+  variables = models.init_variables(model, jax.random.PRNGKey(3), (32, 32, 3))
+  path = zoo.checkpoint_path(name, "cifar10", "Linf", str(tmp_path))
+  os.makedirs(os.path.dirname(path))
+  convert.export(variables, model, path)
+  loaded, loaded_vars, info = zoo.load_entry(name, model_dir=str(tmp_path))
+  assert info["robustbench_version"] == version
+  x = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+  np.testing.assert_allclose(np.asarray(loaded.apply(loaded_vars, x)),
+                             np.asarray(model.apply(variables, x)), atol=1e-5)

@@ -8,6 +8,8 @@ are checked once. Needs torch; runs outside CI (about 8 minutes on 2 CPU cores):
 
     python -m tools.robustbench_parity             # writes docs/robustbench_parity.md
     python -m tools.robustbench_parity --only=Zhang2019Theoretically,Ding2020MMA
+    python -m tools.robustbench_parity --source=<RobustBench checkout>  # its main branch:
+                                                   # docs/robustbench_parity_main.md
 """
 import argparse
 import os
@@ -18,12 +20,13 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mixacm_jax.port import zoo, zoo_recipes
+from mixacm_jax.port import zoo, zoo_recipes, zoo_recipes_main
 from tools import robustbench_zoo as robustbench
 
 TOLERANCE = 1e-4
 LOGIT_SCALE = 20.0  # the largest |logit| of each check; trained CIFAR models reach 10-30
-REPORT = os.path.join(robustbench.ROOT, "docs", "robustbench_parity.md")
+REPORTS = {"wheel": os.path.join(robustbench.ROOT, "docs", "robustbench_parity.md"),
+           "main": os.path.join(robustbench.ROOT, "docs", "robustbench_parity_main.md")}
 
 
 def save_as_robustbench(net, recipe, path: str) -> None:
@@ -95,11 +98,22 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   return float(np.max(np.abs(out - ref))), float(np.max(np.abs(ref)))
 
 
-def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) -> Dict:
+def run(only: Optional[Sequence[str]] = None, report: Optional[str] = None,
+        source: Optional[str] = None) -> Dict:
+  """Checks the entries of the pinned wheel's zoo, or with `source` (a RobustBench checkout)
+  those of its main branch, against that zoo's own modules."""
+  zoo_module = zoo_recipes_main if source else zoo_recipes
+  if source:
+    version = robustbench.source_version(source)
+    if version != zoo_module.ROBUSTBENCH_VERSION:
+      raise SystemExit(f"{source} is at {version}, the recipes were derived from "
+                       f"{zoo_module.ROBUSTBENCH_VERSION}: derive them again first "
+                       f"(python -m tools.robustbench_zoo --source={source})")
+  robustbench.zoo_package(source)
   results = {}
   seen: Dict[tuple, tuple] = {}
   with tempfile.TemporaryDirectory() as model_dir:
-    for dataset, tables in zoo_recipes.RECIPES.items():
+    for dataset, tables in zoo_module.RECIPES.items():
       if not any("arch" in e for es in tables.values() for e in es.values()):
         continue
       entries = robustbench.zoo_entries(dataset)
@@ -123,16 +137,17 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = REPORT) ->
                 f"({time.time() - start:.0f} s)", flush=True)
   if report:
     with open(report, "w") as f:
-      f.write(render(results))
+      f.write(render(results, zoo_module))
   return results
 
 
-def render(results) -> str:
+def render(results, zoo_module=zoo_recipes) -> str:
   bad = sum(d > TOLERANCE for d, _, _ in results.values())
   lines = [
       "# RobustBench entries by name: logits against RobustBench's own modules", "",
-      "Written by `python -m tools.robustbench_parity` (robustbench=="
-      f"{zoo_recipes.ROBUSTBENCH_VERSION}, {time.strftime('%Y-%m-%d')}): each supported entry's "
+      "Written by `python -m tools.robustbench_parity` ("
+      f"{zoo.zoo_name(zoo_module.ROBUSTBENCH_VERSION)}, {time.strftime('%Y-%m-%d')}): each "
+      "supported entry's "
       "PyTorch module from the zoo's own constructor, random weights and BatchNorm "
       "statistics, saved in RobustBench's file layout, loaded with "
       "`mixacm_jax.load_robustbench`, and the largest logit difference on two random images, "
@@ -143,7 +158,7 @@ def render(results) -> str:
       "| dataset | threat model | entry | architecture | max abs logit difference | "
       "max abs logit |", "|---|---|---|---|---|---|"]
   for (dataset, threat, name), (diff, scale, alias) in results.items():
-    arch = zoo_recipes.RECIPES[dataset][threat][name]["arch"]
+    arch = zoo_module.RECIPES[dataset][threat][name]["arch"]
     lines.append(f"| {dataset} | {threat} | {name} | {arch} | {diff:.1e}"
                  + (f" (as {alias})" if alias else "") + f" | {scale:.1e} |")
   return "\n".join(lines) + "\n"
@@ -152,9 +167,11 @@ def render(results) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="", help="comma-separated entry names")
+  parser.add_argument("--source", default="", help="a RobustBench checkout (its main branch)")
   args = parser.parse_args(argv)
   only = [n for n in args.only.split(",") if n]
-  results = run(only, report=None if only else REPORT)
+  report = None if only else REPORTS["main" if args.source else "wheel"]
+  results = run(only, report=report, source=args.source or None)
   worst = max(d for d, _, _ in results.values())
   print(f"{len(results)} entries; worst max|dlogit| {worst:.2e} (tolerance {TOLERANCE:g})")
   return 0 if worst <= TOLERANCE else 1

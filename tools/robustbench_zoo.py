@@ -22,11 +22,14 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
+import types
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from mixacm_jax.errors import ConfigError
+from mixacm_jax.port import zoo
 from tools import torch_reference
 
 # RobustBench's dataset tables: (module, table) in model_zoo/.
@@ -39,9 +42,16 @@ IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "imagenet": (22
 PREPROCESSING_SIDES = {"Res256Crop224": 224, "Crop288": 288}
 
 
-def _package_root() -> str:
+def _package_root(source: Optional[str] = None) -> str:
+  """The robustbench package folder: of the checkout `source`, else the installed one."""
   if "robustbench" in sys.modules:
     return list(sys.modules["robustbench"].__path__)[0]
+  if source:
+    root = os.path.join(source, "robustbench")
+    if not os.path.isfile(os.path.join(root, "model_zoo", "models.py")):
+      raise ConfigError(f"{source} is not a RobustBench checkout (no "
+                        "robustbench/model_zoo/models.py)")
+    return root
   spec = importlib.util.find_spec("robustbench")
   if spec is None or not spec.submodule_search_locations:
     raise ConfigError("robustbench is not installed: pip install --no-deps -r "
@@ -53,10 +63,11 @@ class Unbuildable(Exception):
   """A zoo entry whose PyTorch module needs a library that is not installed."""
 
 
-def zoo_package() -> str:
+def zoo_package(source: Optional[str] = None) -> str:
   """Registers robustbench, robustbench.model_zoo and its architectures folder as bare
-  packages (unless the real package is already imported); returns the package's folder."""
-  root = _package_root()
+  packages (unless the real package is already imported), from the checkout `source` or the
+  installed wheel; returns the package's folder."""
+  root = _package_root(source)
   if "robustbench" in sys.modules:
     return root
   for name, folder in (("robustbench", ""), ("robustbench.model_zoo", "model_zoo"),
@@ -75,15 +86,46 @@ def architecture_module(name: str):
   return importlib.import_module(f"robustbench.model_zoo.architectures.{name}")
 
 
+def _refusing_module(name: str) -> types.ModuleType:
+  """A stand-in for a library that is not installed: importing it works, and anything built
+  from it raises Unbuildable (so only the zoo entries that need it are unsupported)."""
+  module = types.ModuleType(name)
+  module.__path__ = []
+
+  def refuse(attr):
+    if attr.startswith("__"):
+      raise AttributeError(attr)
+
+    class Refused:
+      def __init__(self, *args, **kwargs):
+        raise Unbuildable(f"{name}.{attr} (not installed)")
+
+      def __call__(self, *args, **kwargs):
+        raise Unbuildable(f"{name}.{attr} (not installed)")
+    return Refused
+  module.__getattr__ = refuse
+  return module
+
+
 def zoo_entries(dataset: str) -> Dict[str, Dict[str, dict]]:
-  """{threat model: {entry name: RobustBench's entry ({'model': constructor, ...})}}."""
+  """{threat model: {entry name: RobustBench's entry ({'model': constructor, ...})}}. A
+  library the zoo file imports and that is not installed (a newer zoo's geotorch) becomes a
+  stand-in that refuses to build."""
   zoo_package()
   module_name, table = ZOO_TABLES[dataset]
-  try:
-    module = importlib.import_module(f"robustbench.model_zoo.{module_name}")
-  except Exception as e:  # pylint: disable=broad-except
-    raise Unbuildable(f"robustbench's {module_name}.py does not import here "
-                      f"({type(e).__name__}: {e})") from None
+  for _ in range(8):
+    try:
+      module = importlib.import_module(f"robustbench.model_zoo.{module_name}")
+      break
+    except ModuleNotFoundError as e:
+      if not e.name or e.name.startswith("robustbench") or e.name in sys.modules:
+        raise Unbuildable(f"robustbench's {module_name}.py does not import here ({e})") from None
+      sys.modules[e.name] = _refusing_module(e.name)
+    except Exception as e:  # pylint: disable=broad-except
+      raise Unbuildable(f"robustbench's {module_name}.py does not import here "
+                        f"({type(e).__name__}: {e})") from None
+  else:
+    raise Unbuildable(f"robustbench's {module_name}.py needs too many missing libraries")
   return {getattr(threat, "value", str(threat)): dict(entries)
           for threat, entries in getattr(module, table).items()}
 
@@ -398,19 +440,28 @@ def unwrap_normalize_model(net):
                      for k in ("mean", "std")}
 
 
+# Modules whose `load_state_dict_from_url` fetches pretrained weights (each binds its own name).
+DOWNLOADERS = ("torch.hub", "torchvision.models._api", "timm.models._builder")
+
+
 @contextlib.contextmanager
 def pretrained_recorded(files: list):
-  """Builds torchvision models with `pretrained=True` without downloading: the file name of
-  each pretrained weight file asked for is appended to `files`, and nothing is loaded."""
+  """Builds modules that fetch pretrained weights (torchvision's `pretrained=True`, a zoo
+  constructor calling torch.hub) without downloading: the file name of each weight file asked
+  for is appended to `files`, and nothing is loaded."""
   import torch  # pylint: disable=g-import-not-at-top
-  api = importlib.import_module("torchvision.models._api")
-  fetch, load = api.load_state_dict_from_url, torch.nn.Module.load_state_dict
+  importlib.import_module("torchvision.models._api")
+  fetchers = [(sys.modules[m], "load_state_dict_from_url") for m in DOWNLOADERS
+              if hasattr(sys.modules.get(m), "load_state_dict_from_url")]
+  originals = [getattr(m, n) for m, n in fetchers]
+  load = torch.nn.Module.load_state_dict
   asked = object()
 
   def record(url, *args, **kwargs):
     files.append(os.path.basename(url))
     return asked
-  api.load_state_dict_from_url = record
+  for module, name in fetchers:
+    setattr(module, name, record)
   torch.nn.Module.load_state_dict = lambda self, state, *a, **k: (
       None if state is asked else load(self, state, *a, **k))
   try:
@@ -418,7 +469,9 @@ def pretrained_recorded(files: list):
       warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
       yield
   finally:
-    api.load_state_dict_from_url, torch.nn.Module.load_state_dict = fetch, load
+    for (module, name), original in zip(fetchers, originals):
+      setattr(module, name, original)
+    torch.nn.Module.load_state_dict = load
 
 
 def _last_checkpoint_rule(root: str) -> Callable[[str], bool]:
@@ -500,9 +553,10 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
   return recipe
 
 
-def derive_recipes() -> Dict[str, Dict[str, Dict[str, Dict[str, Any]]]]:
-  """{dataset: {threat model: {entry: recipe}}} for the installed robustbench."""
-  root = zoo_package()
+def derive_recipes(source: Optional[str] = None) -> Dict[str, Dict[str, Dict[str, Dict[str, Any]]]]:
+  """{dataset: {threat model: {entry: recipe}}} for the installed robustbench, or for the
+  RobustBench checkout `source`."""
+  root = zoo_package(source)
   uses_last = _last_checkpoint_rule(root)
   out = {}
   for dataset in ZOO_TABLES:
@@ -522,11 +576,25 @@ def installed_version() -> str:
   return metadata.version("robustbench")
 
 
+def source_version(source: str) -> str:
+  """"main@<commit>" of a RobustBench git checkout."""
+  try:
+    commit = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    raise ConfigError(f"{source} is not a git checkout: the recipes must name the commit "
+                      "they were read from") from None
+  return f"main@{commit}"
+
+
 # ---------------------------------------------------------------------------------------------
-# The generated files: port/zoo_recipes.py and docs/port.md's coverage table and list.
+# The generated files: port/zoo_recipes.py (the pinned wheel), port/zoo_recipes_main.py (a
+# checkout of RobustBench's main branch) and docs/port.md's coverage table and lists.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
-RECIPES_FILE = os.path.join(ROOT, "mixacm_jax", "port", "zoo_recipes.py")
+RECIPE_MODULES = {"wheel": "zoo_recipes", "main": "zoo_recipes_main"}
+RECIPE_FILES = {zoo: os.path.join(ROOT, "mixacm_jax", "port", f"{name}.py")
+                for zoo, name in RECIPE_MODULES.items()}
 PORT_DOC = os.path.join(ROOT, "docs", "port.md")
 COVERAGE_START = "<!-- robustbench coverage: generated by python -m tools.robustbench_zoo -->"
 COVERAGE_END = "<!-- end of robustbench coverage -->"
@@ -544,37 +612,53 @@ def render_recipes(recipes, version: str) -> str:
       lines.append("        },")
     lines.append("    },")
   body = "\n".join(lines + ["}"])
+  command = ("python -m tools.robustbench_zoo --source=<checkout>" if version.startswith("main@")
+             else "python -m tools.robustbench_zoo")
   return (f'"""RobustBench\'s model zoo as recipes for the Flax models: per dataset, threat '
           f'model and entry,\nthe registered architecture and its fields, the number of '
           f'classes, the input normalisation,\nthe image shape and the key RobustBench\'s '
           f'loader opens the file at; or why the entry is\nunsupported.\n\nGenerated from '
-          f'robustbench=={version}\'s own zoo files by `python -m tools.robustbench_zoo`'
-          f';\ndo not edit (a test derives it again and compares).\n"""\n'
+          f'{zoo.zoo_name(version)}\'s own zoo files by `{command}`;\ndo not edit (a test '
+          f'derives it again and compares).\n"""\n'
           f'# ruff: noqa: E501  (one entry per line)\nROBUSTBENCH_VERSION = "{version}"\n\n'
           f'RECIPES = {body}\n')
 
 
-def render_coverage(recipes, version: str) -> str:
-  """docs/port.md's table: per dataset and threat model, entries supported by name / total."""
-  rows = ["| dataset | threat model | by name | entries |", "|---|---|---:|---:|"]
-  for dataset, tables in recipes.items():
-    for threat, entries in tables.items():
-      ok = sum("arch" in e for e in entries.values())
-      rows.append(f"| {dataset} | {threat} | {ok} | {len(entries)} |")
-  return "\n".join([COVERAGE_START, f"RobustBench entries loadable by name (robustbench=="
-                    f"{version}; each unsupported one and why: below):",
-                    "", *rows, COVERAGE_END])
+def _counts(recipes, dataset, threat) -> str:
+  entries = recipes.get(dataset, {}).get(threat)
+  if entries is None:
+    return "–"
+  return f"{sum('arch' in e for e in entries.values())} / {len(entries)}"
 
 
-def render_unsupported(recipes) -> str:
-  """docs/port.md's list: each unsupported entry, grouped by the reason."""
-  reasons: Dict[str, list] = {}
-  for dataset, tables in recipes.items():
-    for threat, entries in tables.items():
-      for name, e in entries.items():
-        if "unsupported" in e:
-          reasons.setdefault(e["unsupported"], []).append(f"{name} ({dataset} {threat})")
-  lines = [f"- {reason}: {', '.join(names)}" for reason, names in reasons.items()]
+def render_coverage(zoos) -> str:
+  """docs/port.md's table: per dataset and threat model, entries by name / entries, for each
+  zoo of `zoos` ([(version, recipes)], the pinned wheel first)."""
+  header = " | ".join(zoo.zoo_name(v) for v, _ in zoos)
+  rows = [f"| dataset | threat model | {header} |",
+          "|---|---|" + "---:|" * len(zoos)]
+  keys = []
+  for _, recipes in zoos:
+    keys += [(d, t) for d, tables in recipes.items() for t in tables if (d, t) not in keys]
+  for dataset, threat in keys:
+    rows.append(f"| {dataset} | {threat} | "
+                + " | ".join(_counts(r, dataset, threat) for _, r in zoos) + " |")
+  return "\n".join([COVERAGE_START, "RobustBench entries loadable by name / entries (each "
+                    "unsupported one and why: below):", "", *rows, COVERAGE_END])
+
+
+def render_unsupported(zoos) -> str:
+  """docs/port.md's lists: per zoo, each unsupported entry, grouped by the reason."""
+  lines = []
+  for version, recipes in zoos:
+    reasons: Dict[str, list] = {}
+    for dataset, tables in recipes.items():
+      for threat, entries in tables.items():
+        for name, e in entries.items():
+          if "unsupported" in e:
+            reasons.setdefault(e["unsupported"], []).append(f"{name} ({dataset} {threat})")
+    lines += [f"{zoo.zoo_name(version)}:", ""]
+    lines += [f"- {reason}: {', '.join(names)}" for reason, names in reasons.items()] + [""]
   return "\n".join([UNSUPPORTED_START, *lines, UNSUPPORTED_END])
 
 
@@ -586,20 +670,42 @@ def with_block(text: str, block: str, start: str, end: str) -> str:
   return head + block + rest.split(end, 1)[1]
 
 
+def _committed(zoo: str):
+  """(version, recipes) of a zoo's generated module as committed; None if there is none."""
+  try:
+    module = importlib.import_module(f"mixacm_jax.port.{RECIPE_MODULES[zoo]}")
+  except ModuleNotFoundError:
+    return None
+  return module.ROBUSTBENCH_VERSION, module.RECIPES
+
+
+def generated_files(zoo: str, version: str, recipes) -> Dict[str, str]:
+  """{path: text} of everything a derivation of `zoo` writes; docs/port.md shows both zoos
+  (the other as committed)."""
+  other = _committed("main" if zoo == "wheel" else "wheel")
+  zoos = [(version, recipes)] + ([other] if other else [])
+  if zoo == "main":
+    zoos.reverse()  # the pinned wheel first
+  with open(PORT_DOC) as f:
+    text = with_block(f.read(), render_coverage(zoos), COVERAGE_START, COVERAGE_END)
+  return {RECIPE_FILES[zoo]: render_recipes(recipes, version),
+          PORT_DOC: with_block(text, render_unsupported(zoos), UNSUPPORTED_START,
+                               UNSUPPORTED_END)}
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description="Writes port/zoo_recipes.py and docs/port.md's "
-                                   "coverage table and unsupported entries "
-                                   "from the installed robustbench.")
+  parser = argparse.ArgumentParser(description="Writes port/zoo_recipes.py (or, with --source, "
+                                   "port/zoo_recipes_main.py) and docs/port.md's coverage "
+                                   "table and unsupported entries.")
+  parser.add_argument("--source", default="",
+                      help="a git checkout of RobustBench (its main branch) to read instead "
+                           "of the installed wheel")
   parser.add_argument("--check", action="store_true",
                       help="only compare; exit 1 if a generated file is out of date")
   args = parser.parse_args(argv)
-  version = installed_version()
-  recipes = derive_recipes()
-  want = {RECIPES_FILE: render_recipes(recipes, version)}
-  with open(PORT_DOC) as f:
-    text = with_block(f.read(), render_coverage(recipes, version), COVERAGE_START, COVERAGE_END)
-  want[PORT_DOC] = with_block(text, render_unsupported(recipes), UNSUPPORTED_START,
-                              UNSUPPORTED_END)
+  zoo = "main" if args.source else "wheel"
+  version = source_version(args.source) if args.source else installed_version()
+  want = generated_files(zoo, version, derive_recipes(args.source or None))
   stale = []
   for path, text in want.items():
     with open(path) if os.path.exists(path) else open(os.devnull) as f:

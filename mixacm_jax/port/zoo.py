@@ -1,50 +1,73 @@
-"""RobustBench's model zoo by name, offline: the recipe of an entry (`zoo_recipes`, generated
-from the installed robustbench's own zoo files), the file where RobustBench's `load_model`
-keeps it, and the Flax model with its weights. Nothing is downloaded, nothing in a file runs;
-torch is not needed."""
+"""RobustBench's model zoo by name, offline: the recipe of an entry (generated from RobustBench's
+own zoo files: `zoo_recipes` from the pinned wheel, `zoo_recipes_main` from its main branch at
+a commit), the file where RobustBench's `load_model` keeps it, and the Flax model with its
+weights. Nothing is downloaded, nothing in a file runs; torch is not needed."""
 import difflib
 import os
 from typing import Any, Dict, Optional, Tuple
 
 from mixacm_jax import models
 from mixacm_jax.errors import CheckpointError, ConfigError
-from mixacm_jax.port import convert, state_dict as sd_lib, zoo_recipes
+from mixacm_jax.port import convert, state_dict as sd_lib, zoo_recipes, zoo_recipes_main
 
+# The zoos a name is looked up in, in order: the pinned wheel's, then the main branch's.
+ZOOS = (zoo_recipes, zoo_recipes_main)
 # RobustBench's spellings (its BenchmarkDataset / ThreatModel values).
-DATASETS = {d.lower(): d for d in zoo_recipes.RECIPES}
+DATASETS = {d.lower(): d for z in ZOOS for d in z.RECIPES}
 THREAT_MODELS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
+
+
+def zoo_name(version: str) -> str:
+  """robustbench==1.1.1, or RobustBench's main branch at a commit."""
+  return (f"RobustBench's main branch (commit {version[5:17]})" if version.startswith("main@")
+          else f"robustbench=={version}")
+
+
+def _tables(dataset: str):
+  return [(z.ROBUSTBENCH_VERSION, z.RECIPES[dataset]) for z in ZOOS if dataset in z.RECIPES]
 
 
 def _canonical(dataset: str, threat_model: str) -> Tuple[str, str]:
   found = DATASETS.get(str(dataset).lower().replace("-", ""))
   if found is None:
     raise ConfigError(f"unknown RobustBench dataset {dataset!r}; known: "
-                      f"{', '.join(zoo_recipes.RECIPES)}")
+                      f"{', '.join(DATASETS.values())}")
+  threats = [t for _, tables in _tables(found) for t in tables]
   threat = THREAT_MODELS.get(str(threat_model).lower())
-  if threat is None or threat not in zoo_recipes.RECIPES[found]:
+  if threat is None or threat not in threats:
     raise ConfigError(f"unknown threat model {threat_model!r} for {found}; known: "
-                      f"{', '.join(zoo_recipes.RECIPES[found])}")
+                      f"{', '.join(dict.fromkeys(threats))}")
   return found, threat
 
 
-def recipe(name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> Dict[str, Any]:
-  """The recipe of a supported zoo entry; one-line ConfigError for an unknown or unsupported
-  name, naming the nearest known names or why it is not supported."""
+def lookup(name: str, dataset: str = "cifar10",
+           threat_model: str = "Linf") -> Tuple[str, Dict[str, Any]]:
+  """(the zoo's version, the recipe) of a supported entry: from the pinned wheel's zoo where
+  it has the entry, else from the main branch's. One-line ConfigError for an unknown or
+  unsupported name, naming the nearest known names or why it is not supported."""
   dataset, threat = _canonical(dataset, threat_model)
-  entries = zoo_recipes.RECIPES[dataset][threat]
-  if name not in entries:
-    elsewhere = [f"{d} {t}" for d, tables in zoo_recipes.RECIPES.items()
-                 for t, es in tables.items() if name in es]
-    hint = (f"it is an entry of {', '.join(elsewhere)}: set the dataset / threat model"
-            if elsewhere else "nearest: " + (", ".join(
-                difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)) or "none"))
-    raise ConfigError(f"RobustBench has no {dataset} {threat} entry {name!r} (robustbench=="
-                      f"{zoo_recipes.ROBUSTBENCH_VERSION}); {hint}")
-  found = entries[name]
-  if "unsupported" in found:
-    raise ConfigError(f"RobustBench's {name} ({dataset} {threat}) has no Flax twin here: "
-                      f"{found['unsupported']}")
-  return found
+  found = [(v, tables[threat][name]) for v, tables in _tables(dataset)
+           if name in tables.get(threat, {})]
+  for version, entry in found:
+    if "arch" in entry:
+      return version, entry
+  if found:
+    version, entry = found[-1]
+    raise ConfigError(f"RobustBench's {name} ({dataset} {threat}, {zoo_name(version)}) has no "
+                      f"Flax twin here: {entry['unsupported']}")
+  elsewhere = [f"{d} {t}" for z in ZOOS for d, tables in z.RECIPES.items()
+               for t, es in tables.items() if name in es]
+  known = [n for _, tables in _tables(dataset) for n in tables.get(threat, {})]
+  hint = (f"it is an entry of {', '.join(dict.fromkeys(elsewhere))}: set the dataset / threat "
+          "model" if elsewhere else "nearest: " + (", ".join(
+              difflib.get_close_matches(name, known, n=3, cutoff=0.5)) or "none"))
+  raise ConfigError(f"RobustBench has no {dataset} {threat} entry {name!r} in "
+                    f"{' or '.join(zoo_name(z.ROBUSTBENCH_VERSION) for z in ZOOS)}; {hint}")
+
+
+def recipe(name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> Dict[str, Any]:
+  """The recipe of a supported zoo entry (see `lookup`)."""
+  return lookup(name, dataset, threat_model)[1]
 
 
 def checkpoint_path(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
@@ -97,7 +120,7 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
                ) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
   """(model, variables, info) of a zoo entry; info holds the recipe, the file and the
   normalisation used."""
-  found = recipe(name, dataset, threat_model)
+  version, found = lookup(name, dataset, threat_model)
   path = checkpoint_path(name, dataset, threat_model, model_dir)
   dataset, threat = _canonical(dataset, threat_model)
   members = found.get("softmax_ensemble", 0)
@@ -106,6 +129,8 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
     if not os.path.isfile(file):
       fetch = (f"python -c \"from robustbench.utils import load_model; load_model('{name}', "
                f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat}')\"")
+      if version.startswith("main@"):  # the pinned wheel does not know the entry
+        fetch += f" (with RobustBench installed from {zoo_name(version)})"
       copy = (f"copy torch.hub's checkpoints/{found['torchvision_weights']} to {path} or "
               f"{file}" if found.get("torchvision_weights") else f"copy {model_dir} here")
       raise CheckpointError(f"{file} not found; mixacm_jax never downloads: fetch it where "
@@ -132,7 +157,7 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
           "num_classes": found["num_classes"], "mean": model.mean, "std": model.std,
           "image_shape": tuple(found["image_shape"]),
           "preprocessing": found.get("preprocessing"),
-          "robustbench_version": zoo_recipes.ROBUSTBENCH_VERSION}
+          "robustbench_version": version}
   return model, variables, info
 
 
@@ -151,8 +176,10 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
   return model, variables
 
 
-def coverage(dataset: Optional[str] = None) -> Dict[Tuple[str, str], Tuple[int, int]]:
-  """{(dataset, threat model): (entries supported by name, entries)}."""
+def coverage(dataset: Optional[str] = None, zoo=zoo_recipes
+             ) -> Dict[Tuple[str, str], Tuple[int, int]]:
+  """{(dataset, threat model): (entries supported by name, entries)} of one zoo (the pinned
+  wheel's by default, or `zoo_recipes_main`)."""
   return {(d, t): (sum("arch" in e for e in es.values()), len(es))
-          for d, tables in zoo_recipes.RECIPES.items() if dataset in (None, d)
+          for d, tables in zoo.RECIPES.items() if dataset in (None, d)
           for t, es in tables.items()}
