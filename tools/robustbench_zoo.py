@@ -38,8 +38,10 @@ ZOO_TABLES = {"cifar10": ("cifar10", "cifar_10_models"),
               "imagenet": ("imagenet", "imagenet_models")}
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "imagenet": (224, 224, 3)}
 # The input side of RobustBench's ImageNet preprocessings (robustbench/data.py): Res256Crop224
-# resizes the shorter side to 256 and crops the centre 224; Crop288 crops the centre 288.
-PREPROCESSING_SIDES = {"Res256Crop224": 224, "Crop288": 288}
+# resizes the shorter side to 256 and crops the centre 224 (bicubic in BicubicRes256Crop224);
+# Crop288 crops the centre 288; Res224 resizes to 224x224.
+PREPROCESSING_SIDES = {"Res256Crop224": 224, "Crop288": 288, "BicubicRes256Crop224": 224,
+                       "Res224": 224}
 
 
 def _package_root(source: Optional[str] = None) -> str:
@@ -284,6 +286,27 @@ def _torchvision_resnet(net, stem: str = "imagenet") -> Tuple[str, dict]:
                     "width_per_group": net.base_width, "base_width": net.conv1.out_channels}
 
 
+def _timm_convnext(net) -> Tuple[str, dict]:
+  """timm's ConvNeXt, with its patchify stem or Singh et al.'s ConvStem (ConvBlock1 / 3)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  block = net.stages[0].blocks[0]
+  if block.use_conv_mlp or type(block.mlp).__name__ != "Mlp" or block.gamma is None:
+    raise Unsupported("a ConvNeXt block other than timm's default (conv MLP, GRN or no "
+                      "layer scale)")
+  if block.conv_dw.kernel_size != (7, 7) or not isinstance(net.norm_pre, torch.nn.Identity) \
+      or not isinstance(net.head.pre_logits, torch.nn.Identity):
+    raise Unsupported("a ConvNeXt with another kernel or head")
+  fields = {"depths": tuple(len(s.blocks) for s in net.stages),
+            "dims": tuple(s.blocks[0].conv_dw.out_channels for s in net.stages)}
+  stem = type(net.stem).__name__
+  if stem in ("ConvBlock1", "ConvBlock3"):
+    return "ConvNeXt", {**fields, "stem": "convstem", "stem_width": net.stem.planes,
+                        "stem_layers": 2 if stem == "ConvBlock1" else 3}
+  if stem != "Sequential" or net.stem[0].kernel_size != (4, 4):
+    raise Unsupported(f"a ConvNeXt stem {stem}")
+  return "ConvNeXt", {**fields, "stem": "patch"}
+
+
 def _lrr_resnet(net) -> Tuple[str, dict]:
   """RobustBench's LRR_ResNet: torchvision's ResNet with a CIFAR stem, of any width."""
   return _torchvision_resnet(net, stem="cifar")
@@ -301,7 +324,7 @@ def _preact_resnet(net) -> Tuple[str, dict]:
       "shortcut_kernel": 1, "final_bn": bool(net.bn_before_fc)}
 
 
-_SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes")
+_SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes", "depths", "dims")
 
 
 def registered_architecture(cls_name: str, fields: dict) -> Tuple[str, dict]:
@@ -345,9 +368,11 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("resnet", "PreActResNet"): _preact_resnet,
     ("torchvision.models.resnet", "ResNet"): _torchvision_resnet,
     ("CARD_resnet", "LRR_ResNet"): _lrr_resnet,
+    ("timm.models.convnext", "ConvNeXt"): _timm_convnext,
 }
-# Families with no Flax twin, and what they are.
+# Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {
+    "MeanSparse_imagenet": "MeanSparse layers (Amini et al. 2024) inside the network",
     "ResNest": "ResNeSt-152 (split-attention blocks)",
     "CifarResNeXt": "ResNeXt-29",
     "WidePreActResNet": "binarised (CARD) WidePreActResNet",
@@ -361,9 +386,12 @@ SOFTMAX_ENSEMBLES = {"Chen2020AdversarialNet": lambda net: list(net.models)}
 
 
 def _family(net):
+  for module in net.modules():
+    if type(module).__name__ in NO_TWIN and module is not net:
+      raise Unsupported(NO_TWIN[type(module).__name__])
   for cls in type(net).__mro__:  # the most derived known class decides
-    module = cls.__module__  # RobustBench's by file name, torchvision's in full
-    key = (module if module.startswith("torchvision") else module.rpartition(".")[2],
+    module = cls.__module__  # RobustBench's by file name, torchvision's and timm's in full
+    key = (module if module.startswith(("torchvision", "timm")) else module.rpartition(".")[2],
            cls.__name__)
     if cls.__name__ in NO_TWIN:
       raise Unsupported(NO_TWIN[cls.__name__])

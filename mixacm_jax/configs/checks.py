@@ -237,6 +237,9 @@ def validate(config) -> None:
   if config.log_every_steps <= 0:
     raise ConfigError("log_every_steps must be positive")
   check_numbers(config)
+  if config.data.get("eval_interpolation", "bilinear") not in ("bilinear", "bicubic"):
+    raise ConfigError("data.eval_interpolation must be bilinear or bicubic, got "
+                      f"{config.data.eval_interpolation!r}")
   if not 0 < config.data.get("crop_scale_min", 1) <= 1:
     raise ConfigError(f"data.crop_scale_min must be in (0, 1], got "
                       f"{config.data.crop_scale_min}")

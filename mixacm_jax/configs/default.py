@@ -78,6 +78,7 @@ def data():
       # crops of this side (area fraction >= crop_scale_min), evaluation resizes the shorter
       # side to eval_resize (0: not at all) and crops the centre (RobustBench: 256 / 224).
       "image_size": 0, "crop_scale_min": 0.08, "eval_resize": 0,
+      "eval_interpolation": "bilinear",  # of that resize: bilinear | bicubic
       # A file of eval image names, one per line (RobustBench's 5,000 ImageNet images:
       # mixacm_jax/data/robustbench_imagenet_ids.txt); "": the whole eval split.
       "eval_ids": "",

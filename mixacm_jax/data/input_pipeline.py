@@ -328,7 +328,8 @@ def eval_batches(data_cfg, global_batch_size: int,
   ds = ds[:host_limit]
   if encoded_images(data_cfg):
     crop = functools.partial(_jpeg().eval_example, size=int(data_cfg.image_size),
-                             resize_to=int(data_cfg.eval_resize))
+                             resize_to=int(data_cfg.eval_resize),
+                             interpolation=data_cfg.get("eval_interpolation", "bilinear"))
     it = iter(_decoded_batches(ds.map(crop), data_cfg, batch, drop_remainder=False))
   else:
     it = iter(ds.batch(batch).to_iter_dataset(_read_options(data_cfg)))

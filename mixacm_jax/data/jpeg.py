@@ -6,8 +6,10 @@ evaluation crops, one example at a time, in NumPy, as uint8 (the batch is made f
 * Training: torchvision's RandomResizedCrop (area fraction in [scale_min, 1], aspect ratio in
   [3/4, 4/3], 10 tries, then the centre crop of the clamped ratio) and a horizontal flip.
 * Evaluation: torchvision's Resize(eval_resize) (shorter side; 0: none) then CenterCrop(size):
-  RobustBench's Res256Crop224 is (256, 224), its Crop288 (0, 288).
-* Resizing: Pillow's bilinear filter, the one torchvision applies to PIL images.
+  RobustBench's Res256Crop224 is (256, 224), its Crop288 (0, 288), its BicubicRes256Crop224
+  the first with bicubic interpolation.
+* Resizing: Pillow's filters (bilinear unless asked), the ones torchvision applies to PIL
+  images.
 """
 import io
 import math
@@ -20,6 +22,7 @@ import simplejpeg
 from mixacm_jax.errors import DataError
 
 RATIO = (3 / 4, 4 / 3)
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 def decode(data) -> np.ndarray:
@@ -36,10 +39,12 @@ def decode(data) -> np.ndarray:
                       f"{e}") from None
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize(image: np.ndarray, height: int, width: int,
+           interpolation: str = "bilinear") -> np.ndarray:
   if image.shape[:2] == (height, width):
     return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+  return np.asarray(Image.fromarray(image).resize((width, height),
+                                                  INTERPOLATIONS[interpolation]))
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
@@ -76,12 +81,13 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   return image[top:top + size, left:left + size]
 
 
-def shorter_side_resize(image: np.ndarray, side: int) -> np.ndarray:
+def shorter_side_resize(image: np.ndarray, side: int,
+                        interpolation: str = "bilinear") -> np.ndarray:
   """torchvision's Resize(side): the shorter side to `side`, the longer in proportion."""
   h, w = image.shape[:2]
   if h <= w:
-    return resize(image, side, int(side * w / h))
-  return resize(image, int(side * h / w), side)
+    return resize(image, side, int(side * w / h), interpolation)
+  return resize(image, int(side * h / w), side, interpolation)
 
 
 def train_example(example: Dict, rng: np.random.Generator, *, size: int, scale_min: float,
@@ -94,9 +100,10 @@ def train_example(example: Dict, rng: np.random.Generator, *, size: int, scale_m
   return {"image": image, "label": np.asarray(example["label"], np.int32)}
 
 
-def eval_example(example: Dict, *, size: int, resize_to: int) -> Dict[str, np.ndarray]:
+def eval_example(example: Dict, *, size: int, resize_to: int,
+                 interpolation: str = "bilinear") -> Dict[str, np.ndarray]:
   image = decode(example["image"])
   if resize_to:
-    image = shorter_side_resize(image, resize_to)
+    image = shorter_side_resize(image, resize_to, interpolation)
   return {"image": np.ascontiguousarray(center_crop(image, size)),
           "label": np.asarray(example["label"], np.int32)}

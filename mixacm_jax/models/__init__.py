@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError, first_line
+from mixacm_jax.models.convnext import ConvNeXt
 from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.wide_resnet import WideResNet
@@ -38,6 +39,15 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "imagenet_wide_resnet101_2": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
                                                    block="bottleneck", stem="imagenet",
                                                    width_per_group=128),
+    # timm's ConvNeXts (stem / stem_width / stem_layers: Singh et al.'s ConvStem variants).
+    "convnext_tiny": functools.partial(ConvNeXt, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "convnext_small": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
+                                        dims=(96, 192, 384, 768)),
+    "convnext_base": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
+                                       dims=(128, 256, 512, 1024)),
+    "convnext_large": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
+                                        dims=(192, 384, 768, 1536)),
+    "convnext": ConvNeXt,  # depths / dims from model.kwargs
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
     "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),

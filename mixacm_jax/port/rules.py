@@ -70,13 +70,28 @@ DM_PREACT_RESNET: List[Rule] = [
     ("layer_{s}.{b}.conv_2d_2", "layer{s+1}_{b}/conv2"),
     ("layer_{s}.{b}.shortcut", "layer{s+1}_{b}/shortcut_conv"),
 ]
+# timm's ConvNeXt, and RobustBench's ConvStem in place of its stem (Singh et al. 2023).
+TIMM_CONVNEXT: List[Rule] = [
+    ("stem.0", "stem_conv"), ("stem.1", "stem_norm"),
+    ("stem.stem.0", "stem_conv0"), ("stem.stem.1", "stem_norm0"),
+    ("stem.stem.3", "stem_conv1"), ("stem.stem.4", "stem_norm1"),
+    ("stem.stem.6", "stem_conv2"), ("stem.stem.7", "stem_norm2"),
+    ("stages.{s}.downsample.0", "downsample_norm{s}"),
+    ("stages.{s}.downsample.1", "downsample{s}"),
+    ("stages.{s}.blocks.{b}", "stage{s+1}_{b}"),  # its layer scale, gamma
+    ("stages.{s}.blocks.{b}.conv_dw", "stage{s+1}_{b}/conv_dw"),
+    ("stages.{s}.blocks.{b}.norm", "stage{s+1}_{b}/norm"),
+    ("stages.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_{b}/fc{i}"),
+    ("head.norm", "head_norm"), ("head.fc", "fc"),
+]
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET],
-         ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET]}
+         ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
+         ("ConvNeXt", ""): [TIMM_CONVNEXT]}
 
 
 def style(model) -> str:
@@ -91,7 +106,8 @@ _FIELD = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
 LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel"),
           ("bias", 1): ("params", "bias"), ("weight", 1): ("params", "scale"),
           ("running_mean", 1): ("batch_stats", "mean"), ("running_var", 1): ("batch_stats", "var"),
-          ("alpha", 1): ("params", "alpha"), ("beta", 1): ("params", "beta")}
+          ("alpha", 1): ("params", "alpha"), ("beta", 1): ("params", "beta"),
+          ("gamma", 1): ("params", "gamma")}
 
 
 def _match(pattern: str, text: str) -> Optional[Dict[str, object]]:

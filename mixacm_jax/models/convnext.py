@@ -1,0 +1,88 @@
+"""ConvNeXt (Liu et al. 2022) as timm's `convnext.py` builds it, and the ConvStem variants of
+Singh et al. 2023 (RobustBench's `convstem_models.py`): a patchify or convolutional stem, four
+stages of depthwise 7x7 convolution, LayerNorm, MLP (GELU) and layer scale, a LayerNorm and a
+2x2 stride-2 convolution between stages; the head pools, normalises and classifies.
+
+Sows `stem`, `stage{i}` (NHWC feature maps, as the ResNets: ACM pairs a ConvNeXt teacher with
+a ResNet student stage by stage) and `features`.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mixacm_jax.models.layers import ModelBase, conv_kernel_init, sow
+
+EPS = 1e-6  # timm's LayerNorm and LayerNorm2d
+
+
+def _gelu(x):
+  return nn.gelu(x, approximate=False)  # torch's nn.GELU: the exact (erf) form
+
+
+class ConvNeXtBlock(nn.Module):
+  """x + gamma * fc2(gelu(fc1(LN(dwconv7x7(x)))))."""
+  dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
+                kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=jnp.float32,
+                name="conv_dw")(x)
+    y = nn.LayerNorm(EPS, dtype=self.dtype, param_dtype=jnp.float32, name="norm")(y)
+    y = nn.Dense(4 * self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(y)
+    y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2")(_gelu(y))
+    gamma = self.param("gamma", nn.initializers.constant(1e-6), (self.dim,), jnp.float32)
+    return x + y * gamma.astype(y.dtype)
+
+
+class ConvNeXt(ModelBase):
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  # patch: a 4x4 stride-4 convolution and a LayerNorm (timm); convstem: Singh et al.'s 3x3
+  # convolutions (LayerNorm, GELU after each), stride 2, 2 and, with `stem_layers=3`, 1.
+  stem: str = "patch"
+  stem_width: int = 48
+  stem_layers: int = 2
+
+  def _conv(self, features, kernel, stride, padding, name):
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((padding, padding),) * 2, kernel_init=conv_kernel_init,
+                   dtype=self.dtype, param_dtype=jnp.float32, name=name)
+
+  def _norm(self, name):
+    return nn.LayerNorm(EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+
+  def _stem(self, x):
+    if self.stem == "patch":
+      return self._norm("stem_norm")(self._conv(self.dims[0], 4, 4, 0, "stem_conv")(x))
+    if self.stem != "convstem" or self.stem_layers not in (2, 3):
+      raise ValueError(f"unknown ConvNeXt stem {self.stem!r} with {self.stem_layers} layers; "
+                       "known: patch, convstem with 2 or 3 layers")
+    w = self.stem_width  # ConvBlock1: w, 2w (stride 2, 2); ConvBlock3: w, 1.5w, 2w (2, 2, 1)
+    widths = (w, 2 * w) if self.stem_layers == 2 else (w, int(1.5 * w), 2 * w)
+    for i, width in enumerate(widths):
+      x = self._conv(width, 3, 2 if i < 2 else 1, 1, f"stem_conv{i}")(x)
+      x = _gelu(self._norm(f"stem_norm{i}")(x))
+    if x.shape[-1] != self.dims[0]:
+      raise ValueError(f"the ConvStem ends at {x.shape[-1]} channels, the first stage has "
+                       f"{self.dims[0]}")
+    return x
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no batch statistics, no dropout
+    x = self._stem(self.prepare(x))
+    sow(self, "stem", x)
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      if i > 0:
+        x = self._conv(dim, 2, 2, 0, f"downsample{i}")(self._norm(f"downsample_norm{i}")(x))
+      for j in range(depth):
+        x = ConvNeXtBlock(dim, dtype=self.dtype, name=f"stage{i + 1}_{j}")(x)
+      sow(self, f"stage{i + 1}", x)
+    features = self._norm("head_norm")(jnp.mean(x, axis=(1, 2)))
+    sow(self, "features", features)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                      name="fc")(features)
+    return logits.astype(jnp.float32)
