@@ -148,6 +148,19 @@ def randomise_batchnorm(net, seed: int = 0):
   return net.eval()
 
 
+def randomise_layer_norms(net, seed: int = 0):
+  """Moves every LayerNorm's affine parameters and every layer scale (`gamma`, 1e-6 at
+  initialisation, which would make each residual branch vanish) off their initial values."""
+  import torch  # pylint: disable=g-import-not-at-top
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module_name, module in net.named_modules():
+      for name, p in module.named_parameters(recurse=False):
+        if name == "gamma" or (p.ndim == 1 and "LayerNorm" in type(module).__name__):
+          p.copy_((0.0 if name == "bias" else 1.0) + 0.3 * torch.randn(p.shape, generator=g))
+  return net
+
+
 def randomise_learned_activations(net, seed: int = 0):
   """Moves PSSiLU's scalars (alpha, beta) off their initial 1 and 1e-8, which a mis-ported
   activation would match by chance."""
