@@ -79,7 +79,7 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   with robustbench.pretrained_recorded([]):  # random weights, never a download
     net = robustbench.randomise_batchnorm(entry["model"](), seed)
   robustbench.randomise_learned_activations(net, seed)
-  robustbench.randomise_layer_norms(net, seed)
+  robustbench.randomise_initial_constants(net, seed)
   h, w, c = recipe["image_shape"]
   x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
   if recipe.get("softmax_ensemble"):  # each member's logits at scale; the output is probs
@@ -168,21 +168,31 @@ def render(results, zoo_module=zoo_recipes) -> str:
 
 
 def store_convstem(source: str, path: str = CONVSTEM_REFERENCE) -> None:
-  """Tiny timm ConvNeXts with the checkout's ConvStem blocks (ConvBlock1 / ConvBlock3 of
-  RobustBench's main branch), seeded weights, an input and the logits: the reference CI
-  checks the ConvStem variants against, having no checkout."""
+  """Tiny timm ConvNeXts and a tiny ViT with the checkout's ConvStem blocks (ConvBlock1 /
+  ConvBlock3 / ConvBlock of RobustBench's main branch), seeded weights, an input and the
+  logits: the reference CI checks the ConvStem variants against, having no checkout."""
   import torch  # pylint: disable=g-import-not-at-top
   robustbench.zoo_package(source)
   convstem = robustbench.architecture_module("convstem_models")
   timm = importlib.import_module("timm")
-  arrays = {}
-  for variant, block in (("block1", lambda: convstem.ConvBlock1(8)),
-                         ("block3", lambda: convstem.ConvBlock3(8))):
-    torch.manual_seed(0)
+
+  def convnext(stem):
     net = timm.models.convnext.ConvNeXt(num_classes=10, depths=(1, 2, 1, 1),
                                         dims=(16, 24, 32, 40))
-    net.stem = block()
-    net = robustbench.randomise_layer_norms(net.eval(), 0)
+    net.stem = stem
+    return net
+
+  def vit(stem):
+    net = timm.models.vision_transformer.VisionTransformer(
+        img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=4, num_classes=10)
+    net.patch_embed.proj = stem
+    return net
+  arrays = {}
+  for variant, build in (("block1", lambda: convnext(convstem.ConvBlock1(8))),
+                         ("block3", lambda: convnext(convstem.ConvBlock3(8))),
+                         ("vit", lambda: vit(convstem.ConvBlock(8, end_siz=4)))):
+    torch.manual_seed(0)
+    net = robustbench.randomise_initial_constants(build().eval(), 0)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     logits_at_scale(net, x)
     with torch.no_grad():

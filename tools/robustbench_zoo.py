@@ -148,15 +148,18 @@ def randomise_batchnorm(net, seed: int = 0):
   return net.eval()
 
 
-def randomise_layer_norms(net, seed: int = 0):
-  """Moves every LayerNorm's affine parameters and every layer scale (`gamma`, 1e-6 at
-  initialisation, which would make each residual branch vanish) off their initial values."""
+def randomise_initial_constants(net, seed: int = 0):
+  """Moves the parameters initialised to constants off them: every LayerNorm's affine
+  parameters, every layer scale (`gamma`, 1e-6, which would make each residual branch
+  vanish), a ViT's class token (about 0) and position embeddings."""
   import torch  # pylint: disable=g-import-not-at-top
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
-    for module_name, module in net.named_modules():
+    for module in net.modules():
       for name, p in module.named_parameters(recurse=False):
-        if name == "gamma" or (p.ndim == 1 and "LayerNorm" in type(module).__name__):
+        if name in ("cls_token", "pos_embed"):
+          p.copy_(0.5 * torch.randn(p.shape, generator=g))
+        elif name == "gamma" or (p.ndim == 1 and "LayerNorm" in type(module).__name__):
           p.copy_((0.0 if name == "bias" else 1.0) + 0.3 * torch.randn(p.shape, generator=g))
   return net
 
@@ -320,6 +323,30 @@ def _timm_convnext(net) -> Tuple[str, dict]:
   return "ConvNeXt", {**fields, "stem": "patch"}
 
 
+def _timm_vit(net) -> Tuple[str, dict]:
+  """timm's VisionTransformer (class token, learned position embeddings, classified token),
+  with its patchify stem or Singh et al.'s ConvStem (ConvBlock) as the patch embedding."""
+  import torch  # pylint: disable=g-import-not-at-top
+  block = net.blocks[0]
+  plain = [net.cls_token is not None, net.global_pool == "token", net.num_prefix_tokens == 1,
+           not net.no_embed_class, isinstance(net.fc_norm, torch.nn.Identity),
+           isinstance(net.norm_pre, torch.nn.Identity), isinstance(block.ls1, torch.nn.Identity),
+           isinstance(block.attn.q_norm, torch.nn.Identity), block.attn.qkv.bias is not None,
+           type(block.mlp).__name__ == "Mlp", isinstance(block.mlp.act, torch.nn.GELU)]
+  if not all(plain):
+    raise Unsupported("a VisionTransformer other than timm's plain ViT / DeiT (register "
+                      "tokens, layer scale, pooling or normalisation variants)")
+  fields = {"patch_size": net.patch_embed.patch_size[0], "width": net.embed_dim,
+            "depth": len(net.blocks), "heads": block.attn.num_heads,
+            "mlp_ratio": block.mlp.fc1.out_features / net.embed_dim}
+  proj = net.patch_embed.proj
+  if type(proj).__name__ == "ConvBlock":
+    return "VisionTransformer", {**fields, "stem": "convstem", "stem_width": proj.planes}
+  if tuple(proj.kernel_size) != tuple(proj.stride) or proj.kernel_size[0] != fields["patch_size"]:
+    raise Unsupported(f"a ViT patch embedding {type(proj).__name__}")
+  return "VisionTransformer", {**fields, "stem": "patch"}
+
+
 def _lrr_resnet(net) -> Tuple[str, dict]:
   """RobustBench's LRR_ResNet: torchvision's ResNet with a CIFAR stem, of any width."""
   return _torchvision_resnet(net, stem="cifar")
@@ -337,7 +364,8 @@ def _preact_resnet(net) -> Tuple[str, dict]:
       "shortcut_kernel": 1, "final_bn": bool(net.bn_before_fc)}
 
 
-_SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes", "depths", "dims")
+_SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes", "depths", "dims", "width", "heads",
+                "patch_size")
 
 
 def registered_architecture(cls_name: str, fields: dict) -> Tuple[str, dict]:
@@ -382,6 +410,7 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("torchvision.models.resnet", "ResNet"): _torchvision_resnet,
     ("CARD_resnet", "LRR_ResNet"): _lrr_resnet,
     ("timm.models.convnext", "ConvNeXt"): _timm_convnext,
+    ("timm.models.vision_transformer", "VisionTransformer"): _timm_vit,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {

@@ -11,6 +11,7 @@ from mixacm_jax.errors import ConfigError, first_line
 from mixacm_jax.models.convnext import ConvNeXt
 from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
+from mixacm_jax.models.vit import VisionTransformer
 from mixacm_jax.models.wide_resnet import WideResNet
 
 _DM = dict(activation="swish", tf_same_padding=True)
@@ -48,6 +49,12 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "convnext_large": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
                                         dims=(192, 384, 768, 1536)),
     "convnext": ConvNeXt,  # depths / dims from model.kwargs
+    # timm's ViTs (DeiT-S and ViT-B at 16-pixel patches; stem=convstem: Singh et al.'s).
+    "vit_small_patch16": functools.partial(VisionTransformer, patch_size=16, width=384,
+                                           depth=12, heads=6),
+    "vit_base_patch16": functools.partial(VisionTransformer, patch_size=16, width=768,
+                                          depth=12, heads=12),
+    "vit": VisionTransformer,  # width / depth / heads from model.kwargs
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
     "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),

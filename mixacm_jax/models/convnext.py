@@ -11,13 +11,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mixacm_jax.models.layers import ModelBase, conv_kernel_init, sow
-
-EPS = 1e-6  # timm's LayerNorm and LayerNorm2d
-
-
-def _gelu(x):
-  return nn.gelu(x, approximate=False)  # torch's nn.GELU: the exact (erf) form
+from mixacm_jax.models.layers import (ModelBase, biased_conv, conv_kernel_init, gelu,
+                                       layer_norm, sow)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -30,9 +25,9 @@ class ConvNeXtBlock(nn.Module):
     y = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
                 kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=jnp.float32,
                 name="conv_dw")(x)
-    y = nn.LayerNorm(EPS, dtype=self.dtype, param_dtype=jnp.float32, name="norm")(y)
+    y = layer_norm(self.dtype, "norm")(y)
     y = nn.Dense(4 * self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(y)
-    y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2")(_gelu(y))
+    y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2")(gelu(y))
     gamma = self.param("gamma", nn.initializers.constant(1e-6), (self.dim,), jnp.float32)
     return x + y * gamma.astype(y.dtype)
 
@@ -47,12 +42,10 @@ class ConvNeXt(ModelBase):
   stem_layers: int = 2
 
   def _conv(self, features, kernel, stride, padding, name):
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((padding, padding),) * 2, kernel_init=conv_kernel_init,
-                   dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    return biased_conv(features, kernel, stride, padding, dtype=self.dtype, name=name)
 
   def _norm(self, name):
-    return nn.LayerNorm(EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    return layer_norm(self.dtype, name)
 
   def _stem(self, x):
     if self.stem == "patch":
@@ -64,7 +57,7 @@ class ConvNeXt(ModelBase):
     widths = (w, 2 * w) if self.stem_layers == 2 else (w, int(1.5 * w), 2 * w)
     for i, width in enumerate(widths):
       x = self._conv(width, 3, 2 if i < 2 else 1, 1, f"stem_conv{i}")(x)
-      x = _gelu(self._norm(f"stem_norm{i}")(x))
+      x = gelu(self._norm(f"stem_norm{i}")(x))
     if x.shape[-1] != self.dims[0]:
       raise ValueError(f"the ConvStem ends at {x.shape[-1]} channels, the first stage has "
                        f"{self.dims[0]}")

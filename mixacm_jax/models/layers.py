@@ -30,6 +30,14 @@ def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False,
                  kernel_init=conv_kernel_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def biased_conv(features: int, kernel: int, stride: int, padding: int, *, dtype: Any,
+                name: str) -> nn.Conv:
+  """A kxk conv with a bias and `padding` on every side (timm's stems and downsamplers)."""
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding),) * 2, kernel_init=conv_kernel_init, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
 def batch_norm(train: bool, *, axis_name: Optional[str] = None,
                dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults; `axis_name` syncs batch statistics across devices."""
@@ -64,6 +72,18 @@ def sow(module: nn.Module, name: str, value: jnp.ndarray) -> None:
   """Hands an activation out through the `intermediates` collection, keeping only the last write."""
   module.sow("intermediates", name, value,
              init_fn=lambda: None, reduce_fn=lambda _, new: new)
+
+
+LAYER_NORM_EPS = 1e-6  # timm's LayerNorm and LayerNorm2d (ConvNeXt, ViT)
+
+
+def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+  """torch's nn.GELU: the exact (erf) form, not Flax's default tanh approximation."""
+  return nn.gelu(x, approximate=False)
 
 
 ACTIVATIONS = {

@@ -70,12 +70,19 @@ DM_PREACT_RESNET: List[Rule] = [
     ("layer_{s}.{b}.conv_2d_2", "layer{s+1}_{b}/conv2"),
     ("layer_{s}.{b}.shortcut", "layer{s+1}_{b}/shortcut_conv"),
 ]
+
+
+def convstem_rules(prefix: str, layers: int, projection: bool = False) -> List[Rule]:
+  """RobustBench's ConvStem blocks (Singh et al. 2023): an nn.Sequential of conv, LayerNorm,
+  GELU per layer (indices 3i, 3i + 1), then, for the ViT's, a 1x1 projection."""
+  rules = [(f"{prefix}.{3 * i + j}", f"stem_{kind}{i}") for i in range(layers)
+           for j, kind in ((0, "conv"), (1, "norm"))]
+  return rules + ([(f"{prefix}.{3 * layers}", "stem_proj")] if projection else [])
+
+
 # timm's ConvNeXt, and RobustBench's ConvStem in place of its stem (Singh et al. 2023).
 TIMM_CONVNEXT: List[Rule] = [
-    ("stem.0", "stem_conv"), ("stem.1", "stem_norm"),
-    ("stem.stem.0", "stem_conv0"), ("stem.stem.1", "stem_norm0"),
-    ("stem.stem.3", "stem_conv1"), ("stem.stem.4", "stem_norm1"),
-    ("stem.stem.6", "stem_conv2"), ("stem.stem.7", "stem_norm2"),
+    ("stem.0", "stem_conv"), ("stem.1", "stem_norm"), *convstem_rules("stem.stem", 3),
     ("stages.{s}.downsample.0", "downsample_norm{s}"),
     ("stages.{s}.downsample.1", "downsample{s}"),
     ("stages.{s}.blocks.{b}", "stage{s+1}_{b}"),  # its layer scale, gamma
@@ -84,6 +91,15 @@ TIMM_CONVNEXT: List[Rule] = [
     ("stages.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_{b}/fc{i}"),
     ("head.norm", "head_norm"), ("head.fc", "fc"),
 ]
+# timm's VisionTransformer, and RobustBench's ConvStem (ConvBlock) as its patch embedding.
+TIMM_VIT: List[Rule] = [
+    ("patch_embed.proj", "patch_embed"),
+    *convstem_rules("patch_embed.proj.stem", 4, projection=True),
+    ("blocks.{b}.norm{i}", "block{b}/norm{i}"),
+    ("blocks.{b}.attn.qkv", "block{b}/qkv"), ("blocks.{b}.attn.proj", "block{b}/proj"),
+    ("blocks.{b}.mlp.fc{i}", "block{b}/fc{i}"),
+    ("norm", "norm"), ("head", "fc"),
+]
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
@@ -91,7 +107,7 @@ RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
-         ("ConvNeXt", ""): [TIMM_CONVNEXT]}
+         ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT]}
 
 
 def style(model) -> str:
@@ -107,7 +123,9 @@ LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel
           ("bias", 1): ("params", "bias"), ("weight", 1): ("params", "scale"),
           ("running_mean", 1): ("batch_stats", "mean"), ("running_var", 1): ("batch_stats", "var"),
           ("alpha", 1): ("params", "alpha"), ("beta", 1): ("params", "beta"),
-          ("gamma", 1): ("params", "gamma")}
+          ("gamma", 1): ("params", "gamma"),
+          # A ViT's own parameters (module path empty): its class token, position embeddings.
+          ("cls_token", 3): ("params", "cls_token"), ("pos_embed", 3): ("params", "pos_embed")}
 
 
 def _match(pattern: str, text: str) -> Optional[Dict[str, object]]:
@@ -140,6 +158,8 @@ def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
   """(collection, *module path, leaf) and the re-laid-out array; None if no rule matches;
   () if a rule says to ignore the key."""
   module, _, leaf = torch_key.rpartition(".")
+  if not module and (leaf, value.ndim) in LEAVES:  # the model's own parameter
+    return LEAVES[(leaf, value.ndim)], value
   for torch_pat, flax_pat in rules:
     m = _match(torch_pat, module)
     if m is None:
@@ -165,6 +185,8 @@ def to_torch(path: Tuple[str, ...], value: np.ndarray, rules: List[Rule]) -> Opt
   if (collection, leaf) not in inverse:
     return None
   torch_leaf, _ = inverse[(collection, leaf)]
+  if not module:
+    return torch_leaf, value
   module_path = "/".join(module)
   for torch_pat, flax_pat in rules:
     if not flax_pat:
