@@ -40,7 +40,7 @@ def save_as_robustbench(net, recipe, path: str) -> None:
   never touched)."""
   import torch  # pylint: disable=g-import-not-at-top
   net, _ = robustbench.unwrap_normalize_model(net)
-  if recipe.get("torchvision_weights"):
+  if recipe.get("hub_weights"):
     torch.save(net.state_dict(), path)
     return
   if recipe.get("softmax_ensemble"):  # one file per member, as RobustBench keeps them

@@ -523,6 +523,9 @@ def pretrained_recorded(files: list):
   importlib.import_module("torchvision.models._api")
   fetchers = [(sys.modules[m], "load_state_dict_from_url") for m in DOWNLOADERS
               if hasattr(sys.modules.get(m), "load_state_dict_from_url")]
+  timm_builder = sys.modules.get("timm.models._builder")
+  if timm_builder is not None:  # timm fetches and loads in one function
+    fetchers.append((timm_builder, "load_pretrained"))
   originals = [getattr(m, n) for m, n in fetchers]
   load = torch.nn.Module.load_state_dict
   asked = object()
@@ -530,8 +533,12 @@ def pretrained_recorded(files: list):
   def record(url, *args, **kwargs):
     files.append(os.path.basename(url))
     return asked
+
+  def record_timm(model, pretrained_cfg=None, *args, **kwargs):
+    cfg = pretrained_cfg or getattr(model, "pretrained_cfg", None) or {}
+    files.append(os.path.basename(cfg.get("url") or cfg.get("file") or "timm weights"))
   for module, name in fetchers:
-    setattr(module, name, record)
+    setattr(module, name, record_timm if name == "load_pretrained" else record)
   torch.nn.Module.load_state_dict = lambda self, state, *a, **k: (
       None if state is asked else load(self, state, *a, **k))
   try:
@@ -614,8 +621,8 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
             "checkpoint_key": "last" if uses_last(name) else "state_dict"}
   if entry.get("preprocessing"):
     recipe["preprocessing"] = entry["preprocessing"]
-  if pretrained:  # RobustBench loads torchvision's own weights, from torch's hub cache
-    recipe["torchvision_weights"] = pretrained[0]
+  if pretrained:  # RobustBench loads torchvision's or timm's weights, from torch.hub's cache
+    recipe["hub_weights"] = pretrained[0]
   if prefix:
     if not members or len(members) != len(entry["gdrive_id"]):
       return {"unsupported": f"an ensemble of {len(entry['gdrive_id'])} networks"}

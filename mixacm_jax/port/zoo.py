@@ -87,13 +87,14 @@ def torch_hub_checkpoints() -> str:
 
 def weight_files(found: Dict[str, Any], path: str) -> Tuple[str, ...]:
   """The files an entry's weights are read from: RobustBench keeps an ensemble's members as
-  <name>.pt_m0.pt, ...; an entry built on torchvision's pretrained weights (Standard_R50)
-  reads torch.hub's file, unless a copy lies at the entry's own path."""
+  <name>.pt_m0.pt, ...; an entry built on torchvision's or timm's pretrained weights
+  (Standard_R50, the DeiTs) reads torch.hub's file, unless a copy lies at the entry's own
+  path."""
   members = found.get("softmax_ensemble", 0)
   if members:
     return tuple(f"{path}_m{i}.pt" for i in range(members))
-  if found.get("torchvision_weights") and not os.path.isfile(path):
-    return (os.path.join(torch_hub_checkpoints(), found["torchvision_weights"]),)
+  if found.get("hub_weights") and not os.path.isfile(path):
+    return (os.path.join(torch_hub_checkpoints(), found["hub_weights"]),)
   return (path,)
 
 
@@ -131,8 +132,8 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
                f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat}')\"")
       if version.startswith("main@"):  # the pinned wheel does not know the entry
         fetch += f" (with RobustBench installed from {zoo_name(version)})"
-      copy = (f"copy torch.hub's checkpoints/{found['torchvision_weights']} to {path} or "
-              f"{file}" if found.get("torchvision_weights") else f"copy {model_dir} here")
+      copy = (f"copy torch.hub's checkpoints/{found['hub_weights']} to {path} or "
+              f"{file}" if found.get("hub_weights") else f"copy {model_dir} here")
       raise CheckpointError(f"{file} not found; mixacm_jax never downloads: fetch it where "
                             f"there is network with {fetch} and {copy}")
   nested = (found["checkpoint_key"],) + tuple(

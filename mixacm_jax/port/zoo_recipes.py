@@ -159,7 +159,7 @@ RECIPES = {
             'Salman2020Do_R50': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
             'Salman2020Do_R18': {'arch': 'imagenet_resnet18', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
             'Salman2020Do_50_2': {'arch': 'imagenet_wide_resnet50_2', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
-            'Standard_R50': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224', 'torchvision_weights': 'resnet50-0676ba61.pth'},
+            'Standard_R50': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224', 'hub_weights': 'resnet50-0676ba61.pth'},
         },
         'corruptions': {
             'Geirhos2018_SIN': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
@@ -168,7 +168,7 @@ RECIPES = {
             'Hendrycks2020Many': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
             'Hendrycks2020AugMix': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
             'Salman2020Do_50_2_Linf': {'arch': 'imagenet_wide_resnet50_2', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224'},
-            'Standard_R50': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224', 'torchvision_weights': 'resnet50-0676ba61.pth'},
+            'Standard_R50': {'arch': 'imagenet_resnet50', 'kwargs': {}, 'num_classes': 1000, 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'image_shape': (224, 224, 3), 'checkpoint_key': 'state_dict', 'preprocessing': 'Res256Crop224', 'hub_weights': 'resnet50-0676ba61.pth'},
         },
     },
 }
