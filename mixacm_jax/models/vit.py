@@ -13,8 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.models.layers import (ModelBase, biased_conv, conv_kernel_init, gelu,
-                                       layer_norm, sow)
+from mixacm_jax.models.layers import ModelBase, biased_conv, gelu, layer_norm, sow
 
 STAGES = 4
 
