@@ -77,7 +77,8 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   recipe = zoo.recipe(name, dataset, threat)
   torch.manual_seed(seed)
   with robustbench.pretrained_recorded([]):  # random weights, never a download
-    net = robustbench.randomise_batchnorm(entry["model"](), seed)
+    net = robustbench.randomise_batchnorm(
+        robustbench.constructor(name, entry, dataset, threat)(), seed)
   robustbench.randomise_learned_activations(net, seed)
   robustbench.randomise_initial_constants(net, seed)
   h, w, c = recipe["image_shape"]
@@ -126,7 +127,8 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = None,
             continue
           entry = entries[threat][name]
           with robustbench.weights_on_meta(), robustbench.pretrained_recorded([]):
-            cls = type(robustbench.unwrap_normalize_model(entry["model"]())[0])
+            build = robustbench.constructor(name, entry, dataset, threat)
+            cls = type(robustbench.unwrap_normalize_model(build())[0])
           signature = (cls.__module__, cls.__qualname__, repr(recipe))
           if signature in seen:
             results[(dataset, threat, name)] = seen[signature][:2] + (seen[signature][2],)

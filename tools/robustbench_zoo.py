@@ -578,8 +578,23 @@ def _torchvision_base(error: BaseException) -> str:
   return ""
 
 
-def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str], bool]
-                  ) -> Dict[str, Any]:
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+def constructor(name: str, entry: dict, dataset: str, threat: str) -> Callable[[], Any]:
+  """What RobustBench's `load_model` builds for the entry: the timm model registered under
+  `<name>_<dataset>_<threat>` (lower case, '-' as '_') where timm has one (the newer zoo's
+  XCiTs: their table's own constructors name models timm does not have), else the table's."""
+  timm = sys.modules.get("timm")
+  timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
+  if timm is not None and timm.is_model(timm_name):
+    return lambda: timm.create_model(timm_name, num_classes=NUM_CLASSES[dataset],
+                                     pretrained=True)
+  return entry["model"]
+
+
+def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str], bool],
+                  threat: str = "Linf") -> Dict[str, Any]:
   """The recipe of one zoo entry, or {"unsupported": why}."""
   import torch  # pylint: disable=g-import-not-at-top
   prefix = "ensemble: " if isinstance(entry.get("gdrive_id"), list) else ""
@@ -587,7 +602,7 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
   try:
     with weights_on_meta(), pretrained_recorded(pretrained):
       try:
-        net = entry["model"]()
+        net = constructor(name, entry, dataset, threat)()
       except Unbuildable:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -642,7 +657,7 @@ def derive_recipes(source: Optional[str] = None) -> Dict[str, Dict[str, Dict[str
     except Unbuildable as e:
       out[dataset] = {"*": {"*": {"unsupported": str(e)}}}
       continue
-    out[dataset] = {threat: {name: derive_recipe(name, entry, dataset, uses_last)
+    out[dataset] = {threat: {name: derive_recipe(name, entry, dataset, uses_last, threat)
                              for name, entry in entries.items()}
                     for threat, entries in tables.items()}
   return out
