@@ -7,7 +7,10 @@ Training data is a Grain `MapDataset`: random access, so batch k of a run is a p
 (seed, k) -- each epoch a fresh permutation of this host's shard, augmentation seeded by the
 example's position in the stream -- and a run resumed at step s reads batches s, s+1, ...
 directly: no iterator state needs saving beside the checkpoint's step. TFDS datasets are read
-through `tfds.data_source` (ArrayRecord files), which needs no TensorFlow.
+through `tfds.data_source` (ArrayRecord files), which needs no TensorFlow. JPEG datasets of any
+image size (ImageNet, `data.image_size` > 0) are decoded and cropped one image per Grain
+element (`jpeg`), then batched; their eval split can be cut to the images `data.eval_ids`
+names.
 """
 import dataclasses
 import functools
