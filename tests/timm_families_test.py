@@ -1,8 +1,7 @@
-"""timm's families in Flax, ConvNeXt and the Vision Transformer: logits against timm's own
-modules, the ConvStem variants against logits stored from RobustBench's module (its main
-branch; CI has no checkout), and a ConvNeXt and a ViT teacher distilled into a ResNet student
-with MixACM."""
-import os
+"""The newer zoo's families in Flax, timm's ConvNeXt and Vision Transformer and Huang et al.'s
+RobustResNet: logits against timm's and RobustBench's own modules (the ConvStem variants and
+robust_resnet.py ship in the pinned wheel too), and a ConvNeXt and a ViT teacher distilled
+into a ResNet student with MixACM."""
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from tools import robustbench_parity, robustbench_zoo, torch_reference  # noqa: 
 torch_reference.torchvision_models()  # timm imports torchvision's transforms
 timm = pytest.importorskip("timm", reason="the reference is timm's ConvNeXt (port extra)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONVSTEM_REFERENCE = os.path.join(ROOT, "tests", "data", "convstem_reference.npz")
 TINY = dict(depths=(1, 2, 1, 1), dims=(16, 24, 32, 40))
 TINY_VIT = dict(patch_size=16, width=32, depth=4, heads=4)
 
@@ -44,20 +41,61 @@ def test_convnext_gives_timms_logits():
                        convert.flax_to_torch(variables, model).items()}, strict=True)
 
 
-def test_convstem_variants_give_the_stored_logits_of_robustbenchs_module():
-  """Singh et al.'s ConvStem (ConvBlock1 and ConvBlock3 of RobustBench's main branch on a
-  tiny timm ConvNeXt, ConvBlock on a tiny ViT): seeded weights, inputs and logits stored by
-  `python -m tools.robustbench_parity --store_convstem=<checkout>`."""
-  stored = np.load(CONVSTEM_REFERENCE)
-  for variant, kwargs in (("block1", dict(TINY, stem="convstem", stem_width=8, stem_layers=2)),
-                          ("block3", dict(TINY, stem="convstem", stem_width=8, stem_layers=3)),
-                          ("vit", dict(TINY_VIT, arch="vit", stem="convstem", stem_width=8))):
-    prefix = f"{variant}/"
-    state = {k[len(prefix):]: stored[k] for k in stored.files
-             if k.startswith(prefix) and k[len(prefix):] not in ("input", "logits")}
-    model, variables = _ours(state, 64, **kwargs)
-    out = np.asarray(model.apply(variables, stored[prefix + "input"]))
-    np.testing.assert_allclose(out, stored[prefix + "logits"], atol=1e-4, rtol=0)
+def _tiny_timm(family: str, stem):
+  """A tiny timm ConvNeXt or ViT with `stem` in place of its own (as RobustBench's
+  get_convstem_models builds Singh et al.'s models)."""
+  if family == "convnext":
+    net = timm.models.convnext.ConvNeXt(num_classes=10, **TINY)
+    net.stem = stem
+  else:
+    net = timm.models.vision_transformer.VisionTransformer(
+        img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=4, num_classes=10)
+    net.patch_embed.proj = stem
+  return net
+
+
+def test_convstem_variants_give_robustbenchs_logits():
+  """Singh et al.'s ConvStem: RobustBench's ConvBlock1 and ConvBlock3 on a tiny timm
+  ConvNeXt, its ConvBlock on a tiny ViT (robustbench's convstem_models.py, the same file in
+  the pinned wheel and the main branch)."""
+  convstem = robustbench_zoo.architecture_module("convstem_models")
+  for family, stem, kwargs in (
+      ("convnext", convstem.ConvBlock1(8), dict(TINY, stem="convstem", stem_width=8,
+                                                stem_layers=2)),
+      ("convnext", convstem.ConvBlock3(8), dict(TINY, stem="convstem", stem_width=8,
+                                                stem_layers=3)),
+      ("vit", convstem.ConvBlock(8, end_siz=4), dict(TINY_VIT, arch="vit", stem="convstem",
+                                                      stem_width=8))):
+    torch.manual_seed(0)
+    net = robustbench_zoo.randomise_initial_constants(_tiny_timm(family, stem).eval())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    robustbench_parity.logits_at_scale(net, x)
+    with torch.no_grad():
+      ref = net(x).numpy()
+    model, variables = _ours({k: v.numpy() for k, v in net.state_dict().items()}, 64, **kwargs)
+    out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0, err_msg=family)
+
+
+def test_robust_resnet_reads_as_a_per_stage_wide_resnet():
+  """Huang et al. 2022's PreActResNet (RobustBench's robust_resnet.py; WRN-A4 at full size):
+  a tiny one against the per-stage WideResNet with its layout."""
+  robust = robustbench_zoo.architecture_module("robust_resnet")
+  torch.manual_seed(0)
+  net = robustbench_zoo.randomise_batchnorm(robust.PreActResNet(
+      channel_configs=(8, 16, 24, 12), depth_configs=(2, 1, 2),
+      activations=("SiLU",) * 3, use_init=False, pre_process=True), 0)
+  x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+  robustbench_parity.logits_at_scale(net, x)
+  with torch.no_grad():
+    ref = net(x).numpy()
+  from mixacm_jax.port import state_dict as sd_lib  # pylint: disable=g-import-not-at-top
+  state, norm = sd_lib.clean_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
+  model = models.create_model("wrn", num_classes=10, stem_width=8, stage_widths=(16, 24, 12),
+                              stage_blocks=(2, 1, 2), activation="swish", **norm)
+  variables = convert.torch_to_flax(state, model, (32, 32, 3))
+  out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 
 def test_vit_gives_timms_logits_and_sows_its_patch_grid():

@@ -12,7 +12,6 @@ are checked once. Needs torch; runs outside CI (about 8 minutes on 2 CPU cores):
                                                    # docs/robustbench_parity_main.md
 """
 import argparse
-import importlib
 import os
 import sys
 import tempfile
@@ -26,7 +25,6 @@ from tools import robustbench_zoo as robustbench
 
 TOLERANCE = 1e-4
 LOGIT_SCALE = 20.0  # the largest |logit| of each check; trained CIFAR models reach 10-30
-CONVSTEM_REFERENCE = os.path.join(robustbench.ROOT, "tests", "data", "convstem_reference.npz")
 REPORTS = {"wheel": os.path.join(robustbench.ROOT, "docs", "robustbench_parity.md"),
            "main": os.path.join(robustbench.ROOT, "docs", "robustbench_parity_main.md")}
 
@@ -169,53 +167,11 @@ def render(results, zoo_module=zoo_recipes) -> str:
   return "\n".join(lines) + "\n"
 
 
-def store_convstem(source: str, path: str = CONVSTEM_REFERENCE) -> None:
-  """Tiny timm ConvNeXts and a tiny ViT with the checkout's ConvStem blocks (ConvBlock1 /
-  ConvBlock3 / ConvBlock of RobustBench's main branch), seeded weights, an input and the
-  logits: the reference CI checks the ConvStem variants against, having no checkout."""
-  import torch  # pylint: disable=g-import-not-at-top
-  robustbench.zoo_package(source)
-  convstem = robustbench.architecture_module("convstem_models")
-  timm = importlib.import_module("timm")
-
-  def convnext(stem):
-    net = timm.models.convnext.ConvNeXt(num_classes=10, depths=(1, 2, 1, 1),
-                                        dims=(16, 24, 32, 40))
-    net.stem = stem
-    return net
-
-  def vit(stem):
-    net = timm.models.vision_transformer.VisionTransformer(
-        img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=4, num_classes=10)
-    net.patch_embed.proj = stem
-    return net
-  arrays = {}
-  for variant, build in (("block1", lambda: convnext(convstem.ConvBlock1(8))),
-                         ("block3", lambda: convnext(convstem.ConvBlock3(8))),
-                         ("vit", lambda: vit(convstem.ConvBlock(8, end_siz=4)))):
-    torch.manual_seed(0)
-    net = robustbench.randomise_initial_constants(build().eval(), 0)
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    logits_at_scale(net, x)
-    with torch.no_grad():
-      logits = net(x).numpy()
-    arrays.update({f"{variant}/{k}": v.numpy() for k, v in net.state_dict().items()})
-    arrays[f"{variant}/input"] = x.numpy().transpose(0, 2, 3, 1)
-    arrays[f"{variant}/logits"] = logits
-  np.savez_compressed(path, **arrays)
-  print(f"wrote {os.path.relpath(path)} from {robustbench.source_version(source)}")
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="", help="comma-separated entry names")
   parser.add_argument("--source", default="", help="a RobustBench checkout (its main branch)")
-  parser.add_argument("--store_convstem", default="", metavar="CHECKOUT",
-                      help="only write tests/data/convstem_reference.npz from a checkout")
   args = parser.parse_args(argv)
-  if args.store_convstem:
-    store_convstem(args.store_convstem)
-    return 0
   only = [n for n in args.only.split(",") if n]
   report = None if only else REPORTS["main" if args.source else "wheel"]
   results = run(only, report=report, source=args.source or None)

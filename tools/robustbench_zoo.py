@@ -247,6 +247,23 @@ def _robust_wide_resnet(net) -> Tuple[str, dict]:
                         "activation": "relu", "tf_same_padding": False}
 
 
+def _robust_resnet(net) -> Tuple[str, dict]:
+  """RobustBench's robust_resnet.PreActResNet (Huang et al. 2022) with basic blocks only: a
+  pre-activation WideResNet of per-stage widths and depths."""
+  activations = {type(g.layer[0].act).__name__ for g in net.blocks} | {type(net.act1).__name__}
+  if set(net.block_types) != {"basic_block"} or tuple(net.stride_config) != (1, 2, 2) \
+      or net.stem_conv.stride != (1, 1) or len(activations) != 1:
+    raise Unsupported("a RobustResNet with robust_res_blocks, other strides or mixed "
+                      "activations")
+  kernels = {g.layer[0].conv1.kernel_size for g in net.blocks}
+  if kernels != {(3, 3)}:
+    raise Unsupported(f"a RobustResNet with kernels {sorted(kernels)}")
+  return "WideResNet", {"stem_width": net.stem_conv.out_channels,
+                        "stage_widths": tuple(net.channel_configs[1:]),
+                        "stage_blocks": tuple(net.depth_configs),
+                        "activation": _activation(net.act1), "tf_same_padding": False}
+
+
 def _paf_wide_resnet(net) -> Tuple[str, dict]:
   cls, fields = _wide_resnet(net)
   return cls, {**fields, "activation": _activation(net.activation)}
@@ -401,6 +418,7 @@ def tuple_or(value):
 FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("wide_resnet", "WideResNet"): _wide_resnet,
     ("robust_wide_resnet", "RobustWideResNet"): _robust_wide_resnet,
+    ("robust_resnet", "PreActResNet"): _robust_resnet,
     ("boosting_wide_resnet", "BoostingWideResNet"): _boosting_wide_resnet,
     ("paf_wide_resnet", "PAF_WideResNet"): _paf_wide_resnet,
     ("dm_wide_resnet", "DMWideResNet"): _dm_wide_resnet,

@@ -53,6 +53,13 @@ ROBUST_WIDE_RESNET: List[Rule] = [
     ("blocks.{s}.layer.{b}.bn{i}", "block{s+1}_{b}/bn{i}"),
     ("blocks.{s}.layer.{b}.convShortcut", "block{s+1}_{b}/shortcut_conv"),
 ]
+# RobustBench's robust_resnet.PreActResNet (Huang et al. 2022's WRN-A4): the same network.
+ROBUST_RESNET: List[Rule] = [
+    ("stem_conv", "conv1"), ("norm1", "bn"), ("fc", "fc"),
+    ("blocks.{s}.layer.{b}.conv{i}", "block{s+1}_{b}/conv{i}"),
+    ("blocks.{s}.layer.{b}.bn{i}", "block{s+1}_{b}/bn{i}"),
+    ("blocks.{s}.layer.{b}.shortcut.0", "block{s+1}_{b}/shortcut_conv"),
+]
 # RobustBench's DMWideResNet / DMPreActResNet (DeepMind-style).
 DM_WIDE_RESNET: List[Rule] = [
     ("init_conv", "conv1"), ("batchnorm", "bn"), ("logits", "fc"),
@@ -105,7 +112,7 @@ TIMM_VIT: List[Rule] = [
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
-         ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET],
+         ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
          ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT]}
 

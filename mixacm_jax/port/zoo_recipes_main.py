@@ -73,7 +73,7 @@ RECIPES = {
             'Debenedetti2022Light_XCiT-S12': {'unsupported': 'Xcit: no Flax twin'},
             'Debenedetti2022Light_XCiT-M12': {'unsupported': 'Xcit: no Flax twin'},
             'Debenedetti2022Light_XCiT-L12': {'unsupported': 'Xcit: no Flax twin'},
-            'Huang2022Revisiting_WRN-A4': {'unsupported': 'PreActResNet: no Flax twin'},
+            'Huang2022Revisiting_WRN-A4': {'arch': 'wrn', 'kwargs': {'stage_widths': (160, 448, 384), 'stage_blocks': (27, 28, 13), 'activation': 'swish'}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Wang2023Better_WRN-28-10': {'arch': 'dm_wrn28_10', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Wang2023Better_WRN-70-16': {'arch': 'dm_wrn70_16', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Xu2023Exploring_WRN-28-10': {'arch': 'dm_wrn28_10', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
