@@ -102,3 +102,25 @@ def tiny_config():
   config.checkpoint.async_save = False
   config.log_every_steps = 3
   return config
+
+
+def logits_against_torch(net, arch: str, side: int, num_classes: int = 10, **kwargs):
+  """(model, variables, x, ours, reference): the PyTorch module `net` (eval mode) ported to
+  the registered `arch` (with `kwargs`, and the mean/std buffers the state_dict holds), both
+  run on two random side x side images, `net`'s classifier scaled so that its largest |logit|
+  is 20 (a fixed tolerance means something at that scale). x is NHWC."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.port import convert, state_dict  # pylint: disable=g-import-not-at-top
+  from tools import robustbench_parity  # pylint: disable=g-import-not-at-top
+  x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(1))
+  robustbench_parity.logits_at_scale(net, x)
+  with torch.no_grad():
+    reference = net(x).numpy()
+  state, norm = state_dict.clean_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
+  model = models.create_model(arch, num_classes=num_classes, **norm, **kwargs)
+  variables = convert.torch_to_flax(state, model, (side, side, 3))
+  x = x.numpy().transpose(0, 2, 3, 1)
+  return model, variables, x, np.asarray(model.apply(variables, x)), reference

@@ -17,21 +17,16 @@ from mixacm_jax.errors import ConfigError
 from mixacm_jax.port import convert
 
 torch = pytest.importorskip("torch", reason="the references are PyTorch modules (port extra)")
+from conftest import logits_against_torch  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from tools import robustbench_parity, robustbench_zoo, torch_reference  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _torchvision_logits_and_ours(name: str, side: int):
-  tv = torch_reference.torchvision_models()
   torch.manual_seed(0)
-  net = robustbench_zoo.randomise_batchnorm(getattr(tv, name)(num_classes=1000))
-  x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(1))
-  robustbench_parity.logits_at_scale(net, x)  # |logit| up to 20, as trained models
-  with torch.no_grad():
-    ref = net(x).numpy()
-  model = models.create_model(f"imagenet_{name}", num_classes=1000)
-  state = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
-  variables = convert.torch_to_flax(state, model, (side, side, 3))
-  return ref, np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+  net = robustbench_zoo.randomise_batchnorm(
+      getattr(torch_reference.torchvision_models(), name)(num_classes=1000))
+  *_, ours, ref = logits_against_torch(net, f"imagenet_{name}", side, num_classes=1000)
+  return ref, ours
 
 
 @pytest.mark.parametrize("name,side", [("resnet18", 224), ("resnet50", 224),

@@ -6,11 +6,11 @@ into a ResNet student with MixACM."""
 import numpy as np
 import pytest
 
-from mixacm_jax import models
 from mixacm_jax.port import convert
 
 torch = pytest.importorskip("torch", reason="the reference is timm's PyTorch module")
-from tools import robustbench_parity, robustbench_zoo, torch_reference  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import logits_against_torch  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from tools import robustbench_zoo, torch_reference  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 torch_reference.torchvision_models()  # timm imports torchvision's transforms
 timm = pytest.importorskip("timm", reason="the reference is timm's ConvNeXt (port extra)")
@@ -19,22 +19,11 @@ TINY = dict(depths=(1, 2, 1, 1), dims=(16, 24, 32, 40))
 TINY_VIT = dict(patch_size=16, width=32, depth=4, heads=4)
 
 
-def _ours(state, side, arch="convnext", **kwargs):
-  model = models.create_model(arch, num_classes=10, **kwargs)
-  variables = convert.torch_to_flax(state, model, (side, side, 3))
-  return model, variables
-
-
 def test_convnext_gives_timms_logits():
   torch.manual_seed(0)
   net = robustbench_zoo.randomise_initial_constants(
       timm.models.convnext.ConvNeXt(num_classes=10, **TINY).eval())
-  x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-  robustbench_parity.logits_at_scale(net, x)
-  with torch.no_grad():
-    ref = net(x).numpy()
-  model, variables = _ours({k: v.numpy() for k, v in net.state_dict().items()}, 64, **TINY)
-  out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+  model, variables, _, out, ref = logits_against_torch(net, "convnext", 64, **TINY)
   np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
   # And back: our export is the state_dict timm's module loads strictly.
   net.load_state_dict({k: torch.from_numpy(v) for k, v in
@@ -64,16 +53,11 @@ def test_convstem_variants_give_robustbenchs_logits():
                                                 stem_layers=2)),
       ("convnext", convstem.ConvBlock3(8), dict(TINY, stem="convstem", stem_width=8,
                                                 stem_layers=3)),
-      ("vit", convstem.ConvBlock(8, end_siz=4), dict(TINY_VIT, arch="vit", stem="convstem",
+      ("vit", convstem.ConvBlock(8, end_siz=4), dict(TINY_VIT, stem="convstem",
                                                       stem_width=8))):
     torch.manual_seed(0)
     net = robustbench_zoo.randomise_initial_constants(_tiny_timm(family, stem).eval())
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    robustbench_parity.logits_at_scale(net, x)
-    with torch.no_grad():
-      ref = net(x).numpy()
-    model, variables = _ours({k: v.numpy() for k, v in net.state_dict().items()}, 64, **kwargs)
-    out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+    *_, out, ref = logits_against_torch(net, family, 64, **kwargs)
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0, err_msg=family)
 
 
@@ -85,16 +69,10 @@ def test_robust_resnet_reads_as_a_per_stage_wide_resnet():
   net = robustbench_zoo.randomise_batchnorm(robust.PreActResNet(
       channel_configs=(8, 16, 24, 12), depth_configs=(2, 1, 2),
       activations=("SiLU",) * 3, use_init=False, pre_process=True), 0)
-  x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-  robustbench_parity.logits_at_scale(net, x)
-  with torch.no_grad():
-    ref = net(x).numpy()
-  from mixacm_jax.port import state_dict as sd_lib  # pylint: disable=g-import-not-at-top
-  state, norm = sd_lib.clean_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
-  model = models.create_model("wrn", num_classes=10, stem_width=8, stage_widths=(16, 24, 12),
-                              stage_blocks=(2, 1, 2), activation="swish", **norm)
-  variables = convert.torch_to_flax(state, model, (32, 32, 3))
-  out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+  model, _, _, out, ref = logits_against_torch(
+      net, "wrn", 32, stem_width=8, stage_widths=(16, 24, 12), stage_blocks=(2, 1, 2),
+      activation="swish")
+  assert model.mean == pytest.approx((0.4914, 0.4822, 0.4465))  # its buffers, from the file
   np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 
@@ -104,21 +82,15 @@ def test_vit_gives_timms_logits_and_sows_its_patch_grid():
       timm.models.vision_transformer.VisionTransformer(
           img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=4,
           num_classes=10).eval())
-  x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-  robustbench_parity.logits_at_scale(net, x)
-  with torch.no_grad():
-    ref = net(x).numpy()
-  model, variables = _ours({k: v.numpy() for k, v in net.state_dict().items()}, 64, "vit",
-                           **TINY_VIT)
-  out, state = model.apply(variables, x.numpy().transpose(0, 2, 3, 1),
-                           mutable=["intermediates"])
-  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4, rtol=0)
+  model, variables, x, out, ref = logits_against_torch(net, "vit", 64, **TINY_VIT)
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+  _, state = model.apply(variables, x, mutable=["intermediates"])
   # Each stage's patch tokens on their 4x4 grid, the class token left out: the last stage
   # is the final block's output (before the final norm) without its first token.
   acts = {}
   net.blocks[-1].register_forward_hook(lambda m, i, o: acts.__setitem__("last", o))
   with torch.no_grad():
-    net(x)
+    net(torch.from_numpy(x.transpose(0, 3, 1, 2)))
   stage4 = np.asarray(state["intermediates"]["stage4"])
   assert stage4.shape == (2, 4, 4, 32)
   np.testing.assert_allclose(stage4.reshape(2, 16, 32), acts["last"][:, 1:].numpy(),

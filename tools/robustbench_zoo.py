@@ -585,17 +585,6 @@ def _last_checkpoint_rule(root: str) -> Callable[[str], bool]:
   return lambda name: name in exact or any(s in name for s in substrings)
 
 
-def _torchvision_base(error: BaseException) -> str:
-  """'subclasses torchvision.models.X' when building failed inside a module that does."""
-  tb = error.__traceback__
-  while tb is not None:
-    for cls in getattr(type(tb.tb_frame.f_locals.get("self")), "__mro__", ()):
-      if cls.__module__.startswith("torchvision"):
-        return f"subclasses {cls.__module__}.{cls.__name__}, which has no Flax twin"
-    tb = tb.tb_next
-  return ""
-
-
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 
@@ -624,7 +613,7 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
       except Unbuildable:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        raise Unsupported(_torchvision_base(e) or "its PyTorch module does not build here "
+        raise Unsupported("its PyTorch module does not build here "
                           f"({type(e).__name__}: {e})") from None
     net, wrapper = unwrap_normalize_model(net)
     members = SOFTMAX_ENSEMBLES.get(type(net).__name__, lambda _: None)(net)

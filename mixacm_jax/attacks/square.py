@@ -220,8 +220,10 @@ def _start_l1(c: SquareConsts) -> jnp.ndarray:
   return l1_project(c.x + _bump_grid(c, "l1"), c.x, c.eps * (1 - 1e-6))
 
 
-def _query(i, c: SquareConsts, p, norm: str, original: bool):
-  """A query's two windows of one odd side (from p) and a new signed bump in the first."""
+def _query(i, x_best, c: SquareConsts, p, norm: str, original: bool):
+  """A query's two windows of one odd side (from p), the current perturbation, and the new
+  content of the first: a signed bump plus the window's own mass, each of unit L2 (L1) norm
+  per channel, to be rescaled by the norm's rule."""
   x = c.x
   n, h, w, ch = x.shape
   keys = _query_draws(c, i, 6)
@@ -235,16 +237,15 @@ def _query(i, c: SquareConsts, p, norm: str, original: bool):
   new = bump(h, w, top, left, side, transpose, norm)
   new = new * _per_example(keys, 5, lambda k: jax.random.choice(
       k, jnp.array([-1.0, 1.0], x.dtype), (1, 1, ch)))
-  return win1, win2, new
+  delta = x_best - x
+  in1 = jnp.where(win1, delta, 0.0)
+  return win1, win2, delta, new + in1 / (_channel_norm(in1, norm) + 1e-12)
 
 
 def _propose_l2(i, x_best: jnp.ndarray, c: SquareConsts, p, *, original: bool) -> jnp.ndarray:
   x, eps = c.x, c.eps
   ch = x.shape[-1]
-  win1, win2, new = _query(i, c, p, "l2", original)
-  delta = x_best - x
-  in1 = jnp.where(win1, delta, 0.0)
-  new = new + in1 / (_channel_norm(in1) + 1e-12)
+  win1, win2, delta, new = _query(i, x_best, c, p, "l2", original)
   # Rescale so the mass of both windows plus what the total budget has left goes here.
   budget = jnp.maximum(eps ** 2 - per_example_norm(delta) ** 2, 0.0) / ch
   target = jnp.sqrt(budget + _channel_norm(jnp.where(win1 | win2, delta, 0.0)) ** 2)
@@ -258,10 +259,7 @@ def _propose_l1(i, x_best: jnp.ndarray, c: SquareConsts, p, *, original: bool) -
   projection onto the L1 ball within the box."""
   x, eps = c.x, c.eps
   ch = x.shape[-1]
-  win1, win2, new = _query(i, c, p, "l1", original)
-  delta = x_best - x
-  in1 = jnp.where(win1, delta, 0.0)
-  new = new + in1 / (_channel_norm(in1, "l1") + 1e-12)
+  win1, win2, delta, new = _query(i, x_best, c, p, "l1", original)
   room = jnp.maximum(eps - jnp.sum(jnp.abs(delta), axis=(1, 2, 3), keepdims=True), 0.0)
   mass = room / ch + _channel_norm(jnp.where(win1 | win2, delta, 0.0), "l1")
   new = new / (_channel_norm(new, "l1") + 1e-12) * mass * ch

@@ -47,12 +47,12 @@ def _robustbench(cfg, num_classes: int, image_shape: Sequence[int], role: str) -
   if info["num_classes"] != num_classes:
     raise ConfigError(f"{role}, {entry}, has {info['num_classes']} classes and the data "
                       f"{num_classes}: pick an entry of the data's dataset")
-  # ImageNet entries (a preprocessing named) are global-pooled ResNets trained on crops of
-  # many sizes: they take other crop sizes too (e.g. 160 for 224), but not thumbnails.
+  # ImageNet entries (a preprocessing named) trained on crops of many sizes take other crop
+  # sizes too (e.g. 160 for 224), but not thumbnails; a ViT's position embeddings fix its.
   side, entry_side = min(image_shape[:2]), min(info["image_shape"][:2])
-  if tuple(info["image_shape"]) != tuple(image_shape) and not (
-      info.get("preprocessing") and info["image_shape"][2:] == tuple(image_shape)[2:]
-      and side >= entry_side // 2):
+  resizable = (info.get("preprocessing") and not isinstance(model, models.VisionTransformer)
+               and info["image_shape"][2:] == tuple(image_shape)[2:] and side >= entry_side // 2)
+  if tuple(info["image_shape"]) != tuple(image_shape) and not resizable:
     raise ConfigError(f"{role}, {entry}, takes {tuple(info['image_shape'])} images and "
                       f"the data has {tuple(image_shape)}")
   return Loaded(model, variables, info["source"])
