@@ -124,3 +124,27 @@ def logits_against_torch(net, arch: str, side: int, num_classes: int = 10, **kwa
   variables = convert.torch_to_flax(state, model, (side, side, 3))
   x = x.numpy().transpose(0, 2, 3, 1)
   return model, variables, x, np.asarray(model.apply(variables, x)), reference
+
+
+@pytest.fixture
+def mixacm_config(tiny_config, tmp_path):
+  """`tiny_config` with MixACM from a tiny teacher (random, with non-trivial running
+  statistics) saved as a checkpoint in tmp_path/teacher."""
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.runtime.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.objective.name = "mixacm"
+  config.objective.mixacm.acm.stages = ("stem", "stage1", "stage2")
+  config.teacher.model.kwargs.base_width = 8
+  config.teacher.model.kwargs.stage_sizes = (1, 1)
+  config.teacher.checkpoint = str(tmp_path / "teacher")
+  teacher_model = models.create_model_from_config(config.teacher.model, 10)
+  variables = models.init_variables(teacher_model, jax.random.PRNGKey(7), (8, 8, 1))
+  # Non-trivial running statistics, so eval mode differs from a fresh BatchNorm.
+  variables["batch_stats"] = jax.tree_util.tree_map(
+      lambda v: v + 0.1 * jax.random.uniform(jax.random.PRNGKey(8), v.shape),
+      variables["batch_stats"])
+  ckpt = Checkpointer(config.teacher.checkpoint, async_save=False)
+  ckpt.save(1, variables)
+  ckpt.close()
+  return config

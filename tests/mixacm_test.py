@@ -11,28 +11,7 @@ from mixacm_jax import models, objectives
 from mixacm_jax.data import digits, input_pipeline
 from mixacm_jax.errors import CheckpointError, ConfigError
 from mixacm_jax.runtime import checkpoint, parallel
-from mixacm_jax.runtime.checkpoint import Checkpointer
 from mixacm_jax.training import teacher as teacher_lib, train
-
-
-@pytest.fixture
-def mixacm_config(tiny_config, tmp_path):
-  config = tiny_config
-  config.objective.name = "mixacm"
-  config.objective.mixacm.acm.stages = ("stem", "stage1", "stage2")
-  config.teacher.model.kwargs.base_width = 8
-  config.teacher.model.kwargs.stage_sizes = (1, 1)
-  config.teacher.checkpoint = str(tmp_path / "teacher")
-  teacher_model = models.create_model_from_config(config.teacher.model, 10)
-  variables = models.init_variables(teacher_model, jax.random.PRNGKey(7), (8, 8, 1))
-  # Non-trivial running statistics, so eval mode differs from a fresh BatchNorm.
-  variables["batch_stats"] = jax.tree_util.tree_map(
-      lambda v: v + 0.1 * jax.random.uniform(jax.random.PRNGKey(8), v.shape),
-      variables["batch_stats"])
-  ckpt = Checkpointer(config.teacher.checkpoint, async_save=False)
-  ckpt.save(1, variables)
-  ckpt.close()
-  return config
 
 
 def _setup(config):

@@ -7,6 +7,7 @@ import tempfile
 from mixacm_jax import models, objectives
 from mixacm_jax.attacks import pgd as pgd_lib, registry, targets
 from mixacm_jax.errors import ConfigError
+from mixacm_jax.runtime import checkpoint
 
 NORMS = pgd_lib.NORMS
 # TRADES' and RSLAD's inner maximisation takes signed steps, an L-inf / L2 recipe.
@@ -19,7 +20,7 @@ POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "
 NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_epochs",
                 "crop_padding", "image_size", "eval_resize", "num_threads", "prefetch",
                 "num_examples", "num_steps", "num_epochs", "steps", "every_steps",
-                "stage_weights", "decay_epochs")
+                "stage_weights", "decay_epochs", "gamma")
 READ_AHEAD_LIMIT = 1024  # data.num_threads and data.prefetch: more only exhausts memory
 ARCHITECTURE_LIMIT = 10_000  # an architecture's integer field (width, depth, block count)
 # Keys that were renamed: a config file or override that uses the old name is told the new.
@@ -168,9 +169,9 @@ def validate_train_evals(evals, eval_cfg) -> None:
                         f"{e.every_steps}, {e.num_examples}")
 
 
-def evaluation_metrics(evals, eval_cfg):
+def evaluation_metrics(evals, eval_cfg, ema: bool = False):
   """The names of the metrics the training-time evaluations produce (see
-  `train.evaluate_during_training`): what `checkpoint.best_metric` may name."""
+  `train.evaluate_weights`): what `checkpoint.best_metric` may name."""
   names = []
   for i, (name, e) in enumerate(evals.items()):
     attacks = [a for a, _ in registry.parse_attacks(e.attacks, eval_cfg.autoattack_version,
@@ -179,7 +180,7 @@ def evaluation_metrics(evals, eval_cfg):
     if i == 0:
       names += ["clean_accuracy"] + (["robust_accuracy"] if attacks else [])
     names += [f"{name}/clean_accuracy"] + [f"{name}/{a}" for a in attacks]
-  return names
+  return names + [f"ema/{n}" for n in names] if ema else names
 
 
 def validate_best_metric(config) -> None:
@@ -187,7 +188,8 @@ def validate_best_metric(config) -> None:
   best = config.checkpoint.get("best_metric")
   if not best:
     return
-  known = evaluation_metrics(config.train_evals, config.eval)
+  known = evaluation_metrics(config.train_evals, config.eval,
+                             bool(config.optim.get("ema", {}).get("decay")))
   if best not in known:
     raise ConfigError(
         f"checkpoint.best_metric {best!r} is not produced by config.train_evals (which give "
@@ -232,6 +234,12 @@ def validate(config) -> None:
     raise ConfigError("set optim.num_epochs > 0 or optim.num_steps > 0 (num_steps > 0 "
                       f"overrides num_epochs); got num_epochs={o.num_epochs}, "
                       f"num_steps={o.get('num_steps')}")
+  validate_weight_rules(o)
+  for where, section in (("eval", config.eval), ("teacher", config.teacher),
+                         ("transfer", config.transfer)):
+    if section.get("weights", "raw") not in checkpoint.WEIGHTS:
+      raise ConfigError(f"{where}.weights must be one of {checkpoint.WEIGHTS}, got "
+                        f"{section.weights!r}")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps <= 0:
@@ -243,6 +251,13 @@ def validate(config) -> None:
   if not 0 < config.data.get("crop_scale_min", 1) <= 1:
     raise ConfigError(f"data.crop_scale_min must be in (0, 1], got "
                       f"{config.data.crop_scale_min}")
+
+
+def validate_weight_rules(optim_cfg) -> None:
+  """optim.ema.decay in [0, 1) (awp's gamma and warm-up are in NON_NEGATIVE)."""
+  decay = optim_cfg.get("ema", {}).get("decay", 0.0)
+  if not 0.0 <= decay < 1.0:
+    raise ConfigError(f"optim.ema.decay must be in [0, 1) (0: no moving average), got {decay}")
 
 
 def check_writable(workdir: str) -> None:

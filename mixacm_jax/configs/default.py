@@ -4,7 +4,8 @@ Finishes offline in a few minutes on 2 CPU cores; a smoke-scale stand-in for CIF
 import ml_collections
 
 # The methods with a training `attack`.
-ADVERSARIAL_METHODS = ("pgd_at", "fast_at", "trades", "mart", "ard", "rslad")
+ADVERSARIAL_METHODS = ("pgd_at", "fast_at", "trades", "mart", "ard", "rslad", "iad", "adaad",
+                       "mtard", "saad")
 
 
 def training_attack(eps=0.1, step_size=0.025, steps=5, norm="linf"):
@@ -64,6 +65,9 @@ def eval_settings(*, eps: float, step_size: float, norm: str = "linf",
       # --mode=eval: each point's smallest perturbation by these attacks (fab, fmn; comma-
       # separated) and the robustness curves from it (robustness_curve.png); "": none.
       "min_norm": "",
+      # --mode=eval: the checkpoint's weights (raw) or their moving average (ema, a run with
+      # optim.ema.decay > 0).
+      "weights": "raw",
   })
 
 
@@ -99,7 +103,8 @@ def model(name: str = "resnet18"):
 def objectives():
   """Each method's own settings in its own group, `objective.<name>.*`; natural has none."""
   config = ml_collections.ConfigDict()
-  # natural, pgd_at, fast_at, mixup, trades, mart, mixacm, kd, ard, rslad
+  # natural, pgd_at, fast_at, mixup, trades, mart, mixacm, kd, ard, rslad, iad, adaad,
+  # mtard, saad
   config.name = "pgd_at"
   config.natural = ml_collections.ConfigDict()
   config.pgd_at = ml_collections.ConfigDict({"attack": training_attack()})
@@ -126,7 +131,24 @@ def objectives():
   # alpha weights the KL term, 1 - alpha the clean cross-entropy.
   config.ard = ml_collections.ConfigDict(
       {"alpha": 1.0, "temperature": 1.0, "attack": training_attack()})
-  config.rslad = ml_collections.ConfigDict({"attack": training_attack()})
+  config.rslad = ml_collections.ConfigDict({"attack": training_attack(), "igdm_alpha": 0.0})
+  config.ard.igdm_alpha = 0.0
+  # The robust distillation methods at their authors' defaults; igdm_alpha > 0 adds IGDM.
+  # IAD: introspection from `begin` (fraction of training), trusted as 1 - p_T(y|x_adv)^beta.
+  config.iad = ml_collections.ConfigDict({
+      "alpha": 1.0, "beta": 0.1, "temperature": 1.0, "begin": 0.3, "igdm_alpha": 0.0,
+      "attack": training_attack()})
+  # AdaAD: alpha weights the adversarial KL, 1 - alpha the natural one.
+  config.adaad = ml_collections.ConfigDict(
+      {"alpha": 1.0, "igdm_alpha": 0.0, "attack": training_attack()})
+  # MTARD: the robust teacher is config.teacher, the clean one config.clean_teacher.
+  config.mtard = ml_collections.ConfigDict(
+      {"initial_w_nat": 0.5, "lr_w": 0.025, "attack": training_attack()})
+  # SAAD: Renyi order gamma of the weights' entropy, the linearised teacher's lambda_inner,
+  # beta on the clean term (0: off), IGDM always on.
+  config.saad = ml_collections.ConfigDict({
+      "gamma": 1.0, "lambda_inner": 1.0, "beta": 0.0, "igdm_alpha": 1.0,
+      "attack": training_attack()})
   return config
 
 
@@ -137,6 +159,7 @@ def frozen_model():
   config.checkpoint = ""           # a workdir or checkpoint dir (orbax)
   config.update(robustbench_entry())  # or a RobustBench entry (its own model)
   config.step = 0                  # 0: the latest
+  config.weights = "raw"           # raw | ema: the checkpoint's moving average (optim.ema)
   config.model = model()
   return config
 
@@ -150,7 +173,14 @@ def optim():
       "schedule": "cosine",      # cosine | piecewise | constant
       "warmup_epochs": 1.0,
       "decay_epochs": (50, 75),  # piecewise only
-      "decay_factor": 0.1})
+      "decay_factor": 0.1,
+      # A moving average of the weights, kept, checkpointed and evaluated (metrics `ema/...`)
+      # beside them: ema = decay * ema + (1 - decay) * w after each step; 0: none.
+      "ema": {"decay": 0.0},
+      # Adversarial weight perturbation (Wu et al. 2020) with any objective: the gradient at
+      # w + v, v_l = gamma ||w_l|| g_l / ||g_l|| per kernel (0: none; the paper: 0.01 with
+      # PGD-AT, 0.005 with TRADES), after warmup_epochs of plain steps.
+      "awp": {"gamma": 0.0, "warmup_epochs": 0.0}})
 
 
 def convert():
@@ -184,6 +214,7 @@ def get_config():
   config.model = model()
   config.objective = objectives()
   config.teacher = frozen_model()
+  config.clean_teacher = frozen_model()  # MTARD's second teacher (naturally trained)
   # --mode=eval: also the points each attack crafts on this model, evaluated on the one under
   # test (transfer attacks); unset (no checkpoint, no robustbench entry): none.
   config.transfer = frozen_model()

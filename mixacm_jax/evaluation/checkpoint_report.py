@@ -33,7 +33,8 @@ def robustness_of_checkpoint(config, workdir: str, step=None) -> Dict[str, Any]:
 def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
   info = input_pipeline.get_info(config.data)
   model = models.create_model_from_config(config.model, info.num_classes)
-  variables = checkpoint.load_variables(model, info.image_shape, workdir, step)
+  variables = checkpoint.load_variables(model, info.image_shape, workdir, step,
+                                        config.eval.get("weights", "raw"))
   source_model = (source.load(config.transfer, info.num_classes, info.image_shape,
                               role="the transfer source (config.transfer)")
                   if source.is_given(config.transfer) else None)  # before any work
@@ -58,6 +59,7 @@ def _robustness_of_checkpoint(config, workdir: str, step) -> Dict[str, Any]:
     report = robustness.report_on_split(model, variables, config.data, config.eval,
                                         seed=config.seed, journal=journal)
   report["checkpoint"] = os.path.abspath(workdir)
+  report["weights"] = config.eval.get("weights", "raw")
   if source_model is not None:
     _add_transfer(report, (model, variables), source_model, config)
   if config.eval.eps_sweep:

@@ -4,15 +4,17 @@ An objective's `loss_fn(params, ctx, batch) -> (loss, (new_batch_stats, metrics)
 `params = {"model": ..., "objective": ...}` and an `ObjectiveContext` (the student forward
 function, its BatchNorm state, the step's RNG, the method's settings, the frozen teacher).
 `passes(cfg)` counts the network passes one example costs per step, for the cost report.
+An objective with a state of its own across steps (`init_state`, e.g. MTARD's loss balance)
+gets it as `ctx.state` and returns `(loss, (new_batch_stats, metrics, new_state))`.
 Every hook's `cfg` is the method's own group of the config, `config.objective.<name>`
 (`Objective.settings`), e.g. `objective.trades.beta`, `objective.mixacm.w_acm`.
 """
 import dataclasses
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives import (ard, fast_at, kd, mart, mixacm, mixup, natural, pgd_at,
-                                  rslad, trades)
+from mixacm_jax.objectives import (adaad, ard, fast_at, iad, kd, mart, mixacm, mixup, mtard,
+                                  natural, pgd_at, rslad, saad, trades)
 from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 
@@ -29,6 +31,10 @@ class Objective:
   feature_names: Optional[Callable] = None
   # (cfg) -> None, raising ConfigError for a setting that cannot work (checked up front)
   check_settings: Optional[Callable] = None
+  # (cfg) -> the objective's state before the first step (a pytree of arrays)
+  init_state: Optional[Callable] = None
+  # the config sections of further frozen teachers, {role: section name} (MTARD's clean one)
+  extra_teachers: Tuple[Tuple[str, str], ...] = ()
 
   def settings(self, objective_cfg):
     """This method's group of `config.objective` (what its hooks get as `cfg`)."""
@@ -42,10 +48,13 @@ class Objective:
     counts times the examples seen."""
     per = self.passes(self.settings(objective_cfg))
     examples = steps * batch_size
+    teacher_backward = per.get("teacher_backward", 0)  # to the input, inside an attack
     return {"student_forward_passes": per["forward"] * examples,
             "student_backward_passes": per["backward"] * examples,
             "teacher_forward_passes": per["teacher_forward"] * examples,
-            "passes_per_example": per["forward"] + per["backward"] + per["teacher_forward"]}
+            "teacher_backward_passes": teacher_backward * examples,
+            "passes_per_example": (per["forward"] + per["backward"] + per["teacher_forward"]
+                                   + teacher_backward)}
 
 
 OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
@@ -60,6 +69,12 @@ OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("kd", kd.loss_fn, kd.passes, True),
     Objective("ard", ard.loss_fn, ard.passes, True),
     Objective("rslad", rslad.loss_fn, rslad.passes, True),
+    Objective("iad", iad.loss_fn, iad.passes, True, check_settings=iad.check_settings),
+    Objective("adaad", adaad.loss_fn, adaad.passes, True),
+    Objective("mtard", mtard.loss_fn, mtard.passes, True, check_settings=mtard.check_settings,
+              init_state=mtard.init_state,
+              extra_teachers=(("clean_teacher", "clean_teacher"),)),
+    Objective("saad", saad.loss_fn, saad.passes, True),
 )}
 
 

@@ -21,13 +21,20 @@ class ObjectiveContext:
   cfg: Any                      # the method's settings, config.objective.<name>
   example_offset: Any = 0       # global index of this device's first example
   teacher: Optional[Callable[[jnp.ndarray, Sequence[str]], Any]] = None  # frozen, eval mode
+  attack_params: Any = None     # the weights the inner maximisation attacks (None: params)
+  progress: Any = 0.0           # the fraction of training done before this step, in [0, 1)
+  state: Any = None             # the objective's own state (`Objective.init_state`)
+  teachers: Any = None          # {role: frozen forward} of an objective's further teachers
 
   def example_keys(self, n: int, salt: int = 0) -> jax.Array:
     """One key per example, from its global index: the same on 1 device or N."""
     return keys.of_points(jax.random.fold_in(self.rng, salt), self.example_offset + jnp.arange(n))
 
   def eval_logits_fn(self, params) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """The model in eval mode (running BatchNorm statistics), as attacks need it."""
+    """The model in eval mode (running BatchNorm statistics), as attacks need it; at
+    `attack_params` when set (AWP perturbs the trained weights, not the attacked ones)."""
+    if self.attack_params is not None:
+      params = jax.lax.stop_gradient(self.attack_params)
     return lambda x: self.forward(params, self.batch_stats, x, False, ())[0]
 
 
@@ -53,18 +60,24 @@ def kl_divergence(target_logits: jnp.ndarray, logits: jnp.ndarray,
   return jnp.mean(kl_per_example(target_logits, logits, temperature))
 
 
-def kl_adversarial_examples(params, ctx, x: jnp.ndarray, target_logits: jnp.ndarray):
+def kl_adversarial_examples(params, ctx, x: jnp.ndarray, target):
   """TRADES' / RSLAD's inner maximisation: from x + 0.001 N(0, 1), sign-gradient steps on
-  KL(target || model(x_adv)) in eval mode, projected to the eps-ball and [0, 1]."""
+  KL(target || model(x_adv)) in eval mode, projected to the eps-ball and [0, 1]. `target`
+  is fixed logits, or a function of x_adv whose input gradient counts too (AdaAD's teacher
+  at the same point, SAAD's linearised teacher)."""
   a = ctx.cfg.attack
   logits_fn = ctx.eval_logits_fn(jax.lax.stop_gradient(params))
-  target_logits = jax.lax.stop_gradient(target_logits)
+  if callable(target):
+    target_at = target
+  else:
+    fixed = jax.lax.stop_gradient(target)
+    target_at = lambda _: fixed
   noise = jax.vmap(lambda k, v: jax.random.normal(k, v.shape, v.dtype))(
       ctx.example_keys(x.shape[0]), x)
   x_adv = project(x + 0.001 * noise, x, a.eps, a.norm)
 
   def body(_, x_adv):
-    g = jax.grad(lambda v: jnp.sum(kl_per_example(target_logits, logits_fn(v))))(x_adv)
+    g = jax.grad(lambda v: jnp.sum(kl_per_example(target_at(v), logits_fn(v))))(x_adv)
     return project(x_adv + a.step_size * jnp.sign(g), x, a.eps, a.norm)
 
   return jax.lax.stop_gradient(loop.fori(a.steps, lambda i, v, _: body(i, v), x_adv, None,

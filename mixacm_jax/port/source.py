@@ -34,7 +34,8 @@ def load(cfg, num_classes: int, image_shape: Sequence[int], *, role: str,
     raise ConfigError(f"{role} is not given: set its checkpoint or its robustbench entry")
   model = models.create_model_from_config(cfg.model, num_classes)
   try:
-    variables = ckpt_lib.load_variables(model, image_shape, path, cfg.get("step") or None)
+    variables = ckpt_lib.load_variables(model, image_shape, path, cfg.get("step") or None,
+                                        cfg.get("weights", "raw"))
   except CheckpointError as e:  # name whose checkpoint, and where its architecture is set
     raise CheckpointError(f"{role}: {e}") from None
   return Loaded(model, variables, path)

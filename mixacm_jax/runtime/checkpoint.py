@@ -176,9 +176,13 @@ def _checkpoint_dir(path: str) -> str:
   return inner if os.path.isdir(inner) else path
 
 
+WEIGHTS = ("raw", "ema")
+
+
 def load_variables(model, image_shape: Sequence[int], path: str,
-                   step: Optional[int] = None) -> Dict[str, Any]:
-  """params + batch_stats of `model` from an orbax checkpoint, strictly checked."""
+                   step: Optional[int] = None, weights: str = "raw") -> Dict[str, Any]:
+  """params + batch_stats of `model` from an orbax checkpoint, strictly checked; `weights`
+  "ema" takes the moving average of the weights a run kept (optim.ema)."""
   directory = _checkpoint_dir(path)
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoint at {path}")
@@ -188,6 +192,12 @@ def load_variables(model, image_shape: Sequence[int], path: str,
   raw, step = checkpointer.restore(None, step)
   params = raw.get("params", {})
   params = params.get("model", params)  # a TrainState of this project, or bare weights
+  if weights == "ema":
+    params = raw.get("ema_params") or {}
+    if not params:
+      raise CheckpointError(f"checkpoint {directory} (step {step}) keeps no moving average "
+                            "of its weights (trained without optim.ema.decay): load its raw "
+                            "weights (weights=raw)")
   found = {"params": params, "batch_stats": raw.get("batch_stats", {})}
   expected = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
                                                           image_shape))

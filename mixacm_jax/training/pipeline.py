@@ -40,7 +40,8 @@ def result_row(run: str, result: Dict[str, Any]) -> Dict[str, Any]:
   row = {"run": run, **{k: v for k, v in result.items() if k != "state"}}
   row["total_passes"] = float(row.get("student_forward_passes", 0) +
                               row.get("student_backward_passes", 0) +
-                              row.get("teacher_forward_passes", 0))
+                              row.get("teacher_forward_passes", 0) +
+                              row.get("teacher_backward_passes", 0))
   return row
 
 

@@ -4,7 +4,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from flax.training import train_state
 import jax
@@ -20,12 +20,27 @@ from mixacm_jax.errors import ConfigError, NonFiniteLossError
 from mixacm_jax.evaluation import robustness, sanity
 from mixacm_jax.runtime import (checkpoint as ckpt_lib, parallel, preemption, reporting, storage,
                                 workdir_lock)
-from mixacm_jax.training import optim, teacher as teacher_lib
+from mixacm_jax.training import awp, ema, optim, teacher as teacher_lib
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   rng: jax.Array = None
+  ema_params: Any = None  # the model's averaged weights ({} without optim.ema)
+  objective_state: Any = None  # what a stateful objective keeps across steps ({}: none)
+
+
+class WeightRules(NamedTuple):
+  """What the step does to the weights for every objective: averaging and perturbation."""
+  ema_decay: float = 0.0
+  awp_gamma: float = 0.0
+  awp_start_step: int = 0  # AWP's warm-up: plain steps before it
+
+  @classmethod
+  def of(cls, optim_cfg, steps_per_epoch: int) -> "WeightRules":
+    e, a = optim_cfg.get("ema"), optim_cfg.get("awp")
+    return cls(e.decay if ema.enabled(e) else 0.0, a.gamma if awp.enabled(a) else 0.0,
+               int(a.warmup_epochs * steps_per_epoch) if awp.enabled(a) else 0)
 
 
 def make_forward(model) -> Callable:
@@ -37,8 +52,8 @@ def make_forward(model) -> Callable:
 
 
 def create_train_state(model, image_shape, optim_cfg, *, seed: int, steps_per_epoch: int,
-                       total_steps: int, objective_params: Optional[Dict[str, Any]] = None
-                       ) -> TrainState:
+                       total_steps: int, objective_params: Optional[Dict[str, Any]] = None,
+                       objective_state: Optional[Dict[str, Any]] = None) -> TrainState:
   """`params` = {"model": the network's, "objective": what the objective learns beside it
   (e.g. MixACM's ACM transformations; dropped at inference and export)}."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
@@ -46,7 +61,9 @@ def create_train_state(model, image_shape, optim_cfg, *, seed: int, steps_per_ep
   tx = optim.create_optimizer(optim_cfg, steps_per_epoch, total_steps)
   params = {"model": variables["params"], "objective": objective_params or {}}
   return TrainState.create(apply_fn=model.apply, params=params,
-                           batch_stats=variables.get("batch_stats", {}), tx=tx, rng=state_rng)
+                           batch_stats=variables.get("batch_stats", {}), tx=tx, rng=state_rng,
+                           ema_params=ema.initial(variables["params"], optim_cfg.get("ema")),
+                           objective_state=objective_state or {})
 
 
 def init_objective_params(objective_cfg, objective, model, teacher, image_shape, *, seed: int):
@@ -67,31 +84,53 @@ def init_objective_params(objective_cfg, objective, model, teacher, image_shape,
 
 
 def train_step(state: TrainState, batch, teacher_variables, *, objective, forward, cfg,
-               teacher_model=None):
+               teacher_model=None, extra_teachers=None, total_steps: int = 0,
+               rules: WeightRules = WeightRules()):
   """One data-parallel update, run under `pmap(axis_name=parallel.AXIS)`.
 
   `teacher_variables` (frozen, replicated once before training; {} when unused) are an
-  argument rather than a closed-over constant, so they are not baked into the program.
-  The objective sees this device's shard; gradients, metrics and BatchNorm statistics are
+  argument rather than a closed-over constant, so they are not baked into the program;
+  with `extra_teachers` ({role: model}: MTARD's clean teacher) they are {"teacher": the
+  main teacher's, role: each extra teacher's}. The objective sees this device's shard; gradients, metrics and BatchNorm statistics are
   averaged over devices (BatchNorm itself syncs batch statistics over 'batch'), so 1 and
-  N devices make the same update on the same global batch.
+  N devices make the same update on the same global batch. `rules` add AWP's perturbed
+  gradient and the weights' moving average, whatever the objective.
   """
   n = batch["label"].shape[0]
+  extras = {}
+  if extra_teachers:
+    extras = {role: teacher_lib.frozen_forward(m, teacher_variables[role])
+              for role, m in extra_teachers.items()}
+    teacher_variables = teacher_variables["teacher"]
   ctx = objectives.ObjectiveContext(
       forward=lambda p, *args: forward(p["model"], *args), batch_stats=state.batch_stats,
       cfg=cfg, teacher=teacher_lib.frozen_forward(teacher_model, teacher_variables),
       rng=jax.random.fold_in(state.rng, state.step),
-      example_offset=jax.lax.axis_index(parallel.AXIS) * n)
+      example_offset=jax.lax.axis_index(parallel.AXIS) * n, state=state.objective_state,
+      progress=state.step / max(total_steps, 1), teachers=extras)
+  params = state.params
+  if rules.awp_gamma:  # the inner maximisation keeps attacking w
+    ctx = dataclasses.replace(ctx, attack_params=state.params)
+    perturb = lambda: awp.perturbed_params(objective, state.params, ctx, batch, rules.awp_gamma)
+    params = (perturb() if not rules.awp_start_step else jax.lax.cond(
+        state.step >= rules.awp_start_step, perturb, lambda: state.params))
   grad_fn = jax.value_and_grad(objective, has_aux=True)
-  (_, (batch_stats, metrics)), grads = grad_fn(state.params, ctx, batch)
+  (_, (batch_stats, metrics, *objective_state)), grads = grad_fn(params, ctx, batch)
   grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), parallel.AXIS)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)  # to w, not w + v
+  if objective_state:  # computed from global means, the same on every device
+    state = state.replace(objective_state=objective_state[0])
+  if rules.ema_decay:
+    state = state.replace(ema_params=ema.update(state.ema_params, state.params["model"],
+                                                rules.ema_decay))
   return state, metrics
 
 
 def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
-                      teacher_model=None, *, devices=None, donate: bool = False) -> Callable:
+                      teacher_model=None, *, devices=None, donate: bool = False,
+                      rules: WeightRules = WeightRules(), extra_teachers=None,
+                      total_steps: int = 0) -> Callable:
   """The data-parallel train step: p_step(p_state, batch, p_teacher_variables) ->
   (p_state, metrics), with `batch` shaped [devices, per-device batch, ...] and the state and
   teacher variables replicated (`parallel.replicate`); BatchNorm syncs over the device axis.
@@ -99,7 +138,8 @@ def make_p_train_step(objective_cfg, model, objective: objectives.Objective,
   return jax.pmap(
       functools.partial(train_step, objective=objective.loss_fn,
                         forward=make_forward(model.clone(bn_axis_name=parallel.AXIS)),
-                        cfg=objective.settings(objective_cfg), teacher_model=teacher_model),
+                        cfg=objective.settings(objective_cfg), teacher_model=teacher_model,
+                        extra_teachers=extra_teachers, total_steps=total_steps, rules=rules),
       axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,) if donate else ())
 
 
@@ -134,6 +174,19 @@ def evaluate_during_training(model, variables, names, *, data_cfg, eval_cfg, tra
     for warning in report["warnings"]:
       if reporting.is_primary():
         print(f"[eval {name}] warning: {warning}", flush=True)
+  return out
+
+
+def evaluate_weights(model, state: TrainState, names, **kwargs) -> Dict[str, float]:
+  """`evaluate_during_training` of the state's weights, and of their moving average (its
+  metrics prefixed `ema/`) when the run keeps one."""
+  out = evaluate_during_training(
+      model, {"params": state.params["model"], "batch_stats": state.batch_stats}, names,
+      **kwargs)
+  if state.ema_params:
+    averaged = evaluate_during_training(
+        model, {"params": state.ema_params, "batch_stats": state.batch_stats}, names, **kwargs)
+    out.update({f"ema/{k}": v for k, v in averaged.items() if k != "num_examples"})
   return out
 
 
@@ -254,7 +307,9 @@ def _prepare(config, workdir, teacher, objective):
   state = create_train_state(
       model, info.image_shape, config.optim, seed=config.seed, steps_per_epoch=steps_per_epoch,
       total_steps=total_steps, objective_params=init_objective_params(
-          config.objective, objective, model, teacher, info.image_shape, seed=config.seed))
+          config.objective, objective, model, teacher, info.image_shape, seed=config.seed),
+      objective_state=objective.init_state and objective.init_state(
+          objective.settings(config.objective)))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
@@ -268,17 +323,29 @@ def _prepare(config, workdir, teacher, objective):
           f"{total_steps} steps of {config.optim.batch_size} examples "
           f"({steps_per_epoch} steps/epoch) on {jax.device_count()} device(s)", flush=True)
   programs: Dict = {}  # compiled once, for every evaluation of the run
-  evaluate = lambda names, host_state: evaluate_during_training(
-      model, {"params": host_state.params["model"], "batch_stats": host_state.batch_stats},
-      names, data_cfg=config.data, eval_cfg=config.eval, train_evals=config.train_evals,
-      seed=config.seed, programs=programs)
+  evaluate = lambda names, host_state: evaluate_weights(
+      model, host_state, names, data_cfg=config.data, eval_cfg=config.eval,
+      train_evals=config.train_evals, seed=config.seed, programs=programs)
   run = _Run(config, workdir, objective, total_steps, start_step, checkpointer,
              reporting.MetricWriter(workdir),
              reporting.Progress(total_steps, config.optim.batch_size, start_step), evaluate,
-             make_p_train_step(config.objective, model, objective, teacher and teacher.model,
-                               donate=True),
-             parallel.replicate(teacher.variables if teacher else {}))
+             *_step_program(config, model, objective, teacher, info, steps_per_epoch,
+                            total_steps))
   return run, parallel.replicate(state)
+
+
+def _step_program(config, model, objective, teacher, info, steps_per_epoch, total_steps):
+  """(the compiled train step, the teachers' replicated variables), with the objective's
+  further teachers (MTARD's clean one) loaded from their config sections."""
+  extras = teacher_lib.extra_teachers(config, objective, info)
+  variables = teacher.variables if teacher else {}
+  if extras:
+    variables = {"teacher": variables, **{r: t.variables for r, t in extras.items()}}
+  step = make_p_train_step(
+      config.objective, model, objective, teacher and teacher.model, donate=True,
+      rules=WeightRules.of(config.optim, steps_per_epoch), total_steps=total_steps,
+      extra_teachers={r: t.model for r, t in extras.items()} or None)
+  return step, parallel.replicate(variables)
 
 
 def _loop(run: _Run, p_state):
@@ -336,7 +403,8 @@ def _evaluate_and_save(run: _Run, step: int, host_state, due, save_now: bool,
     run.writer.write(step, step_metrics, prefix="eval/")
     if reporting.is_primary():
       print(f"[eval] step {step} | " + " | ".join(
-          f"{k} {v:.4f}" for k, v in step_metrics.items() if "/" in k), flush=True)
+          f"{k} {v:.4f}" for k, v in step_metrics.items() if "/" in k.removeprefix("ema/")),
+          flush=True)
   if save_now:
     run.checkpointer.save(step, host_state, eval_metrics if first_ran else None)
   return eval_metrics
