@@ -40,6 +40,8 @@ class Method(NamedTuple):
   # Evaluate (clean, PGD) after every epoch: a robust accuracy that collapses during FGSM
   # training is catastrophic overfitting (Wong et al.), which only the history shows.
   eval_every_epoch: bool = False
+  # A second, clean teacher (a key of TEACHERS): MTARD's.
+  clean_teacher: Optional[str] = None
 
 
 # The teachers one seed may train: run name -> objective (None: the config's
@@ -68,14 +70,30 @@ METHODS = {
                             passes_ratio=0.5, eval_every_epoch=True),
     "pgd_at_equal": Method("pgd_at", {}, "PGD-AT of the student at 0.5x the teacher's passes",
                            passes_ratio=0.5),
+    # The robust distillation methods at their authors' settings (configs.default) and the
+    # config's student length; MTARD's clean teacher is the natural one.
+    "iad": Method("iad", {}, "IAD"),
+    "adaad": Method("adaad", {}, "AdaAD"),
+    "adaad_igdm": Method("adaad", {"objective.adaad.igdm_alpha": 1.0}, "AdaAD + IGDM"),
+    "mtard": Method("mtard", {}, "MTARD", clean_teacher="teacher_natural"),
+    "saad": Method("saad", {}, "SAAD"),
 }
+# Each distillation method again at MixACM's budget, half the teacher's passes.
+METHODS.update({f"{name}_equal": METHODS[name]._replace(
+    label=f"{METHODS[name].label} at 0.5x the teacher's passes", passes_ratio=0.5)
+                for name in ("ard", "rslad", "iad", "adaad", "adaad_igdm", "mtard", "saad")})
 
 
-def method_config(config, method: Method, seed: int, extra: Optional[Dict[str, Any]] = None):
+def method_config(config, method: Method, seed: int, extra: Optional[Dict[str, Any]] = None,
+                  workdir: str = ""):
   """The student config of `method` for `seed`: its objective and overrides, then `extra`,
-  then (with a budget) the epochs that spend the budget."""
+  then (with a budget) the epochs that spend the budget. A clean teacher is read from the
+  seed's run of that kind in `workdir` (see `teachers_per_seed`)."""
   cfg = pipeline.student_config(config, method.objective)
   cfg.seed = seed
+  if method.clean_teacher:
+    cfg.clean_teacher = cfg.teacher.copy_and_resolve_references()
+    cfg.clean_teacher.checkpoint = os.path.join(workdir, f"seed{seed}", method.clean_teacher)
   cfg = pipeline.apply_overrides(pipeline.apply_overrides(cfg, method.overrides), extra or {})
   if method.passes_ratio is not None:
     fit_epochs_to_passes(cfg, method.passes_ratio * training_passes(
@@ -184,7 +202,8 @@ def teachers_per_seed(config, seeds: Sequence[int], workdir: str, run_one: Calla
 def teacher_kinds(methods: Sequence[Method]) -> List[str]:
   """The teachers the methods distil from, the robust one first (always trained: every
   ratio is to it)."""
-  return list(dict.fromkeys(["teacher"] + [m.teacher for m in methods]))
+  return list(dict.fromkeys(["teacher"] + [m.teacher for m in methods]
+                            + [m.clean_teacher for m in methods if m.clean_teacher]))
 
 
 def run_dir_name(point: str) -> str:

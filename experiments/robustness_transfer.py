@@ -45,7 +45,11 @@ DIAGNOSTICS = {
                                         "objective.mixacm.mixup_alpha": 0.0},
                              "ACM alone (no CE, no KD)"),
 }
-ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS}
+# The robust distillation methods, at their settings and at MixACM's budget (run with
+# --students=...; experiments/results/digits_distillation).
+DISTILLATION = {name: common.METHODS[name] for name in common.METHODS
+                if name not in STUDENTS and name != "kd"}
+ALL_STUDENTS = {**STUDENTS, **DIAGNOSTICS, **DISTILLATION}
 # The paper's supplementary CIFAR-10 ablation (WRN-34-10 teacher), robust accuracy in %.
 PAPER_ABLATION = {"acm": 48.38, "acm_kd": 49.53, "acm_mixup": 52.29, "mixacm": 56.65}
 # What the claim needs, checked on every result set: the MixACM student's robust accuracy as
@@ -103,8 +107,9 @@ def _train_and_attack(name, cfg, run_dir, teacher):
           "warnings": report["warnings"] + subset["warnings"] + sweep["warnings"]}
 
 
-def student_config(config, name, seed):
-  return common.method_config(config, ALL_STUDENTS[name], seed)
+def student_config(config, name, seed, workdir=""):
+  """`workdir`: where the seed's teachers are (MTARD's clean one is read from there)."""
+  return common.method_config(config, ALL_STUDENTS[name], seed, workdir=workdir)
 
 
 def label(name):
@@ -368,7 +373,7 @@ def main(argv):
     for seed in seeds:
       for name in _STUDENTS.value:
         print(f"== seed {seed}: student {name}", flush=True)
-        records.append(run_one(name, student_config(config, name, seed),
+        records.append(run_one(name, student_config(config, name, seed, _WORKDIR.value),
                                os.path.join(_WORKDIR.value, f"seed{seed}", name),
                                teachers[ALL_STUDENTS[name].teacher][seed]))
     return records

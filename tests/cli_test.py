@@ -7,7 +7,7 @@ import pytest
 
 from mixacm_jax.configs import default
 
-from conftest import TINY, repo_config, run_command as run
+from conftest import ROOT, TINY, repo_config, run_command as run
 
 
 
@@ -90,14 +90,14 @@ def test_indivisible_batch_and_unwritable_workdir(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.optim.bogus=1"], "error: unknown config key 'optim.bogus' in "
-                                 "--config.optim.bogus=1; config.optim has: batch_size,"),
+                                 "--config.optim.bogus=1; config.optim has: awp, batch_size,"),
     (["--config.optim.batchsize=1"], "did you mean --config.optim.batch_size?"),
     (["--config.nonexistent=3"], "error: unknown config key 'nonexistent'"),
     (["--config=configs/default_mixacm.py", "--config.pipeline.studnets=kd"],
      "did you mean --config.pipeline.students?"),
     (["--config.seed.x=1"], "config.seed is a value, not a section"),
     (["--config.objective.w_acm=3"], "error: unknown config key 'objective.w_acm' in "
-                                     "--config.objective.w_acm=3; config.objective has: ard,"),
+                                     "--config.objective.w_acm=3; config.objective has: adaad, ard,"),
     (["--config.objective.mixacm.w_acn=3"], "did you mean --config.objective.mixacm.w_acm?"),
     (["--config.optim.batch_size=abc"], "error: flag --config.optim.batch_size=abc: invalid"),
     (["--config.eval.pgd.eps=0.1"], "error: config key 'eval.pgd.eps' is now 'eval.threat.eps' "
@@ -146,6 +146,40 @@ def test_every_config_loads_and_validates(name):
     for cfg, names in ((config.model, student), (config.teacher.model, teacher)):
       sown = models.feature_names(models.create_model_from_config(cfg, 10), shape)
       assert set(names) <= set(sown), (names, sown)
+
+
+def test_the_cifar10_distillation_config_has_a_recipe_per_method(tmp_path):
+  """configs/cifar10_distillation.py:<method>, each validated, its teachers zoo entries."""
+  from mixacm_jax.configs import checks as config_checks  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.port import zoo  # pylint: disable=g-import-not-at-top
+  module = _config_module("cifar10_distillation")
+  for method in ("mixacm", *module.RECIPES):
+    config = module.get_config(method)
+    config_checks.validate(config)
+    assert config.objective.name == (module.RECIPES[method].objective
+                                     if method in module.RECIPES else "mixacm")
+    assert zoo.recipe(config.teacher.robustbench, "cifar10", "Linf")["arch"] == "wrn34_10"
+  assert zoo.recipe(module.get_config("mtard").clean_teacher.robustbench, "cifar10", "Linf")
+  assert module.get_config("adaad_igdm").objective.adaad.igdm_alpha == 1.0
+  with pytest.raises(ConfigError, match="unknown method 'trad'"):
+    module.get_config("trad")
+  # The command takes the method after the file; it gets as far as the (absent) data.
+  out = run("--config=configs/cifar10_distillation.py:saad", f"--workdir={tmp_path}",
+            "--config.data.data_dir=/nonexistent/data", "--config.objective.saad.gamma=2")
+  assert "dataset 'cifar10' is not prepared" in out.stderr, out.stderr[-2000:]
+  out = run("--config=configs/cifar10_distillation.py:trad", f"--workdir={tmp_path}")
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: unknown method 'trad' for configs/cifar10_distillation.py; known: mixacm, ard, "
+      "rslad, iad, adaad, adaad_igdm, mtard, saad"]
+
+
+def _config_module(name):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.mark.parametrize("old,new", [("evals.pgd.attacks", "train_evals.pgd.attacks"),

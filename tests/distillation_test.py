@@ -12,7 +12,6 @@ from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.objectives import common, iad, igdm, mtard, saad
 from mixacm_jax.runtime import parallel
-from mixacm_jax.runtime.checkpoint import Checkpointer
 from mixacm_jax.training import teacher as teacher_lib, train
 
 
@@ -221,6 +220,9 @@ def test_mtard_needs_its_clean_teacher_and_counts_both(distill_config, tmp_path)
   result = train.train_and_evaluate(distill_config, str(tmp_path / "mtard"))
   assert result["teacher_forward_passes"] == 2 * 2 * 32  # the robust and the clean teacher
   assert result["passes_per_example"] == (1 + 2) * 2 + 2
+  steps_per_epoch = input_pipeline.steps_per_epoch(distill_config.data, 32)
+  np.testing.assert_allclose(result["epoch_seconds"],
+                             result["train_seconds"] * steps_per_epoch / 2, rtol=1e-9)
 
 
 def test_passes_count_the_teacher_inside_the_attack():

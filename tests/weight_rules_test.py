@@ -1,7 +1,6 @@
 """What the step does to the weights for any objective: the moving average (EMA) and
 adversarial weight perturbation (AWP), against closed forms computed here."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

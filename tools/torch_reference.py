@@ -47,7 +47,7 @@ def bare_package(name: str, folder: str) -> types.ModuleType:
 
 
 def torchvision_models() -> types.ModuleType:
-  """`torchvision.models`, whole where torchvision imports, else bare with its ResNets."""
+  """`torchvision.models`, whole where torchvision imports, else bare with its ResNets and MobileNetV2."""
   if "torchvision.models" in sys.modules and hasattr(sys.modules["torchvision.models"],
                                                      "resnet50"):
     return sys.modules["torchvision.models"]
@@ -65,4 +65,5 @@ def torchvision_models() -> types.ModuleType:
   models.resnet = resnet
   for name in RESNETS + ("ResNet", "BasicBlock", "Bottleneck"):
     setattr(models, name, getattr(resnet, name))
+  models.mobilenet_v2 = importlib.import_module("torchvision.models.mobilenetv2").mobilenet_v2
   return models

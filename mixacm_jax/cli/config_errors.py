@@ -4,6 +4,7 @@ import sys
 
 from mixacm_jax import configs
 from mixacm_jax.configs import checks
+from mixacm_jax.errors import ConfigError
 
 
 def fail(message: str):
@@ -22,7 +23,7 @@ def config_path(argv, default: str) -> str:
 
 def check_config_file(argv, default: str) -> None:
   path = config_path(argv, default)
-  if not os.path.isfile(path):
+  if not os.path.isfile(configs.split_argument(path)[0]):
     fail(f"config file {path!r} not found")
 
 
@@ -39,9 +40,11 @@ def _unknown_override(argv, path: str) -> str:
 
 def explain(argv, error: Exception, default: str) -> str:
   path = config_path(argv, default)
-  if not os.path.isfile(path):
+  if not os.path.isfile(configs.split_argument(path)[0]):
     return f"config file {path!r} not found"
   try:
     return _unknown_override(argv, path) or f"bad config {path!r}: {error}"
+  except ConfigError as inner:  # the file's get_config refused its argument
+    return str(inner)
   except Exception as inner:  # pylint: disable=broad-except
     return f"config file {path!r} cannot be loaded: {type(inner).__name__}: {inner}"

@@ -63,6 +63,8 @@ def parse_flags(argv, flag_values=FLAGS):
     _ = flag_values.config.keys()  # the config file loads lazily: load it and its overrides
     return remaining
   except flags.Error as e:
+    if "parsing config file" in str(e):  # the file's own error, not absl's traceback of it
+      config_errors.fail(config_errors.explain(argv, e, DEFAULT_CONFIG))
     config_errors.fail(str(e))
   except (AttributeError, KeyError, OSError) as e:
     config_errors.fail(config_errors.explain(argv, e, DEFAULT_CONFIG))

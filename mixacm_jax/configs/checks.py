@@ -7,7 +7,6 @@ import tempfile
 from mixacm_jax import models, objectives
 from mixacm_jax.attacks import pgd as pgd_lib, registry, targets
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.runtime import checkpoint
 
 NORMS = pgd_lib.NORMS
 # TRADES' and RSLAD's inner maximisation takes signed steps, an L-inf / L2 recipe.
@@ -237,8 +236,8 @@ def validate(config) -> None:
   validate_weight_rules(o)
   for where, section in (("eval", config.eval), ("teacher", config.teacher),
                          ("transfer", config.transfer)):
-    if section.get("weights", "raw") not in checkpoint.WEIGHTS:
-      raise ConfigError(f"{where}.weights must be one of {checkpoint.WEIGHTS}, got "
+    if section.get("weights", "raw") not in models.WEIGHTS:
+      raise ConfigError(f"{where}.weights must be one of {models.WEIGHTS}, got "
                         f"{section.weights!r}")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")

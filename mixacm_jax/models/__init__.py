@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError, first_line
 from mixacm_jax.models.convnext import ConvNeXt
+from mixacm_jax.models.mobilenet_v2 import MobileNetV2
 from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.vit import VisionTransformer
@@ -55,6 +56,10 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "vit_base_patch16": functools.partial(VisionTransformer, patch_size=16, width=768,
                                           depth=12, heads=12),
     "vit": VisionTransformer,  # width / depth / heads from model.kwargs
+    # MobileNetV2: the CIFAR form of the robust distillation papers' students (kuangliu's),
+    # and torchvision's ImageNet form.
+    "mobilenet_v2": MobileNetV2,
+    "imagenet_mobilenet_v2": functools.partial(MobileNetV2, form="imagenet", activation="relu6"),
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
     "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
@@ -76,6 +81,8 @@ DM_NORMALISATION = {
     100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),   # CIFAR-100
 }
 
+# A trained model's weights as a checkpoint keeps them: as trained, or their moving average.
+WEIGHTS = ("raw", "ema")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
           "auto": None}  # bfloat16 on a GPU or TPU, float32 on a CPU (see compute_dtype)
 # Fields set by create_model itself (or by Flax), not through kwargs.

@@ -17,16 +17,17 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def conv(features: int, kernel: int, stride: int = 1, *, use_bias: bool = False,
          dtype: Any = jnp.float32, name: Optional[str] = None,
-         tf_same_padding: bool = False) -> nn.Conv:
+         tf_same_padding: bool = False, groups: int = 1) -> nn.Conv:
   """A kxk conv with PyTorch's symmetric padding `k // 2`, or TF-'SAME' padding
-  (total max(k - stride, 0), the odd pixel after) for inputs divisible by the stride."""
+  (total max(k - stride, 0), the odd pixel after) for inputs divisible by the stride;
+  `groups` = features: depthwise."""
   if tf_same_padding:
     total = max(kernel - stride, 0)
     pad = (total // 2, total - total // 2)
   else:
     pad = (kernel // 2, kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=(pad, pad), use_bias=use_bias,
+                 padding=(pad, pad), use_bias=use_bias, feature_group_count=groups,
                  kernel_init=conv_kernel_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
@@ -88,6 +89,7 @@ def gelu(x: jnp.ndarray) -> jnp.ndarray:
 
 ACTIVATIONS = {
     "relu": nn.relu,
+    "relu6": nn.relu6,  # torchvision's MobileNetV2
     "swish": nn.swish,
 }
 
@@ -135,9 +137,9 @@ class ConvBNModule(nn.Module):
     return batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
 
   def conv(self, features: int, kernel: int, stride: int = 1, name: Optional[str] = None,
-           use_bias: bool = False) -> nn.Conv:
+           use_bias: bool = False, groups: int = 1) -> nn.Conv:
     return conv(features, kernel, stride, use_bias=use_bias, dtype=self.dtype, name=name,
-                tf_same_padding=self.tf_same_padding)
+                tf_same_padding=self.tf_same_padding, groups=groups)
 
 
 

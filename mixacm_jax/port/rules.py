@@ -109,19 +109,39 @@ TIMM_VIT: List[Rule] = [
 ]
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
+# kuangliu's pytorch-cifar MobileNetV2 (the robust distillation papers' CIFAR student).
+CIFAR_MOBILENET_V2: List[Rule] = [
+    ("conv1", "conv1"), ("bn1", "bn1"), ("conv2", "conv2"), ("bn2", "bn2"), ("linear", "fc"),
+    ("layers.{b}.conv{i}", "block{b+1}/conv{i}"), ("layers.{b}.bn{i}", "block{b+1}/bn{i}"),
+    ("layers.{b}.shortcut.0", "block{b+1}/shortcut_conv"),
+    ("layers.{b}.shortcut.1", "block{b+1}/shortcut_bn"),
+]
+# torchvision's mobilenet_v2: the first block has no expansion conv, so its positions shift.
+TORCHVISION_MOBILENET_V2: List[Rule] = [
+    ("features.0.0", "conv1"), ("features.0.1", "bn1"),
+    ("features.18.0", "conv2"), ("features.18.1", "bn2"), ("classifier.1", "fc"),
+    ("features.1.conv.0.0", "block1/conv2"), ("features.1.conv.0.1", "block1/bn2"),
+    ("features.1.conv.1", "block1/conv3"), ("features.1.conv.2", "block1/bn3"),
+    ("features.{b}.conv.0.0", "block{b}/conv1"), ("features.{b}.conv.0.1", "block{b}/bn1"),
+    ("features.{b}.conv.1.0", "block{b}/conv2"), ("features.{b}.conv.1.1", "block{b}/bn2"),
+    ("features.{b}.conv.2", "block{b}/conv3"), ("features.{b}.conv.3", "block{b}/bn3"),
+]
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
-         ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT]}
+         ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT],
+         ("MobileNetV2", ""): [CIFAR_MOBILENET_V2],
+         ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2]}
 
 
 def style(model) -> str:
   """The key's second part for a Flax model (see RULES)."""
   if getattr(model, "tf_same_padding", False):
     return "dm"
-  return "imagenet" if getattr(model, "stem", "") == "imagenet" else ""
+  imagenet = "imagenet" in (getattr(model, "stem", ""), getattr(model, "form", ""))
+  return "imagenet" if imagenet else ""
 
 _FIELD = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
 

@@ -176,9 +176,6 @@ def _checkpoint_dir(path: str) -> str:
   return inner if os.path.isdir(inner) else path
 
 
-WEIGHTS = ("raw", "ema")
-
-
 def load_variables(model, image_shape: Sequence[int], path: str,
                    step: Optional[int] = None, weights: str = "raw") -> Dict[str, Any]:
   """params + batch_stats of `model` from an orbax checkpoint, strictly checked; `weights`

@@ -236,8 +236,8 @@ def _write_summary(workdir: str, summary: Dict[str, Any], trained: bool) -> Dict
     with open(path) as f:
       previous = json.load(f)
     if previous.get("steps") == summary["steps"]:
-      summary = {**summary, **{k: previous[k] for k in ("train_seconds", "resumed_from")
-                               if k in previous}}
+      summary = {**summary, **{k: previous[k] for k in ("train_seconds", "epoch_seconds",
+                                                        "resumed_from") if k in previous}}
   if reporting.is_primary():
     with storage.writing("write", path):
       with open(path, "w") as f:
@@ -263,6 +263,7 @@ class _Run:
   workdir: str
   objective: objectives.Objective
   total_steps: int
+  steps_per_epoch: int
   start_step: int
   checkpointer: ckpt_lib.Checkpointer
   writer: reporting.MetricWriter
@@ -284,6 +285,9 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
   summary = _write_summary(workdir, {
       "model": config.model.name, "objective": config.objective.name,
       "steps": run.total_steps, "resumed_from": run.start_step, "train_seconds": train_seconds,
+      # Wall-clock per epoch of this invocation's steps (the first step's compile included).
+      "epoch_seconds": train_seconds * run.steps_per_epoch / max(
+          run.total_steps - run.start_step, 1),
       **run.objective.training_cost(config.objective, run.total_steps, config.optim.batch_size),
       **eval_metrics}, trained=run.start_step < run.total_steps)
   return {"state": _host(p_state), **summary}
@@ -326,7 +330,7 @@ def _prepare(config, workdir, teacher, objective):
   evaluate = lambda names, host_state: evaluate_weights(
       model, host_state, names, data_cfg=config.data, eval_cfg=config.eval,
       train_evals=config.train_evals, seed=config.seed, programs=programs)
-  run = _Run(config, workdir, objective, total_steps, start_step, checkpointer,
+  run = _Run(config, workdir, objective, total_steps, steps_per_epoch, start_step, checkpointer,
              reporting.MetricWriter(workdir),
              reporting.Progress(total_steps, config.optim.batch_size, start_step), evaluate,
              *_step_program(config, model, objective, teacher, info, steps_per_epoch,
