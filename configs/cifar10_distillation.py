@@ -5,9 +5,9 @@ RobustBench's Zhang2019Theoretically (TRADES WRN-34-10, the MixACM paper's), rea
 
     mixacm --config=configs/cifar10_distillation.py:ard --workdir=/tmp/ard \
         --config.data.data_dir=<prepared TFDS> --config.teacher.model_dir=./models
-    # likewise :rslad, :iad, :adaad, :adaad_igdm, :mtard, :saad, :mixacm
+    # likewise :rslad, :iad, :adaad, :adaad_igdm, :mtard, :saad, :peeraid, :mixacm
 
-MTARD's clean teacher is RobustBench's Standard (a naturally trained WRN-28-10). The authors'
+PeerAiD has no teacher. MTARD's clean teacher is RobustBench's Standard (a naturally trained WRN-28-10). The authors'
 own teachers differ (AdaAD: Chen2021LTD_WRN34_20; SAAD: Gowal2021Improving_28_10_ddpm_100m):
 --config.teacher.robustbench=<entry> takes any. The attack of every method: 10 steps of 2/255
 in the L-inf ball of 8/255.
@@ -42,6 +42,9 @@ RECIPES = {
     "mtard": Recipe("mtard", 300, (215, 260, 285), 2e-4, {}),
     # Lee and Chung 2026 (HongsinLee/saad, main.sh).
     "saad": Recipe("saad", 200, (100, 150), 2e-4, {"gamma": 1.0, "igdm_alpha": 1.0}),
+    # Jung et al. 2024: no teacher (a peer learns beside the student); 300 epochs, decays at
+    # 214, 259, 284.
+    "peeraid": Recipe("peeraid", 300, (214, 259, 284), 2e-4, {}),
 }
 
 
@@ -59,7 +62,7 @@ def get_config(method: str = "ard"):
   config.objective.name = recipe.objective
   config.objective[recipe.objective].update(recipe.settings)
   config.teacher.model.name = "wrn34_10"
-  config.teacher.robustbench = "Zhang2019Theoretically"
+  config.teacher.robustbench = "" if method == "peeraid" else "Zhang2019Theoretically"
   if recipe.objective == "mtard":
     config.clean_teacher.robustbench = "Standard"
   config.optim.update(num_epochs=recipe.epochs, decay_epochs=recipe.decay_epochs,

@@ -77,11 +77,13 @@ METHODS = {
     "adaad_igdm": Method("adaad", {"objective.adaad.igdm_alpha": 1.0}, "AdaAD + IGDM"),
     "mtard": Method("mtard", {}, "MTARD", clean_teacher="teacher_natural"),
     "saad": Method("saad", {}, "SAAD"),
+    "peeraid": Method("peeraid", {}, "PeerAiD (a peer, no teacher)"),
 }
 # Each distillation method again at MixACM's budget, half the teacher's passes.
 METHODS.update({f"{name}_equal": METHODS[name]._replace(
     label=f"{METHODS[name].label} at 0.5x the teacher's passes", passes_ratio=0.5)
-                for name in ("ard", "rslad", "iad", "adaad", "adaad_igdm", "mtard", "saad")})
+                for name in ("ard", "rslad", "iad", "adaad", "adaad_igdm", "mtard", "saad",
+                             "peeraid")})
 
 
 def method_config(config, method: Method, seed: int, extra: Optional[Dict[str, Any]] = None,

@@ -10,7 +10,7 @@ from mixacm_jax import models, objectives
 from mixacm_jax.configs import default
 from mixacm_jax.data import input_pipeline
 from mixacm_jax.errors import ConfigError
-from mixacm_jax.objectives import common, iad, igdm, mtard, saad
+from mixacm_jax.objectives import common, iad, igdm, mtard, peeraid, saad
 from mixacm_jax.runtime import parallel
 from mixacm_jax.training import teacher as teacher_lib, train
 
@@ -150,10 +150,12 @@ def _run(config, name, n_devices, batches, total_steps=4):
   teacher = teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape)
   extras = teacher_lib.extra_teachers(config, objective, info)
   model = models.create_model_from_config(config.model, info.num_classes)
-  cfg = objective.settings(config.objective)
   state = train.create_train_state(
       model, info.image_shape, config.optim, seed=0, steps_per_epoch=10, total_steps=100,
-      objective_state=objective.init_state and objective.init_state(cfg))
+      objective_params=train.init_objective_params(config.objective, objective, model, teacher,
+                                                   info.image_shape, seed=0),
+      objective_state=train.init_objective_state(config.objective, objective, model,
+                                                 info.image_shape, seed=0))
   devices = jax.devices()[:n_devices]
   variables = teacher.variables
   if extras:
@@ -174,7 +176,7 @@ def _run(config, name, n_devices, batches, total_steps=4):
 # term still run), as TRADES does in train_test; the CE-driven ones with two.
 @pytest.mark.parametrize("name,steps,igdm_alpha", [
     ("iad", 2, 1.0), ("adaad", 0, 1.0), ("mtard", 2, 0.0), ("saad", 0, 1.0),
-    ("ard", 2, 2.0), ("rslad", 0, 2.0)])
+    ("ard", 2, 2.0), ("rslad", 0, 2.0), ("peeraid", 0, 0.0)])
 def test_one_vs_two_devices_same_update(distill_config, name, steps, igdm_alpha):
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
@@ -205,6 +207,12 @@ def test_one_vs_two_devices_same_update(distill_config, name, steps, igdm_alpha)
     assert float(m1["introspection"]) > 0
   if name == "mtard":
     assert float(one.objective_state["w_nat"]) != 0.5  # the balance moved
+  if name == "peeraid":  # the peer trained too, weights and statistics
+    for tree in ("params", "objective_state"):
+      peer = getattr(one, tree)["objective" if tree == "params" else "peer_batch_stats"]
+      before = getattr(start, tree)["objective" if tree == "params" else "peer_batch_stats"]
+      assert max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+          lambda a, b: float(jnp.max(jnp.abs(a - b))), peer, before))) > 1e-4
 
 
 def test_mtard_needs_its_clean_teacher_and_counts_both(distill_config, tmp_path):
@@ -223,6 +231,26 @@ def test_mtard_needs_its_clean_teacher_and_counts_both(distill_config, tmp_path)
   steps_per_epoch = input_pipeline.steps_per_epoch(distill_config.data, 32)
   np.testing.assert_allclose(result["epoch_seconds"],
                              result["train_seconds"] * steps_per_epoch / 2, rtol=1e-9)
+
+
+def test_peeraid_losses_match_the_authors_formula():
+  p_adv, s_adv, s_nat = (_logits(i, c=10) for i in (11, 12, 13))
+  y = np.arange(6)
+  cfg = default.objectives().peeraid
+  cfg.lambda1 = 0.5  # every term on
+  peer, student = peeraid.peeraid_losses(*(jnp.asarray(v, jnp.float32) for v in (
+      p_adv, s_adv, s_adv, s_nat)), y, cfg)
+  ce = lambda z: np.mean(-np.log(_np_softmax(z)[np.arange(6), y]))
+  # KLDivLoss() (reduction 'mean'): the sum over batch and classes over B * C.
+  klm = lambda target, z, t: np.sum(_np_kl(target / t, z / t)) / (6 * 10)
+  np.testing.assert_allclose(peer, ce(p_adv) + 0.1 * klm(s_adv, p_adv, 1.0), rtol=1e-5)
+  np.testing.assert_allclose(student, 0.5 * ce(s_adv) + 25 * klm(p_adv, s_adv, 5.0)
+                             + 25 * klm(s_nat, s_adv, 5.0), rtol=1e-5)
+  # The peer learns from the student's adversarial outputs, not the other way round.
+  g = jax.grad(lambda p: peeraid.peeraid_losses(p, jnp.asarray(s_adv), jnp.asarray(s_adv),
+                                                jnp.asarray(s_nat), y, cfg)[1])(
+                                                    jnp.asarray(p_adv, jnp.float32))
+  assert float(jnp.max(jnp.abs(g))) == 0
 
 
 def test_passes_count_the_teacher_inside_the_attack():

@@ -2,7 +2,8 @@
 PyTorch code on the same tensors (float64). The authors' repositories are read from
 checkouts, one folder per repository under MIXACM_AUTHORS_CODE (default
 /tmp/authors_check): IAD (ZFancy/IAD), saad (HongsinLee/saad: SAAD, IGDM), MTARD
-(zhaoshiji123/MTARD), AWP (csdongxian/AWP), AdaAD (boyellow/AdaAD). Where a loss is inline
+(zhaoshiji123/MTARD), AWP (csdongxian/AWP), AdaAD (boyellow/AdaAD), PeerAiD
+(jaewonalive/PeerAiD: main.py). Where a loss is inline
 in a training loop, its lines are cut out of the checkout by marker strings and run as they
 are; where it is a function, it is imported and called. Nothing of theirs is kept here.
 
@@ -34,7 +35,7 @@ torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)
 
 from mixacm_jax.configs import default
-from mixacm_jax.objectives import common, iad, igdm, mtard, saad, adaad
+from mixacm_jax.objectives import common, iad, igdm, mtard, saad, adaad, peeraid
 from mixacm_jax.objectives.common import ObjectiveContext
 from mixacm_jax.training import awp
 
@@ -319,6 +320,62 @@ row("MTARD", "w_nat, 8 steps, end to end from logits", w_ours, w_theirs,
     "authors' KL has log(p+1e-5)")
 row("MTARD", f"total loss, 8 steps, x{C}", l_ours, C * np.asarray(l_theirs),
     f"torch.mean over B*C: ours = {C} x theirs; +1e-5 in log")
+
+# ---------------------------------------------------------------- PeerAiD (inline lines)
+pa_src = "PeerAiD/main.py"
+pa_defs = (lines_between(pa_src, "peer_criterion = nn.CrossEntropyLoss()",
+                         "peer_criterion = nn.CrossEntropyLoss()") + "\n" +
+           lines_between(pa_src, "T = args.temperature", "T = args.temperature", after="def train_kd"))
+pa_block = lines_between(pa_src, "adv_outputs = peer_net(adv)", "loss_total = loss_peer + loss_student",
+                         after="def train_kd")
+
+
+class _Net:
+  """Stands in for a network in train_kd: returns the given logits, call by call."""
+  def __init__(self, *outs):
+    self.outs = list(outs)
+
+  def __call__(self, x):
+    return self.outs.pop(0)
+
+  def train(self, mode=True):
+    return self
+
+
+x_stub, in_stub = torch.zeros(B, 3), torch.zeros(B, 3)
+t_, s_ = logits(), logits()
+row("PeerAiD", "kl_mean (T=5) vs nn.KLDivLoss() default",
+    peeraid.kl_mean(t_, s_, 5.0),
+    t2n(nn.KLDivLoss()(F.log_softmax(torch.tensor(s_) / 5, 1), F.softmax(torch.tensor(t_) / 5, 1))),
+    "default reduction: sum / (B*C)")
+for tag, over in (("CIFAR-10 cfg", {}),
+                  ("all on: l1 .5, Tr 2", {"lambda1": 0.5, "peer_temperature": 2.0})):
+  pcfg = default.objectives().peeraid
+  for k, v in over.items():
+    pcfg[k] = v
+  pa, st, sa, sn = logits(), logits(), logits(), logits()
+  pa_t, st_t, sa_t, sn_t = L(pa), L(st), L(sa), L(sn)
+  ns = {"torch": torch, "nn": nn, "F": F,
+        "args": types.SimpleNamespace(temperature=pcfg.temperature,
+                                      re_kd_temperature=pcfg.peer_temperature,
+                                      gamma1=pcfg.gamma1, gamma2=pcfg.gamma2, lamb1=pcfg.lambda1,
+                                      lamb2=pcfg.lambda2, lamb3=pcfg.lambda3),
+        "adv": x_stub, "inputs": in_stub, "targets": torch.tensor(labels),
+        "peer_net": _Net(pa_t),                       # Pa = peer_net(adv)
+        "student_net": _Net(st_t, sa_t, sn_t),        # St, Sa = student_net(adv); Sn = student_net(inputs)
+        "peer_train_loss": 0, "total": 0, "correct": 0, "total_student": 0, "correct_student": 0}
+  exec(pa_defs, ns)
+  exec(pa_block, ns)
+  ns["loss_total"].backward()
+  assert not ns["peer_net"].outs and not ns["student_net"].outs
+  lp, ls = peeraid.peeraid_losses(pa, st, sa, sn, jnp.asarray(labels), pcfg)
+  g = jax.grad(lambda *a: sum(peeraid.peeraid_losses(*a, jnp.asarray(labels), pcfg)),
+               (0, 1, 2, 3))(pa, st, sa, sn)
+  row("PeerAiD", f"peer loss ({tag})", lp, t2n(ns["loss_peer"]), "train_kd lines exec'd verbatim")
+  row("PeerAiD", f"student loss ({tag})", ls, t2n(ns["loss_student"]))
+  row("PeerAiD", f"d(peer+student)/d(Pa,St,Sa,Sn) ({tag})", np.concatenate(g),
+      np.concatenate([t2n(v.grad) if v.grad is not None else np.zeros((B, C))
+                      for v in (pa_t, st_t, sa_t, sn_t)]), "Pa detached in student's KL")
 
 # ---------------------------------------------------------------- AWP
 utils_awp = load_module("utils_awp", "AWP/AT_AWP/utils_awp.py")

@@ -19,7 +19,8 @@ POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "
 NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_epochs",
                 "crop_padding", "image_size", "eval_resize", "num_threads", "prefetch",
                 "num_examples", "num_steps", "num_epochs", "steps", "every_steps",
-                "stage_weights", "decay_epochs", "gamma")
+                "stage_weights", "decay_epochs", "gamma", "gamma1", "gamma2", "lambda1",
+                "lambda2", "lambda3")
 READ_AHEAD_LIMIT = 1024  # data.num_threads and data.prefetch: more only exhausts memory
 ARCHITECTURE_LIMIT = 10_000  # an architecture's integer field (width, depth, block count)
 # Keys that were renamed: a config file or override that uses the old name is told the new.

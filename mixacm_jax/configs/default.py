@@ -5,7 +5,7 @@ import ml_collections
 
 # The methods with a training `attack`.
 ADVERSARIAL_METHODS = ("pgd_at", "fast_at", "trades", "mart", "ard", "rslad", "iad", "adaad",
-                       "mtard", "saad")
+                       "mtard", "saad", "peeraid")
 
 
 def training_attack(eps=0.1, step_size=0.025, steps=5, norm="linf"):
@@ -104,7 +104,7 @@ def objectives():
   """Each method's own settings in its own group, `objective.<name>.*`; natural has none."""
   config = ml_collections.ConfigDict()
   # natural, pgd_at, fast_at, mixup, trades, mart, mixacm, kd, ard, rslad, iad, adaad,
-  # mtard, saad
+  # mtard, saad, peeraid
   config.name = "pgd_at"
   config.natural = ml_collections.ConfigDict()
   config.pgd_at = ml_collections.ConfigDict({"attack": training_attack()})
@@ -149,6 +149,10 @@ def objectives():
   config.saad = ml_collections.ConfigDict({
       "gamma": 1.0, "lambda_inner": 1.0, "beta": 0.0, "igdm_alpha": 1.0,
       "attack": training_attack()})
+  # PeerAiD: no teacher; a peer trained beside the student (the code's CIFAR-10 weights).
+  config.peeraid = ml_collections.ConfigDict({
+      "temperature": 5.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 0.1,
+      "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0, "attack": training_attack()})
   return config
 
 

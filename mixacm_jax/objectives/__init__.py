@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from mixacm_jax.errors import ConfigError
 from mixacm_jax.objectives import (adaad, ard, fast_at, iad, kd, mart, mixacm, mixup, mtard,
-                                  natural, pgd_at, rslad, saad, trades)
+                                  natural, peeraid, pgd_at, rslad, saad, trades)
 from mixacm_jax.objectives.common import ObjectiveContext  # noqa: F401
 
 
@@ -35,6 +35,9 @@ class Objective:
   init_state: Optional[Callable] = None
   # the config sections of further frozen teachers, {role: section name} (MTARD's clean one)
   extra_teachers: Tuple[Tuple[str, str], ...] = ()
+  # trains a peer of the student's architecture beside it (PeerAiD): its weights are
+  # params["objective"]["peer"], its BatchNorm statistics ctx.state["peer_batch_stats"]
+  trains_peer: bool = False
 
   def settings(self, objective_cfg):
     """This method's group of `config.objective` (what its hooks get as `cfg`)."""
@@ -75,6 +78,7 @@ OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
               init_state=mtard.init_state,
               extra_teachers=(("clean_teacher", "clean_teacher"),)),
     Objective("saad", saad.loss_fn, saad.passes, True),
+    Objective("peeraid", peeraid.loss_fn, peeraid.passes, trains_peer=True),
 )}
 
 

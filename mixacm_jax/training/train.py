@@ -66,9 +66,25 @@ def create_train_state(model, image_shape, optim_cfg, *, seed: int, steps_per_ep
                            objective_state=objective_state or {})
 
 
+def _peer_variables(model, image_shape, seed: int):
+  """A second network of the student's architecture, with its own initialisation."""
+  return models.init_variables(model, jax.random.PRNGKey(seed + 3), image_shape)
+
+
+def init_objective_state(objective_cfg, objective, model, image_shape, *, seed: int):
+  """The objective's own state before the first step: `init_state`'s, and a peer's
+  BatchNorm statistics (`peer_batch_stats`) for an objective that trains a peer."""
+  state = objective.init_state(objective.settings(objective_cfg)) if objective.init_state else {}
+  if objective.trains_peer:
+    state["peer_batch_stats"] = _peer_variables(model, image_shape, seed)["batch_stats"]
+  return state
+
+
 def init_objective_params(objective_cfg, objective, model, teacher, image_shape, *, seed: int):
-  """Initial params the objective learns beside the model (e.g. MixACM's ACM
-  transformations), shaped from both models' sown features (traced, not computed)."""
+  """Initial params the objective learns beside the model: MixACM's ACM transformations,
+  shaped from both models' sown features (traced, not computed); a peer's weights (`peer`)."""
+  if objective.trains_peer:
+    return {"peer": _peer_variables(model, image_shape, seed)["params"]}
   if objective.init_params is None:
     return {}
   cfg = objective.settings(objective_cfg)
@@ -312,8 +328,8 @@ def _prepare(config, workdir, teacher, objective):
       model, info.image_shape, config.optim, seed=config.seed, steps_per_epoch=steps_per_epoch,
       total_steps=total_steps, objective_params=init_objective_params(
           config.objective, objective, model, teacher, info.image_shape, seed=config.seed),
-      objective_state=objective.init_state and objective.init_state(
-          objective.settings(config.objective)))
+      objective_state=init_objective_state(config.objective, objective, model,
+                                           info.image_shape, seed=config.seed))
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
