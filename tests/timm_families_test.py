@@ -1,11 +1,13 @@
-"""The newer zoo's families in Flax, timm's ConvNeXt and Vision Transformer and Huang et al.'s
-RobustResNet: logits against timm's and RobustBench's own modules (the ConvStem variants and
-robust_resnet.py ship in the pinned wheel too), and a ConvNeXt and a ViT teacher distilled
-into a ResNet student with MixACM."""
+"""The newer zoo's families in Flax, timm's ConvNeXt, Vision Transformer and Swin Transformer
+and Huang et al.'s RobustResNet: logits against timm's and RobustBench's own modules (the
+ConvStem variants and robust_resnet.py ship in the pinned wheel too), and a ConvNeXt, a ViT
+and a Swin teacher distilled into a ResNet student with MixACM."""
 
+import jax
 import numpy as np
 import pytest
 
+from mixacm_jax import models
 from mixacm_jax.port import convert
 
 torch = pytest.importorskip("torch", reason="the reference is timm's PyTorch module")
@@ -17,6 +19,52 @@ timm = pytest.importorskip("timm", reason="the reference is timm's ConvNeXt (por
 
 TINY = dict(depths=(1, 2, 1, 1), dims=(16, 24, 32, 40))
 TINY_VIT = dict(patch_size=16, width=32, depth=4, heads=4)
+TINY_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), heads=(2, 2, 4, 4))
+
+
+def _tiny_timm_swin(window: int, side: int):
+  torch.manual_seed(0)
+  return robustbench_zoo.randomise_initial_constants(timm.models.swin_transformer.SwinTransformer(
+      num_classes=10, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4),
+      window_size=window, img_size=side).eval())
+
+
+# 32 px, window 4: shifted windows in stage 1, shrunk ones after; 64 px, window 7: a 16-wide
+# grid padded to 21, shifted, with its region masks.
+@pytest.mark.parametrize("window,side", [(4, 32), (7, 64)])
+def test_swin_gives_timms_logits_and_exports_its_state_dict(window, side):
+  net = _tiny_timm_swin(window, side)
+  model, variables, x, out, ref = logits_against_torch(net, "swin", side, window=window,
+                                                       **TINY_SWIN)
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+  net.load_state_dict({k: torch.from_numpy(v) for k, v in
+                       convert.flax_to_torch(variables, model).items()}, strict=True)
+  _, feats, _ = models.apply_model(model, variables, x, train=False,
+                                   names=("stem", "stage1", "stage2", "stage3", "stage4"))
+  assert [feats[f"stage{i}"].shape[1] for i in range(1, 5)] == [side // 4 // 2**i
+                                                                for i in range(4)]
+
+
+def test_swin_reads_microsofts_layout_too():
+  """RobustBench's MIMIR models use Microsoft's original Swin code: each patch merging saved
+  with the stage before it, a bare Linear head, the index and mask buffers saved. The same
+  weights in that layout give the same Flax variables."""
+  net = _tiny_timm_swin(4, 32)
+  timm_state = {k: v.numpy() for k, v in net.state_dict().items()}
+  ms_state = {}
+  for key, value in timm_state.items():
+    parts = key.split(".")
+    if parts[0] == "layers" and parts[2] == "downsample":  # to the end of the stage before
+      key = ".".join(["layers", str(int(parts[1]) - 1)] + parts[2:])
+    ms_state[key.replace("head.fc.", "head.")] = value
+  ms_state["layers.0.blocks.1.attn_mask"] = np.zeros((4, 16, 16), np.float32)
+  ms_state["layers.0.blocks.0.attn.relative_position_index"] = np.zeros((16, 16), np.int64)
+  model = models.create_model("swin", num_classes=10, window=4, **TINY_SWIN)
+  from_timm = convert.torch_to_flax(timm_state, model, (32, 32, 3))
+  from_ms = convert.torch_to_flax(ms_state, model, (32, 32, 3))
+  same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)),
+                                        from_timm, from_ms)
+  assert all(jax.tree_util.tree_leaves(same))
 
 
 def test_convnext_gives_timms_logits():
@@ -101,9 +149,10 @@ def test_vit_gives_timms_logits_and_sows_its_patch_grid():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,kwargs", [("convnext", TINY), ("vit", dict(TINY_VIT,
-                                                                          patch_size=4))])
-def test_a_convnext_or_vit_teacher_distils_into_a_resnet_student(tiny_config, tmp_path, arch,
-                                                                 kwargs):
+                                                                          patch_size=4)),
+                                         ("swin", dict(TINY_SWIN, window=4))])
+def test_a_convnext_vit_or_swin_teacher_distils_into_a_resnet_student(tiny_config, tmp_path,
+                                                                      arch, kwargs):
   """Stage by stage (stem, stage1..4): the channel maps pair whatever the spatial sizes."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 

@@ -364,6 +364,45 @@ def _timm_vit(net) -> Tuple[str, dict]:
   return "VisionTransformer", {**fields, "stem": "patch"}
 
 
+def _timm_swin(net) -> Tuple[str, dict]:
+  """timm's SwinTransformer (patch embedding with LayerNorm, window attention with a relative
+  position bias, average-pooled head)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  block = net.layers[0].blocks[0]
+  attn = block.attn
+  plain = [net.global_pool == "avg", not block.always_partition,
+           attn.qkv.bias is not None, attn.qkv.out_features == 3 * block.dim,
+           isinstance(block.norm1, torch.nn.LayerNorm) and block.norm1.eps == 1e-5,
+           isinstance(block.mlp.act, torch.nn.GELU),
+           isinstance(net.patch_embed.norm, torch.nn.LayerNorm)]
+  if not all(plain):
+    raise Unsupported("a SwinTransformer other than timm's plain one (head width, pooling, "
+                      "normalisation or partition variants)")
+  return "SwinTransformer", {
+      "patch_size": net.patch_embed.patch_size[0], "embed_dim": net.layers[0].blocks[0].dim,
+      "depths": tuple(len(stage.blocks) for stage in net.layers),
+      "heads": tuple(stage.blocks[0].attn.num_heads for stage in net.layers),
+      "window": max(max(stage.blocks[0].window_size) for stage in net.layers),
+      "mlp_ratio": block.mlp.fc1.out_features / block.dim}
+
+
+def _ms_swin(net) -> Tuple[str, dict]:
+  """Microsoft's original SwinTransformer (RobustBench's MIMIR_swin_transformer.py)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  block = net.layers[0].blocks[0]
+  head_dim = block.dim // block.num_heads
+  if net.ape or net.patch_embed.norm is None or abs(block.attn.scale - head_dim ** -0.5) > 1e-12 \
+      or not isinstance(block.mlp.act, torch.nn.GELU):
+    raise Unsupported("a SwinTransformer with absolute position embeddings, no patch norm, "
+                      "another attention scale or activation")
+  return "SwinTransformer", {
+      "patch_size": net.patch_embed.patch_size[0], "embed_dim": net.embed_dim,
+      "depths": tuple(len(layer.blocks) for layer in net.layers),
+      "heads": tuple(layer.blocks[0].num_heads for layer in net.layers),
+      "window": max(layer.blocks[0].window_size for layer in net.layers),
+      "mlp_ratio": net.mlp_ratio, "norm_eps": net.norm.eps}
+
+
 def _lrr_resnet(net) -> Tuple[str, dict]:
   """RobustBench's LRR_ResNet: torchvision's ResNet with a CIFAR stem, of any width."""
   return _torchvision_resnet(net, stem="cifar")
@@ -382,7 +421,7 @@ def _preact_resnet(net) -> Tuple[str, dict]:
 
 
 _SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes", "depths", "dims", "width", "heads",
-                "patch_size")
+                "patch_size", "embed_dim")
 
 
 def registered_architecture(cls_name: str, fields: dict) -> Tuple[str, dict]:
@@ -429,6 +468,8 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("CARD_resnet", "LRR_ResNet"): _lrr_resnet,
     ("timm.models.convnext", "ConvNeXt"): _timm_convnext,
     ("timm.models.vision_transformer", "VisionTransformer"): _timm_vit,
+    ("timm.models.swin_transformer", "SwinTransformer"): _timm_swin,
+    ("MIMIR_swin_transformer", "SwinTransformer"): _ms_swin,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {

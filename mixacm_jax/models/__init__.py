@@ -12,6 +12,7 @@ from mixacm_jax.models.convnext import ConvNeXt
 from mixacm_jax.models.mobilenet_v2 import MobileNetV2
 from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
+from mixacm_jax.models.swin import SwinTransformer
 from mixacm_jax.models.vit import VisionTransformer
 from mixacm_jax.models.wide_resnet import WideResNet
 
@@ -56,6 +57,16 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "vit_base_patch16": functools.partial(VisionTransformer, patch_size=16, width=768,
                                           depth=12, heads=12),
     "vit": VisionTransformer,  # width / depth / heads from model.kwargs
+    # timm's Swin Transformers (4x4 patches, 7x7 windows).
+    "swin_tiny": functools.partial(SwinTransformer, embed_dim=96, depths=(2, 2, 6, 2),
+                                   heads=(3, 6, 12, 24)),
+    "swin_small": functools.partial(SwinTransformer, embed_dim=96, depths=(2, 2, 18, 2),
+                                    heads=(3, 6, 12, 24)),
+    "swin_base": functools.partial(SwinTransformer, embed_dim=128, depths=(2, 2, 18, 2),
+                                   heads=(4, 8, 16, 32)),
+    "swin_large": functools.partial(SwinTransformer, embed_dim=192, depths=(2, 2, 18, 2),
+                                    heads=(6, 12, 24, 48)),
+    "swin": SwinTransformer,  # embed_dim / depths / heads / window from model.kwargs
     # MobileNetV2: the CIFAR form of the robust distillation papers' students (kuangliu's),
     # and torchvision's ImageNet form.
     "mobilenet_v2": MobileNetV2,

@@ -78,8 +78,9 @@ def sow(module: nn.Module, name: str, value: jnp.ndarray) -> None:
 LAYER_NORM_EPS = 1e-6  # timm's LayerNorm and LayerNorm2d (ConvNeXt, ViT)
 
 
-def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+def layer_norm(dtype: Any, name: str, eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
+  """timm's eps 1e-6 by default; torch's own nn.LayerNorm (Swin) has 1e-5."""
+  return nn.LayerNorm(eps, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:

@@ -107,8 +107,33 @@ TIMM_VIT: List[Rule] = [
     ("blocks.{b}.mlp.fc{i}", "block{b}/fc{i}"),
     ("norm", "norm"), ("head", "fc"),
 ]
-# (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
-# is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
+# timm's SwinTransformer.
+TIMM_SWIN: List[Rule] = [
+    ("patch_embed.proj", "patch_embed"), ("patch_embed.norm", "patch_norm"),
+    ("layers.{s}.downsample.norm", "stage{s+1}_merge_norm"),
+    ("layers.{s}.downsample.reduction", "stage{s+1}_merge"),
+    ("layers.{s}.blocks.{b}.norm{i}", "stage{s+1}_block{b}/norm{i}"),
+    ("layers.{s}.blocks.{b}.attn", "stage{s+1}_block{b}/attn"),
+    ("layers.{s}.blocks.{b}.attn.qkv", "stage{s+1}_block{b}/attn/qkv"),
+    ("layers.{s}.blocks.{b}.attn.proj", "stage{s+1}_block{b}/attn/proj"),
+    ("layers.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_block{b}/fc{i}"),
+    ("norm", "norm"), ("head.fc", "fc"),
+]
+# Microsoft's original SwinTransformer (RobustBench's MIMIR_swin_transformer.py): each stage's
+# patch merging sits at the end of the stage before, the head is a bare Linear, and the
+# relative position index and attention masks are saved as buffers (ignored: rebuilt here).
+MS_SWIN: List[Rule] = [
+    ("patch_embed.proj", "patch_embed"), ("patch_embed.norm", "patch_norm"),
+    ("layers.{s}.downsample.norm", "stage{s+2}_merge_norm"),
+    ("layers.{s}.downsample.reduction", "stage{s+2}_merge"),
+    ("layers.{s}.blocks.{b}.norm{i}", "stage{s+1}_block{b}/norm{i}"),
+    ("layers.{s}.blocks.{b}.attn", "stage{s+1}_block{b}/attn"),
+    ("layers.{s}.blocks.{b}.attn.qkv", "stage{s+1}_block{b}/attn/qkv"),
+    ("layers.{s}.blocks.{b}.attn.proj", "stage{s+1}_block{b}/attn/proj"),
+    ("layers.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_block{b}/fc{i}"),
+    ("layers.{s}.blocks.{b}", ""),  # attn_mask
+    ("norm", "norm"), ("head", "fc"),
+]
 # kuangliu's pytorch-cifar MobileNetV2 (the robust distillation papers' CIFAR student).
 CIFAR_MOBILENET_V2: List[Rule] = [
     ("conv1", "conv1"), ("bn1", "bn1"), ("conv2", "conv2"), ("bn2", "bn2"), ("linear", "fc"),
@@ -126,13 +151,15 @@ TORCHVISION_MOBILENET_V2: List[Rule] = [
     ("features.{b}.conv.1.0", "block{b}/conv2"), ("features.{b}.conv.1.1", "block{b}/bn2"),
     ("features.{b}.conv.2", "block{b}/conv3"), ("features.{b}.conv.3", "block{b}/bn3"),
 ]
+# (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
+# is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
          ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT],
-         ("MobileNetV2", ""): [CIFAR_MOBILENET_V2],
+         ("MobileNetV2", ""): [CIFAR_MOBILENET_V2], ("SwinTransformer", ""): [TIMM_SWIN, MS_SWIN],
          ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2]}
 
 
@@ -152,7 +179,9 @@ LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel
           ("alpha", 1): ("params", "alpha"), ("beta", 1): ("params", "beta"),
           ("gamma", 1): ("params", "gamma"),
           # A ViT's own parameters (module path empty): its class token, position embeddings.
-          ("cls_token", 3): ("params", "cls_token"), ("pos_embed", 3): ("params", "pos_embed")}
+          ("cls_token", 3): ("params", "cls_token"), ("pos_embed", 3): ("params", "pos_embed"),
+          # Swin's window attention: its relative position bias table.
+          ("relative_position_bias_table", 2): ("params", "relative_position_bias_table")}
 
 
 def _match(pattern: str, text: str) -> Optional[Dict[str, object]]:
@@ -177,7 +206,7 @@ def _fill(pattern: str, values: Dict[str, object]) -> str:
 
 # Leaves a file may carry that the PyTorch module does not use: the pruning scores beside the
 # weights of Diffenderfer et al.'s LRR files (RobustBench's loader skips "conv1.scores" too).
-IGNORED_LEAVES = ("scores",)
+IGNORED_LEAVES = ("scores", "relative_position_index")
 
 
 def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
@@ -199,7 +228,7 @@ def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
     collection, flax_leaf = LEAVES[key]
     if value.ndim == 4:
       value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
-    elif value.ndim == 2:
+    elif value.ndim == 2 and leaf == "weight":  # a Linear's (out, in) -> (in, out)
       value = value.T
     return (collection, *_fill(flax_pat, m).split("/"), flax_leaf), value
   return None
@@ -222,7 +251,7 @@ def to_torch(path: Tuple[str, ...], value: np.ndarray, rules: List[Rule]) -> Opt
     if m is not None:
       if value.ndim == 4:
         value = np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
-      elif value.ndim == 2:
+      elif value.ndim == 2 and leaf == "kernel":
         value = value.T
       return f"{_fill(torch_pat, m)}.{torch_leaf}", value
   return None
