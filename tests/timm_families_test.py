@@ -1,7 +1,7 @@
-"""The newer zoo's families in Flax, timm's ConvNeXt, Vision Transformer and Swin Transformer
-and Huang et al.'s RobustResNet: logits against timm's and RobustBench's own modules (the
-ConvStem variants and robust_resnet.py ship in the pinned wheel too), and a ConvNeXt, a ViT
-and a Swin teacher distilled into a ResNet student with MixACM."""
+"""The newer zoo's families in Flax, timm's ConvNeXt, Vision Transformer, Swin Transformer and
+XCiT and Huang et al.'s RobustResNet: logits against timm's and RobustBench's own modules (the
+ConvStem variants and robust_resnet.py ship in the pinned wheel too), and a ConvNeXt, a ViT, a
+Swin and an XCiT teacher distilled into a ResNet student with MixACM."""
 
 import jax
 import numpy as np
@@ -43,6 +43,33 @@ def test_swin_gives_timms_logits_and_exports_its_state_dict(window, side):
                                    names=("stem", "stage1", "stage2", "stage3", "stage4"))
   assert [feats[f"stage{i}"].shape[1] for i in range(1, 5)] == [side // 4 // 2**i
                                                                 for i in range(4)]
+
+
+TINY_XCIT = dict(embed_dim=32, depth=4, heads=4)
+
+
+# 16-pixel patches at 64 px; RobustBench's CIFAR stem (16's convolutions, the first two at
+# stride 1: patches of 4) at 32 px; 8-pixel patches (three convolutions) with only the class
+# token normalised in the class-attention blocks.
+@pytest.mark.parametrize("side,strides,tokens_norm", [(64, (2, 2, 2, 2), True),
+                                                      (32, (1, 1, 2, 2), True),
+                                                      (32, (2, 2, 2), False)])
+def test_xcit_gives_timms_logits_and_exports_its_state_dict(side, strides, tokens_norm):
+  torch.manual_seed(0)
+  net = timm.models.xcit.Xcit(num_classes=10, patch_size=8 if len(strides) == 3 else 16,
+                              embed_dim=32, depth=4, num_heads=4, eta=1.0,
+                              tokens_norm=tokens_norm, img_size=side)
+  for i, stride in enumerate(strides):  # as RobustBench's adapt_model_patches
+    net.patch_embed.proj[2 * i][0].stride = (stride, stride)
+  net = robustbench_zoo.randomise_initial_constants(robustbench_zoo.randomise_batchnorm(net))
+  model, variables, x, out, ref = logits_against_torch(
+      net.eval(), "xcit", side, stem_strides=strides, tokens_norm=tokens_norm, **TINY_XCIT)
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+  net.load_state_dict({k: torch.from_numpy(v) for k, v in
+                       convert.flax_to_torch(variables, model).items()}, strict=True)
+  _, feats, _ = models.apply_model(model, variables, x, train=False, names=("stage4",))
+  assert feats["stage4"].shape[1:] == (side // 2 ** len([s for s in strides if s == 2]),) * 2 + (
+      32,)
 
 
 def test_swin_reads_microsofts_layout_too():
@@ -150,8 +177,9 @@ def test_vit_gives_timms_logits_and_sows_its_patch_grid():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,kwargs", [("convnext", TINY), ("vit", dict(TINY_VIT,
                                                                           patch_size=4)),
-                                         ("swin", dict(TINY_SWIN, window=4))])
-def test_a_convnext_vit_or_swin_teacher_distils_into_a_resnet_student(tiny_config, tmp_path,
+                                         ("swin", dict(TINY_SWIN, window=4)),
+                                         ("xcit", dict(TINY_XCIT, stem_strides=(1, 1, 2, 2)))])
+def test_a_transformer_or_convnext_teacher_distils_into_a_resnet_student(tiny_config, tmp_path,
                                                                       arch, kwargs):
   """Stage by stage (stem, stage1..4): the channel maps pair whatever the spatial sizes."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -403,6 +403,27 @@ def _ms_swin(net) -> Tuple[str, dict]:
       "mlp_ratio": net.mlp_ratio, "norm_eps": net.norm.eps}
 
 
+def _timm_xcit(net) -> Tuple[str, dict]:
+  """timm's Xcit (RobustBench's Debenedetti2022Light entries; its CIFAR models with the stem's
+  first convolutions at stride 1)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  convs = [m[0] for m in net.patch_embed.proj if isinstance(m, torch.nn.Sequential)]
+  block = net.blocks[0]
+  plain = [net.global_pool == "token", net.pos_embed is not None,
+           isinstance(block.gamma1, torch.nn.Parameter), block.attn.qkv.bias is not None,
+           isinstance(block.mlp.act, torch.nn.GELU), block.norm1.eps == 1e-6,
+           all(c.kernel_size == (3, 3) for c in convs)]
+  if not all(plain):
+    raise Unsupported("an XCiT other than timm's (pooling, position encoding, layer scale or "
+                      "normalisation variants)")
+  return "XCiT", {"embed_dim": net.embed_dim, "depth": len(net.blocks),
+                  "heads": block.attn.num_heads,
+                  "mlp_ratio": block.mlp.fc1.out_features / net.embed_dim,
+                  "stem_strides": tuple(c.stride[0] for c in convs),
+                  "cls_attn_layers": len(net.cls_attn_blocks),
+                  "tokens_norm": bool(net.cls_attn_blocks[0].tokens_norm)}
+
+
 def _lrr_resnet(net) -> Tuple[str, dict]:
   """RobustBench's LRR_ResNet: torchvision's ResNet with a CIFAR stem, of any width."""
   return _torchvision_resnet(net, stem="cifar")
@@ -470,6 +491,7 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("timm.models.vision_transformer", "VisionTransformer"): _timm_vit,
     ("timm.models.swin_transformer", "SwinTransformer"): _timm_swin,
     ("MIMIR_swin_transformer", "SwinTransformer"): _ms_swin,
+    ("timm.models.xcit", "Xcit"): _timm_xcit,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {

@@ -15,6 +15,7 @@ from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.swin import SwinTransformer
 from mixacm_jax.models.vit import VisionTransformer
 from mixacm_jax.models.wide_resnet import WideResNet
+from mixacm_jax.models.xcit import XCiT
 
 _DM = dict(activation="swish", tf_same_padding=True)
 
@@ -67,6 +68,11 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "swin_large": functools.partial(SwinTransformer, embed_dim=192, depths=(2, 2, 18, 2),
                                     heads=(6, 12, 24, 48)),
     "swin": SwinTransformer,  # embed_dim / depths / heads / window from model.kwargs
+    # XCiT-S12 / M12 / L12 (16-pixel patches), as RobustBench's Debenedetti2022Light entries.
+    "xcit_s12": functools.partial(XCiT, embed_dim=384, depth=12, heads=8),
+    "xcit_m12": functools.partial(XCiT, embed_dim=512, depth=12, heads=8),
+    "xcit_l12": functools.partial(XCiT, embed_dim=768, depth=12, heads=16),
+    "xcit": XCiT,  # embed_dim / depth / heads / stem_strides from model.kwargs
     # MobileNetV2: the CIFAR form of the robust distillation papers' students (kuangliu's),
     # and torchvision's ImageNet form.
     "mobilenet_v2": MobileNetV2,

@@ -119,6 +119,20 @@ TIMM_SWIN: List[Rule] = [
     ("layers.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_block{b}/fc{i}"),
     ("norm", "norm"), ("head.fc", "fc"),
 ]
+# timm's Xcit (the stem's convolutions at their Sequential positions 0, 2, 4, 6).
+TIMM_XCIT: List[Rule] = [
+    ("patch_embed.proj.{i}.0", "stem_conv{i}"), ("patch_embed.proj.{i}.1", "stem_bn{i}"),
+    ("pos_embed.token_projection", "pos_proj"),
+    ("blocks.{b}", "block{b}"), ("blocks.{b}.norm{i}", "block{b}/norm{i}"),
+    ("blocks.{b}.attn", "block{b}/attn"), ("blocks.{b}.attn.qkv", "block{b}/attn/qkv"),
+    ("blocks.{b}.attn.proj", "block{b}/attn/proj"),
+    ("blocks.{b}.local_mp.conv{i}", "block{b}/lpi_conv{i}"),
+    ("blocks.{b}.local_mp.bn", "block{b}/lpi_bn"), ("blocks.{b}.mlp.fc{i}", "block{b}/fc{i}"),
+    ("cls_attn_blocks.{b}", "cls_block{b}"), ("cls_attn_blocks.{b}.norm{i}", "cls_block{b}/norm{i}"),
+    *[(f"cls_attn_blocks.{{b}}.attn.{n}", f"cls_block{{b}}/{n}") for n in ("q", "k", "v", "proj")],
+    ("cls_attn_blocks.{b}.mlp.fc{i}", "cls_block{b}/fc{i}"),
+    ("norm", "norm"), ("head", "fc"),
+]
 # Microsoft's original SwinTransformer (RobustBench's MIMIR_swin_transformer.py): each stage's
 # patch merging sits at the end of the stage before, the head is a bare Linear, and the
 # relative position index and attention masks are saved as buffers (ignored: rebuilt here).
@@ -160,6 +174,7 @@ RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
          ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT],
          ("MobileNetV2", ""): [CIFAR_MOBILENET_V2], ("SwinTransformer", ""): [TIMM_SWIN, MS_SWIN],
+         ("XCiT", ""): [TIMM_XCIT],
          ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2]}
 
 
@@ -180,6 +195,9 @@ LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel
           ("gamma", 1): ("params", "gamma"),
           # A ViT's own parameters (module path empty): its class token, position embeddings.
           ("cls_token", 3): ("params", "cls_token"), ("pos_embed", 3): ("params", "pos_embed"),
+          # XCiT's layer scales and attention temperatures.
+          ("gamma1", 1): ("params", "gamma1"), ("gamma2", 1): ("params", "gamma2"),
+          ("gamma3", 1): ("params", "gamma3"), ("temperature", 3): ("params", "temperature"),
           # Swin's window attention: its relative position bias table.
           ("relative_position_bias_table", 2): ("params", "relative_position_bias_table")}
 
