@@ -3,6 +3,10 @@ XCiT and Huang et al.'s RobustResNet: logits against timm's and RobustBench's ow
 ConvStem variants and robust_resnet.py ship in the pinned wheel too), and a ConvNeXt, a ViT, a
 Swin and an XCiT teacher distilled into a ResNet student with MixACM."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -70,6 +74,67 @@ def test_xcit_gives_timms_logits_and_exports_its_state_dict(side, strides, token
   _, feats, _ = models.apply_model(model, variables, x, train=False, names=("stage4",))
   assert feats["stage4"].shape[1:] == (side // 2 ** len([s for s in strides if s == 2]),) * 2 + (
       32,)
+
+
+def test_mean_sparse_layer_against_numpy_and_as_identity_at_threshold_zero():
+  from mixacm_jax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 4, 4, 8)).astype(np.float32)
+  stats = {"mean": rng.normal(size=8).astype(np.float32) * 0.3,
+           "var": (0.5 + rng.random(8)).astype(np.float32), "threshold": np.float32(0.7)}
+  out = layers.MeanSparse().apply({"batch_stats": stats}, x)
+  crop = 0.7 * np.sqrt(stats["var"])
+  expected = np.where(np.abs(x - stats["mean"]) < crop, stats["mean"], x)
+  assert 0 < np.mean(expected != x) < 1  # some values replaced, some kept
+  np.testing.assert_array_equal(np.asarray(out), expected)
+  # A MeanSparse WideResNet whose thresholds are 0 is the WideResNet.
+  sparse = models.create_model("dm_wrn", num_classes=10, depth=10, widen_factor=1,
+                               mean_sparse=True)
+  plain = models.create_model("dm_wrn", num_classes=10, depth=10, widen_factor=1)
+  variables = models.init_variables(sparse, jax.random.PRNGKey(0), (32, 32, 3))
+  stripped = {"params": variables["params"], "batch_stats": {
+      k: {n: s for n, s in v.items() if not n.startswith("sparse")}
+      for k, v in variables["batch_stats"].items() if not k.startswith("sparse")}}
+  x = rng.random((2, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(sparse.apply(variables, x), plain.apply(stripped, x), atol=1e-6)
+
+
+MEAN_SPARSE_CHECK = """
+import sys
+import numpy as np, torch
+sys.path.insert(0, "tests")
+from tools import robustbench_zoo
+robustbench_zoo.zoo_package(sys.argv[1])
+import importlib
+from conftest import logits_against_torch
+worst = 0.0
+for module, cls in (("Meansparse_wrn_94_16", "MeanSparse_DMWideResNet"),
+                    ("Meansparse_wrn_70_16", "DMWideResNet")):
+  for depth, width in ((10, 1), (16, 2)):
+    torch.manual_seed(0)
+    net = getattr(importlib.import_module(
+        "robustbench.model_zoo.architectures." + module), cls)(
+            num_classes=10, depth=depth, width=width, activation_fn=torch.nn.SiLU)
+    net = robustbench_zoo.randomise_initial_constants(robustbench_zoo.randomise_batchnorm(net))
+    *_, ours, ref = logits_against_torch(net, "dm_wrn", 32, depth=depth, widen_factor=width,
+                                         mean_sparse=True)
+    worst = max(worst, float(np.abs(ours - ref).max()))
+print(worst)
+"""
+
+
+def test_mean_sparse_wide_resnets_give_robustbenchs_logits_with_thresholds_on():
+  """The main branch's MeanSparse DM WideResNets at small sizes, thresholds 0.5 (the parity
+  tool checks the full-size entries with thresholds 0: a hard threshold turns float32
+  rounding near it into jumps)."""
+  source = os.environ.get("ROBUSTBENCH_SOURCE")
+  if not source:
+    pytest.skip("set ROBUSTBENCH_SOURCE to a checkout of RobustBench's main branch (its "
+                "MeanSparse modules are not in the pinned wheel; CI has no network)")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", MEAN_SPARSE_CHECK, source], cwd=root,
+                       capture_output=True, text=True, timeout=900, check=True)
+  assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
 
 
 def test_swin_reads_microsofts_layout_too():

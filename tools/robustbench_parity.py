@@ -78,7 +78,11 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
     net = robustbench.randomise_batchnorm(
         robustbench.constructor(name, entry, dataset, threat)(), seed)
   robustbench.randomise_learned_activations(net, seed)
-  robustbench.randomise_initial_constants(net, seed)
+  # MeanSparse's hard threshold turns float32 rounding differences near it into jumps of
+  # threshold * std, which millions of activations at full size always meet: here its
+  # thresholds stay 0; tests/timm_families_test.py proves the layers with thresholds on,
+  # on the same classes at smaller sizes.
+  robustbench.randomise_initial_constants(net, seed, mean_sparse_threshold=0.0)
   h, w, c = recipe["image_shape"]
   x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(seed + 1))
   if recipe.get("softmax_ensemble"):  # each member's logits at scale; the output is probs
@@ -156,7 +160,10 @@ def render(results, zoo_module=zoo_recipes) -> str:
       "`mixacm_jax.load_robustbench`, and the largest logit difference on two random images, "
       f"the classifier scaled so that the largest |logit| is {LOGIT_SCALE:g} (as in trained "
       "models; random weights give anything from 0.1 to 1e4). "
-      "Entries with the same class and recipe are checked once (\"as\").", "",
+      "Entries with the same class and recipe are checked once (\"as\"). MeanSparse's "
+      "thresholds stay 0 here (a hard threshold turns float32 rounding near it into jumps); "
+      "its layers are proven with thresholds on at smaller sizes of the same classes "
+      "(tests/timm_families_test.py).", "",
       f"{len(results)} entries, {len(results) - bad} within {TOLERANCE:g}.", "",
       "| dataset | threat model | entry | architecture | max abs logit difference | "
       "max abs logit |", "|---|---|---|---|---|---|"]

@@ -148,10 +148,12 @@ def randomise_batchnorm(net, seed: int = 0):
   return net.eval()
 
 
-def randomise_initial_constants(net, seed: int = 0):
+def randomise_initial_constants(net, seed: int = 0, mean_sparse_threshold: float = 0.5):
   """Moves the parameters initialised to constants off them: every LayerNorm's affine
-  parameters, every layer scale (`gamma`, 1e-6, which would make each residual branch
-  vanish), a ViT's class token (about 0) and position embeddings."""
+  parameters, every layer scale (`gamma`, XCiT's `gamma1`..`gamma3`: 1e-6 or 1, which would
+  make each residual branch vanish or hide a swap), XCiT's attention temperatures, a ViT's
+  class token (about 0) and position embeddings; and MeanSparse's statistics and threshold
+  (`mean_sparse_threshold`; 0: the identity)."""
   import torch  # pylint: disable=g-import-not-at-top
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
@@ -159,8 +161,13 @@ def randomise_initial_constants(net, seed: int = 0):
       for name, p in module.named_parameters(recurse=False):
         if name in ("cls_token", "pos_embed"):
           p.copy_(0.5 * torch.randn(p.shape, generator=g))
-        elif name == "gamma" or (p.ndim == 1 and "LayerNorm" in type(module).__name__):
+        elif (name.startswith("gamma") or name == "temperature"
+              or (p.ndim == 1 and "LayerNorm" in type(module).__name__)):
           p.copy_((0.0 if name == "bias" else 1.0) + 0.3 * torch.randn(p.shape, generator=g))
+      if type(module).__name__ == "MeanSparse":
+        module.running_mean.copy_(0.2 * torch.randn(module.running_mean.shape, generator=g))
+        module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=g))
+        module.threshold.fill_(mean_sparse_threshold)
   return net
 
 
@@ -287,6 +294,12 @@ def _dm_wide_resnet(net) -> Tuple[str, dict]:
   return "WideResNet", {"depth": 6 * groups[0] + 4,
                         "widen_factor": net.layer[0].block[0].conv_0.out_channels // 16,
                         "activation": _activation(net.relu), "tf_same_padding": True}
+
+
+def _mean_sparse_dm_wide_resnet(net) -> Tuple[str, dict]:
+  """Amini et al. 2024's DM WideResNets with MeanSparse layers."""
+  name, fields = _dm_wide_resnet(net)
+  return name, {**fields, "mean_sparse": True}
 
 
 def _dm_preact_resnet(net) -> Tuple[str, dict]:
@@ -492,6 +505,8 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("timm.models.swin_transformer", "SwinTransformer"): _timm_swin,
     ("MIMIR_swin_transformer", "SwinTransformer"): _ms_swin,
     ("timm.models.xcit", "Xcit"): _timm_xcit,
+    ("Meansparse_wrn_94_16", "MeanSparse_DMWideResNet"): _mean_sparse_dm_wide_resnet,
+    ("Meansparse_wrn_70_16", "DMWideResNet"): _mean_sparse_dm_wide_resnet,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {

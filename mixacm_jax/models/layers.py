@@ -95,6 +95,22 @@ ACTIVATIONS = {
 }
 
 
+class MeanSparse(nn.Module):
+  """Amini et al. 2024's MeanSparse: each channel's values within threshold * std of its
+  mean are replaced by the mean. Mean, variance and threshold are fixed statistics of a
+  trained model (kept with the BatchNorm statistics); threshold 0 is the identity."""
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32).value
+    var = self.variable("batch_stats", "var", jnp.zeros, (c,), jnp.float32).value
+    threshold = self.variable("batch_stats", "threshold", jnp.zeros, (), jnp.float32).value
+    mean = mean.astype(x.dtype)
+    crop = (threshold * jnp.sqrt(var)).astype(x.dtype)
+    return jnp.where(jnp.abs(x - mean) < crop, mean, x)
+
+
 class PSSiLU(nn.Module):
   """x (sigmoid(|a| x) - |b|) / (1 - |b|) with learned scalars a, b (Dai et al. 2021), one
   module that every layer of the network shares."""

@@ -1,10 +1,11 @@
-"""WideResNet-depth-k as TRADES / RobustBench's `wide_resnet.py` defines it, and with per-stage
-widths and depths (RobustBench's `RobustWideResNet`, Huang et al. 2021)."""
+"""WideResNet-depth-k as TRADES / RobustBench's `wide_resnet.py` defines it, with per-stage
+widths and depths (RobustBench's `RobustWideResNet`, Huang et al. 2021), and with MeanSparse
+layers (Amini et al. 2024; RobustBench's MeanSparse DM WideResNets)."""
 from typing import Sequence
 
 import flax.linen as nn
 
-from mixacm_jax.models.layers import ConvBNModule, ModelBase, sow
+from mixacm_jax.models.layers import ConvBNModule, MeanSparse, ModelBase, sow
 
 
 class WideBasicBlock(ConvBNModule):
@@ -12,15 +13,20 @@ class WideBasicBlock(ConvBNModule):
   after the first bn-relu (TRADES' `equalInOut=False` branch)."""
   planes: int = 16
   stride: int = 1
+  mean_sparse: bool = False  # MeanSparse after each bn and after the sum (Amini et al.)
+
+  def sparse(self, x, name):
+    return MeanSparse(name=name)(x) if self.mean_sparse else x
 
   @nn.compact
   def __call__(self, x, train: bool):
     equal_in_out = x.shape[-1] == self.planes
-    act = self.act(self.bn(train, "bn1")(x))
+    act = self.act(self.sparse(self.bn(train, "bn1")(x), "sparse1"))
     out = self.conv(self.planes, 3, self.stride, "conv1")(act)
-    out = self.conv(self.planes, 3, 1, "conv2")(self.act(self.bn(train, "bn2")(out)))
+    out = self.act(self.sparse(self.bn(train, "bn2")(out), "sparse2"))
+    out = self.conv(self.planes, 3, 1, "conv2")(out)
     shortcut = x if equal_in_out else self.conv(self.planes, 1, self.stride, "shortcut_conv")(act)
-    return out + shortcut
+    return self.sparse(out + shortcut, "sparse_out")
 
 
 class WideResNet(ModelBase):
@@ -31,6 +37,8 @@ class WideResNet(ModelBase):
   stage_widths: Sequence[int] = ()
   stage_blocks: Sequence[int] = ()
   stem_width: int = 16
+  # Amini et al. 2024's MeanSparse layers (RobustBench's MeanSparse WideResNets).
+  mean_sparse: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -45,9 +53,11 @@ class WideResNet(ModelBase):
     for i, width in enumerate(widths):
       for j in range(blocks[i]):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = WideBasicBlock(planes=width, stride=stride, name=f"block{i + 1}_{j}",
-                           **kwargs)(x, train)
+        x = WideBasicBlock(planes=width, stride=stride, mean_sparse=self.mean_sparse,
+                           name=f"block{i + 1}_{j}", **kwargs)(x, train)
       sow(self, f"stage{i + 1}", x)
-    x = learned(self.bn(train, "bn")(x)) if learned else self.act(self.bn(train, "bn")(x))
+    x = self.bn(train, "bn")(x)
+    x = MeanSparse(name="sparse")(x) if self.mean_sparse else x
+    x = learned(x) if learned else self.act(x)
     sow(self, "stage3_act", x)
     return self.head(x)

@@ -68,6 +68,11 @@ DM_WIDE_RESNET: List[Rule] = [
     ("layer.{s}.block.{b}.conv_0", "block{s+1}_{b}/conv1"),
     ("layer.{s}.block.{b}.conv_1", "block{s+1}_{b}/conv2"),
     ("layer.{s}.block.{b}.shortcut", "block{s+1}_{b}/shortcut_conv"),
+    # MeanSparse (Amini et al. 2024): after each BatchNorm and after the residual sum.
+    ("layer.{s}.block.{b}.meansparse_0", "block{s+1}_{b}/sparse1"),
+    ("layer.{s}.block.{b}.meansparse_1", "block{s+1}_{b}/sparse2"),
+    ("layer.{s}.block.{b}.meansparse_2", "block{s+1}_{b}/sparse_out"),
+    ("meansparse_end", "sparse"),
 ]
 DM_PREACT_RESNET: List[Rule] = [
     ("conv_2d", "conv1"), ("batchnorm", "bn"), ("logits", "fc"),
@@ -195,6 +200,7 @@ LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel
           ("gamma", 1): ("params", "gamma"),
           # A ViT's own parameters (module path empty): its class token, position embeddings.
           ("cls_token", 3): ("params", "cls_token"), ("pos_embed", 3): ("params", "pos_embed"),
+          ("threshold", 0): ("batch_stats", "threshold"),  # MeanSparse's
           # XCiT's layer scales and attention temperatures.
           ("gamma1", 1): ("params", "gamma1"), ("gamma2", 1): ("params", "gamma2"),
           ("gamma3", 1): ("params", "gamma3"), ("temperature", 3): ("params", "temperature"),
@@ -224,7 +230,7 @@ def _fill(pattern: str, values: Dict[str, object]) -> str:
 
 # Leaves a file may carry that the PyTorch module does not use: the pruning scores beside the
 # weights of Diffenderfer et al.'s LRR files (RobustBench's loader skips "conv1.scores" too).
-IGNORED_LEAVES = ("scores", "relative_position_index")
+IGNORED_LEAVES = ("scores", "relative_position_index", "flag_update_statistics", "batch_num")
 
 
 def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]

@@ -85,7 +85,7 @@ RECIPES = {
             'Chen2024Data_WRN_34_10': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Chen2024Data_WRN_34_20': {'arch': 'wrn', 'kwargs': {'depth': 34, 'widen_factor': 20}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Amini2024MeanSparse_Ra_WRN_70_16': {'unsupported': 'NormalizedWideResNet: no Flax twin'},
-            'Amini2024MeanSparse_S-WRN-94-16': {'unsupported': 'MeanSparse_DMWideResNet: no Flax twin'},
+            'Amini2024MeanSparse_S-WRN-94-16': {'arch': 'dm_wrn', 'kwargs': {'depth': 94, 'widen_factor': 16, 'mean_sparse': True}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Bartoldson2024Adversarial_WRN-94-16': {'arch': 'dm_wrn', 'kwargs': {'depth': 94, 'widen_factor': 16}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Bartoldson2024Adversarial_WRN-82-8': {'arch': 'dm_wrn', 'kwargs': {'depth': 82, 'widen_factor': 8}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
         },
@@ -110,7 +110,7 @@ RECIPES = {
             'Rade2021Helper_R18_ddpm': {'arch': 'dm_preact_resnet18', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Wang2023Better_WRN-28-10': {'arch': 'dm_wrn28_10', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Wang2023Better_WRN-70-16': {'arch': 'dm_wrn70_16', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
-            'Amini2024MeanSparse_S-WRN-70-16': {'unsupported': 'DMWideResNet: no Flax twin'},
+            'Amini2024MeanSparse_S-WRN-70-16': {'arch': 'dm_wrn70_16', 'kwargs': {'mean_sparse': True}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
         },
         'corruptions': {
             'Diffenderfer2021Winning_LRR': {'arch': 'resnet18', 'kwargs': {'base_width': 128}, 'num_classes': 10, 'mean': (0.491, 0.482, 0.447), 'std': (0.247, 0.243, 0.262), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
@@ -171,7 +171,7 @@ RECIPES = {
             'Cui2023Decoupled_WRN-34-10_autoaug': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 100, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Bai2024MixedNUTS': {'unsupported': 'ensemble: NonLinMixedClassifier: no Flax twin'},
             'Chen2024Data_WRN_34_10': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 100, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
-            'Amini2024MeanSparse_S-WRN-70-16': {'unsupported': 'DMWideResNet: no Flax twin'},
+            'Amini2024MeanSparse_S-WRN-70-16': {'arch': 'dm_wrn70_16', 'kwargs': {'mean_sparse': True}, 'num_classes': 100, 'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
         },
         'corruptions': {
             'Diffenderfer2021Winning_LRR': {'arch': 'resnet18', 'kwargs': {'base_width': 128}, 'num_classes': 100, 'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
