@@ -206,7 +206,12 @@ def convert():
       "tf_same_padding": placeholder(bool), "block": placeholder(str),
       "stage_widths": placeholder(tuple), "stage_blocks": placeholder(tuple),
       "stem_width": placeholder(int), "cosine_head": placeholder(bool),
-      "per_image_standardization": placeholder(bool)})
+      "per_image_standardization": placeholder(bool), "mean_sparse": placeholder(bool),
+      # transformers and MobileNetV2
+      "embed_dim": placeholder(int), "depths": placeholder(tuple),
+      "window": placeholder(int), "norm_eps": placeholder(float),
+      "stem_strides": placeholder(tuple), "tokens_norm": placeholder(bool),
+      "width_mult": placeholder(float), "last_width": placeholder(int)})
   return config
 
 
