@@ -86,7 +86,7 @@ def test_a_robustbench_imagenet_entry_loads_by_name_at_full_size(tmp_path):
   """Salman2020Do_R18 at 224 px: RobustBench's own module (normalize_model around
   torchvision's ResNet-18, random weights), saved in its file layout, loaded by name."""
   entry = robustbench_zoo.zoo_entries("imagenet")["Linf"]["Salman2020Do_R18"]
-  diff, scale = robustbench_parity.check_entry("Salman2020Do_R18", "imagenet", "Linf", entry,
+  diff, scale, _ = robustbench_parity.check_entry("Salman2020Do_R18", "imagenet", "Linf", entry,
                                                str(tmp_path))
   assert scale == pytest.approx(robustbench_parity.LOGIT_SCALE, rel=1e-3)
   assert diff < robustbench_parity.TOLERANCE

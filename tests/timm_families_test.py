@@ -119,12 +119,23 @@ for module, cls in (("Meansparse_wrn_94_16", "MeanSparse_DMWideResNet"),
     *_, ours, ref = logits_against_torch(net, "dm_wrn", 32, depth=depth, widen_factor=width,
                                          mean_sparse=True)
     worst = max(worst, float(np.abs(ours - ref).max()))
+ra = importlib.import_module("robustbench.model_zoo.architectures.Meansparse_ra_wrn_70_16")
+torch.manual_seed(0)  # RobustArch's RaWideResNet with MeanSparse and squeeze-and-excitation
+net = ra.NormalizedWideResNet(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616),
+                              stem_width=16, depth=[2, 2, 1], stage_width=[16, 32, 64],
+                              groups=[1, 1, 1], activation_fn=torch.nn.SiLU, se_ratio=0.25,
+                              se_activation=torch.nn.ReLU, se_order=2)
+net = robustbench_zoo.randomise_initial_constants(robustbench_zoo.randomise_batchnorm(net))
+*_, ours, ref = logits_against_torch(net, "dm_wrn", 32, stem_width=16, stage_widths=(16, 32, 64),
+                                     stage_blocks=(2, 2, 1), se_ratio=0.25, mean_sparse=True)
+worst = max(worst, float(np.abs(ours - ref).max()))
 print(worst)
 """
 
 
 def test_mean_sparse_wide_resnets_give_robustbenchs_logits_with_thresholds_on():
-  """The main branch's MeanSparse DM WideResNets at small sizes, thresholds 0.5 (the parity
+  """The main branch's MeanSparse DM WideResNets and RaWideResNet at small sizes, thresholds
+  0.5 (the parity
   tool checks the full-size entries with thresholds 0: a hard threshold turns float32
   rounding near it into jumps)."""
   source = os.environ.get("ROBUSTBENCH_SOURCE")

@@ -302,6 +302,27 @@ def _mean_sparse_dm_wide_resnet(net) -> Tuple[str, dict]:
   return name, {**fields, "mean_sparse": True}
 
 
+def _ra_wide_resnet(net) -> Tuple[str, dict]:
+  """RobustArch's NormalizedWideResNet (Peng et al. 2023): a DM WideResNet of per-stage widths
+  and depths with squeeze-and-excitation after each block's second convolution."""
+  import torch  # pylint: disable=g-import-not-at-top
+  _dm_padding(net)
+  blocks = [b for g in net.layer for b in g.block]
+  if any(b.conv_0.groups != 1 for b in blocks):
+    raise Unsupported("grouped convolutions")
+  se = blocks[0].se
+  if se is not None and (blocks[0].se_order != 2 or not isinstance(se.activation, torch.nn.ReLU)):
+    raise Unsupported("squeeze-and-excitation before the second convolution or not ReLU")
+  fields = {"stem_width": net.init_conv.out_channels,
+            "stage_widths": tuple(g.block[0].conv_0.out_channels for g in net.layer),
+            "stage_blocks": tuple(len(g.block) for g in net.layer),
+            "activation": _activation(net.relu), "tf_same_padding": True,
+            "se_ratio": se.fc1.out_channels / blocks[0].conv_1.out_channels if se else 0.0}
+  if hasattr(blocks[0], "meansparse_0"):
+    fields["mean_sparse"] = True
+  return "WideResNet", fields
+
+
 def _dm_preact_resnet(net) -> Tuple[str, dict]:
   _dm_padding(net)
   return "PreActResNet", {
@@ -507,6 +528,8 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("timm.models.xcit", "Xcit"): _timm_xcit,
     ("Meansparse_wrn_94_16", "MeanSparse_DMWideResNet"): _mean_sparse_dm_wide_resnet,
     ("Meansparse_wrn_70_16", "DMWideResNet"): _mean_sparse_dm_wide_resnet,
+    ("robustarch_wide_resnet", "NormalizedWideResNet"): _ra_wide_resnet,
+    ("Meansparse_ra_wrn_70_16", "NormalizedWideResNet"): _ra_wide_resnet,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {

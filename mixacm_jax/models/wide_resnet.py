@@ -1,9 +1,12 @@
 """WideResNet-depth-k as TRADES / RobustBench's `wide_resnet.py` defines it, with per-stage
 widths and depths (RobustBench's `RobustWideResNet`, Huang et al. 2021), and with MeanSparse
-layers (Amini et al. 2024; RobustBench's MeanSparse DM WideResNets)."""
+layers (Amini et al. 2024; RobustBench's MeanSparse DM WideResNets) and squeeze-and-excitation
+(Peng et al. 2023's RaWideResNet)."""
 from typing import Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from mixacm_jax.models.layers import ConvBNModule, MeanSparse, ModelBase, sow
 
@@ -14,9 +17,19 @@ class WideBasicBlock(ConvBNModule):
   planes: int = 16
   stride: int = 1
   mean_sparse: bool = False  # MeanSparse after each bn and after the sum (Amini et al.)
+  se_ratio: float = 0.0  # squeeze-and-excitation of the second conv's output (RobustArch)
 
   def sparse(self, x, name):
     return MeanSparse(name=name)(x) if self.mean_sparse else x
+
+  def squeeze_excite(self, x):
+    """torchvision's SqueezeExcitation: x * sigmoid(fc2(relu(fc1(spatial mean of x))))."""
+    if not self.se_ratio:
+      return x
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.relu(self.conv(int(round(self.se_ratio * self.planes)), 1, 1, "se_fc1",
+                          use_bias=True)(s))
+    return x * jax.nn.sigmoid(self.conv(self.planes, 1, 1, "se_fc2", use_bias=True)(s))
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -24,7 +37,7 @@ class WideBasicBlock(ConvBNModule):
     act = self.act(self.sparse(self.bn(train, "bn1")(x), "sparse1"))
     out = self.conv(self.planes, 3, self.stride, "conv1")(act)
     out = self.act(self.sparse(self.bn(train, "bn2")(out), "sparse2"))
-    out = self.conv(self.planes, 3, 1, "conv2")(out)
+    out = self.squeeze_excite(self.conv(self.planes, 3, 1, "conv2")(out))
     shortcut = x if equal_in_out else self.conv(self.planes, 1, self.stride, "shortcut_conv")(act)
     return self.sparse(out + shortcut, "sparse_out")
 
@@ -39,6 +52,8 @@ class WideResNet(ModelBase):
   stem_width: int = 16
   # Amini et al. 2024's MeanSparse layers (RobustBench's MeanSparse WideResNets).
   mean_sparse: bool = False
+  # RobustArch's squeeze-and-excitation (Peng et al. 2023's RaWideResNet): its width ratio.
+  se_ratio: float = 0.0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -54,7 +69,7 @@ class WideResNet(ModelBase):
       for j in range(blocks[i]):
         stride = 2 if (i > 0 and j == 0) else 1
         x = WideBasicBlock(planes=width, stride=stride, mean_sparse=self.mean_sparse,
-                           name=f"block{i + 1}_{j}", **kwargs)(x, train)
+                           se_ratio=self.se_ratio, name=f"block{i + 1}_{j}", **kwargs)(x, train)
       sow(self, f"stage{i + 1}", x)
     x = self.bn(train, "bn")(x)
     x = MeanSparse(name="sparse")(x) if self.mean_sparse else x

@@ -73,6 +73,8 @@ DM_WIDE_RESNET: List[Rule] = [
     ("layer.{s}.block.{b}.meansparse_1", "block{s+1}_{b}/sparse2"),
     ("layer.{s}.block.{b}.meansparse_2", "block{s+1}_{b}/sparse_out"),
     ("meansparse_end", "sparse"),
+    # RobustArch's squeeze-and-excitation (torchvision's SqueezeExcitation).
+    ("layer.{s}.block.{b}.se.fc{i}", "block{s+1}_{b}/se_fc{i}"),
 ]
 DM_PREACT_RESNET: List[Rule] = [
     ("conv_2d", "conv1"), ("batchnorm", "bn"), ("logits", "fc"),
