@@ -134,7 +134,9 @@ def training_passes(cfg) -> float:
   steps = cfg.optim.get("num_steps") or int(
       cfg.optim.num_epochs * input_pipeline.steps_per_epoch(cfg.data, batch))
   objective = objectives.get_objective(cfg.objective.name)
-  return float(steps * batch * objective.training_cost(cfg.objective, 1, 1)["passes_per_example"])
+  awp = 1 if cfg.optim.get("awp", {}).get("gamma") else 0  # its proxy pass (warm-up ignored)
+  return float(steps * batch * objective.training_cost(cfg.objective, 1, 1, awp)[
+      "passes_per_example"])
 
 
 def fit_epochs_to_passes(cfg, target: float):

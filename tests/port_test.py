@@ -261,6 +261,6 @@ def test_convert_any_depth_wrn_from_the_command_line(tmp_path):
                               "--config.convert.kwargs.final_bn=False"],
                        capture_output=True, text=True, cwd=root, env=env)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
-  assert "architecture 'wrn' takes no 'final_bn'; its fields: activation, bn_axis_name, " \
-         "cosine_head, depth, mean_sparse, per_image_standardization, stage_blocks, stage_widths, " \
-         "stem_width, tf_same_padding, widen_factor" in bad.stderr
+  assert ("architecture 'wrn' takes no 'final_bn'; its fields: activation, bn_axis_name, "
+          "cosine_head, depth, mean_sparse, per_image_standardization, se_ratio, stage_blocks, "
+          "stage_widths, stem_width, tf_same_padding, widen_factor") in bad.stderr

@@ -99,6 +99,20 @@ def test_mean_sparse_layer_against_numpy_and_as_identity_at_threshold_zero():
   np.testing.assert_allclose(sparse.apply(variables, x), plain.apply(stripped, x), atol=1e-6)
 
 
+def test_mean_sparse_ra_wide_resnet_gives_robustbenchs_stored_logits():
+  """RobustBench's MeanSparse RaWideResNet class (main branch only), tiny, thresholds 0.5,
+  squeeze-and-excitation, seeded weights: its logits stored by tools/meansparse_reference.py."""
+  data = np.load(os.path.join(os.path.dirname(__file__), "data", "meansparse_ra_wrn_tiny.npz"))
+  state = {k.removeprefix("state/"): data[k] for k in data.files if k.startswith("state/")}
+  assert {float(v) for k, v in state.items() if k.endswith("threshold")} == {0.5}
+  from mixacm_jax.port import state_dict  # pylint: disable=g-import-not-at-top
+  model = models.create_model("dm_wrn", num_classes=10, stem_width=8, stage_widths=(8, 16, 32),
+                              stage_blocks=(1, 2, 1), se_ratio=0.25, mean_sparse=True)
+  variables = convert.torch_to_flax(state_dict.clean_state_dict(state)[0], model, (32, 32, 3))
+  out = np.asarray(model.apply(variables, data["x"].transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(out, data["logits"], atol=1e-4, rtol=0)
+
+
 MEAN_SPARSE_CHECK = """
 import sys
 import numpy as np, torch

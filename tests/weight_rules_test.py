@@ -81,11 +81,12 @@ def _reference_awp_grads(model, state, objective, cfg, batch, gamma):
   loss = objectives.get_objective(objective).loss_fn
   batch = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}  # one device
   g = jax.grad(lambda p: loss(p, ctx, batch)[0])(state.params)["model"]
-  flat_w, tree = jax.tree_util.tree_flatten(state.params["model"])
+  flat_w, tree = jax.tree_util.tree_flatten_with_path(state.params["model"])
   flat_v = []
-  for w, gl in zip(flat_w, jax.tree_util.tree_leaves(g)):
+  for (path, w), gl in zip(flat_w, jax.tree_util.tree_leaves(g)):
     w, gl = np.asarray(w, np.float64), np.asarray(gl, np.float64)
-    flat_v.append(gamma * np.linalg.norm(w) / np.linalg.norm(gl) * gl if w.ndim > 1
+    kernel = path[-1].key == "kernel"  # conv and dense kernels only
+    flat_v.append(gamma * np.linalg.norm(w) / np.linalg.norm(gl) * gl if kernel
                   else np.zeros_like(w))
   v = jax.tree_util.tree_unflatten(tree, flat_v)
   perturbed = {**state.params, "model": jax.tree_util.tree_map(
@@ -127,14 +128,16 @@ def test_awp_waits_its_warmup_then_perturbs(tiny_config):
   batches = _batches(tiny_config, 3)
   with_awp = _steps(step, state, batches)
   plain = _steps(_plain_step(tiny_config, "natural"), state, batches)
-  assert _max_diff(with_awp[1].params, plain[1].params) == 0  # steps 1-2: plain
+  assert _max_diff(with_awp[1].params, plain[1].params) < 1e-6  # steps 1-2: plain
   assert _max_diff(with_awp[2].params, plain[2].params) > 1e-4  # step 3: perturbed
 
 
-def test_awp_and_ema_make_the_same_update_on_one_and_two_devices(tiny_config):
+@pytest.mark.parametrize("warmup_epochs", [0.0, 0.1])  # 0.1: the first step plain (lax.cond)
+def test_awp_and_ema_make_the_same_update_on_one_and_two_devices(tiny_config, warmup_epochs):
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (set XLA_FLAGS=--xla_force_host_platform_device_count=2)")
   tiny_config.optim.awp.gamma, tiny_config.optim.ema.decay = 0.01, 0.9
+  tiny_config.optim.awp.warmup_epochs = warmup_epochs
   tiny_config.objective.pgd_at.attack.steps = 2
   batches = _batches(tiny_config, 3)
   _, state, one_step = _state_and_step(tiny_config, "pgd_at", 1)
@@ -176,3 +179,22 @@ def test_bad_weight_settings_are_one_line_errors(tiny_config, key, value, match)
   section[name] = value
   with pytest.raises(ConfigError, match=match):
     checks.validate(tiny_config)
+
+
+def test_awp_is_charged_its_proxy_pass(tiny_config, tmp_path):
+  tiny_config.objective.name = "pgd_at"
+  tiny_config.objective.pgd_at.attack.steps = 1
+  tiny_config.optim.awp.gamma = 0.01
+  result = train.train_and_evaluate(tiny_config, str(tmp_path))
+  # PGD-1: 2 forward + 2 backward passes per example-step, twice per step with AWP.
+  assert result["passes_per_example"] == 8
+  assert result["student_forward_passes"] == 2 * 2 * 6 * 32
+
+
+def test_resuming_with_the_moving_average_switched_is_one_clear_error(tiny_config, tmp_path):
+  tiny_config.optim.num_steps = 3
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.optim.num_steps, tiny_config.optim.ema.decay = 6, 0.9
+  with pytest.raises(ConfigError, match=r"was written without a moving average of the weights "
+                                        r"\(optim.ema.decay\), this run is with it"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))

@@ -15,7 +15,7 @@ AUTOATTACK_MODES = ("worst_case", "individual")
 # The sign of a number, by its key's name, wherever it appears in a config (weights,
 # temperatures, counts...): one table instead of a check per objective.
 POSITIVE = ("temperature", "p", "learning_rate", "batch_size", "decay_factor", "keep",
-            "log_every_steps", "restarts")
+            "log_every_steps", "restarts", "peer_temperature")
 NON_NEGATIVE = ("seed", "beta", "alpha", "mixup_alpha", "weight_decay", "warmup_epochs",
                 "crop_padding", "image_size", "eval_resize", "num_threads", "prefetch",
                 "num_examples", "num_steps", "num_epochs", "steps", "every_steps",
@@ -212,7 +212,14 @@ def validate(config) -> None:
   if config.model.get("dtype", "float32") not in models.DTYPES:
     raise ConfigError(f"model.dtype must be one of {list(models.DTYPES)}, "
                       f"got {config.model.dtype!r}")
-  objectives.get_objective(config.objective.name).settings(config.objective)
+  chosen = objectives.get_objective(config.objective.name)
+  chosen.settings(config.objective)
+  for role, section in chosen.extra_teachers:  # before any work, as for the teacher
+    given = config.get(section, {})
+    if not (given.get("checkpoint") or given.get("robustbench")):
+      raise ConfigError(f"objective {chosen.name} needs {role.replace('_', ' ')}: set "
+                        f"--config.{section}.checkpoint=<dir> or "
+                        f"--config.{section}.robustbench=<RobustBench entry>")
   for objective in objectives.OBJECTIVES.values():  # every group: a pipeline runs several
     if objective.check_settings and objective.name in config.objective:
       objective.check_settings(config.objective[objective.name])
@@ -235,8 +242,8 @@ def validate(config) -> None:
                       f"overrides num_epochs); got num_epochs={o.num_epochs}, "
                       f"num_steps={o.get('num_steps')}")
   validate_weight_rules(o)
-  for where, section in (("eval", config.eval), ("teacher", config.teacher),
-                         ("transfer", config.transfer)):
+  for where in ("eval", "teacher", "clean_teacher", "transfer"):
+    section = config.get(where, {})
     if section.get("weights", "raw") not in models.WEIGHTS:
       raise ConfigError(f"{where}.weights must be one of {models.WEIGHTS}, got "
                         f"{section.weights!r}")

@@ -211,7 +211,10 @@ def convert():
       "embed_dim": placeholder(int), "depths": placeholder(tuple),
       "window": placeholder(int), "norm_eps": placeholder(float),
       "stem_strides": placeholder(tuple), "tokens_norm": placeholder(bool),
-      "width_mult": placeholder(float), "last_width": placeholder(int)})
+      "width_mult": placeholder(float), "last_width": placeholder(int),
+      "form": placeholder(str), "mlp_ratio": placeholder(float),
+      "patch_size": placeholder(int), "cls_attn_layers": placeholder(int),
+      "se_ratio": placeholder(float)})
   return config
 
 

@@ -46,18 +46,20 @@ class Objective:
                         "missing from the config")
     return objective_cfg[self.name]
 
-  def training_cost(self, objective_cfg, steps: int, batch_size: int) -> Dict[str, float]:
+  def training_cost(self, objective_cfg, steps: int, batch_size: int,
+                    repeated_steps: int = 0) -> Dict[str, float]:
     """Network passes spent on training under `config.objective`: the per example-step
-    counts times the examples seen."""
+    counts times the examples seen; `repeated_steps` of them ran the objective twice (AWP's
+    proxy pass), and `passes_per_example` is then the mean over the steps."""
     per = self.passes(self.settings(objective_cfg))
-    examples = steps * batch_size
+    runs = (steps + repeated_steps) * batch_size
     teacher_backward = per.get("teacher_backward", 0)  # to the input, inside an attack
-    return {"student_forward_passes": per["forward"] * examples,
-            "student_backward_passes": per["backward"] * examples,
-            "teacher_forward_passes": per["teacher_forward"] * examples,
-            "teacher_backward_passes": teacher_backward * examples,
-            "passes_per_example": (per["forward"] + per["backward"] + per["teacher_forward"]
-                                   + teacher_backward)}
+    one = per["forward"] + per["backward"] + per["teacher_forward"] + teacher_backward
+    return {"student_forward_passes": per["forward"] * runs,
+            "student_backward_passes": per["backward"] * runs,
+            "teacher_forward_passes": per["teacher_forward"] * runs,
+            "teacher_backward_passes": teacher_backward * runs,
+            "passes_per_example": one * (steps + repeated_steps) / max(steps, 1)}
 
 
 OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
@@ -73,7 +75,7 @@ OBJECTIVES: Dict[str, Objective] = {o.name: o for o in (
     Objective("ard", ard.loss_fn, ard.passes, True),
     Objective("rslad", rslad.loss_fn, rslad.passes, True),
     Objective("iad", iad.loss_fn, iad.passes, True, check_settings=iad.check_settings),
-    Objective("adaad", adaad.loss_fn, adaad.passes, True),
+    Objective("adaad", adaad.loss_fn, adaad.passes, True, check_settings=adaad.check_settings),
     Objective("mtard", mtard.loss_fn, mtard.passes, True, check_settings=mtard.check_settings,
               init_state=mtard.init_state,
               extra_teachers=(("clean_teacher", "clean_teacher"),)),

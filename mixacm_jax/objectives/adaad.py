@@ -10,8 +10,14 @@ as in the authors' code (boyellow/AdaAD, AT_helper.adaad_inner_loss). Its defaul
 (the natural term off). KLs are batch means here; the CIFAR-10 script's `KLDivLoss()` also
 divides by the number of classes (a constant 1/10 on the loss). Takes IGDM (`igdm_alpha`).
 """
+from mixacm_jax.errors import ConfigError
 from mixacm_jax.objectives import igdm
 from mixacm_jax.objectives.common import kl_adversarial_examples, kl_divergence, metrics_of
+
+
+def check_settings(cfg) -> None:
+  if not 0.0 <= cfg.alpha <= 1.0:
+    raise ConfigError(f"objective.adaad.alpha must be in [0, 1], got {cfg.alpha}")
 
 
 def teacher_logits(ctx):

@@ -194,7 +194,7 @@ def load_variables(model, image_shape: Sequence[int], path: str,
     if not params:
       raise CheckpointError(f"checkpoint {directory} (step {step}) keeps no moving average "
                             "of its weights (trained without optim.ema.decay): load its raw "
-                            "weights (weights=raw)")
+                            "weights (--config.<section>.weights=raw)")
   found = {"params": params, "batch_stats": raw.get("batch_stats", {})}
   expected = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
                                                           image_shape))

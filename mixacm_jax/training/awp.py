@@ -24,12 +24,13 @@ def enabled(awp_cfg) -> bool:
 
 
 def perturbation(model_params, grads, gamma):
-  """v: each kernel's gradient scaled to gamma times the kernel's norm; 0 elsewhere."""
-  def one(w, g):
-    if w.ndim <= 1:
+  """v: each conv / dense kernel's gradient scaled to gamma times the kernel's norm; 0
+  elsewhere (biases, norms, position embeddings, attention tables)."""
+  def one(path, w, g):
+    if getattr(path[-1], "key", None) != "kernel":
       return jnp.zeros_like(w)
     return gamma * optax.tree.norm(w) / (optax.tree.norm(g) + 1e-20) * g
-  return jax.tree.map(one, model_params, grads)
+  return jax.tree_util.tree_map_with_path(one, model_params, grads)
 
 
 def perturbed_params(objective, params, ctx, batch, gamma):

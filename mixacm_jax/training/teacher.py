@@ -70,13 +70,10 @@ def resolve_teacher(teacher_cfg, objective_cfg, objective, teacher: Optional[Tea
 
 def extra_teachers(config, objective, info) -> Dict[str, Teacher]:
   """{role: Teacher} of the objective's further teachers, each loaded from its own config
-  section (MTARD: `config.clean_teacher`, by checkpoint or RobustBench name)."""
+  section (MTARD: `config.clean_teacher`, by checkpoint or RobustBench name; that it is given
+  is checked with the config, `configs.checks.validate`)."""
   out = {}
   for role, section in objective.extra_teachers:
-    if section not in config or not is_given(config[section]):
-      raise ConfigError(f"objective {objective.name} needs {role.replace('_', ' ')}: set "
-                        f"--config.{section}.checkpoint=<dir> or "
-                        f"--config.{section}.robustbench=<RobustBench entry>")
     loaded = source.load(config[section], info.num_classes, info.image_shape,
                          role=f"the {role.replace('_', ' ')} (config.{section})")
     out[role] = Teacher(*loaded)

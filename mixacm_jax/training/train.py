@@ -16,7 +16,7 @@ from mixacm_jax import models, objectives
 from mixacm_jax.attacks import registry
 from mixacm_jax.configs import checks as config_checks
 from mixacm_jax.data import input_pipeline
-from mixacm_jax.errors import ConfigError, NonFiniteLossError
+from mixacm_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mixacm_jax.evaluation import robustness, sanity
 from mixacm_jax.runtime import (checkpoint as ckpt_lib, parallel, preemption, reporting, storage,
                                 workdir_lock)
@@ -123,7 +123,7 @@ def train_step(state: TrainState, batch, teacher_variables, *, objective, forwar
       cfg=cfg, teacher=teacher_lib.frozen_forward(teacher_model, teacher_variables),
       rng=jax.random.fold_in(state.rng, state.step),
       example_offset=jax.lax.axis_index(parallel.AXIS) * n, state=state.objective_state,
-      progress=state.step / max(total_steps, 1), teachers=extras)
+      progress=jnp.minimum(state.step / max(total_steps, 1), 1.0), teachers=extras)
   params = state.params
   if rules.awp_gamma:  # the inner maximisation keeps attacking w
     ctx = dataclasses.replace(ctx, attack_params=state.params)
@@ -236,6 +236,31 @@ def _check_evaluations(config, num_classes: int) -> None:
     sanity.check_target(stages, str(config.eval.pgd.get("target", "random")), num_classes)
 
 
+def _restore(checkpointer, state, workdir: str):
+  """`checkpointer.restore(state)`; a checkpoint of another state layout (the moving average
+  on or off, another objective's state, an earlier version) is named in one line."""
+  try:
+    return checkpointer.restore(state)
+  except CheckpointError:
+    try:
+      raw, step = checkpointer.restore(None)
+    except CheckpointError:
+      raise  # unreadable as written, too: corrupt
+    for field, what in (("ema_params", "a moving average of the weights (optim.ema.decay)"),
+                        ("objective_state", "an objective state (MTARD, PeerAiD)")):
+      if field not in raw:
+        raise ConfigError(f"the checkpoint of step {step} in {workdir} was written by an "
+                          "earlier version, before the train state kept " + what + ": it "
+                          "loads as a teacher or in --mode=eval, but training cannot resume "
+                          "from it; use another --workdir") from None
+      if bool(raw[field]) != bool(getattr(state, field)):
+        raise ConfigError(f"the checkpoint of step {step} in {workdir} was written "
+                          f"{'with' if raw[field] else 'without'} {what}, this run is "
+                          f"{'without' if raw[field] else 'with'} it: resume with the same "
+                          "setting, or use another --workdir") from None
+    raise
+
+
 def _check_resumable(restored_step: Optional[int], total_steps: int, workdir: str) -> None:
   if restored_step is not None and restored_step > total_steps:
     raise ConfigError(
@@ -304,9 +329,16 @@ def _train_and_evaluate(config, workdir, teacher, objective) -> Dict[str, Any]:
       # Wall-clock per epoch of this invocation's steps (the first step's compile included).
       "epoch_seconds": train_seconds * run.steps_per_epoch / max(
           run.total_steps - run.start_step, 1),
-      **run.objective.training_cost(config.objective, run.total_steps, config.optim.batch_size),
+      **run.objective.training_cost(config.objective, run.total_steps, config.optim.batch_size,
+                                    _awp_steps(config.optim, run)),
       **eval_metrics}, trained=run.start_step < run.total_steps)
   return {"state": _host(p_state), **summary}
+
+
+def _awp_steps(optim_cfg, run) -> int:
+  """The steps that ran the objective twice (AWP after its warm-up)."""
+  rules = WeightRules.of(optim_cfg, run.steps_per_epoch)
+  return max(run.total_steps - rules.awp_start_step, 0) if rules.awp_gamma else 0
 
 
 def _host(p_state):
@@ -333,7 +365,7 @@ def _prepare(config, workdir, teacher, objective):
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=config.checkpoint.get("best_metric"), async_save=config.checkpoint.async_save)
-  state, restored_step = checkpointer.restore(state)
+  state, restored_step = _restore(checkpointer, state, workdir)
   _check_resumable(restored_step, total_steps, workdir)
   start_step = int(state.step)
   if reporting.is_primary():
