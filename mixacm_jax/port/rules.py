@@ -114,17 +114,21 @@ TIMM_VIT: List[Rule] = [
     ("blocks.{b}.mlp.fc{i}", "block{b}/fc{i}"),
     ("norm", "norm"), ("head", "fc"),
 ]
-# timm's SwinTransformer.
-TIMM_SWIN: List[Rule] = [
+# The Swin blocks and patch embedding, as timm and Microsoft's original both save them.
+_SWIN_BLOCKS: List[Rule] = [
     ("patch_embed.proj", "patch_embed"), ("patch_embed.norm", "patch_norm"),
-    ("layers.{s}.downsample.norm", "stage{s+1}_merge_norm"),
-    ("layers.{s}.downsample.reduction", "stage{s+1}_merge"),
     ("layers.{s}.blocks.{b}.norm{i}", "stage{s+1}_block{b}/norm{i}"),
     ("layers.{s}.blocks.{b}.attn", "stage{s+1}_block{b}/attn"),
     ("layers.{s}.blocks.{b}.attn.qkv", "stage{s+1}_block{b}/attn/qkv"),
     ("layers.{s}.blocks.{b}.attn.proj", "stage{s+1}_block{b}/attn/proj"),
     ("layers.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_block{b}/fc{i}"),
-    ("norm", "norm"), ("head.fc", "fc"),
+    ("norm", "norm"),
+]
+# timm's SwinTransformer: each stage starts with its patch merging.
+TIMM_SWIN: List[Rule] = [
+    *_SWIN_BLOCKS, ("head.fc", "fc"),
+    ("layers.{s}.downsample.norm", "stage{s+1}_merge_norm"),
+    ("layers.{s}.downsample.reduction", "stage{s+1}_merge"),
 ]
 # timm's Xcit (the stem's convolutions at their Sequential positions 0, 2, 4, 6).
 TIMM_XCIT: List[Rule] = [
@@ -144,16 +148,10 @@ TIMM_XCIT: List[Rule] = [
 # patch merging sits at the end of the stage before, the head is a bare Linear, and the
 # relative position index and attention masks are saved as buffers (ignored: rebuilt here).
 MS_SWIN: List[Rule] = [
-    ("patch_embed.proj", "patch_embed"), ("patch_embed.norm", "patch_norm"),
+    *_SWIN_BLOCKS, ("head", "fc"),
     ("layers.{s}.downsample.norm", "stage{s+2}_merge_norm"),
     ("layers.{s}.downsample.reduction", "stage{s+2}_merge"),
-    ("layers.{s}.blocks.{b}.norm{i}", "stage{s+1}_block{b}/norm{i}"),
-    ("layers.{s}.blocks.{b}.attn", "stage{s+1}_block{b}/attn"),
-    ("layers.{s}.blocks.{b}.attn.qkv", "stage{s+1}_block{b}/attn/qkv"),
-    ("layers.{s}.blocks.{b}.attn.proj", "stage{s+1}_block{b}/attn/proj"),
-    ("layers.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_block{b}/fc{i}"),
     ("layers.{s}.blocks.{b}", ""),  # attn_mask
-    ("norm", "norm"), ("head", "fc"),
 ]
 # kuangliu's pytorch-cifar MobileNetV2 (the robust distillation papers' CIFAR student).
 CIFAR_MOBILENET_V2: List[Rule] = [
