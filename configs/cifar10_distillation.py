@@ -7,9 +7,9 @@ RobustBench's Zhang2019Theoretically (TRADES WRN-34-10, the MixACM paper's), rea
         --config.data.data_dir=<prepared TFDS> --config.teacher.model_dir=./models
     # likewise :rslad, :iad, :adaad, :adaad_igdm, :mtard, :saad, :peeraid, :mixacm
 
-PeerAiD has no teacher. MTARD's clean teacher is RobustBench's Standard (a naturally trained WRN-28-10). The authors'
-own teachers differ (AdaAD: Chen2021LTD_WRN34_20; SAAD: Gowal2021Improving_28_10_ddpm_100m):
---config.teacher.robustbench=<entry> takes any. The attack of every method: 10 steps of 2/255
+PeerAiD has no teacher. MTARD's clean teacher is RobustBench's Standard (a naturally trained
+WRN-28-10). The authors' own teachers differ (AdaAD: Chen2021LTD_WRN34_20; SAAD:
+Gowal2021Improving_28_10_ddpm_100m): --config.teacher.robustbench=<entry> takes any. The attack of every method: 10 steps of 2/255
 in the L-inf ball of 8/255.
 """
 from typing import Any, Dict, NamedTuple, Tuple

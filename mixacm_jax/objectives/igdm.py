@@ -3,9 +3,9 @@ adversarial distillation objective: the student's change of logits across the at
 perturbation delta = x_adv - x is matched to the teacher's, a stand-in for matching input
 gradients,
 
-    alpha * progress * KL(softmax(T(x + delta) - T(x - delta)) || softmax(S(x + delta) - S(x - delta)))
+    alpha * progress * KL(softmax(T(x + d) - T(x - d)) || softmax(S(x + d) - S(x - d)))
 
-with progress the fraction of training done (the authors' epoch / epochs ramp) and x - delta
+with d = delta, progress the fraction of training done (the authors' epoch / epochs ramp) and x - delta
 not clipped to [0, 1], as in the authors' code (HongsinLee/saad, igdm.py). Each objective
 that takes it has `igdm_alpha` in its settings (0: off).
 """

@@ -107,8 +107,8 @@ def train_step(state: TrainState, batch, teacher_variables, *, objective, forwar
   `teacher_variables` (frozen, replicated once before training; {} when unused) are an
   argument rather than a closed-over constant, so they are not baked into the program;
   with `extra_teachers` ({role: model}: MTARD's clean teacher) they are {"teacher": the
-  main teacher's, role: each extra teacher's}. The objective sees this device's shard; gradients, metrics and BatchNorm statistics are
-  averaged over devices (BatchNorm itself syncs batch statistics over 'batch'), so 1 and
+  main teacher's, role: each extra teacher's}. The objective sees this device's shard;
+  gradients, metrics and BatchNorm statistics are averaged over devices (BatchNorm itself syncs batch statistics over 'batch'), so 1 and
   N devices make the same update on the same global batch. `rules` add AWP's perturbed
   gradient and the weights' moving average, whatever the objective.
   """
