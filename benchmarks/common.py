@@ -123,13 +123,16 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
     t_model = models.create_model_from_config(config.teacher.model, num_classes)
     teacher = Teacher(t_model, models.init_variables(t_model, jax.random.PRNGKey(seed + 1),
                                                      image_shape), "random")
-  params = train.init_objective_params(config.objective, objective, model, teacher,
-                                       image_shape, seed=config.seed) if teacher else {}
-  state = train.create_train_state(model, image_shape, config.optim, seed=config.seed,
-                                   steps_per_epoch=100, total_steps=10_000,
-                                   objective_params=params)
-  p_step = train.make_p_train_step(config.objective, model, objective,
-                                   teacher and teacher.model, devices=devices)
+  state = train.create_train_state(
+      model, image_shape, config.optim, seed=config.seed, steps_per_epoch=100,
+      total_steps=10_000, objective_params=train.init_objective_params(
+          config.objective, objective, model, teacher, image_shape, seed=config.seed),
+      objective_state=train.init_objective_state(config.objective, objective, model,
+                                                 image_shape, seed=config.seed))
+  extras = {role: teacher.variables for role, _ in objective.extra_teachers}  # MTARD's
+  p_step = train.make_p_train_step(
+      config.objective, model, objective, teacher and teacher.model, devices=devices,
+      total_steps=10_000, extra_teachers={r: teacher.model for r in extras} or None)
   rng = np.random.RandomState(seed)
   n = len(devices)
   if batch % n:
@@ -137,7 +140,9 @@ def build_train_step(config, batch: int, n_devices: int = None, image_shape=(32,
   images = rng.rand(n, batch // n, *image_shape).astype(np.float32)
   labels = rng.randint(0, num_classes, (n, batch // n)).astype(np.int32)
   p_state = parallel.replicate(state, devices=devices)
-  p_teacher = parallel.replicate(teacher.variables if teacher else {}, devices=devices)
+  variables = teacher.variables if teacher else {}
+  p_teacher = parallel.replicate({"teacher": variables, **extras} if extras else variables,
+                                 devices=devices)
   p_batch = jax.pmap(lambda b: b, devices=devices)({"image": images, "label": labels})
   holder = {"state": p_state}
 
