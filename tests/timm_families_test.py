@@ -143,13 +143,25 @@ net = robustbench_zoo.randomise_initial_constants(robustbench_zoo.randomise_batc
 *_, ours, ref = logits_against_torch(net, "dm_wrn", 32, stem_width=16, stage_widths=(16, 32, 64),
                                      stage_blocks=(2, 2, 1), se_ratio=0.25, mean_sparse=True)
 worst = max(worst, float(np.abs(ours - ref).max()))
+from tools import torch_reference  # timm imports torchvision's transforms
+torch_reference.torchvision_models()
+import timm
+sp = importlib.import_module("robustbench.model_zoo.architectures.sparsified_model")
+torch.manual_seed(0)  # the MeanSparse ConvNeXt (its layers sized for ConvNeXt-L's widths)
+net = timm.models.convnext.ConvNeXt(num_classes=10, depths=(1, 1, 1, 1),
+                                    dims=(192, 384, 768, 1536))
+sp.add_custom_layer_imagenet(net, sp.MeanSparse_imagenet, parent_path="", prev_features=None)
+net = robustbench_zoo.randomise_initial_constants(net.eval())
+*_, ours, ref = logits_against_torch(net, "convnext", 64, depths=(1, 1, 1, 1),
+                                     dims=(192, 384, 768, 1536), mean_sparse=True)
+worst = max(worst, float(np.abs(ours - ref).max()))
 print(worst)
 """
 
 
 def test_mean_sparse_wide_resnets_give_robustbenchs_logits_with_thresholds_on():
-  """The main branch's MeanSparse DM WideResNets and RaWideResNet at small sizes, thresholds
-  0.5 (the parity
+  """The main branch's MeanSparse DM WideResNets, RaWideResNet and ConvNeXt at small sizes,
+  thresholds 0.5 (the parity
   tool checks the full-size entries with thresholds 0: a hard threshold turns float32
   rounding near it into jumps)."""
   source = os.environ.get("ROBUSTBENCH_SOURCE")

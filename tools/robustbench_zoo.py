@@ -164,7 +164,7 @@ def randomise_initial_constants(net, seed: int = 0, mean_sparse_threshold: float
         elif (name.startswith("gamma") or name == "temperature"
               or (p.ndim == 1 and "LayerNorm" in type(module).__name__)):
           p.copy_((0.0 if name == "bias" else 1.0) + 0.3 * torch.randn(p.shape, generator=g))
-      if type(module).__name__ == "MeanSparse":
+      if type(module).__name__ in ("MeanSparse", "MeanSparse_imagenet"):
         module.running_mean.copy_(0.2 * torch.randn(module.running_mean.shape, generator=g))
         module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=g))
         module.threshold.fill_(mean_sparse_threshold)
@@ -365,6 +365,15 @@ def _timm_convnext(net) -> Tuple[str, dict]:
     raise Unsupported("a ConvNeXt with another kernel or head")
   fields = {"depths": tuple(len(s.blocks) for s in net.stages),
             "dims": tuple(s.blocks[0].conv_dw.out_channels for s in net.stages)}
+  sparse = [type(m).__name__ == "MeanSparse_imagenet" for m in net.modules()]
+  if any(sparse):  # RobustBench's add_custom_layer_imagenet: two in every block, no others
+    blocks = [b for s in net.stages for b in s.blocks]
+    placed = all(isinstance(b.drop_path, torch.nn.Sequential)
+                 and isinstance(b.mlp.act, torch.nn.Sequential) for b in blocks)
+    if not placed or sum(sparse) != 2 * len(blocks):
+      raise Unsupported("MeanSparse layers elsewhere than before each GELU and after each "
+                        "block's branch")
+    fields["mean_sparse"] = True
   stem = type(net.stem).__name__
   if stem in ("ConvBlock1", "ConvBlock3"):
     return "ConvNeXt", {**fields, "stem": "convstem", "stem_width": net.stem.planes,
@@ -533,7 +542,6 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {
-    "MeanSparse_imagenet": "MeanSparse layers (Amini et al. 2024) inside the network",
     "ResNest": "ResNeSt-152 (split-attention blocks)",
     "CifarResNeXt": "ResNeXt-29",
     "WidePreActResNet": "binarised (CARD) WidePreActResNet",

@@ -11,14 +11,16 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mixacm_jax.models.layers import (ModelBase, biased_conv, conv_kernel_init, gelu,
-                                       layer_norm, sow)
+from mixacm_jax.models.layers import (MeanSparse, ModelBase, biased_conv, conv_kernel_init,
+                                       gelu, layer_norm, sow)
 
 
 class ConvNeXtBlock(nn.Module):
-  """x + gamma * fc2(gelu(fc1(LN(dwconv7x7(x)))))."""
+  """x + gamma * fc2(gelu(fc1(LN(dwconv7x7(x))))); with `mean_sparse`, MeanSparse layers
+  before the GELU and on the branch (RobustBench's MeanSparse ConvNeXt)."""
   dim: int
   dtype: Any = jnp.float32
+  mean_sparse: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -27,9 +29,11 @@ class ConvNeXtBlock(nn.Module):
                 name="conv_dw")(x)
     y = layer_norm(self.dtype, "norm")(y)
     y = nn.Dense(4 * self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(y)
+    y = MeanSparse(name="sparse_hidden")(y) if self.mean_sparse else y
     y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2")(gelu(y))
     gamma = self.param("gamma", nn.initializers.constant(1e-6), (self.dim,), jnp.float32)
-    return x + y * gamma.astype(y.dtype)
+    y = y * gamma.astype(y.dtype)
+    return x + (MeanSparse(name="sparse_out")(y) if self.mean_sparse else y)
 
 
 class ConvNeXt(ModelBase):
@@ -40,6 +44,7 @@ class ConvNeXt(ModelBase):
   stem: str = "patch"
   stem_width: int = 48
   stem_layers: int = 2
+  mean_sparse: bool = False  # Amini et al. 2024's MeanSparse layers in every block
 
   def _conv(self, features, kernel, stride, padding, name):
     return biased_conv(features, kernel, stride, padding, dtype=self.dtype, name=name)
@@ -72,7 +77,8 @@ class ConvNeXt(ModelBase):
       if i > 0:
         x = self._conv(dim, 2, 2, 0, f"downsample{i}")(self._norm(f"downsample_norm{i}")(x))
       for j in range(depth):
-        x = ConvNeXtBlock(dim, dtype=self.dtype, name=f"stage{i + 1}_{j}")(x)
+        x = ConvNeXtBlock(dim, dtype=self.dtype, mean_sparse=self.mean_sparse,
+                          name=f"stage{i + 1}_{j}")(x)
       sow(self, f"stage{i + 1}", x)
     features = self._norm("head_norm")(jnp.mean(x, axis=(1, 2)))
     sow(self, "features", features)

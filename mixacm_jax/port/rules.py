@@ -104,6 +104,9 @@ TIMM_CONVNEXT: List[Rule] = [
     ("stages.{s}.blocks.{b}.norm", "stage{s+1}_{b}/norm"),
     ("stages.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_{b}/fc{i}"),
     ("head.norm", "head_norm"), ("head.fc", "fc"),
+    # RobustBench's MeanSparse ConvNeXt: before the GELU, and after the branch's drop path.
+    ("stages.{s}.blocks.{b}.mlp.act.0", "stage{s+1}_{b}/sparse_hidden"),
+    ("stages.{s}.blocks.{b}.drop_path.1", "stage{s+1}_{b}/sparse_out"),
 ]
 # timm's VisionTransformer, and RobustBench's ConvStem (ConvBlock) as its patch embedding.
 TIMM_VIT: List[Rule] = [
@@ -231,7 +234,8 @@ def _fill(pattern: str, values: Dict[str, object]) -> str:
 
 # Leaves a file may carry that the PyTorch module does not use: the pruning scores beside the
 # weights of Diffenderfer et al.'s LRR files (RobustBench's loader skips "conv1.scores" too).
-IGNORED_LEAVES = ("scores", "relative_position_index", "flag_update_statistics", "batch_num")
+IGNORED_LEAVES = ("scores", "relative_position_index", "flag_update_statistics", "batch_num",
+                  "momentum", "epsilon")
 
 
 def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
