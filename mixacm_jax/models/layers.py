@@ -47,8 +47,10 @@ def batch_norm(train: bool, *, axis_name: Optional[str] = None,
                       param_dtype=jnp.float32, name=name)
 
 
-def dense(features: int, *, dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+def dense(features: int, dtype: Any = jnp.float32, name: Optional[str] = None,
+          use_bias: bool = True) -> nn.Dense:
+  """A Linear in the compute dtype with float32 parameters."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def normalize_input(x: jnp.ndarray, mean: Optional[Sequence[float]],

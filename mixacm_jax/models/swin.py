@@ -18,10 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.models.layers import ModelBase, biased_conv, gelu, layer_norm, sow
-
-def _dense(features, dtype, name, use_bias=True):
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
+from mixacm_jax.models.layers import ModelBase, biased_conv, dense, gelu, layer_norm, sow
 
 
 def relative_position_index(window: int) -> np.ndarray:
@@ -73,7 +70,7 @@ class WindowAttention(nn.Module):
     bias = bias.transpose(2, 0, 1)[None]  # (1, heads, n, n)
     if mask is not None:  # (windows per image, n, n), repeated over the batch
       bias = (bias[:, None] + mask[None, :, None]).reshape(-1, mask.shape[0], self.heads, n, n)
-    qkv = _dense(3 * d, self.dtype, "qkv")(x).reshape(n_win, n, 3, self.heads, d // self.heads)
+    qkv = dense(3 * d, self.dtype, "qkv")(x).reshape(n_win, n, 3, self.heads, d // self.heads)
     q, k, v = jnp.moveaxis(qkv, 2, 0)
     logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) * (d // self.heads) ** -0.5
     if mask is None:
@@ -83,7 +80,7 @@ class WindowAttention(nn.Module):
                 + bias).reshape(n_win, self.heads, n, n)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(n_win, n, d)
-    return _dense(d, self.dtype, "proj")(out)
+    return dense(d, self.dtype, "proj")(out)
 
 
 class SwinBlock(nn.Module):
@@ -111,9 +108,9 @@ class SwinBlock(nn.Module):
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
     x = x + y
-    y = _dense(int(d * self.mlp_ratio), self.dtype, "fc1")(
+    y = dense(int(d * self.mlp_ratio), self.dtype, "fc1")(
         layer_norm(self.dtype, "norm2", self.norm_eps)(x))
-    return x + _dense(d, self.dtype, "fc2")(gelu(y))
+    return x + dense(d, self.dtype, "fc2")(gelu(y))
 
 
 def patch_merge(x, dtype, eps: float, prefix: str):
@@ -124,7 +121,7 @@ def patch_merge(x, dtype, eps: float, prefix: str):
   x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(
       b, h // 2, w // 2, 4 * c)
   x = layer_norm(dtype, f"{prefix}_merge_norm", eps)(x)
-  return _dense(2 * c, dtype, f"{prefix}_merge", use_bias=False)(x)
+  return dense(2 * c, dtype, f"{prefix}_merge", use_bias=False)(x)
 
 
 class SwinTransformer(ModelBase):
@@ -154,5 +151,5 @@ class SwinTransformer(ModelBase):
       sow(self, f"stage{s + 1}", x)
     features = jnp.mean(layer_norm(self.dtype, "norm", self.norm_eps)(x), axis=(1, 2))
     sow(self, "features", features)
-    return _dense(self.num_classes, self.dtype, "fc")(features).astype(jnp.float32)
+    return dense(self.num_classes, self.dtype, "fc")(features).astype(jnp.float32)
 

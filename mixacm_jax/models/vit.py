@@ -13,13 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.models.layers import ModelBase, biased_conv, gelu, layer_norm, sow
+from mixacm_jax.models.layers import ModelBase, biased_conv, dense, gelu, layer_norm, sow
 
 STAGES = 4
 
-
-def _dense(features, dtype, name):
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class Block(nn.Module):
@@ -32,14 +29,14 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, n, d = x.shape
-    qkv = _dense(3 * d, self.dtype, "qkv")(layer_norm(self.dtype, "norm1")(x))
+    qkv = dense(3 * d, self.dtype, "qkv")(layer_norm(self.dtype, "norm1")(x))
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, d // self.heads), 2, 0)
     logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) * (d // self.heads) ** -0.5
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     attended = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, n, d)
-    x = x + _dense(d, self.dtype, "proj")(attended)
-    y = _dense(int(self.mlp_ratio * d), self.dtype, "fc1")(layer_norm(self.dtype, "norm2")(x))
-    return x + _dense(d, self.dtype, "fc2")(gelu(y))
+    x = x + dense(d, self.dtype, "proj")(attended)
+    y = dense(int(self.mlp_ratio * d), self.dtype, "fc1")(layer_norm(self.dtype, "norm2")(x))
+    return x + dense(d, self.dtype, "fc2")(gelu(y))
 
 
 class VisionTransformer(ModelBase):
@@ -88,4 +85,4 @@ class VisionTransformer(ModelBase):
         sow(self, f"stage{(i + 1) // per_stage}", tokens[:, 1:].reshape(b, h, w, d))
     features = layer_norm(self.dtype, "norm")(tokens)[:, 0]
     sow(self, "features", features)
-    return _dense(self.num_classes, self.dtype, "fc")(features).astype(jnp.float32)
+    return dense(self.num_classes, self.dtype, "fc")(features).astype(jnp.float32)

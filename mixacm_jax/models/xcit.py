@@ -17,13 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.models.layers import ConvBNModule, ModelBase, gelu, layer_norm, sow
+from mixacm_jax.models.layers import ConvBNModule, ModelBase, dense, gelu, layer_norm, sow
 
 STAGES = 4
 
-
-def _dense(features, dtype, name, use_bias=True):
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def fourier_features(h: int, w: int, hidden: int = 32, temperature: float = 10000.0):
@@ -57,8 +54,8 @@ class XCABlock(ConvBNModule):
     y = self.conv(d, 3, 1, "lpi_conv1", use_bias=True, groups=d)(y)
     y = self.bn(train, "lpi_bn")(gelu(y))
     x = x + gamma(3) * self.conv(d, 3, 1, "lpi_conv2", use_bias=True, groups=d)(y)
-    y = _dense(int(d * self.mlp_ratio), self.dtype, "fc1")(layer_norm(self.dtype, "norm2")(x))
-    return x + gamma(2) * _dense(d, self.dtype, "fc2")(gelu(y))
+    y = dense(int(d * self.mlp_ratio), self.dtype, "fc1")(layer_norm(self.dtype, "norm2")(x))
+    return x + gamma(2) * dense(d, self.dtype, "fc2")(gelu(y))
 
 
 class XCA(nn.Module):
@@ -72,13 +69,13 @@ class XCA(nn.Module):
     b, n, d = x.shape
     temperature = self.param("temperature", nn.initializers.ones, (self.heads, 1, 1),
                              jnp.float32)
-    qkv = _dense(3 * d, self.dtype, "qkv")(x).reshape(b, n, 3, self.heads, d // self.heads)
+    qkv = dense(3 * d, self.dtype, "qkv")(x).reshape(b, n, 3, self.heads, d // self.heads)
     q, k, v = jnp.moveaxis(qkv, 2, 0)  # (b, n, heads, c)
     unit = lambda t: t / jnp.maximum(jnp.linalg.norm(t, axis=1, keepdims=True), 1e-12)
     logits = jnp.einsum("bnhc,bnhe->bhce", unit(q), unit(k)) * temperature.astype(q.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum("bhce,bnhe->bnhc", weights, v).reshape(b, n, d)
-    return _dense(d, self.dtype, "proj")(out)
+    return dense(d, self.dtype, "proj")(out)
 
 
 class ClassAttentionBlock(nn.Module):
@@ -96,16 +93,16 @@ class ClassAttentionBlock(nn.Module):
         x.dtype)
     y = layer_norm(self.dtype, "norm1")(x)
     c = d // self.heads
-    q = _dense(d, self.dtype, "q")(y[:, :1]).reshape(b, 1, self.heads, c)
-    k = _dense(d, self.dtype, "k")(y).reshape(b, n, self.heads, c)
-    v = _dense(d, self.dtype, "v")(y).reshape(b, n, self.heads, c)
+    q = dense(d, self.dtype, "q")(y[:, :1]).reshape(b, 1, self.heads, c)
+    k = dense(d, self.dtype, "k")(y).reshape(b, n, self.heads, c)
+    v = dense(d, self.dtype, "v")(y).reshape(b, n, self.heads, c)
     logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) * c ** -0.5
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    cls = _dense(d, self.dtype, "proj")(jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, 1, d))
+    cls = dense(d, self.dtype, "proj")(jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, 1, d))
     x = x + gamma(1) * jnp.concatenate([cls, y[:, 1:]], axis=1)
     norm2 = layer_norm(self.dtype, "norm2")
     x = norm2(x) if self.tokens_norm else jnp.concatenate([norm2(x[:, :1]), x[:, 1:]], axis=1)
-    mlp = _dense(d, self.dtype, "fc2")(gelu(_dense(int(d * self.mlp_ratio), self.dtype, "fc1")(
+    mlp = dense(d, self.dtype, "fc2")(gelu(dense(int(d * self.mlp_ratio), self.dtype, "fc1")(
         x[:, :1])))
     # As timm: the residual adds the patch tokens to themselves too.
     return x + jnp.concatenate([gamma(2) * mlp, x[:, 1:]], axis=1)
@@ -159,4 +156,4 @@ class XCiT(ModelBase):
                                    name=f"cls_block{i}")(tokens)
     features = layer_norm(self.dtype, "norm")(tokens)[:, 0]
     sow(self, "features", features)
-    return _dense(self.num_classes, self.dtype, "fc")(features).astype(jnp.float32)
+    return dense(self.num_classes, self.dtype, "fc")(features).astype(jnp.float32)

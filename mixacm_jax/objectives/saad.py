@@ -23,11 +23,11 @@ from mixacm_jax.runtime import parallel
 
 
 def linearised_teacher(ctx, x, labels):
-  """x' -> T(x) + e_y lambda <grad_x T_y(x), x' - x>, per example."""
-  t_x = jax.lax.stop_gradient(ctx.teacher(x, ())[0])
-  rows = jnp.arange(labels.shape[0])
-  g = jax.lax.stop_gradient(jax.grad(lambda v: jnp.sum(ctx.teacher(v, ())[0][rows, labels]))(x))
+  """x' -> T(x) + e_y lambda <grad_x T_y(x), x' - x>, per example: one teacher forward and
+  one backward (the vector-Jacobian product of the one-hot labels)."""
+  t_x, vjp = jax.vjp(lambda v: ctx.teacher(v, ())[0], x)
   one_hot = jax.nn.one_hot(labels, t_x.shape[-1], dtype=t_x.dtype)
+  t_x, g = jax.lax.stop_gradient((t_x, vjp(one_hot)[0]))
 
   def target(x_prime):
     change = jnp.sum((g * (x_prime - x)).reshape(x.shape[0], -1), -1)
