@@ -7,6 +7,7 @@ A script defines its grid (points, overrides, labels) and how to summarise and d
 without training anything, which reproduces the committed tables exactly.
 """
 import datetime
+import functools
 import json
 import os
 import platform
@@ -154,20 +155,33 @@ def quiet_logs() -> None:
     logging.set_verbosity(logging.ERROR)
 
 
-def cached_record(run_dir: str, make: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-  """`make()` once per run directory: its record is kept in `run_dir/record.json` and read
-  back on later calls (so a study resumes run by run)."""
-  path = os.path.join(run_dir, "record.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+def cached_record(run_dir: str, make: Callable[[], Dict[str, Any]],
+                  archive: str = "") -> Dict[str, Any]:
+  """`make()` once per run: its record is kept in `run_dir/record.json` and read back on later
+  calls (so a study resumes run by run). `archive`, when given, is a second copy outside the
+  workdir (a committed folder): read first and written beside, so that a study resumes on
+  another machine from its records alone."""
+  for path in filter(None, (archive, os.path.join(run_dir, "record.json"))):
+    if os.path.exists(path):
+      with open(path) as f:
+        record = json.load(f)
+      if archive and not os.path.exists(archive):
+        _write_json(archive, record)
+      return record
   record = make()
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  for path in filter(None, (os.path.join(run_dir, "record.json"), archive)):
+    _write_json(path, record)
   # Every run compiles its own programs; without this a long study exhausts XLA:CPU's JIT
   # code memory ("LLVM ERROR: Unable to allocate section memory").
   jax.clear_caches()
   return record
+
+
+def _write_json(path: str, record: Dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)  # a study stopped mid-write leaves no half record
 
 
 def train_resumable(cfg, run_dir: str, teacher=None) -> Dict[str, Any]:
@@ -187,8 +201,8 @@ def train_resumable(cfg, run_dir: str, teacher=None) -> Dict[str, Any]:
 def teachers_per_seed(config, seeds: Sequence[int], workdir: str, run_one: Callable,
                       kinds: Sequence[str] = ("teacher",)) -> tuple:
   """For each seed and each kind of TEACHERS its own teacher, trained (or read back) in
-  `workdir/seed<s>/<kind>`: (records, {kind: {seed: frozen teacher}})."""
-  info = input_pipeline.get_info(config.data)
+  `workdir/seed<s>/<kind>`: (records, {kind: {seed: the frozen teacher, a call away}}). The
+  teachers load on first use, so a seed whose students all have records needs none."""
   records, teachers = [], {kind: {} for kind in kinds}
   for seed in seeds:
     for kind in kinds:
@@ -198,9 +212,31 @@ def teachers_per_seed(config, seeds: Sequence[int], workdir: str, run_one: Calla
       print(f"== seed {seed}: {kind}", flush=True)
       t_dir = os.path.join(workdir, f"seed{seed}", kind)
       records.append(run_one(kind, t_cfg, t_dir))
-      teachers[kind][seed] = teacher_lib.load_teacher(config.teacher, info.num_classes,
-                                                      info.image_shape, path=t_dir)
+      teachers[kind][seed] = functools.lru_cache(None)(
+          functools.partial(_frozen_teacher, config, t_cfg, t_dir))
   return records, teachers
+
+
+def _frozen_teacher(config, t_cfg, t_dir: str):
+  """The teacher of `t_dir`; trained there again first when only its record survived (a study
+  resumed on another machine from archived records)."""
+  if not os.path.isdir(os.path.join(t_dir, "checkpoints")):
+    print(f"== training {t_dir} again: its record is archived, its checkpoint is not here",
+          flush=True)
+    train_resumable(t_cfg, t_dir)
+  info = input_pipeline.get_info(config.data)
+  return teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape,
+                                  path=t_dir)
+
+
+def teacher_of(method: Method, teachers, seed: int) -> Callable[[], Any]:
+  """A call that gives `method`'s frozen teacher for `seed` (from `teachers_per_seed`), with
+  its clean teacher's checkpoint (MTARD's, read by path) made sure of first."""
+  def get():
+    if method.clean_teacher:
+      teachers[method.clean_teacher][seed]()
+    return teachers[method.teacher][seed]()
+  return get
 
 
 def teacher_kinds(methods: Sequence[Method]) -> List[str]:

@@ -71,9 +71,18 @@ _SWEEP = flags.DEFINE_list("eps_sweep", ["0.05", "0.1", "0.15", "0.2"],
                            "eps values of the PGD-20 sweep.")
 
 
+_RECORDS = flags.DEFINE_string(
+    "records", "", "A folder that also keeps every run's record (seed<s>/<run>.json): "
+    "committed, it lets the study resume on another machine without the checkpoints.")
+
+
 def run_one(name, cfg, run_dir, teacher=None):
-  """Trains (or resumes) one model and evaluates it; the record is cached in run_dir."""
-  return common.cached_record(run_dir, lambda: _train_and_attack(name, cfg, run_dir, teacher))
+  """Trains (or resumes) one model and evaluates it; the record is cached in run_dir (and in
+  --records). `teacher`: a call that gives the frozen teacher, made only if the run is."""
+  archive = (os.path.join(_RECORDS.value, f"seed{cfg.seed}", f"{name}.json")
+             if _RECORDS.value else "")
+  return common.cached_record(
+      run_dir, lambda: _train_and_attack(name, cfg, run_dir, teacher and teacher()), archive)
 
 
 def _train_and_attack(name, cfg, run_dir, teacher):
@@ -375,7 +384,7 @@ def main(argv):
         print(f"== seed {seed}: student {name}", flush=True)
         records.append(run_one(name, student_config(config, name, seed, _WORKDIR.value),
                                os.path.join(_WORKDIR.value, f"seed{seed}", name),
-                               teachers[ALL_STUDENTS[name].teacher][seed]))
+                               common.teacher_of(ALL_STUDENTS[name], teachers, seed)))
     return records
 
   common.run("robustness_transfer.py", _OUT.value, collect, summarise,

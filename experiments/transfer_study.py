@@ -194,8 +194,9 @@ def prepare(config):
 
 
 def run_one(name, cfg, run_dir, teacher=None):
+  """`teacher`: a call that gives the frozen teacher, made only if the run is."""
   return common.cached_record(run_dir, lambda: {
-      **pipeline.result_row(name, common.train_resumable(cfg, run_dir, teacher)),
+      **pipeline.result_row(name, common.train_resumable(cfg, run_dir, teacher and teacher())),
       "seed": cfg.seed})
 
 
@@ -393,7 +394,7 @@ def main(argv):
         print(f"== seed {seed}: {point.name}", flush=True)
         run_dir = os.path.join(_WORKDIR.value, f"seed{seed}", common.run_dir_name(point.name))
         records.append(run_one(point.name, run_config(config, seed, point), run_dir,
-                               teachers[method.teacher][seed]))
+                               common.teacher_of(method, teachers, seed)))
     return records
 
   common.run("transfer_study.py", _OUT.value, collect, lambda r: summarise(r, specs),

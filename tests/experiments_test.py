@@ -243,3 +243,32 @@ def test_transfer_matrix_reads_a_pipeline_workdir_and_writes_its_table(tmp_path)
     assert grid[name][name] == white_box["attacks"]["pgd2"]["robust_accuracy"]
   text = tm.markdown(grid, "pgd2", 0.1, 64)
   assert "| teacher" in text and text.count("\n|") == 5
+
+
+def test_archived_records_resume_a_study_elsewhere_and_teachers_load_only_when_used(
+    tmp_path, monkeypatch):
+  """A record written with an archive path is read back from the archive in another workdir
+  (no run again); a seed's teacher is trained again and loaded only when a run needs it."""
+  _load()
+  common = sys.modules["common"]
+  made = []
+  make = lambda: made.append(1) or {"run": "mixacm", "seed": 0}
+  archive = str(tmp_path / "records" / "seed0" / "mixacm.json")
+  first = common.cached_record(str(tmp_path / "machine1" / "mixacm"), make, archive)
+  again = common.cached_record(str(tmp_path / "machine2" / "mixacm"), make, archive)
+  assert made == [1] and first == again == {"run": "mixacm", "seed": 0}
+  assert os.path.exists(os.path.join(tmp_path, "machine1", "mixacm", "record.json"))
+
+  trained, loaded = [], []
+  monkeypatch.setattr(common, "train_resumable", lambda cfg, d, *a: trained.append(d))
+  monkeypatch.setattr(common.teacher_lib, "load_teacher",
+                      lambda *a, path: loaded.append(path) or f"teacher of {path}")
+  records, teachers = common.teachers_per_seed(
+      repo_config("default_mixacm"), [0], str(tmp_path / "w"),
+      lambda kind, cfg, d: {"run": kind, "seed": cfg.seed}, ("teacher", "teacher_natural"))
+  assert [r["run"] for r in records] == ["teacher", "teacher_natural"] and not loaded
+  mtard = common.teacher_of(common.METHODS["mtard"], teachers, 0)
+  assert mtard() == f"teacher of {tmp_path / 'w' / 'seed0' / 'teacher'}"
+  assert mtard() == f"teacher of {tmp_path / 'w' / 'seed0' / 'teacher'}"  # loaded once
+  assert trained == [str(tmp_path / "w" / "seed0" / k) for k in ("teacher_natural", "teacher")]
+  assert len(loaded) == 2
