@@ -22,7 +22,7 @@ if importlib.util.find_spec("robustbench") is None:
 import mixacm_jax  # noqa: E402
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.errors import CheckpointError, ConfigError  # noqa: E402
-from mixacm_jax.port import convert, zoo, zoo_recipes, zoo_recipes_main  # noqa: E402
+from mixacm_jax.port import convert, to_orbax, zoo, zoo_recipes, zoo_recipes_main  # noqa: E402
 from tools import robustbench_parity as parity, robustbench_zoo as robustbench  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,6 +179,12 @@ def test_an_ensemble_loads_from_robustbenchs_member_files(tmp_path, monkeypatch)
   os.remove(f"{path}_m2.pt")
   with pytest.raises(CheckpointError, match=r"Chen2020Adversarial.pt_m2.pt not found"):
     zoo.load_robustbench(name, model_dir=str(tmp_path))
+  from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  convert_cfg = default.get_config().convert
+  convert_cfg.robustbench, convert_cfg.model_dir = name, str(tmp_path)
+  with pytest.raises(ConfigError, match=r"an ensemble of 3 networks, used by name, not "
+                     r"converted: --config.teacher.robustbench=Chen2020Adversarial$"):
+    to_orbax.to_checkpoint(convert_cfg, str(tmp_path / "converted"))
 
 
 def test_every_wrong_input_is_one_line(zhang_dir, tmp_path):

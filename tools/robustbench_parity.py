@@ -41,10 +41,16 @@ def save_as_robustbench(net, recipe, path: str) -> None:
   if recipe.get("hub_weights"):
     torch.save(net.state_dict(), path)
     return
-  if recipe.get("softmax_ensemble"):  # one file per member, as RobustBench keeps them
-    for i, member in enumerate(net.models):
+  if recipe.get("softmax_ensemble") or recipe.get("members"):  # a file per member, as
+    members = net.models if recipe.get("softmax_ensemble") else ensemble_members(net)
+    for i, member in enumerate(members):  # RobustBench keeps them
+      member, _ = robustbench.unwrap_normalize_model(member)
       torch.save({"state_dict": {f"module.{k}": v for k, v in member.state_dict().items()}},
                  f"{path}_m{i}.pt")
+    if type(net).__name__ == "CompositeModelWrapper":  # the mixing network and its BatchNorm
+      comp = net._comp_model  # pylint: disable=protected-access
+      torch.save({"model": comp.policy_net.state_dict(), "bn": comp.bn.state_dict()},
+                 f"{path}_m{len(members)}.pt")
     return
   state = net.state_dict()
   if recipe["checkpoint_key"] == "last":
@@ -54,14 +60,38 @@ def save_as_robustbench(net, recipe, path: str) -> None:
   torch.save(payload, path)
 
 
+def ensemble_members(net):
+  """A mixed classifier's member classifiers in RobustBench's file order: accurate, then
+  robust (Bai et al. 2023's mixing network is saved after them)."""
+  if type(net).__name__ == "CompositeModelWrapper":
+    return tuple(net._comp_model.models)  # pylint: disable=protected-access
+  return (net.std_model, net.rob_model)
+
+
+def member_inputs(net, x):
+  """What each member classifier sees: the composite's accurate member takes x resized."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if type(net).__name__ == "CompositeModelWrapper" and net._comp_model.resize:  # pylint: disable=protected-access
+    return (torch.nn.functional.interpolate(x, size=(128, 128), mode="bilinear"), x)
+  return (x, x)
+
+
+def classifier_layer(net):
+  """The last Linear, else the last convolution (BiT's 1x1-convolution head)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  layers = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+  return (layers or [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)])[-1]
+
+
 def logits_at_scale(net, x, scale: float = LOGIT_SCALE) -> None:
   """Scales the classifier so that the largest |logit| on `x` is `scale`, as in trained
   models: random weights without trained BatchNorm give logits anywhere from 0.1 to 1e4,
   where a fixed tolerance means nothing."""
   import torch  # pylint: disable=g-import-not-at-top
-  classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+  classifier = classifier_layer(net)
   with torch.no_grad():
-    factor = scale / float(net(x).abs().max())
+    out = net(x)
+    factor = scale / float((out[0] if isinstance(out, tuple) else out).abs().max())
     classifier.weight.mul_(factor)
     if classifier.bias is not None:
       classifier.bias.mul_(factor)
@@ -105,7 +135,7 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   import torch  # pylint: disable=g-import-not-at-top
   recipe = zoo.recipe(name, dataset, threat)
   torch.manual_seed(seed)
-  with robustbench.pretrained_recorded([]):  # random weights, never a download
+  with robustbench.pretrained_recorded([]), robustbench.cuda_as_cpu():  # random, no download
     net = robustbench.randomise_batchnorm(
         robustbench.constructor(name, entry, dataset, threat)(), seed)
   robustbench.randomise_learned_activations(net, seed)
@@ -121,6 +151,9 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   if recipe.get("softmax_ensemble"):  # each member's logits at scale; the output is probs
     for member in net.models:
       logits_at_scale(member, (x - net.mu) / net.sigma)
+  elif recipe.get("members"):  # mixed classifiers: each member normalises its own input
+    for member, inputs in zip(ensemble_members(net), member_inputs(net, x)):
+      logits_at_scale(member, inputs)
   else:
     logits_at_scale(net, x)
   path = zoo.checkpoint_path(name, dataset, threat, model_dir)
@@ -164,7 +197,8 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = None,
           if "arch" not in recipe or (only and name not in only):
             continue
           entry = entries[threat][name]
-          with robustbench.weights_on_meta(), robustbench.pretrained_recorded([]):
+          with robustbench.weights_on_meta(), robustbench.pretrained_recorded([]), \
+              robustbench.cuda_as_cpu():
             build = robustbench.constructor(name, entry, dataset, threat)
             cls = type(robustbench.unwrap_normalize_model(build())[0])
           signature = (cls.__module__, cls.__qualname__, repr(recipe))

@@ -133,25 +133,27 @@ def zoo_entries(dataset: str) -> Dict[str, Dict[str, dict]]:
 
 
 def randomise_batchnorm(net, seed: int = 0):
-  """Gives every BatchNorm2d of a PyTorch `net` random, non-trivial running statistics and
+  """Gives every BatchNorm of a PyTorch `net` random, non-trivial running statistics and
   affine parameters (fresh ones are mean 0, var 1, scale 1, shift 0, which would hide a
   mis-ported BatchNorm), and puts it in eval mode. For the port's proofs and benchmarks."""
   import torch  # pylint: disable=g-import-not-at-top
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
+      if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
         m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
         m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-        m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-        m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+        if m.affine:
+          m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+          m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
   return net.eval()
 
 
 def randomise_initial_constants(net, seed: int = 0, mean_sparse_threshold: float = 0.5):
-  """Moves the parameters initialised to constants off them: every LayerNorm's affine
-  parameters, every layer scale (`gamma`, XCiT's `gamma1`..`gamma3`: 1e-6 or 1, which would
-  make each residual branch vanish or hide a swap), XCiT's attention temperatures, a ViT's
+  """Moves the parameters initialised to constants off them: every LayerNorm's and
+  GroupNorm's affine parameters, ConvNeXt V2's GRN (zeros), every layer scale (`gamma`, XCiT's
+  `gamma1`..`gamma3`: 1e-6 or 1, which would make each residual branch vanish or hide a swap;
+  scalar constants such as a mixing model's are left alone), XCiT's attention temperatures, a ViT's
   class token (about 0) and position embeddings; and MeanSparse's statistics and threshold
   (`mean_sparse_threshold`; 0: the identity)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -161,8 +163,10 @@ def randomise_initial_constants(net, seed: int = 0, mean_sparse_threshold: float
       for name, p in module.named_parameters(recurse=False):
         if name in ("cls_token", "pos_embed"):
           p.copy_(0.5 * torch.randn(p.shape, generator=g))
-        elif (name.startswith("gamma") or name == "temperature"
-              or (p.ndim == 1 and "LayerNorm" in type(module).__name__)):
+        elif p.ndim and (name.startswith("gamma") or name == "temperature"
+                         or (name == "beta" and type(module).__name__ == "GRN")
+                         or (p.ndim == 1 and "LayerNorm" in type(module).__name__)
+                         or isinstance(module, torch.nn.GroupNorm)):
           p.copy_((0.0 if name == "bias" else 1.0) + 0.3 * torch.randn(p.shape, generator=g))
       if type(module).__name__ in ("MeanSparse", "MeanSparse_imagenet"):
         module.running_mean.copy_(0.2 * torch.randn(module.running_mean.shape, generator=g))
@@ -209,6 +213,19 @@ def weights_on_meta():
       return func(*args, **kwargs)
   with Meta():
     yield
+
+
+@contextlib.contextmanager
+def cuda_as_cpu():
+  """Builds modules that move their constants to CUDA in their constructor (BiT's bit_rn.py)
+  on the CPU: `.cuda()` returns the tensor or module as it is."""
+  import torch  # pylint: disable=g-import-not-at-top
+  originals = torch.Tensor.cuda, torch.nn.Module.cuda
+  torch.Tensor.cuda = torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+  try:
+    yield
+  finally:
+    torch.Tensor.cuda, torch.nn.Module.cuda = originals
 
 
 def _activation(module) -> str:
@@ -323,6 +340,74 @@ def _ra_wide_resnet(net) -> Tuple[str, dict]:
   return "WideResNet", fields
 
 
+def _reproducing(ratio: float, pairs) -> Optional[float]:
+  """`ratio`, rounded to as few decimals as still gives int(round(ratio * n)) == m for every
+  (n, m) of `pairs` (as the reference computes widths from it); None if even `ratio` does not."""
+  for r in [round(ratio, d) for d in (2, 3, 4, 6)] + [ratio]:
+    if all(int(round(r * n)) == m for n, m in pairs):
+      return r
+  return None
+
+
+def _ra_resnet(net) -> Tuple[str, dict]:
+  """RobustArch's NormalizedConfigurableModel (Peng et al. 2023's ImageNet RaResNet-101-2):
+  a conv-bn-relu stem, then stages of post-activation bottleneck blocks (torchvision's
+  Conv2dNormActivation): 1x1, grouped kxk, SE, 1x1, the activation after the sum."""
+  import torch  # pylint: disable=g-import-not-at-top
+  blocks = [b for stage in net.stages for b in stage]
+  if any(type(b).__name__ != "BottleneckBlock" or type(b.F.a).__name__ != "Conv2dNormActivation"
+         for b in blocks) or any(stage.dense_ratio for stage in net.stages):
+    raise Unsupported("a RobustArch ConfigurableModel with pre-activation "
+                      "(NormActivationConv2d), dense or other blocks")
+  branch = lambda b: [b.F.a, b.F.b, b.F.c]
+  # Each branch conv: conv (no bias), BatchNorm2d or Identity, then the activation (not c's).
+  if any(part[0].bias is not None or not isinstance(
+      part[1], (torch.nn.BatchNorm2d, torch.nn.Identity)) for b in blocks for part in branch(b)):
+    raise Unsupported("a RobustArch bottleneck with convolutions without a norm layer, or "
+                      "with a norm other than BatchNorm")
+  if any(len(b.F.a) != 3 or len(b.F.b) != 3 or getattr(b, "last_activation", None) is None
+         for b in blocks):
+    raise Unsupported("a RobustArch bottleneck without an activation")
+  activations = {_activation(m) for b in blocks for m in (b.F.a[2], b.F.b[2], b.last_activation)}
+  norms = {tuple(isinstance(p[1], torch.nn.BatchNorm2d) for p in branch(b)) for b in blocks}
+  se = [b.F.se if "se" in b.F._modules else None for b in blocks]
+  convs = {(b.F.b[0].kernel_size[0], b.F.b[0].dilation[0]) for b in blocks}
+  if len(activations) != 1 or len(norms) != 1 or len(convs) != 1:
+    raise Unsupported("a RobustArch ConfigurableModel mixing activations, norms or kernels")
+  if any(s is not None and not isinstance(s.scale_activation, torch.nn.Sigmoid) for s in se) \
+      or len({s is None for s in se}) != 1:
+    raise Unsupported("squeeze-and-excitation in some blocks only, or not sigmoid-gated")
+  se_ratio = 0.0
+  if se[0] is not None:
+    pairs = [(b.F.a[0].in_channels, s.fc1.out_channels) for b, s in zip(blocks, se)]
+    se_ratio = _reproducing(pairs[0][1] / pairs[0][0], pairs)
+    if se_ratio is None:
+      raise Unsupported("SE widths that no ratio of the blocks' input widths gives")
+  firsts = [stage[0] for stage in net.stages]
+  widths = [b.F.c[0].out_channels for b in firsts]
+  inner = [b.F.b[0].out_channels for b in firsts]
+  groups = [b.F.b[0].groups for b in firsts]
+  (kernel, dilation), = convs
+  stem = net.stem.stem
+  conv = stem.stem[0]
+  pool = stem._modules.get("stem_downsample")  # pylint: disable=protected-access
+  patch = conv.stride[0] if conv.stride[0] != 2 else 0  # a patchify stem: kernel = stride
+  fields = {"activation": activations.pop(), "stem_width": conv.out_channels,
+            "stem_downsample_factor": 2 * pool.stride if pool is not None else 2,
+            "stem_patch_size": patch,
+            "stage_widths": tuple(widths), "depths": tuple(len(stage) for stage in net.stages),
+            "strides": tuple(b.F.b[0].stride[0] for b in firsts),
+            "group_widths": tuple(i // g for i, g in zip(inner, groups)),
+            "bottleneck_multipliers": tuple(_reproducing(i / w, [(w, i)])
+                                            for i, w in zip(inner, widths)),
+            "kernel": kernel, "dilation": dilation,
+            "branch_norms": norms.pop(), "se_ratio": se_ratio,
+            "se_activation": _activation(se[0].activation) if se[0] is not None else "relu"}
+  if not patch:
+    fields["stem_kernel"] = conv.kernel_size[0]
+  return "RaResNet", fields
+
+
 def _dm_preact_resnet(net) -> Tuple[str, dict]:
   _dm_padding(net)
   return "PreActResNet", {
@@ -381,6 +466,20 @@ def _timm_convnext(net) -> Tuple[str, dict]:
   if stem != "Sequential" or net.stem[0].kernel_size != (4, 4):
     raise Unsupported(f"a ConvNeXt stem {stem}")
   return "ConvNeXt", {**fields, "stem": "patch"}
+
+
+def _convnext_v2(net) -> Tuple[str, dict]:
+  """RobustBench's convnext_v2.ConvNeXtV2 (Meta's ConvNeXt V2; Bai2024MixedNUTS' accurate
+  model): ConvNeXt version 2. Its `mean` / `std` parameters are unused by its forward."""
+  stem, block = net.downsample_layers[0][0], net.stages[0][0]
+  norms = [net.norm.eps, net.downsample_layers[0][1].eps] + [b.norm.eps for s in net.stages
+                                                             for b in s]
+  if stem.kernel_size != (4, 4) or stem.stride != (4, 4) or block.dwconv.kernel_size != (7, 7) \
+      or len(net.stages) != 4 or any(eps != 1e-6 for eps in norms):
+    raise Unsupported("a ConvNeXtV2 with another stem, kernel, depth or LayerNorm eps")
+  return "ConvNeXt", {"depths": tuple(len(s) for s in net.stages),
+                      "dims": tuple(s[0].dwconv.out_channels for s in net.stages),
+                      "version": 2}
 
 
 def _timm_vit(net) -> Tuple[str, dict]:
@@ -484,8 +583,33 @@ def _preact_resnet(net) -> Tuple[str, dict]:
       "shortcut_kernel": 1, "final_bn": bool(net.bn_before_fc)}
 
 
+def _bit_resnet(net) -> Tuple[str, dict]:
+  """BiT's first ResNetV2 (bit_rn.py, in Bai et al. 2023's composite model): the same network
+  on inputs as they come (the composite resizes them)."""
+  name, fields = _bit_resnet_v2(net)
+  return name, {**fields, "input_side": 0}
+
+
+def _bit_resnet_v2(net) -> Tuple[str, dict]:
+  """BiT's ResNetV2 (RobustBench's bit_rn_v2.py, MixedNUTS' accurate member): units per
+  block group off its body, the width factor off the root convolution (64 x factor)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  wf = net.root.conv.out_channels // 64
+  units = [u for block in net.body for u in block]
+  plain = [net.root.conv.out_channels == 64 * wf, net.root.conv.kernel_size == (7, 7),
+           len(net.body) == 4, isinstance(net.head.conv, torch.nn.Conv2d),
+           net.head.conv.kernel_size == (1, 1),
+           all(g.num_groups == 32 and g.eps == 1e-5
+               for g in net.modules() if isinstance(g, torch.nn.GroupNorm)),
+           all(u.conv1.out_channels == u.conv3.out_channels // 4 for u in units)]
+  if not all(plain):
+    raise Unsupported("a ResNetV2 other than BiT's (root, stages, widths, GroupNorm or head)")
+  return "BiTResNetV2", {"block_units": tuple(len(block) for block in net.body),
+                         "width_factor": wf}
+
+
 _SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes", "depths", "dims", "width", "heads",
-                "patch_size", "embed_dim")
+                "patch_size", "embed_dim", "block_units", "width_factor")
 
 
 def registered_architecture(cls_name: str, fields: dict) -> Tuple[str, dict]:
@@ -531,6 +655,7 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("torchvision.models.resnet", "ResNet"): _torchvision_resnet,
     ("CARD_resnet", "LRR_ResNet"): _lrr_resnet,
     ("timm.models.convnext", "ConvNeXt"): _timm_convnext,
+    ("convnext_v2", "ConvNeXtV2"): _convnext_v2,
     ("timm.models.vision_transformer", "VisionTransformer"): _timm_vit,
     ("timm.models.swin_transformer", "SwinTransformer"): _timm_swin,
     ("MIMIR_swin_transformer", "SwinTransformer"): _ms_swin,
@@ -539,6 +664,10 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("Meansparse_wrn_70_16", "DMWideResNet"): _mean_sparse_dm_wide_resnet,
     ("robustarch_wide_resnet", "NormalizedWideResNet"): _ra_wide_resnet,
     ("Meansparse_ra_wrn_70_16", "NormalizedWideResNet"): _ra_wide_resnet,
+    ("bit_rn_v2", "ResNetV2"): _bit_resnet_v2,
+    ("bit_rn", "ResNetV2"): _bit_resnet,
+    ("dm_rn", "WideResNet"): _dm_wide_resnet,
+    ("robustarch_wide_resnet", "NormalizedConfigurableModel"): _ra_resnet,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {
@@ -552,6 +681,87 @@ NO_TWIN = {
 # Ensembles RobustBench averages after softmax: class name -> its member networks (each read
 # from its own file, `<name>.pt_m{i}.pt`).
 SOFTMAX_ENSEMBLES = {"Chen2020AdversarialNet": lambda net: list(net.models)}
+
+
+def _network(net) -> Tuple[str, dict, Optional[tuple], Optional[tuple]]:
+  """(architecture, its fields, mean, std) of one network, which may sit in RobustBench's
+  `normalize_model` wrapper."""
+  net, wrapper = unwrap_normalize_model(net)
+  base, family = _family(net)
+  arch, kwargs = registered_architecture(*family(net))
+  kwargs, mean, std = _normalisation(net, base, kwargs, wrapper)
+  return arch, kwargs, mean, std
+
+
+def _normalisation(net, base, kwargs: dict, wrapper: Optional[dict] = None):
+  """The input transform in a wrapper, in a subclass's forward, else in the family's own
+  buffers: its mean and std, any other setting (per-image standardisation) added to
+  `kwargs`. Returns (kwargs, mean, std)."""
+  transform = wrapper or _probe_normalisation(net, base) or (
+      {} if type(net).__name__ in UNUSED_MEAN_STD else _buffer_normalisation(net))
+  mean, std = transform.pop("mean", None), transform.pop("std", None)
+  kwargs.update(transform)
+  return kwargs, mean, std
+
+
+# Classes that keep `mean` / `std` parameters their forward never applies (RobustBench's
+# ConvNeXt V2: MixedNUTS' ImageNet member sees the images as they come).
+UNUSED_MEAN_STD = ("ConvNeXtV2",)
+
+
+def _mixed_nuts(net) -> Dict[str, Any]:
+  """Bai et al. 2024's NonLinMixedClassifier: its accurate and robust members' recipes (in
+  RobustBench's file order) and the mixing map's constants."""
+  import torch  # pylint: disable=g-import-not-at-top
+  rob_map = net.rob_map
+  if (type(net.std_map).__name__ != "HardMaxMap"
+      or type(rob_map).__name__ != "LNClampPowerScaleMap" or rob_map.center_only
+      or not isinstance(rob_map.clamp_fn, torch.nn.GELU) or rob_map.clamp_fn.approximate != "none"
+      or net._alpha.numel() != 1):  # pylint: disable=protected-access
+    raise Unsupported("a mixed classifier with other logit maps than MixedNUTS' own")
+  members = []
+  for member in (net.std_model, net.rob_model):
+    arch, kwargs, mean, std = _network(member)
+    members.append({"arch": arch, "kwargs": kwargs, "mean": mean, "std": std})
+  kwargs = {"alpha": float(net._alpha), "scale": float(rob_map.scale),  # pylint: disable=protected-access
+            "power": float(rob_map.power), "clamp_bias": float(rob_map.clamp_bias),
+            "ln_k": int(rob_map.ln_k)}
+  return {"members": members, "kwargs": kwargs, "num_classes": _classes(net.rob_model)}
+
+
+def _adaptive_smoothing(net) -> Dict[str, Any]:
+  """Bai et al. 2023's CompositeModel in RobustBench's wrapper, as its loader leaves it (in
+  eval mode, where alpha is scaled into its range): its accurate and robust members, its
+  MixingNetV4 (with the BatchNorm1d on its output, one file) and the constants of the mix."""
+  comp = net._comp_model  # pylint: disable=protected-access
+  if not (comp.use_policy and comp.pn_version == 4 and float(comp.alpha_scale) != 0
+          and not comp.bn.affine):
+    raise Unsupported("a composite model without its V4 mixing network")
+  members = []
+  for member in comp.models:
+    arch, kwargs, mean, std = _network(member)
+    members.append({"arch": arch, "kwargs": kwargs, "mean": mean, "std": std})
+  members.append({"arch": "mixing_net", "mean": None, "std": None,
+                  "kwargs": {"widths": tuple(int(w) for w in comp.policy_net.planes[1:])},
+                  "merge": (("model", ""), ("bn", "bn."))})
+  kwargs = {"accurate_side": 128 if comp.resize else 0,
+            **{k: float(getattr(comp, k)) for k in ("gamma_scale", "gamma_bias",
+                                                     "alpha_scale", "alpha_bias")},
+            "accurate_scale": float(comp.std_scale), "robust_scale": float(comp.rob_scale)}
+  return {"members": members, "kwargs": kwargs, "num_classes": _classes(comp.models[1])}
+
+
+def _classes(net) -> int:
+  import torch  # pylint: disable=g-import-not-at-top
+  return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+
+
+# Mixed classifiers: class name -> {"members": their recipes, in RobustBench's file order,
+# "kwargs": the mix's constants, "num_classes"}.
+MIXED_CLASSIFIERS = {"NonLinMixedClassifier": _mixed_nuts,
+                     "CompositeModelWrapper": _adaptive_smoothing}
+MIXED_ARCHITECTURES = {"NonLinMixedClassifier": "mixed_nuts",
+                       "CompositeModelWrapper": "adaptive_smoothing"}
 
 
 def _family(net):
@@ -618,11 +828,13 @@ def _buffer_normalisation(net) -> Dict[str, Any]:
   """The mean/std a module whose own forward normalises keeps as buffers (the DM models'
   `mean`/`std`, Pang et al.'s `mu`/`sigma`); {} when it keeps none."""
   import torch  # pylint: disable=g-import-not-at-top
+  if type(getattr(net, "normalization", None)).__name__ == "NormalizeByChannelMeanStd":
+    net = net.normalization  # RobustArch's NormalizedConfigurableModel keeps them there
   for names in (("mean", "std"), ("mu", "sigma")):
     mean, std = (getattr(net, n, None) for n in names)
     if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and not mean.is_meta:
-      return {"mean": tuple(round(float(v), 7) for v in mean.reshape(-1)),
-              "std": tuple(round(float(v), 7) for v in std.reshape(-1))}
+      return {"mean": tuple(round(float(v), 7) for v in mean.detach().reshape(-1)),
+              "std": tuple(round(float(v), 7) for v in std.detach().reshape(-1))}
   return {}
 
 
@@ -712,11 +924,10 @@ def constructor(name: str, entry: dict, dataset: str, threat: str) -> Callable[[
 def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str], bool],
                   threat: str = "Linf") -> Dict[str, Any]:
   """The recipe of one zoo entry, or {"unsupported": why}."""
-  import torch  # pylint: disable=g-import-not-at-top
   prefix = "ensemble: " if isinstance(entry.get("gdrive_id"), list) else ""
   pretrained = []
   try:
-    with weights_on_meta(), pretrained_recorded(pretrained):
+    with weights_on_meta(), pretrained_recorded(pretrained), cuda_as_cpu():
       try:
         net = constructor(name, entry, dataset, threat)()
       except Unbuildable:
@@ -724,29 +935,28 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
       except Exception as e:  # pylint: disable=broad-except
         raise Unsupported("its PyTorch module does not build here "
                           f"({type(e).__name__}: {e})") from None
-    net, wrapper = unwrap_normalize_model(net)
-    members = SOFTMAX_ENSEMBLES.get(type(net).__name__, lambda _: None)(net)
-    if members:
+    mixed = type(net).__name__ in MIXED_CLASSIFIERS
+    members = (MIXED_CLASSIFIERS.get(type(net).__name__) or SOFTMAX_ENSEMBLES.get(
+        type(net).__name__, lambda _: None))(net)
+    if mixed:
+      arch, kwargs, mean, std = MIXED_ARCHITECTURES[type(net).__name__], members["kwargs"], None, None
+      classes, members = members["num_classes"], members["members"]
+    elif members:
       derived = [registered_architecture(*_family(m)[1](m)) for m in members]
       if any(d != derived[0] for d in derived):
         raise Unsupported("an ensemble of different networks")
       arch, kwargs = derived[0]
-      base = type(net)
+      net, wrapper = unwrap_normalize_model(net)
+      _, mean, std = _normalisation(net, type(net), kwargs, wrapper)
     else:
-      base, family = _family(net)
-      arch, kwargs = registered_architecture(*family(net))
-    # Normalisation in a wrapper, in a subclass's forward, else in the family's own (from its
-    # buffers).
-    transform = wrapper or _probe_normalisation(net, base) or _buffer_normalisation(net)
-    mean, std = transform.pop("mean", None), transform.pop("std", None)
-    kwargs.update(transform)
-    classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+      arch, kwargs, mean, std = _network(net)
+    classes = classes if mixed else _classes(net)
   except Unsupported as e:
     return {"unsupported": (prefix if "ensemble" not in str(e) else "") + str(e)}
   except Unbuildable as e:
     return {"unsupported": prefix + f"built from {e}, which has no Flax twin"}
   side = PREPROCESSING_SIDES.get(entry.get("preprocessing"))
-  recipe = {"arch": arch, "kwargs": kwargs, "num_classes": classifier.out_features,
+  recipe = {"arch": arch, "kwargs": kwargs, "num_classes": classes,
             "mean": mean, "std": std,
             "image_shape": (side, side, 3) if side else IMAGE_SHAPES[dataset],
             "checkpoint_key": "last" if uses_last(name) else "state_dict"}
@@ -757,7 +967,10 @@ def derive_recipe(name: str, entry: dict, dataset: str, uses_last: Callable[[str
   if prefix:
     if not members or len(members) != len(entry["gdrive_id"]):
       return {"unsupported": f"an ensemble of {len(entry['gdrive_id'])} networks"}
-    recipe["softmax_ensemble"] = len(members)
+    if mixed:
+      recipe["members"] = tuple(members)
+    else:
+      recipe["softmax_ensemble"] = len(members)
   return recipe
 
 
@@ -804,6 +1017,7 @@ RECIPE_MODULES = {"wheel": "zoo_recipes", "main": "zoo_recipes_main"}
 RECIPE_FILES = {zoo: os.path.join(ROOT, "mixacm_jax", "port", f"{name}.py")
                 for zoo, name in RECIPE_MODULES.items()}
 PORT_DOC = os.path.join(ROOT, "docs", "port.md")
+README = os.path.join(ROOT, "README.md")  # the coverage table again, for a first reader
 COVERAGE_START = "<!-- robustbench coverage: generated by python -m tools.robustbench_zoo -->"
 COVERAGE_END = "<!-- end of robustbench coverage -->"
 UNSUPPORTED_START = "<!-- robustbench unsupported: generated by python -m tools.robustbench_zoo -->"
@@ -840,7 +1054,7 @@ def _counts(recipes, dataset, threat) -> str:
 
 
 def render_coverage(zoos) -> str:
-  """docs/port.md's table: per dataset and threat model, entries by name / entries, for each
+  """The coverage table (docs/port.md, README.md): per dataset and threat model, entries by name / entries, for each
   zoo of `zoos` ([(version, recipes)], the pinned wheel first)."""
   header = " | ".join(zoo.zoo_name(v) for v, _ in zoos)
   rows = [f"| dataset | threat model | {header} |",
@@ -852,7 +1066,7 @@ def render_coverage(zoos) -> str:
     rows.append(f"| {dataset} | {threat} | "
                 + " | ".join(_counts(r, dataset, threat) for _, r in zoos) + " |")
   return "\n".join([COVERAGE_START, "RobustBench entries loadable by name / entries (each "
-                    "unsupported one and why: below):", "", *rows, COVERAGE_END])
+                    "unsupported one and why: docs/port.md):", "", *rows, COVERAGE_END])
 
 
 def render_unsupported(zoos) -> str:
@@ -888,23 +1102,26 @@ def _committed(zoo: str):
 
 
 def generated_files(zoo: str, version: str, recipes) -> Dict[str, str]:
-  """{path: text} of everything a derivation of `zoo` writes; docs/port.md shows both zoos
-  (the other as committed)."""
+  """{path: text} of everything a derivation of `zoo` writes; docs/port.md's and the README's
+  tables show both zoos (the other as committed)."""
   other = _committed("main" if zoo == "wheel" else "wheel")
   zoos = [(version, recipes)] + ([other] if other else [])
   if zoo == "main":
     zoos.reverse()  # the pinned wheel first
   with open(PORT_DOC) as f:
     text = with_block(f.read(), render_coverage(zoos), COVERAGE_START, COVERAGE_END)
-  return {RECIPE_FILES[zoo]: render_recipes(recipes, version),
+  with open(README) as f:
+    readme = with_block(f.read(), render_coverage(zoos), COVERAGE_START, COVERAGE_END)
+  return {RECIPE_FILES[zoo]: render_recipes(recipes, version), README: readme,
           PORT_DOC: with_block(text, render_unsupported(zoos), UNSUPPORTED_START,
                                UNSUPPORTED_END)}
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description="Writes port/zoo_recipes.py (or, with --source, "
-                                   "port/zoo_recipes_main.py) and docs/port.md's coverage "
-                                   "table and unsupported entries.")
+                                   "port/zoo_recipes_main.py), the coverage table of "
+                                   "docs/port.md and README.md, and docs/port.md's unsupported "
+                                   "entries.")
   parser.add_argument("--source", default="",
                       help="a git checkout of RobustBench (its main branch) to read instead "
                            "of the installed wheel")

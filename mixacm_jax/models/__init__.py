@@ -2,15 +2,19 @@
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError, first_line
+from mixacm_jax.models.adaptive_smoothing import AdaptiveSmoothing, MixingNet
+from mixacm_jax.models.bit_resnet import BiTResNetV2
 from mixacm_jax.models.convnext import ConvNeXt
+from mixacm_jax.models.mixed_nuts import MixedNUTS
 from mixacm_jax.models.mobilenet_v2 import MobileNetV2
 from mixacm_jax.models.preact_resnet import PreActResNet
+from mixacm_jax.models.ra_resnet import RaResNet
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.swin import SwinTransformer
 from mixacm_jax.models.vit import VisionTransformer
@@ -52,6 +56,18 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "convnext_large": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
                                         dims=(192, 384, 768, 1536)),
     "convnext": ConvNeXt,  # depths / dims from model.kwargs
+    # ConvNeXt V2s as RobustBench's convnext_v2.py builds them (GRN, no layer scale; its pico
+    # is named convnext_pico there); Bai2024MixedNUTS' accurate base model is the large one.
+    **{f"convnextv2_{size}": functools.partial(ConvNeXt, depths=depths, dims=dims, version=2)
+       for size, depths, dims in (
+           ("atto", (2, 2, 6, 2), (40, 80, 160, 320)),
+           ("femto", (2, 2, 6, 2), (48, 96, 192, 384)),
+           ("pico", (2, 2, 6, 2), (64, 128, 256, 512)),
+           ("nano", (2, 2, 8, 2), (80, 160, 320, 640)),
+           ("tiny", (3, 3, 9, 3), (96, 192, 384, 768)),
+           ("base", (3, 3, 27, 3), (128, 256, 512, 1024)),
+           ("large", (3, 3, 27, 3), (192, 384, 768, 1536)),
+           ("huge", (3, 3, 27, 3), (352, 704, 1408, 2816)))},
     # timm's ViTs (DeiT-S and ViT-B at 16-pixel patches; stem=convstem: Singh et al.'s).
     "vit_small_patch16": functools.partial(VisionTransformer, patch_size=16, width=384,
                                            depth=12, heads=6),
@@ -77,6 +93,13 @@ MODELS: Dict[str, Callable[..., Any]] = {
     # and torchvision's ImageNet form.
     "mobilenet_v2": MobileNetV2,
     "imagenet_mobilenet_v2": functools.partial(MobileNetV2, form="imagenet", activation="relu6"),
+    # Bai et al. 2024's accurate + robust pair (RobustBench's Bai2024MixedNUTS entries, by name).
+    "mixed_nuts": MixedNUTS,
+    # Bai et al. 2023's adaptive smoothing (RobustBench's Bai2023Improving entries, by name).
+    "adaptive_smoothing": AdaptiveSmoothing,
+    # BiT's ResNetV2 (RobustBench's bit_rn_v2.py; MixedNUTS' accurate member is R152x2).
+    "bit_resnetv2": BiTResNetV2,  # block_units / width_factor from model.kwargs
+    "bit_r152x2": functools.partial(BiTResNetV2, block_units=(3, 8, 36, 3), width_factor=2),
     "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
     "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
     "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
@@ -90,6 +113,11 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "dm_preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2),
                                             shortcut_from_preact=False, shortcut_kernel=3,
                                             **_DM),
+    # RobustArch's ImageNet RaResNet-101-2 (Peng et al. 2023, RobustBench's Peng2023Robust).
+    "ra_wrn101_2": functools.partial(RaResNet, depths=(7, 11, 18, 1),
+                                     stage_widths=(512, 1024, 2016, 4032),
+                                     group_widths=(64, 128, 252, 504)),
+    "ra_resnet": RaResNet,  # stages, widths, groups, stem, SE from model.kwargs
 }
 # The statistics RobustBench's DM models are built with, by dataset (number of classes); they
 # are non-persistent buffers, so a checkpoint never carries them.
@@ -190,23 +218,41 @@ def apply_model(model, variables: Mapping[str, Any], x: jnp.ndarray, *, train: b
   sown = state.get("intermediates", {})
   check_sown(model, names, sown)
   new_batch_stats = state["batch_stats"] if train else variables.get("batch_stats", {})
-  return logits, {n: sown[n] for n in names}, new_batch_stats
+  return logits, {n: sown_at(sown, n) for n in names}, new_batch_stats
+
+
+def sown_at(sown, name: str):
+  """The activation sown as `name`; a member of an ensemble sows under its own name, so
+  `robust/stage1` is the robust member's `stage1`. None if there is none."""
+  node = sown
+  for part in name.split("/"):
+    if not isinstance(node, Mapping) or part not in node:
+      return None
+    node = node[part]
+  return None if isinstance(node, Mapping) else node
+
+
+def _sown_names(sown, prefix: str = "") -> List[str]:
+  return [n for k, v in sown.items() for n in (
+      _sown_names(v, f"{prefix}{k}/") if isinstance(v, Mapping) else [prefix + k])]
 
 
 def check_sown(model, names: Sequence[str], sown, role: str = "") -> None:
-  """Raises ConfigError naming the blocks of `names` that are not among `sown` (the names
-  the model sows); `role` (teacher, student) says which model it is."""
-  missing = [n for n in names if n not in sown]
+  """Raises ConfigError naming the blocks of `names` that are not among `sown` (what the
+  model sows, or their names); `role` (teacher, student) says which model it is."""
+  found = _sown_names(sown) if isinstance(sown, Mapping) else list(sown)
+  missing = [n for n in names if n not in found]
   if missing:
     who = f"the {role} ({type(model).__name__})" if role else type(model).__name__
     raise ConfigError(f"{who} does not sow {missing}; expected {list(names)}, found "
-                      f"{sorted(sown)}")
+                      f"{sorted(found)}")
 
 
 def feature_names(model, image_shape: Sequence[int]) -> Tuple[str, ...]:
-  """The names a model sows, sorted (found by tracing the model, not from a list)."""
+  """The names a model sows, sorted (found by tracing the model, not from a list); an
+  ensemble member's as `member/name`."""
   def run():
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False)
     _, state = model.apply(variables, jnp.zeros((1, *image_shape)), mutable=["intermediates"])
     return state["intermediates"]
-  return tuple(jax.eval_shape(run).keys())
+  return tuple(sorted(_sown_names(jax.eval_shape(run))))

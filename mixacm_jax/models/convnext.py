@@ -3,6 +3,11 @@ Singh et al. 2023 (RobustBench's `convstem_models.py`): a patchify or convolutio
 stages of depthwise 7x7 convolution, LayerNorm, MLP (GELU) and layer scale, a LayerNorm and a
 2x2 stride-2 convolution between stages; the head pools, normalises and classifies.
 
+ConvNeXt V2 (Woo et al. 2023; `version=2`, as RobustBench's `convnext_v2.py`, Meta's own code,
+builds it): the same network with no layer scale and a global response normalisation (GRN)
+after each block's GELU; no input normalisation (that file's `mean` and `std` parameters are
+never used by its forward).
+
 Sows `stem`, `stage{i}` (NHWC feature maps, as the ResNets: ACM pairs a ConvNeXt teacher with
 a ResNet student stage by stage) and `features`.
 """
@@ -15,12 +20,30 @@ from mixacm_jax.models.layers import (MeanSparse, ModelBase, biased_conv, conv_k
                                        gelu, layer_norm, sow)
 
 
+class GRN(nn.Module):
+  """ConvNeXt V2's global response normalisation of NHWC x: each channel's L2 norm over the
+  spatial positions, divided by its mean over the channels (+ 1e-6), scales x;
+  gamma * (x * Nx) + beta + x. gamma and beta keep PyTorch's shape (1, 1, 1, C)."""
+  dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    shape = (1, 1, 1, self.dim)
+    gamma = self.param("gamma", nn.initializers.zeros, shape, jnp.float32).astype(x.dtype)
+    beta = self.param("beta", nn.initializers.zeros, shape, jnp.float32).astype(x.dtype)
+    gx = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(1, 2), keepdims=True))
+    nx = (gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
+    return gamma * (x * nx) + beta + x
+
+
 class ConvNeXtBlock(nn.Module):
   """x + gamma * fc2(gelu(fc1(LN(dwconv7x7(x))))); with `mean_sparse`, MeanSparse layers
-  before the GELU and on the branch (RobustBench's MeanSparse ConvNeXt)."""
+  before the GELU and on the branch (RobustBench's MeanSparse ConvNeXt); with `grn` (ConvNeXt
+  V2), x + fc2(GRN(gelu(fc1(LN(dwconv7x7(x)))))), no layer scale."""
   dim: int
   dtype: Any = jnp.float32
   mean_sparse: bool = False
+  grn: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -30,7 +53,10 @@ class ConvNeXtBlock(nn.Module):
     y = layer_norm(self.dtype, "norm")(y)
     y = nn.Dense(4 * self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(y)
     y = MeanSparse(name="sparse_hidden")(y) if self.mean_sparse else y
-    y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2")(gelu(y))
+    y = GRN(4 * self.dim, name="grn")(gelu(y)) if self.grn else gelu(y)
+    y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2")(y)
+    if self.grn:
+      return x + y
     gamma = self.param("gamma", nn.initializers.constant(1e-6), (self.dim,), jnp.float32)
     y = y * gamma.astype(y.dtype)
     return x + (MeanSparse(name="sparse_out")(y) if self.mean_sparse else y)
@@ -45,6 +71,9 @@ class ConvNeXt(ModelBase):
   stem_width: int = 48
   stem_layers: int = 2
   mean_sparse: bool = False  # Amini et al. 2024's MeanSparse layers in every block
+  # 1: timm's ConvNeXt; 2: ConvNeXt V2 (GRN, no layer scale; patch stem), read and written in
+  # the layout of RobustBench's convnext_v2.py (port.rules.CONVNEXT_V2).
+  version: int = 1
 
   def _conv(self, features, kernel, stride, padding, name):
     return biased_conv(features, kernel, stride, padding, dtype=self.dtype, name=name)
@@ -71,6 +100,11 @@ class ConvNeXt(ModelBase):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no batch statistics, no dropout
+    if self.version not in (1, 2) or (self.version == 2 and (
+        self.stem != "patch" or self.mean_sparse)):
+      raise ValueError(f"ConvNeXt version {self.version!r} with stem {self.stem!r} and "
+                       f"mean_sparse={self.mean_sparse}: known are version 1 (any stem, "
+                       "MeanSparse or not) and version 2 with the patch stem, no MeanSparse")
     x = self._stem(self.prepare(x))
     sow(self, "stem", x)
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
@@ -78,7 +112,7 @@ class ConvNeXt(ModelBase):
         x = self._conv(dim, 2, 2, 0, f"downsample{i}")(self._norm(f"downsample_norm{i}")(x))
       for j in range(depth):
         x = ConvNeXtBlock(dim, dtype=self.dtype, mean_sparse=self.mean_sparse,
-                          name=f"stage{i + 1}_{j}")(x)
+                          grn=self.version == 2, name=f"stage{i + 1}_{j}")(x)
       sow(self, f"stage{i + 1}", x)
     features = self._norm("head_norm")(jnp.mean(x, axis=(1, 2)))
     sow(self, "features", features)

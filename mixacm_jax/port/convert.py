@@ -26,14 +26,15 @@ def rules_for(model):
   return layouts_for(model)[0]
 
 
-def torch_to_flax(state_dict: Dict[str, np.ndarray], model,
-                  image_shape: Sequence[int]) -> Dict[str, Any]:
+def torch_to_flax(state_dict: Dict[str, np.ndarray], model, image_shape: Sequence[int],
+                  shapes: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """{params, batch_stats} for `model`; any missing, unexpected or wrongly shaped entry
   raises one CheckpointError that lists each. Of the layouts the model reads, the one whose
-  rules name the most keys is used."""
+  rules name the most keys is used. `shapes`: the variables' shapes, for a part that does not
+  take images (else found by building the model for `image_shape`)."""
   rules = max(layouts_for(model), key=lambda r: sum(
       rules_lib.to_flax(k, v, r) is not None for k, v in state_dict.items()))
-  expected = traverse_util.flatten_dict(jax.eval_shape(
+  expected = traverse_util.flatten_dict(shapes or jax.eval_shape(
       lambda: models.init_variables(model, jax.random.PRNGKey(0), image_shape)))
   converted, sources, unmapped = {}, {}, []
   for key, value in state_dict.items():

@@ -108,6 +108,18 @@ TIMM_CONVNEXT: List[Rule] = [
     ("stages.{s}.blocks.{b}.mlp.act.0", "stage{s+1}_{b}/sparse_hidden"),
     ("stages.{s}.blocks.{b}.drop_path.1", "stage{s+1}_{b}/sparse_out"),
 ]
+# ConvNeXt V2 as RobustBench's convnext_v2.py (Meta's code) names it (ConvNeXt, version=2); its
+# GRN's gamma / beta are (1, 1, 1, C) in both frameworks. The stem's rules come first.
+CONVNEXT_V2: List[Rule] = [
+    ("downsample_layers.0.0", "stem_conv"), ("downsample_layers.0.1", "stem_norm"),
+    ("downsample_layers.{s}.0", "downsample_norm{s}"),
+    ("downsample_layers.{s}.1", "downsample{s}"),
+    ("stages.{s}.{b}.dwconv", "stage{s+1}_{b}/conv_dw"),
+    ("stages.{s}.{b}.norm", "stage{s+1}_{b}/norm"),
+    ("stages.{s}.{b}.pwconv{i}", "stage{s+1}_{b}/fc{i}"),
+    ("stages.{s}.{b}.grn", "stage{s+1}_{b}/grn"),
+    ("norm", "head_norm"), ("head", "fc"),
+]
 # timm's VisionTransformer, and RobustBench's ConvStem (ConvBlock) as its patch embedding.
 TIMM_VIT: List[Rule] = [
     ("patch_embed.proj", "patch_embed"),
@@ -174,6 +186,42 @@ TORCHVISION_MOBILENET_V2: List[Rule] = [
     ("features.{b}.conv.1.0", "block{b}/conv2"), ("features.{b}.conv.1.1", "block{b}/bn2"),
     ("features.{b}.conv.2", "block{b}/conv3"), ("features.{b}.conv.3", "block{b}/bn3"),
 ]
+
+
+def _ra_resnet_rules(stages: int = 8) -> List[Rule]:
+  """RobustArch's ConfigurableModel (RobustBench's robustarch_wide_resnet.py): each block is
+  named after its stage twice (`stages.stage2.stage2-block0`), hence rules per stage."""
+  rules = [("normalization", ""),  # its input mean / std buffers: the recipe's model.mean / std
+           ("stem.stem.stem.0", "stem_conv"), ("stem.stem.stem.1", "stem_bn"), ("fc", "fc")]
+  for s in range(1, stages + 1):
+    torch_block, flax_block = f"stages.stage{s}.stage{s}-block{{b}}", f"stage{s}_block{{b}}"
+    rules += [(f"{torch_block}.proj.0", f"{flax_block}/proj_conv"),
+              (f"{torch_block}.proj.1", f"{flax_block}/proj_bn"),
+              (f"{torch_block}.F.se.fc{{i}}", f"{flax_block}/se/fc{{i}}")]
+    rules += [(f"{torch_block}.F.{p}.{i}", f"{flax_block}/{kind}_{p}")
+              for p in "abc" for i, kind in ((0, "conv"), (1, "bn"))]
+  return rules
+
+
+RA_RESNET: List[Rule] = _ra_resnet_rules()
+
+# BiT's ResNetV2 (RobustBench's bit_rn_v2.py). Its units are `unit01`, `unit02`, ...: {t}{u}
+# are the digits of that zero-padded number, so that the name is written back as read.
+BIT_RESNET_V2: List[Rule] = [
+    ("root.conv", "root_conv"), ("head.gn", "head_gn"), ("head.conv", "head_conv"),
+    ("body.block{s}.unit{t}{u}.gn{i}", "block{s}_unit{t}{u}/gn{i}"),
+    ("body.block{s}.unit{t}{u}.conv{i}", "block{s}_unit{t}{u}/conv{i}"),
+    ("body.block{s}.unit{t}{u}.downsample", "block{s}_unit{t}{u}/downsample"),
+]
+
+# Bai et al. 2023's MixingNetV4 (RobustBench's mixing_net.py), with the BatchNorm1d of the
+# composite model that follows it: one file holds both, as {'model': ..., 'bn': ...}.
+MIXING_NET: List[Rule] = [
+    ("layers.{l}.{b}.bn1", "layer{l}_{b}/bn1"), ("layers.{l}.{b}.bn2", "layer{l}_{b}/bn2"),
+    ("layers.{l}.{b}.conv1", "layer{l}_{b}/conv1"), ("layers.{l}.{b}.conv2", "layer{l}_{b}/conv2"),
+    ("layers.{l}.{b}.shortcut.0", "layer{l}_{b}/shortcut"), ("conv1x1", "conv1x1"),
+    ("linear", "linear"), ("bn", "bn"),
+]
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
@@ -182,8 +230,11 @@ RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
          ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT],
+         ("ConvNeXt", "v2"): [CONVNEXT_V2],
          ("MobileNetV2", ""): [CIFAR_MOBILENET_V2], ("SwinTransformer", ""): [TIMM_SWIN, MS_SWIN],
          ("XCiT", ""): [TIMM_XCIT],
+         ("RaResNet", ""): [RA_RESNET],
+         ("BiTResNetV2", ""): [BIT_RESNET_V2], ("MixingNet", ""): [MIXING_NET],
          ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2]}
 
 
@@ -191,6 +242,8 @@ def style(model) -> str:
   """The key's second part for a Flax model (see RULES)."""
   if getattr(model, "tf_same_padding", False):
     return "dm"
+  if type(model).__name__ == "ConvNeXt" and model.version == 2:
+    return "v2"
   imagenet = "imagenet" in (getattr(model, "stem", ""), getattr(model, "form", ""))
   return "imagenet" if imagenet else ""
 
@@ -202,6 +255,7 @@ LEAVES = {("weight", 4): ("params", "kernel"), ("weight", 2): ("params", "kernel
           ("running_mean", 1): ("batch_stats", "mean"), ("running_var", 1): ("batch_stats", "var"),
           ("alpha", 1): ("params", "alpha"), ("beta", 1): ("params", "beta"),
           ("gamma", 1): ("params", "gamma"),
+          ("gamma", 4): ("params", "gamma"), ("beta", 4): ("params", "beta"),  # ConvNeXt V2's GRN
           # A ViT's own parameters (module path empty): its class token, position embeddings.
           ("cls_token", 3): ("params", "cls_token"), ("pos_embed", 3): ("params", "pos_embed"),
           ("threshold", 0): ("batch_stats", "threshold"),  # MeanSparse's
@@ -255,7 +309,7 @@ def to_flax(torch_key: str, value: np.ndarray, rules: List[Rule]
     if key not in LEAVES:
       return None
     collection, flax_leaf = LEAVES[key]
-    if value.ndim == 4:
+    if value.ndim == 4 and leaf == "weight":
       value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
     elif value.ndim == 2 and leaf == "weight":  # a Linear's (out, in) -> (in, out)
       value = value.T
@@ -278,7 +332,7 @@ def to_torch(path: Tuple[str, ...], value: np.ndarray, rules: List[Rule]) -> Opt
       continue
     m = _match(flax_pat, module_path)
     if m is not None:
-      if value.ndim == 4:
+      if value.ndim == 4 and leaf == "kernel":
         value = np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
       elif value.ndim == 2 and leaf == "kernel":
         value = value.T

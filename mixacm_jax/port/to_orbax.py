@@ -38,6 +38,11 @@ def _read(convert_cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if convert_cfg.arch or convert_cfg.source:
       raise ConfigError("set either convert.robustbench (the zoo knows the architecture and "
                         "the file) or convert.arch and convert.source, not both")
+    found = zoo.recipe(convert_cfg.robustbench, convert_cfg.dataset, convert_cfg.threat_model)
+    if found.get("softmax_ensemble") or found.get("members"):
+      raise ConfigError(f"RobustBench's {convert_cfg.robustbench} is an ensemble of "
+                        f"{len(zoo.weight_files(found, ''))} networks, used by name, not "
+                        f"converted: --config.teacher.robustbench={convert_cfg.robustbench}")
     _, variables, info = zoo.load_entry(convert_cfg.robustbench, convert_cfg.dataset,
                                         convert_cfg.threat_model, convert_cfg.model_dir)
     return variables, info

@@ -6,6 +6,8 @@ import difflib
 import os
 from typing import Any, Dict, Optional, Tuple
 
+import jax
+
 from mixacm_jax import models
 from mixacm_jax.errors import CheckpointError, ConfigError
 from mixacm_jax.port import convert, state_dict as sd_lib, zoo_recipes, zoo_recipes_main
@@ -90,12 +92,24 @@ def weight_files(found: Dict[str, Any], path: str) -> Tuple[str, ...]:
   <name>.pt_m0.pt, ...; an entry built on torchvision's or timm's pretrained weights
   (Standard_R50, the DeiTs) reads torch.hub's file, unless a copy lies at the entry's own
   path."""
-  members = found.get("softmax_ensemble", 0)
+  members = _member_count(found)
   if members:
     return tuple(f"{path}_m{i}.pt" for i in range(members))
   if found.get("hub_weights") and not os.path.isfile(path):
     return (os.path.join(torch_hub_checkpoints(), found["hub_weights"]),)
   return (path,)
+
+
+# The members of the mixed classifiers, in RobustBench's file order (<name>.pt_m0.pt, ...), and
+# the parts among them that are not classifiers.
+MEMBER_NAMES = {"mixed_nuts": ("accurate", "robust"),
+                "adaptive_smoothing": ("accurate", "robust", "mixing")}
+PARTS = {"mixing_net": models.MixingNet}
+
+
+def _member_count(found: Dict[str, Any]) -> int:
+  """How many files (members) an ensemble entry has; 0 for one network."""
+  return found.get("softmax_ensemble", 0) or len(found.get("members", ()))
 
 
 def create_model(found: Dict[str, Any], *, mean=None, std=None, dtype: str = "float32"):
@@ -106,12 +120,25 @@ def create_model(found: Dict[str, Any], *, mean=None, std=None, dtype: str = "fl
     return models.SoftmaxEnsemble(
         members=tuple(_member(found, dtype) for _ in range(found["softmax_ensemble"])),
         num_classes=found["num_classes"], mean=mean, std=std, dtype=models.compute_dtype(dtype))
+  if found.get("members"):  # networks of different kinds, each normalising its own input
+    parts = dict(zip(MEMBER_NAMES[found["arch"]],
+                     (_member(found, dtype, i) for i in range(len(found["members"])))))
+    return models.create_model(found["arch"], num_classes=found["num_classes"], dtype=dtype,
+                               **parts, **dict(found["kwargs"]))
   return models.create_model(found["arch"], num_classes=found["num_classes"], mean=mean,
                              std=std, dtype=dtype, **dict(found["kwargs"]))
 
 
-def _member(found, dtype):
-  """One member of an ensemble: the inputs reach it normalised already."""
+def _member(found, dtype, index: int = 0):
+  """One member of an ensemble: a softmax ensemble's inputs reach it normalised already; a
+  mixed classifier's members are different networks, each with its own normalisation."""
+  if found.get("members"):
+    member = found["members"][index]
+    if member["arch"] in PARTS:  # not a classifier (a mixing network)
+      return PARTS[member["arch"]](dtype=models.compute_dtype(dtype), **dict(member["kwargs"]))
+    return models.create_model(member["arch"], num_classes=found["num_classes"],
+                               mean=member["mean"], std=member["std"], dtype=dtype,
+                               **dict(member["kwargs"]))
   return models.create_model(found["arch"], num_classes=found["num_classes"], dtype=dtype,
                              **dict(found["kwargs"]))
 
@@ -124,7 +151,7 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
   version, found = lookup(name, dataset, threat_model)
   path = checkpoint_path(name, dataset, threat_model, model_dir)
   dataset, threat = _canonical(dataset, threat_model)
-  members = found.get("softmax_ensemble", 0)
+  members = _member_count(found)
   files = weight_files(found, path)
   for file in files:
     if not os.path.isfile(file):
@@ -136,22 +163,7 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
               f"{file}" if found.get("hub_weights") else f"copy {model_dir} here")
       raise CheckpointError(f"{file} not found; mixacm_jax never downloads: fetch it where "
                             f"there is network with {fetch} and {copy}")
-  nested = (found["checkpoint_key"],) + tuple(
-      k for k in sd_lib.NESTED_KEYS if k != found["checkpoint_key"])
-  converted, norm = [], {"mean": None, "std": None}
-  for file in files:
-    state, file_norm = sd_lib.clean_state_dict(sd_lib.read_weight_file(file, nested_keys=nested))
-    norm = {k: norm[k] or file_norm[k] for k in norm}
-    target = _member(found, dtype) if members else create_model(
-        found, mean=file_norm["mean"], std=file_norm["std"], dtype=dtype)
-    try:
-      converted.append(convert.torch_to_flax(state, target, found["image_shape"]))
-    except CheckpointError as e:
-      raise CheckpointError(f"{file} does not hold RobustBench's {name} ({found['arch']}"
-                            f"{_kwargs_text(found)}): {e}") from None
-  model = create_model(found, mean=norm["mean"], std=norm["std"], dtype=dtype)
-  variables = converted[0] if not members else {
-      col: {f"members_{i}": v[col] for i, v in enumerate(converted)} for col in converted[0]}
+  model, variables = load_files(found, files, dtype, what=f"RobustBench's {name}")
   info = {"robustbench": name, "dataset": dataset, "threat_model": threat,
           "source": path if members else files[0],
           "arch": found["arch"], "kwargs": dict(found["kwargs"]),
@@ -160,6 +172,50 @@ def load_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
           "preprocessing": found.get("preprocessing"),
           "robustbench_version": version}
   return model, variables, info
+
+
+def load_files(found: Dict[str, Any], files, dtype: str = "float32",
+               what: str = "the recipe's network") -> Tuple[Any, Dict]:
+  """(model, variables) of a recipe from its weight files (one per member of an ensemble);
+  `what` names the network in the error of a file that does not fit."""
+  members = _member_count(found)
+  nested = (found["checkpoint_key"],) + tuple(
+      k for k in sd_lib.NESTED_KEYS if k != found["checkpoint_key"])
+  converted, norm = [], {"mean": None, "std": None}
+  for i, file in enumerate(files):
+    merged = found["members"][i].get("merge") if found.get("members") else None
+    raw = ({prefix + k: v for key, prefix in merged
+            for k, v in sd_lib.read_weight_file(file, nested_keys=(key,)).items()} if merged
+           else sd_lib.read_weight_file(file, nested_keys=nested))
+    state, file_norm = sd_lib.clean_state_dict(raw)
+    norm = {k: norm[k] or file_norm[k] for k in norm}
+    target = _member(found, dtype, i) if members else create_model(
+        found, mean=file_norm["mean"], std=file_norm["std"], dtype=dtype)
+    try:
+      converted.append(convert.torch_to_flax(state, target, found["image_shape"],
+                                             _part_shapes(found, i)))
+    except CheckpointError as e:
+      raise CheckpointError(f"{file} does not hold {what} ({found['arch']}"
+                            f"{_kwargs_text(found)}): {e}") from None
+  model = create_model(found, mean=norm["mean"], std=norm["std"], dtype=dtype)
+  if not members:
+    return model, converted[0]
+  names = (MEMBER_NAMES[found["arch"]] if found.get("members")
+           else [f"members_{i}" for i in range(members)])
+  return model, {col: {n: v[col] for n, v in zip(names, converted) if col in v}
+                 for col in dict.fromkeys(c for v in converted for c in v)}
+
+
+def _part_shapes(found: Dict[str, Any], index: int) -> Optional[Dict[str, Any]]:
+  """The variable shapes of member `index` when it is a part that takes no images (a mixing
+  network): read off the whole model's; None for a classifier."""
+  members = found.get("members", ())
+  if index >= len(members) or members[index]["arch"] not in PARTS:
+    return None
+  shapes = jax.eval_shape(lambda: models.init_variables(
+      create_model(found), jax.random.PRNGKey(0), found["image_shape"]))
+  name = MEMBER_NAMES[found["arch"]][index]
+  return {col: tree[name] for col, tree in shapes.items() if name in tree}
 
 
 def _kwargs_text(found) -> str:

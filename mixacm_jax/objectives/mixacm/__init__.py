@@ -35,7 +35,8 @@ def stage_pairs(cfg) -> List[Tuple[str, str, str, float]]:
   for spec, w in zip(stages, weights):
     student, _, teacher = spec.partition(":")
     teacher = teacher or student
-    key = student if teacher == student else f"{student}__{teacher}"
+    # The pair's name in params and metrics; a member's stage (robust/stage1) without its '/'.
+    key = student if teacher == student else f"{student}__{teacher}".replace("/", ".")
     if any(key == p[0] for p in pairs):
       raise ConfigError(f"objective.mixacm.acm.stages matches {student!r} to {teacher!r} twice: "
                         f"{stages}")
