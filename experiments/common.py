@@ -220,18 +220,22 @@ def teachers_per_seed(config, seeds: Sequence[int], workdir: str, run_one: Calla
 def _frozen_teacher(config, t_cfg, t_dir: str):
   """The teacher of `t_dir`; trained there again first when only its record survived (a study
   resumed on another machine from archived records)."""
-  if not os.path.isdir(os.path.join(t_dir, "checkpoints")):
-    print(f"== training {t_dir} again: its record is archived, its checkpoint is not here",
-          flush=True)
+  if not os.path.exists(os.path.join(t_dir, "summary.json")):  # written when training ends
+    print(f"== training {t_dir} (again): its record is archived, its finished checkpoint is "
+          "not here", flush=True)
     train_resumable(t_cfg, t_dir)
   info = input_pipeline.get_info(config.data)
   return teacher_lib.load_teacher(config.teacher, info.num_classes, info.image_shape,
                                   path=t_dir)
 
 
-def teacher_of(method: Method, teachers, seed: int) -> Callable[[], Any]:
+def teacher_of(method: Method, teachers, seed: int) -> Optional[Callable[[], Any]]:
   """A call that gives `method`'s frozen teacher for `seed` (from `teachers_per_seed`), with
-  its clean teacher's checkpoint (MTARD's, read by path) made sure of first."""
+  its clean teacher's checkpoint (MTARD's, read by path) made sure of first; None for a method
+  that distils from no teacher."""
+  if not objectives.get_objective(method.objective).needs_teacher:
+    return None
+
   def get():
     if method.clean_teacher:
       teachers[method.clean_teacher][seed]()

@@ -126,6 +126,23 @@ def logits_against_torch(net, arch: str, side: int, num_classes: int = 10, **kwa
   return model, variables, x, np.asarray(model.apply(variables, x)), reference
 
 
+def distil_from_zoo(config, name: str, model_dir: str, stages, workdir: str):
+  """Two MixACM steps on mock CIFAR-10 of a tiny ResNet from RobustBench's `name` by name
+  (ACM on `stages`); the run's result."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
+  config.data.name = "cifar10"
+  config.objective.name = "mixacm"
+  config.objective.mixacm.acm.stages = tuple(stages)
+  config.model.kwargs.stage_sizes = (1, 1, 1, 1)
+  config.teacher.robustbench, config.teacher.model_dir = name, model_dir
+  config.optim.batch_size, config.optim.num_steps = 4, 2
+  config.train_evals.pgd.attacks, config.train_evals.pgd.num_examples = "clean", 8
+  config.checkpoint.best_metric = "clean_accuracy"
+  with tfds.testing.mock_data(num_examples=16):
+    return train.train_and_evaluate(config, workdir)
+
+
 @pytest.fixture
 def mixacm_config(tiny_config, tmp_path):
   """`tiny_config` with MixACM from a tiny teacher (random, with non-trivial running

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import distil_from_zoo
 from mixacm_jax.models import mixed_nuts
 from mixacm_jax.port import zoo
 
@@ -68,6 +69,10 @@ def _compare_through_the_zoo(net, x, recipe, tmp_path):
   images = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
   out = np.asarray(model.apply(variables, images))
   np.testing.assert_allclose(out, ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+  # The parity tool's float64 comparison (for modules chaotic in float32): the same to the
+  # float32 rounding of the members' logits (the heads return float32).
+  np.testing.assert_allclose(robustbench_parity._flax_float64_logits(model, variables, x),  # pylint: disable=protected-access
+                             robustbench_parity.float64_logits(net, x), atol=1e-6)
   labels = np.arange(len(x)) % 10
   x_grad = x.clone().requires_grad_(True)
   net(x_grad)[torch.arange(len(x)), torch.tensor(labels)].sum().backward()
@@ -160,9 +165,7 @@ def test_a_mixed_nuts_entry_by_name_teaches_mixacm_on_its_robust_members_stages(
     tmp_path, monkeypatch, tiny_config):
   """Bai2024MixedNUTS by name (its recipe at a tiny size, its two files as RobustBench keeps
   them) as the teacher of two MixACM steps on mock CIFAR-10, ACM on the robust member."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mixacm_jax.port import zoo_recipes_main  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
   net, _ = _mixed_net()
   name = "Bai2024MixedNUTS"
   recipe = {**zoo_recipes_main.RECIPES["cifar10"]["Linf"][name],
@@ -171,17 +174,9 @@ def test_a_mixed_nuts_entry_by_name_teaches_mixacm_on_its_robust_members_stages(
   path = zoo.checkpoint_path(name, model_dir=str(tmp_path / "models"))
   (tmp_path / "models" / "cifar10" / "Linf").mkdir(parents=True)
   robustbench_parity.save_as_robustbench(net, recipe, path)
-  config = tiny_config
-  config.data.name = "cifar10"
-  config.objective.name = "mixacm"
-  config.objective.mixacm.acm.stages = ("stage1:robust/stage1", "stage2:robust/stage2")
-  config.model.kwargs.stage_sizes = (1, 1, 1, 1)
-  config.teacher.robustbench, config.teacher.model_dir = name, str(tmp_path / "models")
-  config.optim.batch_size, config.optim.num_steps = 4, 2
-  config.train_evals.pgd.attacks, config.train_evals.pgd.num_examples = "clean", 8
-  config.checkpoint.best_metric = "clean_accuracy"
-  with tfds.testing.mock_data(num_examples=16):
-    result = train.train_and_evaluate(config, str(tmp_path / "student"))
+  result = distil_from_zoo(tiny_config, name, str(tmp_path / "models"),
+                           ("stage1:robust/stage1", "stage2:robust/stage2"),
+                           str(tmp_path / "student"))
   assert result["steps"] == 2 and result["teacher_forward_passes"] > 0
   with open(tmp_path / "student" / "metrics.jsonl") as f:
     logged = [json.loads(line) for line in f if line.strip()]

@@ -19,6 +19,7 @@ if importlib.util.find_spec("robustbench") is None:
   pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)",
               allow_module_level=True)
 
+from conftest import distil_from_zoo  # noqa: E402
 import mixacm_jax  # noqa: E402
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.errors import CheckpointError, ConfigError  # noqa: E402
@@ -124,21 +125,10 @@ def test_the_papers_teacher_by_name_and_by_convert_mode(zhang_dir, tmp_path):
 
 @pytest.mark.slow
 def test_the_papers_teacher_distils_into_a_student_by_name(zhang_dir, tmp_path, tiny_config):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mixacm_jax.configs import cifar  # pylint: disable=g-import-not-at-top
-  from mixacm_jax.training import train  # pylint: disable=g-import-not-at-top
   model_dir, _, _ = zhang_dir
-  config = tiny_config
-  config.data.name = "cifar10"
-  config.objective.name = "mixacm"
-  config.objective.mixacm.acm.stages = cifar.WRN_TO_RESNET_STAGES[:2]
-  config.model.kwargs.stage_sizes = (1, 1, 1, 1)
-  config.teacher.robustbench, config.teacher.model_dir = ZHANG, model_dir
-  config.optim.batch_size, config.optim.num_steps = 4, 2
-  config.train_evals.pgd.attacks, config.train_evals.pgd.num_examples = "clean", 8
-  config.checkpoint.best_metric = "clean_accuracy"
-  with tfds.testing.mock_data(num_examples=16):
-    result = train.train_and_evaluate(config, str(tmp_path / "student"))
+  result = distil_from_zoo(tiny_config, ZHANG, model_dir, cifar.WRN_TO_RESNET_STAGES[:2],
+                           str(tmp_path / "student"))
   assert result["steps"] == 2 and result["teacher_forward_passes"] > 0
   assert 0 <= result["clean_accuracy"] <= 100
 
@@ -182,7 +172,7 @@ def test_an_ensemble_loads_from_robustbenchs_member_files(tmp_path, monkeypatch)
   from mixacm_jax.configs import default  # pylint: disable=g-import-not-at-top
   convert_cfg = default.get_config().convert
   convert_cfg.robustbench, convert_cfg.model_dir = name, str(tmp_path)
-  with pytest.raises(ConfigError, match=r"an ensemble of 3 networks, used by name, not "
+  with pytest.raises(ConfigError, match=r"an ensemble \(3 weight files\), used by name, not "
                      r"converted: --config.teacher.robustbench=Chen2020Adversarial$"):
     to_orbax.to_checkpoint(convert_cfg, str(tmp_path / "converted"))
 

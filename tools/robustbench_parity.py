@@ -98,40 +98,76 @@ def logits_at_scale(net, x, scale: float = LOGIT_SCALE) -> None:
 
 
 CALIBRATED = "calibrated"  # the alias of an entry checked with calibrated BatchNorm
+# ... and of one whose float32 stays chaotic even so (BiT-M-R152x2 with random weights: its
+# float32 logits and RobustBench's are each 1e-4 from the float64 ones), checked in float64.
+FLOAT64 = "float64"
+NOTES = {CALIBRATED: "BatchNorm calibrated", FLOAT64: "in float64"}
 
 
 def calibrate_batchnorm(net, x) -> None:
   """Running statistics set to those of `x` (as training leaves them): a deep random network
   with random statistics can be chaotic, its float32 and float64 logits far apart."""
   import torch  # pylint: disable=g-import-not-at-top
-  norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  members = (tuple(zip(ensemble_members(net), member_inputs(net, x)))
+             if type(net).__name__ in robustbench.MIXED_CLASSIFIERS else ())
+  for member, inputs in members:  # a mixed classifier runs only with its members in eval mode
+    calibrate_batchnorm(member, inputs)
+  inside = {id(m) for member, _ in members for m in member.modules()}
+  norms = [m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+           and id(m) not in inside]
   for m in norms:
     m.reset_running_stats()
     m.momentum = None  # the cumulative average: one batch sets the statistics
-  with torch.no_grad():
-    net.train()(x)
+  if norms:
+    with torch.no_grad():
+      net.train()(x)
   net.eval()
 
 
-def float32_is_chaotic(net, x, tolerance: float) -> bool:
-  """Whether the module's own float32 and float64 logits differ by more than `tolerance`."""
+def float64_logits(net, x) -> np.ndarray:
+  """The module's logits computed in float64 (on a copy; plain tensor attributes, such as a
+  mean / std, too)."""
   import copy  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   wide = copy.deepcopy(net).double()
-  for module in wide.modules():  # plain tensor attributes (a mean / std) too
+  for module in wide.modules():
     for key, value in vars(module).items():
       if isinstance(value, torch.Tensor) and value.is_floating_point():
         setattr(module, key, value.double())
   with torch.no_grad():
-    return float((net(x).double() - wide(x.double())).abs().max()) > tolerance
+    return wide(x.double()).numpy()
+
+
+def in_float64(module):
+  """A Flax model and its submodule fields (an ensemble's members) computing in float64; to
+  be applied inside `jax.enable_x64(True)` on float64 variables."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  def wide(value):
+    if isinstance(value, nn.Module):
+      return in_float64(value)
+    return tuple(map(wide, value)) if isinstance(value, tuple) else value
+  parts = {f.name: wide(getattr(module, f.name)) for f in dataclasses.fields(module)
+           if f.name not in ("parent", "name")}
+  return module.clone(**parts, **({"dtype": jnp.float64} if hasattr(module, "dtype") else {}))
+
+
+def _flax_float64_logits(model, variables, x) -> np.ndarray:
+  import jax  # pylint: disable=g-import-not-at-top
+  with jax.enable_x64(True):
+    wide = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), variables)
+    return np.asarray(in_float64(model).apply(wide, x.numpy().astype(np.float64).transpose(
+        0, 2, 3, 1)))
 
 
 def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: str,
                 batch: int = 2, seed: int = 0, calibrate: bool = False
-                ) -> Tuple[float, float, bool]:
+                ) -> Tuple[float, float, str]:
   """(max |logit difference| between RobustBench's module and the by-name Flax model,
-  max |logit| of RobustBench's module, whether BatchNorm was calibrated). A module whose
-  own float32 logits are chaotic with random statistics is checked again, calibrated."""
+  max |logit| of RobustBench's module, how: "" or CALIBRATED or FLOAT64). A module whose own
+  float32 logits are chaotic with random statistics is checked again with its BatchNorm
+  calibrated; one still chaotic is compared in float64, its own and the Flax model's."""
   import torch  # pylint: disable=g-import-not-at-top
   recipe = zoo.recipe(name, dataset, threat)
   torch.manual_seed(seed)
@@ -161,16 +197,26 @@ def check_entry(name: str, dataset: str, threat: str, entry: dict, model_dir: st
   save_as_robustbench(net, recipe, path)
   with torch.no_grad():
     ref = net(x).numpy()
-  chaotic = not calibrate and float32_is_chaotic(net, x, TOLERANCE)
+  ref64 = float64_logits(net, x)
+  chaotic = float(np.max(np.abs(ref - ref64))) > TOLERANCE
   del net
+  if chaotic and not calibrate:
+    _remove(zoo.weight_files(recipe, path), model_dir)
+    return check_entry(name, dataset, threat, entry, model_dir, batch, seed, calibrate=True)
   model, variables = zoo.load_robustbench(name, dataset, threat, model_dir)
-  for file in zoo.weight_files(recipe, path):
+  _remove(zoo.weight_files(recipe, path), model_dir)
+  scale = float(np.max(np.abs(ref)))
+  if chaotic:  # still, calibrated or with no BatchNorm to calibrate: compare in float64
+    return float(np.max(np.abs(_flax_float64_logits(model, variables, x) - ref64))), scale, \
+        FLOAT64
+  out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
+  return float(np.max(np.abs(out - ref))), scale, CALIBRATED if calibrate else ""
+
+
+def _remove(files, model_dir: str) -> None:
+  for file in files:
     if file.startswith(model_dir) and os.path.exists(file):
       os.remove(file)
-  out = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1)))
-  if chaotic:
-    return check_entry(name, dataset, threat, entry, model_dir, batch, seed, calibrate=True)
-  return float(np.max(np.abs(out - ref))), float(np.max(np.abs(ref))), calibrate
 
 
 def run(only: Optional[Sequence[str]] = None, report: Optional[str] = None,
@@ -206,12 +252,12 @@ def run(only: Optional[Sequence[str]] = None, report: Optional[str] = None,
             results[(dataset, threat, name)] = seen[signature][:2] + (seen[signature][2],)
             continue
           start = time.time()
-          diff, scale, calibrated = check_entry(name, dataset, threat, entry, model_dir)
+          diff, scale, how = check_entry(name, dataset, threat, entry, model_dir)
           seen[signature] = (diff, scale, f"{dataset} {threat} {name}")
-          results[(dataset, threat, name)] = (diff, scale, CALIBRATED if calibrated else "")
+          results[(dataset, threat, name)] = (diff, scale, how)
           print(f"{dataset:8s} {threat:11s} {name:42s} {recipe['arch']:18s} "
                 f"max|dlogit| {diff:.1e} of max|logit| {scale:.1e} "
-                + ("with BatchNorm calibrated " if calibrated else "") +
+                + (f"({NOTES[how]}) " if how else "") +
                 f"({time.time() - start:.0f} s)", flush=True)
   if report:
     with open(report, "w") as f:
@@ -234,7 +280,10 @@ def render(results, zoo_module=zoo_recipes) -> str:
       "Entries with the same class and recipe are checked once (\"as\"). A module whose own "
       "float32 and float64 logits differ by more than the tolerance with random statistics "
       "(a deep network made chaotic) is checked with its BatchNorm statistics set to those of "
-      "the input, as training leaves them (\"BatchNorm calibrated\"). MeanSparse's "
+      "the input, as training leaves them (\"BatchNorm calibrated\"); one that stays chaotic "
+      "(BiT-M-R152x2: GroupNorm, nothing to calibrate) is compared in float64, RobustBench's "
+      "module and the Flax model alike (each member's logits rounded to float32; \"in "
+      "float64\"). MeanSparse's "
       "thresholds stay 0 here (a hard threshold turns float32 rounding near it into jumps); "
       "its layers are proven with thresholds on at smaller sizes of the same classes "
       "(tests/timm_families_test.py).", "",
@@ -243,8 +292,7 @@ def render(results, zoo_module=zoo_recipes) -> str:
       "max abs logit |", "|---|---|---|---|---|---|"]
   for (dataset, threat, name), (diff, scale, alias) in results.items():
     arch = zoo_module.RECIPES[dataset][threat][name]["arch"]
-    note = ("" if not alias else " (BatchNorm calibrated)" if alias == CALIBRATED
-            else f" (as {alias})")
+    note = f" ({NOTES.get(alias) or 'as ' + alias})" if alias else ""
     lines.append(f"| {dataset} | {threat} | {name} | {arch} | {diff:.1e}{note} | {scale:.1e} |")
   return "\n".join(lines) + "\n"
 
@@ -258,8 +306,8 @@ def read_report(path: str):
       if len(cells) != 6 or cells[0] in ("dataset", "---"):
         continue
       diff, _, note = cells[4].partition(" (")
-      alias = (CALIBRATED if note.startswith("BatchNorm calibrated")
-               else note.removeprefix("as ").rstrip(")"))
+      alias = next((k for k, v in NOTES.items() if note.startswith(v)),
+                   note.removeprefix("as ").rstrip(")"))
       results[tuple(cells[:3])] = (float(diff), float(cells[5]), alias)
   return results
 

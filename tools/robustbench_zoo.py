@@ -167,7 +167,8 @@ def randomise_initial_constants(net, seed: int = 0, mean_sparse_threshold: float
                          or (name == "beta" and type(module).__name__ == "GRN")
                          or (p.ndim == 1 and "LayerNorm" in type(module).__name__)
                          or isinstance(module, torch.nn.GroupNorm)):
-          p.copy_((0.0 if name == "bias" else 1.0) + 0.3 * torch.randn(p.shape, generator=g))
+          p.copy_((0.0 if name in ("bias", "beta") else 1.0)
+                  + 0.3 * torch.randn(p.shape, generator=g))
       if type(module).__name__ in ("MeanSparse", "MeanSparse_imagenet"):
         module.running_mean.copy_(0.2 * torch.randn(module.running_mean.shape, generator=g))
         module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=g))
@@ -181,10 +182,10 @@ def randomise_learned_activations(net, seed: int = 0):
   import torch  # pylint: disable=g-import-not-at-top
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
-    for name, p in net.named_parameters():
-      if name.endswith(("alpha", "beta")) and p.numel() == 1:
-        p.fill_(float(0.5 + torch.rand(1, generator=g)) if name.endswith("alpha")
-                else float(0.2 * torch.rand(1, generator=g)))
+    for module in net.modules():
+      if type(module).__name__ == "PSSiLU":  # not a mixed classifier's alpha, a constant
+        module.alpha.fill_(float(0.5 + torch.rand(1, generator=g)))
+        module.beta.fill_(float(0.2 * torch.rand(1, generator=g)))
   return net
 
 
@@ -717,8 +718,8 @@ def _mixed_nuts(net) -> Dict[str, Any]:
   if (type(net.std_map).__name__ != "HardMaxMap"
       or type(rob_map).__name__ != "LNClampPowerScaleMap" or rob_map.center_only
       or not isinstance(rob_map.clamp_fn, torch.nn.GELU) or rob_map.clamp_fn.approximate != "none"
-      or net._alpha.numel() != 1):  # pylint: disable=protected-access
-    raise Unsupported("a mixed classifier with other logit maps than MixedNUTS' own")
+      or net._alpha.numel() != 1 or not 0 < float(net._alpha) < 1):  # pylint: disable=protected-access
+    raise Unsupported("a mixed classifier with other logit maps or weights than MixedNUTS' own")
   members = []
   for member in (net.std_model, net.rob_model):
     arch, kwargs, mean, std = _network(member)
@@ -735,7 +736,7 @@ def _adaptive_smoothing(net) -> Dict[str, Any]:
   MixingNetV4 (with the BatchNorm1d on its output, one file) and the constants of the mix."""
   comp = net._comp_model  # pylint: disable=protected-access
   if not (comp.use_policy and comp.pn_version == 4 and float(comp.alpha_scale) != 0
-          and not comp.bn.affine):
+          and float(comp.alpha_bias) < 1 and not comp.bn.affine):
     raise Unsupported("a composite model without its V4 mixing network")
   members = []
   for member in comp.models:

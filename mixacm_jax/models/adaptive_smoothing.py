@@ -35,6 +35,10 @@ def call_with_stages(member: nn.Module, x, train: bool, stages: Sequence[int]
 
   with nn.intercept_methods(record):
     logits = member(x, train)
+  missing = [s for s in stages if s not in outputs]
+  if missing:
+    raise ValueError(f"{type(member).__name__} has no blocks named block{missing[0]}_...: the "
+                     "mixing network reads stages of the ResNets only")
   return logits, tuple(outputs[s] for s in stages)
 
 
@@ -73,9 +77,10 @@ class MixingNet(nn.Module):
       if i == 0:
         x = x + conv(self.widths[0], 1, dtype=self.dtype, name="conv1x1")(y)
     gamma = dense(1, self.dtype, "linear", use_bias=False)(jnp.mean(x, axis=(1, 2)))
+    wide = jnp.promote_types(self.dtype, jnp.float32)
     return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-5,
-                        use_scale=False, use_bias=False, dtype=jnp.float32,
-                        name="bn")(gamma.astype(jnp.float32))[:, 0]
+                        use_scale=False, use_bias=False, dtype=wide,
+                        name="bn")(gamma.astype(wide))[:, 0]
 
 
 class AdaptiveSmoothing(ModelBase):
@@ -103,8 +108,7 @@ class AdaptiveSmoothing(ModelBase):
     rob, (rob1, rob2) = call_with_stages(self.robust, x, False, (1, 2))
     gamma = self.mixing((acc1, rob1), (acc2, rob2)) * self.gamma_scale + self.gamma_bias
     alpha = (jax.nn.sigmoid(gamma) * self.alpha_scale + self.alpha_bias)[:, None]
-    acc_part = jnp.log1p(-alpha) + jax.nn.log_softmax(
-        acc.astype(jnp.float32) * self.accurate_scale, -1)
-    rob_part = jnp.log(alpha) + jax.nn.log_softmax(rob.astype(jnp.float32) * self.robust_scale,
-                                                   -1)
+    wide = jnp.promote_types(self.dtype, jnp.float32)
+    acc_part = jnp.log1p(-alpha) + jax.nn.log_softmax(acc.astype(wide) * self.accurate_scale, -1)
+    rob_part = jnp.log(alpha) + jax.nn.log_softmax(rob.astype(wide) * self.robust_scale, -1)
     return jnp.logaddexp(acc_part, rob_part)

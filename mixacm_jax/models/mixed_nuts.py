@@ -47,9 +47,12 @@ class MixedNUTS(ModelBase):
   def __call__(self, x, train: bool = False):
     if self.accurate is None or self.robust is None:
       raise ValueError("MixedNUTS is built from its two members (a RobustBench entry, by name)")
+    if train:
+      raise ValueError("MixedNUTS is frozen (evaluation and distillation only)")
     x = self.prepare(x)
-    acc = self.accurate(x, train).astype(jnp.float32)
-    rob = self.robust(x, train).astype(jnp.float32)
+    wide = jnp.promote_types(self.dtype, jnp.float32)
+    acc = self.accurate(x, False).astype(wide)
+    rob = self.robust(x, False).astype(wide)
     mapped = clamp_power_scale(standardize_top_k(rob, self.ln_k), self.scale, self.power,
                                self.clamp_bias)
     robust_part = jnp.log(self.alpha) + jax.nn.log_softmax(mapped, axis=-1)

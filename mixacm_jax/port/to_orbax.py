@@ -40,8 +40,8 @@ def _read(convert_cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                         "the file) or convert.arch and convert.source, not both")
     found = zoo.recipe(convert_cfg.robustbench, convert_cfg.dataset, convert_cfg.threat_model)
     if found.get("softmax_ensemble") or found.get("members"):
-      raise ConfigError(f"RobustBench's {convert_cfg.robustbench} is an ensemble of "
-                        f"{len(zoo.weight_files(found, ''))} networks, used by name, not "
+      raise ConfigError(f"RobustBench's {convert_cfg.robustbench} is an ensemble "
+                        f"({len(zoo.weight_files(found, ''))} weight files), used by name, not "
                         f"converted: --config.teacher.robustbench={convert_cfg.robustbench}")
     _, variables, info = zoo.load_entry(convert_cfg.robustbench, convert_cfg.dataset,
                                         convert_cfg.threat_model, convert_cfg.model_dir)

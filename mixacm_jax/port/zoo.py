@@ -185,7 +185,8 @@ def load_files(found: Dict[str, Any], files, dtype: str = "float32",
   for i, file in enumerate(files):
     merged = found["members"][i].get("merge") if found.get("members") else None
     raw = ({prefix + k: v for key, prefix in merged
-            for k, v in sd_lib.read_weight_file(file, nested_keys=(key,)).items()} if merged
+            for k, v in sd_lib.read_weight_file(file, nested_keys=("state_dict", key)).items()}
+           if merged
            else sd_lib.read_weight_file(file, nested_keys=nested))
     state, file_norm = sd_lib.clean_state_dict(raw)
     norm = {k: norm[k] or file_norm[k] for k in norm}
@@ -195,8 +196,9 @@ def load_files(found: Dict[str, Any], files, dtype: str = "float32",
       converted.append(convert.torch_to_flax(state, target, found["image_shape"],
                                              _part_shapes(found, i)))
     except CheckpointError as e:
-      raise CheckpointError(f"{file} does not hold {what} ({found['arch']}"
-                            f"{_kwargs_text(found)}): {e}") from None
+      part = found["members"][i] if found.get("members") else found
+      raise CheckpointError(f"{file} does not hold {what} ({part['arch']}"
+                            f"{_kwargs_text(part)}): {e}") from None
   model = create_model(found, mean=norm["mean"], std=norm["std"], dtype=dtype)
   if not members:
     return model, converted[0]
