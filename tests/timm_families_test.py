@@ -305,3 +305,26 @@ def test_a_transformer_or_convnext_teacher_distils_into_a_resnet_student(tiny_co
     student.optim.num_steps = 2
     summary = train.train_and_evaluate(student, str(tmp_path / "student"))
   assert summary["steps"] == 2 and np.isfinite(summary["clean_accuracy"])
+
+
+@pytest.mark.parametrize("window,side", [(4, 32), (7, 64)])
+def test_mean_sparse_swin_gives_robustbenchs_logits_with_thresholds_on(window, side):
+  """MeanSparse's own copy of timm's Swin (Amini2024MeanSparse_Swin-L's class, from the
+  pinned wheel) at a tiny size: MeanSparse after each residual sum and on the MLP's hidden and
+  output, thresholds 0.5 with random statistics; logits and the export back."""
+  module = robustbench_zoo.architecture_module("Meansparse_swin_L")
+  torch.manual_seed(0)
+  net = robustbench_zoo.randomise_initial_constants(module.SwinTransformer(
+      num_classes=10, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4),
+      window_size=window, img_size=side).eval(), mean_sparse_threshold=0.5)
+  sparse = [m for m in net.modules() if type(m).__name__ == "MeanSparse"]
+  assert len(sparse) == 4 * 8 and all(float(m.threshold) == 0.5 for m in sparse)
+  model, variables, x, out, ref = logits_against_torch(net, "swin", side, window=window,
+                                                       mean_sparse=True, **TINY_SWIN)
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+  plain = models.create_model("swin", num_classes=10, window=window, **TINY_SWIN)
+  params_only = {"params": variables["params"]}  # the same weights without MeanSparse
+  assert np.abs(np.asarray(plain.apply(params_only, x)) - out).max() > 1e-3
+  exported = convert.flax_to_torch(variables, model)
+  assert {k for k in net.state_dict() if "meansparse" in k and k.endswith(
+      ("running_mean", "running_var", "threshold"))} <= set(exported)

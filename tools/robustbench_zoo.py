@@ -513,7 +513,7 @@ def _timm_swin(net) -> Tuple[str, dict]:
   import torch  # pylint: disable=g-import-not-at-top
   block = net.layers[0].blocks[0]
   attn = block.attn
-  plain = [net.global_pool == "avg", not block.always_partition,
+  plain = [net.global_pool == "avg", not getattr(block, "always_partition", False),
            attn.qkv.bias is not None, attn.qkv.out_features == 3 * block.dim,
            isinstance(block.norm1, torch.nn.LayerNorm) and block.norm1.eps == 1e-5,
            isinstance(block.mlp.act, torch.nn.GELU),
@@ -527,6 +527,12 @@ def _timm_swin(net) -> Tuple[str, dict]:
       "heads": tuple(stage.blocks[0].attn.num_heads for stage in net.layers),
       "window": max(max(stage.blocks[0].window_size) for stage in net.layers),
       "mlp_ratio": block.mlp.fc1.out_features / block.dim}
+
+
+def _mean_sparse_swin(net) -> Tuple[str, dict]:
+  """MeanSparse's copy of timm's SwinTransformer (Amini2024MeanSparse_Swin-L)."""
+  name, fields = _timm_swin(net)
+  return name, {**fields, "mean_sparse": True}
 
 
 def _ms_swin(net) -> Tuple[str, dict]:
@@ -660,6 +666,7 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("timm.models.vision_transformer", "VisionTransformer"): _timm_vit,
     ("timm.models.swin_transformer", "SwinTransformer"): _timm_swin,
     ("MIMIR_swin_transformer", "SwinTransformer"): _ms_swin,
+    ("Meansparse_swin_L", "SwinTransformer"): _mean_sparse_swin,
     ("timm.models.xcit", "Xcit"): _timm_xcit,
     ("Meansparse_wrn_94_16", "MeanSparse_DMWideResNet"): _mean_sparse_dm_wide_resnet,
     ("Meansparse_wrn_70_16", "DMWideResNet"): _mean_sparse_dm_wide_resnet,
@@ -1054,7 +1061,7 @@ def _counts(recipes, dataset, threat) -> str:
   return f"{sum('arch' in e for e in entries.values())} / {len(entries)}"
 
 
-def render_coverage(zoos) -> str:
+def render_coverage(zoos, where: str = "below") -> str:
   """The coverage table (docs/port.md, README.md): per dataset and threat model, entries by name / entries, for each
   zoo of `zoos` ([(version, recipes)], the pinned wheel first)."""
   header = " | ".join(zoo.zoo_name(v) for v, _ in zoos)
@@ -1067,7 +1074,7 @@ def render_coverage(zoos) -> str:
     rows.append(f"| {dataset} | {threat} | "
                 + " | ".join(_counts(r, dataset, threat) for _, r in zoos) + " |")
   return "\n".join([COVERAGE_START, "RobustBench entries loadable by name / entries (each "
-                    "unsupported one and why: docs/port.md):", "", *rows, COVERAGE_END])
+                    f"unsupported one and why: {where}):", "", *rows, COVERAGE_END])
 
 
 def render_unsupported(zoos) -> str:
@@ -1112,7 +1119,8 @@ def generated_files(zoo: str, version: str, recipes) -> Dict[str, str]:
   with open(PORT_DOC) as f:
     text = with_block(f.read(), render_coverage(zoos), COVERAGE_START, COVERAGE_END)
   with open(README) as f:
-    readme = with_block(f.read(), render_coverage(zoos), COVERAGE_START, COVERAGE_END)
+    readme = with_block(f.read(), render_coverage(zoos, "[docs/port.md](docs/port.md)"),
+                        COVERAGE_START, COVERAGE_END)
   return {RECIPE_FILES[zoo]: render_recipes(recipes, version), README: readme,
           PORT_DOC: with_block(text, render_unsupported(zoos), UNSUPPORTED_START,
                                UNSUPPORTED_END)}

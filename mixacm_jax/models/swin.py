@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixacm_jax.models.layers import ModelBase, biased_conv, dense, gelu, layer_norm, sow
+from mixacm_jax.models.layers import (MeanSparse, ModelBase, biased_conv, dense, gelu,
+                                       layer_norm, sow)
 
 
 def relative_position_index(window: int) -> np.ndarray:
@@ -84,7 +85,9 @@ class WindowAttention(nn.Module):
 
 
 class SwinBlock(nn.Module):
-  """x + W-MSA(LN(x)) (shifted by half a window in every other block), then x + MLP(LN(x))."""
+  """x + W-MSA(LN(x)) (shifted by half a window in every other block), then x + MLP(LN(x));
+  with `mean_sparse` (RobustBench's MeanSparse Swin-L), MeanSparse after each residual sum and
+  on the MLP's hidden (before the GELU) and output."""
   dim: int
   heads: int
   window: int
@@ -92,6 +95,10 @@ class SwinBlock(nn.Module):
   mlp_ratio: float = 4.0
   norm_eps: float = 1e-5
   dtype: Any = jnp.float32
+  mean_sparse: bool = False
+
+  def sparse(self, x, name: str):
+    return MeanSparse(name=name)(x) if self.mean_sparse else x
 
   @nn.compact
   def __call__(self, x):
@@ -107,10 +114,11 @@ class SwinBlock(nn.Module):
     y = _merge_windows(y, window, h + ph, w + pw)[:, :h, :w]
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
-    x = x + y
+    x = self.sparse(x + y, "sparse1")
     y = dense(int(d * self.mlp_ratio), self.dtype, "fc1")(
         layer_norm(self.dtype, "norm2", self.norm_eps)(x))
-    return x + dense(d, self.dtype, "fc2")(gelu(y))
+    y = dense(d, self.dtype, "fc2")(gelu(self.sparse(y, "mlp_sparse1")))
+    return self.sparse(x + self.sparse(y, "mlp_sparse2"), "sparse2")
 
 
 def patch_merge(x, dtype, eps: float, prefix: str):
@@ -134,6 +142,7 @@ class SwinTransformer(ModelBase):
   mlp_ratio: float = 4.0
   # torch's nn.LayerNorm default (timm); RobustBench's MIMIR models use 1e-6.
   norm_eps: float = 1e-5
+  mean_sparse: bool = False  # Amini et al. 2024's MeanSparse layers in every block
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -147,7 +156,8 @@ class SwinTransformer(ModelBase):
         x = patch_merge(x, self.dtype, self.norm_eps, f"stage{s + 1}")
       for i in range(depth):
         x = SwinBlock(x.shape[-1], heads, self.window, self.window // 2 if i % 2 else 0,
-                      self.mlp_ratio, self.norm_eps, self.dtype, name=f"stage{s + 1}_block{i}")(x)
+                      self.mlp_ratio, self.norm_eps, self.dtype, self.mean_sparse,
+                      name=f"stage{s + 1}_block{i}")(x)
       sow(self, f"stage{s + 1}", x)
     features = jnp.mean(layer_norm(self.dtype, "norm", self.norm_eps)(x), axis=(1, 2))
     sow(self, "features", features)

@@ -137,6 +137,10 @@ _SWIN_BLOCKS: List[Rule] = [
     ("layers.{s}.blocks.{b}.attn.qkv", "stage{s+1}_block{b}/attn/qkv"),
     ("layers.{s}.blocks.{b}.attn.proj", "stage{s+1}_block{b}/attn/proj"),
     ("layers.{s}.blocks.{b}.mlp.fc{i}", "stage{s+1}_block{b}/fc{i}"),
+    # MeanSparse's copy of timm's Swin (Amini et al. 2024): after each residual sum, and on
+    # the MLP's hidden and output.
+    ("layers.{s}.blocks.{b}.meansparse{i}", "stage{s+1}_block{b}/sparse{i}"),
+    ("layers.{s}.blocks.{b}.mlp.meansparse{i}", "stage{s+1}_block{b}/mlp_sparse{i}"),
     ("norm", "norm"),
 ]
 # timm's SwinTransformer: each stage starts with its patch merging.
