@@ -148,9 +148,11 @@ def in_float64(module):
     if isinstance(value, nn.Module):
       return in_float64(value)
     return tuple(map(wide, value)) if isinstance(value, tuple) else value
-  parts = {f.name: wide(getattr(module, f.name)) for f in dataclasses.fields(module)
-           if f.name not in ("parent", "name")}
-  return module.clone(**parts, **({"dtype": jnp.float64} if hasattr(module, "dtype") else {}))
+  fields = {f.name: wide(getattr(module, f.name)) for f in dataclasses.fields(module)
+            if f.name not in ("parent", "name")}
+  if "dtype" in fields:
+    fields["dtype"] = jnp.float64
+  return module.clone(**fields)
 
 
 def _flax_float64_logits(model, variables, x) -> np.ndarray:
