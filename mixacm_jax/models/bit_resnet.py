@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mixacm_jax.models.layers import ModelBase, conv_kernel_init, sow
 
@@ -79,26 +78,10 @@ class PreActBottleneck(nn.Module):
     return out + residual
 
 
-def _bilinear_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
-  """torch's bilinear interpolation (align_corners=False) along one axis: source position
-  (i + 0.5) * n_in / size - 0.5, clamped at 0, between two neighbours."""
-  n = x.shape[axis]
-  if n == size:
-    return x
-  src = np.maximum((np.arange(size, dtype=np.float32) + np.float32(0.5))
-                   * np.float32(n / size) - np.float32(0.5), np.float32(0))
-  lo = np.minimum(np.floor(src).astype(np.int32), n - 1)
-  hi = np.minimum(lo + 1, n - 1)
-  frac = np.clip(src - lo, 0, 1).astype(np.float32)
-  shape = [1] * x.ndim
-  shape[axis] = size
-  frac = jnp.asarray(frac.reshape(shape), x.dtype)
-  return jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
-
-
 def resize_bilinear(x: jnp.ndarray, side: int) -> jnp.ndarray:
-  """NHWC images to side x side as F.interpolate(..., mode='bilinear') (no antialiasing)."""
-  return _bilinear_axis(_bilinear_axis(x, 1, side), 2, side)
+  """NHWC images to side x side as torch's F.interpolate(..., mode='bilinear') (half-pixel
+  centres, no antialiasing)."""
+  return jax.image.resize(x, (x.shape[0], side, side, x.shape[3]), "bilinear", antialias=False)
 
 
 class BiTResNetV2(ModelBase):
