@@ -218,10 +218,12 @@ def _control_lines(rows, records, robust_key):
     lines.append(f"- Of MixACM's robustness above natural training ({100 * gain:+.1f} points), "
                  f"{100 * needs:.0f} % needs the robust teacher (MixACM minus MixACM from a "
                  "natural teacher, over MixACM minus natural training).")
-  for name in ("fast_at_equal", "pgd_at_equal"):
-    if name in rows:
+  for name in rows:
+    if name.endswith("_equal"):
       versus(name, f"{label(name)} ({rows[name]['total_passes'][0] / 1e6:.3f} M passes, MixACM "
                    f"{rows['mixacm']['total_passes'][0] / 1e6:.3f} M)")
+  if sum(name in DISTILLATION for name in rows) > 1:
+    lines.append(_frontier_line(rows, robust_key))
   collapsed = [f"{r['run']} seed {r['seed']}: {c}" for r in records
                if r["run"].startswith("fast_at") for c in [common.collapse(r.get("history", []))]
                if c]
@@ -230,6 +232,38 @@ def _control_lines(rows, records, robust_key):
                  "after every epoch falling > 20 points below its best): "
                  + ("; ".join(collapsed) if collapsed else "none on any seed") + ".")
   return lines
+
+
+# Passes within this fraction count as the same cost: the equal-cost runs' budgets are whole
+# epochs, so they land within about 10 % of MixACM's.
+SAME_COST = 0.15
+
+
+def frontier(rows, robust_key):
+  """The students no other student beats at the same cost or less: none has at most their mean
+  passes (SAME_COST included) and a higher mean robust accuracy. Cheapest first."""
+  students = {n: r for n, r in rows.items() if n not in common.TEACHERS}
+  cost = lambda r: r["total_passes"][0]
+  return sorted((n for n, r in students.items() if not any(
+      cost(o) <= cost(r) * (1 + SAME_COST) and o[robust_key][0] > r[robust_key][0]
+      for m, o in students.items() if m != n)), key=lambda n: cost(students[n]))
+
+
+def _frontier_line(rows, robust_key):
+  on = frontier(rows, robust_key)
+  passes = lambda n: rows[n]["total_passes"][0]
+  show = lambda n: (f"{label(n)} ({passes(n) / 1e6:.2f} M passes, "
+                    f"{100 * rows[n][robust_key][0]:.1f} %)")
+  line = (f"- The frontier of robust accuracy against passes (seed means; passes within "
+          f"{100 * SAME_COST:.0f} % count as equal): " + ", ".join(show(n) for n in on) + ".")
+  if "mixacm" in rows and "mixacm" not in on:
+    m = rows["mixacm"]
+    beat = [n for n in on if passes(n) <= passes("mixacm") * (1 + SAME_COST)
+            and rows[n][robust_key][0] > m[robust_key][0]]
+    line += (" MixACM is behind it: " + ", ".join(
+        f"{label(n)} is {100 * (rows[n][robust_key][0] - m[robust_key][0]):.1f} points more "
+        "robust" for n in beat) + " at the same passes.")
+  return line
 
 
 def markdown(rows, records, config, provenance):
@@ -324,17 +358,33 @@ def markdown(rows, records, config, provenance):
   return "\n".join(lines) + "\n"
 
 
+def _log_axis(ax, values):
+  """A log x axis labelled in plain numbers at 1-2-5 steps (a decade-spanning cost axis)."""
+  ax.set_xscale("log")
+  lo, hi = min(values), max(values)
+  ticks = [t for t in (m * 10.0 ** e for e in range(-4, 4) for m in (1, 2, 5))
+           if lo / 1.5 <= t <= hi * 1.5]
+  ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+  ax.minorticks_off()
+
+
 def plot(rows, records, out):
   plt = common.pyplot()
   robust_key = _robust_key(rows)
-  colors = dict(zip(rows, (plt.cm.tab10 if len(rows) <= 10 else plt.cm.tab20).colors))
+  # A method and its equal-cost run share a colour; the equal-cost one is drawn with squares.
+  base = lambda name: name.removesuffix("_equal")
+  bases = list(dict.fromkeys(base(n) for n in rows))
+  palette = dict(zip(bases, (plt.cm.tab10 if len(bases) <= 10 else plt.cm.tab20).colors))
+  colors = {n: palette[base(n)] for n in rows}
+  marker = lambda name: "s" if name.endswith("_equal") else "o"
 
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for name, r in rows.items():
     mean = [100 * m for m, _ in r["sweep"]]
     std = [100 * s for _, s in r["sweep"]]
-    ax.errorbar(r["eps"], mean, yerr=std, marker="o", ms=3, capsize=2, color=colors[name],
-                label=label(name), lw=2.5 if name in ("teacher", "mixacm") else 1)
+    ax.errorbar(r["eps"], mean, yerr=std, marker=marker(name), ms=3, capsize=2,
+                color=colors[name], label=label(name),
+                lw=2.5 if name in ("teacher", "mixacm") else 1)
   ax.set_xlabel("L-inf eps")
   ax.set_ylabel("PGD-20 robust accuracy (%)")
   ax.grid(alpha=0.3)
@@ -346,22 +396,23 @@ def plot(rows, records, out):
   for fname, xkey, xlabel in (("clean_vs_robust.png", "clean", "clean accuracy (%)"),
                               ("cost_vs_robust.png", "total_passes",
                                "training cost: network passes (millions)")):
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    many = len(rows) > 10  # then the legend goes beside the axes, not over the points
+    fig, ax = plt.subplots(figsize=(10, 5) if many else (6.5, 4.5))
     for name, r in rows.items():
       mine = [x for x in records if x["run"] == name]
       xs = [(100 * x["report"]["clean_accuracy"] if xkey == "clean" else x[xkey] / 1e6)
             for x in mine]
       ys = [100 * (x["report"]["attacks"][robust_key]["robust_accuracy"]) for x in mine]
-      ax.scatter(xs, ys, s=12, alpha=0.4, color=colors[name])
+      ax.scatter(xs, ys, s=12, alpha=0.4, color=colors[name], marker=marker(name))
       mx = 100 * r[xkey][0] if xkey == "clean" else r[xkey][0] / 1e6
       ax.scatter([mx], [100 * r[robust_key][0]], s=70, color=colors[name], label=label(name),
-                 edgecolor="k")
+                 edgecolor="k", marker=marker(name))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{robust_key} robust accuracy (%)")
     if xkey == "total_passes":
-      ax.set_xscale("log")
+      _log_axis(ax, [x["total_passes"] / 1e6 for x in records])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if many else {}))
     fig.tight_layout()
     common.save_figure(fig, os.path.join(out, fname))
 

@@ -86,7 +86,8 @@ def _parsed_defaults():
 @pytest.mark.parametrize("script,folder", [("robustness_transfer", "digits"),
                                            ("transfer_study", "digits_study"),
                                            ("transfer_study", "digits_costs"),
-                                           ("robustness_transfer", "digits_controls")])
+                                           ("robustness_transfer", "digits_controls"),
+                                           ("robustness_transfer", "digits_distillation")])
 def test_committed_results_re_render_exactly(tmp_path, script, folder):
   """--render_only on a committed results.json gives the committed results.md, byte for byte
   (so the tables are the code's, not edited by hand)."""
@@ -204,6 +205,34 @@ def test_catastrophic_overfitting_and_the_controls_are_reported():
   assert f"{100 * 26 / 51:.0f} % needs the robust teacher" in text
   assert "fast_at_equal seed 1: robust accuracy fell from 60.0 %" in text
   assert "seed 0:" not in text.split("Catastrophic")[1]
+
+
+def test_the_distillation_comparison_names_its_frontier_and_every_equal_cost_run():
+  """With several distillation methods: every `_equal` run is set against MixACM per seed, and
+  the frontier holds exactly the students no other one beats at the same passes (within 15 %)
+  or fewer."""
+  rt = _load()
+  cost = lambda r, passes: {**r, "total_passes": passes}
+  records = []
+  for s in range(2):
+    records += [cost(_record("teacher", s, 0.97, 0.70, 0.70, 50.0), 2e5),
+                cost(_record("mixacm", s, 0.95, 0.60, 0.55 + 0.01 * s, 20.0), 1e5),
+                cost(_record("ard", s, 0.95, 0.80, 0.80, 60.0), 4e5),
+                cost(_record("rslad", s, 0.95, 0.70, 0.75, 60.0), 5e5),  # ARD: cheaper, better
+                cost(_record("ard_equal", s, 0.90, 0.50, 0.45 + 0.02 * s, 20.0), 1e5),
+                cost(_record("iad_equal", s, 0.90, 0.50, 0.30, 20.0), 0.9e5),  # ~ the same
+                cost(_record("kd", s, 0.97, 0.10, 0.05, 10.0), 0.5e5),  # cheapest: on it
+                cost(_record("fast_at_equal", s, 0.90, 0.70, 0.70, 20.0), 1e5)]
+  rows = rt.summarise(records)
+  assert rt.frontier(rows, "autoattack") == ["kd", "fast_at_equal", "ard"]
+  lines = rt._control_lines(rows, records, "autoattack")  # pylint: disable=protected-access
+  text = "\n".join(lines)
+  assert ("ARD (adversarial KD) at 0.5x the teacher's passes (0.100 M passes, MixACM 0.100 M): "
+          "46.0 % against MixACM's 55.5 %; MixACM minus it, per seed: +9.5 ± 0.7 points "
+          "(smallest +9.0, 2 of 2 seeds above)") in text
+  assert "IAD at 0.5x the teacher's passes (0.090 M passes" in text
+  assert ("MixACM is behind it: fast-AT (FGSM-RS) at 0.5x the teacher's passes is 14.5 points "
+          "more robust at the same passes.") in text
 
 
 def test_transfer_matrix_reads_a_pipeline_workdir_and_writes_its_table(tmp_path):
