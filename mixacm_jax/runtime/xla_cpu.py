@@ -14,10 +14,10 @@ by adding `EIGEN` to `XLA_FLAGS`, and only where that is safe:
 - no JAX backend has started yet (XLA reads `XLA_FLAGS` once, then).
 
 The attacks' loop programs (`attacks.loop`, driven from Python on CPU, often on a few points)
-also leave reductions out of YNNPACK (`LOOP_OPTIONS`, per program): there YNNPACK's reduction
-of a model's global pooling, with the ops it fuses, costs about half of a forward pass on a
-few points, while training's large reductions are faster in YNNPACK (BENCHMARKS.md has the
-figures).
+also leave reductions out of YNNPACK (`loop_compiler_options`, per program): there YNNPACK's
+reduction of a model's global pooling, with the ops it fuses, costs about half of a forward
+pass on a few points, while training's large reductions are faster in YNNPACK (BENCHMARKS.md
+has the figures).
 
 JAX's compilation cache hashes `XLA_FLAGS` and per-program options into its keys, so programs
 compiled with either backend never replace each other there.
