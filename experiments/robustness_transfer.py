@@ -192,7 +192,8 @@ def _paired(records, a, b, robust_key):
 
 def _control_lines(rows, records, robust_key):
   """The controls and the equal-cost baselines against MixACM, in plain numbers: paired
-  differences over seeds (mean ± std, worst seed)."""
+  differences over seeds (mean ± std, worst seed); with several distillation methods, the
+  frontier of robust accuracy against cost."""
   if "mixacm" not in rows:
     return []
   lines = []
@@ -222,7 +223,7 @@ def _control_lines(rows, records, robust_key):
     if name.endswith("_equal"):
       versus(name, f"{label(name)} ({rows[name]['total_passes'][0] / 1e6:.3f} M passes, MixACM "
                    f"{rows['mixacm']['total_passes'][0] / 1e6:.3f} M)")
-  if sum(name in DISTILLATION for name in rows) > 1:
+  if sum(name in DISTILLATION for name in rows) > 1:  # the comparison, not the older sets
     lines.append(_frontier_line(rows, robust_key))
   collapsed = [f"{r['run']} seed {r['seed']}: {c}" for r in records
                if r["run"].startswith("fast_at") for c in [common.collapse(r.get("history", []))]
@@ -239,30 +240,39 @@ def _control_lines(rows, records, robust_key):
 SAME_COST = 0.15
 
 
+def _beats(o, r, robust_key):
+  """o is more robust at the same passes (SAME_COST included) or fewer, or as robust at
+  clearly fewer."""
+  cost_o, cost_r = o["total_passes"][0], r["total_passes"][0]
+  acc_o, acc_r = o[robust_key][0], r[robust_key][0]
+  return ((acc_o > acc_r and cost_o <= cost_r * (1 + SAME_COST))
+          or (acc_o == acc_r and cost_o * (1 + SAME_COST) < cost_r))
+
+
 def frontier(rows, robust_key):
-  """The students no other student beats at the same cost or less: none has at most their mean
-  passes (SAME_COST included) and a higher mean robust accuracy. Cheapest first."""
+  """The students (not the teachers) that no other student beats (`_beats`), cheapest first:
+  the methods worth their cost."""
   students = {n: r for n, r in rows.items() if n not in common.TEACHERS}
-  cost = lambda r: r["total_passes"][0]
-  return sorted((n for n, r in students.items() if not any(
-      cost(o) <= cost(r) * (1 + SAME_COST) and o[robust_key][0] > r[robust_key][0]
-      for m, o in students.items() if m != n)), key=lambda n: cost(students[n]))
+  on = [n for n, r in students.items()
+        if not any(_beats(o, r, robust_key) for m, o in students.items() if m != n)]
+  return sorted(on, key=lambda n: students[n]["total_passes"][0])
 
 
 def _frontier_line(rows, robust_key):
-  on = frontier(rows, robust_key)
+  """The frontier in one line, and, when MixACM is off it, the students that beat it."""
   passes = lambda n: rows[n]["total_passes"][0]
-  show = lambda n: (f"{label(n)} ({passes(n) / 1e6:.2f} M passes, "
-                    f"{100 * rows[n][robust_key][0]:.1f} %)")
+  robust = lambda n: rows[n][robust_key][0]
+  show = lambda n: f"{label(n)} ({passes(n) / 1e6:.2f} M passes, {100 * robust(n):.1f} %)"
   line = (f"- The frontier of robust accuracy against passes (seed means; passes within "
-          f"{100 * SAME_COST:.0f} % count as equal): " + ", ".join(show(n) for n in on) + ".")
-  if "mixacm" in rows and "mixacm" not in on:
-    m = rows["mixacm"]
-    beat = [n for n in on if passes(n) <= passes("mixacm") * (1 + SAME_COST)
-            and rows[n][robust_key][0] > m[robust_key][0]]
-    line += (" MixACM is behind it: " + ", ".join(
-        f"{label(n)} is {100 * (rows[n][robust_key][0] - m[robust_key][0]):.1f} points more "
-        "robust" for n in beat) + " at the same passes.")
+          f"{100 * SAME_COST:.0f} % count as equal): "
+          + ", ".join(show(n) for n in frontier(rows, robust_key)) + ".")
+  if "mixacm" in rows:
+    ahead = sorted((n for n in rows if n not in common.TEACHERS and n != "mixacm"
+                    and _beats(rows[n], rows["mixacm"], robust_key)), key=robust, reverse=True)
+    if ahead:
+      line += " MixACM is off it: " + ", ".join(
+          f"{label(n)} is {100 * (robust(n) - robust('mixacm')):.1f} points more robust"
+          for n in ahead) + " at the same passes or fewer."
   return line
 
 
@@ -374,11 +384,15 @@ def plot(rows, records, out):
   # A method and its equal-cost run share a colour; the equal-cost one is drawn with squares.
   base = lambda name: name.removesuffix("_equal")
   bases = list(dict.fromkeys(base(n) for n in rows))
-  palette = dict(zip(bases, (plt.cm.tab10 if len(bases) <= 10 else plt.cm.tab20).colors))
+  twenty = plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]  # ten distinct hues first
+  palette = dict(zip(bases, plt.cm.tab10.colors if len(bases) <= 10 else twenty))
   colors = {n: palette[base(n)] for n in rows}
   marker = lambda name: "s" if name.endswith("_equal") else "o"
+  many = len(rows) > 10  # then the legend goes beside the axes, not over the points
+  size = (10, 5) if many else (6.5, 4.5)
+  legend = {"fontsize": 7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if many else {})}
 
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  fig, ax = plt.subplots(figsize=size)
   for name, r in rows.items():
     mean = [100 * m for m, _ in r["sweep"]]
     std = [100 * s for _, s in r["sweep"]]
@@ -388,7 +402,7 @@ def plot(rows, records, out):
   ax.set_xlabel("L-inf eps")
   ax.set_ylabel("PGD-20 robust accuracy (%)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(**legend)
   fig.tight_layout()
   common.save_figure(fig, os.path.join(out, "eps_sweep.png"))
 
@@ -396,8 +410,7 @@ def plot(rows, records, out):
   for fname, xkey, xlabel in (("clean_vs_robust.png", "clean", "clean accuracy (%)"),
                               ("cost_vs_robust.png", "total_passes",
                                "training cost: network passes (millions)")):
-    many = len(rows) > 10  # then the legend goes beside the axes, not over the points
-    fig, ax = plt.subplots(figsize=(10, 5) if many else (6.5, 4.5))
+    fig, ax = plt.subplots(figsize=size)
     for name, r in rows.items():
       mine = [x for x in records if x["run"] == name]
       xs = [(100 * x["report"]["clean_accuracy"] if xkey == "clean" else x[xkey] / 1e6)
@@ -412,7 +425,7 @@ def plot(rows, records, out):
     if xkey == "total_passes":
       _log_axis(ax, [x["total_passes"] / 1e6 for x in records])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if many else {}))
+    ax.legend(**legend)
     fig.tight_layout()
     common.save_figure(fig, os.path.join(out, fname))
 

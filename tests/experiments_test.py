@@ -231,8 +231,24 @@ def test_the_distillation_comparison_names_its_frontier_and_every_equal_cost_run
           "46.0 % against MixACM's 55.5 %; MixACM minus it, per seed: +9.5 ± 0.7 points "
           "(smallest +9.0, 2 of 2 seeds above)") in text
   assert "IAD at 0.5x the teacher's passes (0.090 M passes" in text
-  assert ("MixACM is behind it: fast-AT (FGSM-RS) at 0.5x the teacher's passes is 14.5 points "
-          "more robust at the same passes.") in text
+  assert ("MixACM is off it: fast-AT (FGSM-RS) at 0.5x the teacher's passes is 14.5 points "
+          "more robust at the same passes or fewer.") in text
+
+
+def test_the_frontier_line_names_whoever_beats_mixacm_and_keeps_ties_out():
+  """MixACM beaten by a run that is itself off the frontier is still named; an equally robust
+  run at clearly more passes is off the frontier; MixACM on it adds no clause."""
+  rt = _load()
+  row = lambda passes, acc: {"total_passes": (passes, 0.0), "autoattack": (acc, 0.0)}
+  rows = {"teacher": row(2.0, 0.9), "mixacm": row(1.0, 0.50), "ard_equal": row(1.1, 0.60),
+          "rslad": row(1.25, 0.70), "iad": row(3.0, 0.70)}
+  assert rt.frontier(rows, "autoattack") == ["rslad"]
+  line = rt._frontier_line(rows, "autoattack")  # pylint: disable=protected-access
+  assert line.endswith("MixACM is off it: ARD (adversarial KD) at 0.5x the teacher's passes is "
+                       "10.0 points more robust at the same passes or fewer.")
+  rows["mixacm"] = row(1.0, 0.65)
+  assert rt.frontier(rows, "autoattack") == ["mixacm", "rslad"]
+  assert "off it" not in rt._frontier_line(rows, "autoattack")  # pylint: disable=protected-access
 
 
 def test_transfer_matrix_reads_a_pipeline_workdir_and_writes_its_table(tmp_path):
