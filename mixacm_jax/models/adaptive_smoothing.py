@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.models.bit_resnet import resize_bilinear
-from mixacm_jax.models.layers import ModelBase, batch_norm, conv, dense
+from mixacm_jax.models.layers import ModelBase, batch_norm, conv, dense, mixing_dtype
 
 
 def call_with_stages(member: nn.Module, x, train: bool, stages: Sequence[int]
@@ -77,7 +77,7 @@ class MixingNet(nn.Module):
       if i == 0:
         x = x + conv(self.widths[0], 1, dtype=self.dtype, name="conv1x1")(y)
     gamma = dense(1, self.dtype, "linear", use_bias=False)(jnp.mean(x, axis=(1, 2)))
-    wide = jnp.promote_types(self.dtype, jnp.float32)
+    wide = mixing_dtype(self.dtype)
     return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-5,
                         use_scale=False, use_bias=False, dtype=wide,
                         name="bn")(gamma.astype(wide))[:, 0]
@@ -108,7 +108,7 @@ class AdaptiveSmoothing(ModelBase):
     rob, (rob1, rob2) = call_with_stages(self.robust, x, False, (1, 2))
     gamma = self.mixing((acc1, rob1), (acc2, rob2)) * self.gamma_scale + self.gamma_bias
     alpha = (jax.nn.sigmoid(gamma) * self.alpha_scale + self.alpha_bias)[:, None]
-    wide = jnp.promote_types(self.dtype, jnp.float32)
+    wide = mixing_dtype(self.dtype)
     acc_part = jnp.log1p(-alpha) + jax.nn.log_softmax(acc.astype(wide) * self.accurate_scale, -1)
     rob_part = jnp.log(alpha) + jax.nn.log_softmax(rob.astype(wide) * self.robust_scale, -1)
     return jnp.logaddexp(acc_part, rob_part)

@@ -71,6 +71,12 @@ def per_image_standardize(x: jnp.ndarray) -> jnp.ndarray:
   return (x - mean) / jnp.maximum(std, 1.0 / n**0.5)
 
 
+def mixing_dtype(dtype: Any) -> Any:
+  """The dtype of a mixed classifier's mix of its members' logits: float32, or the model's
+  own where it is wider (float64 in the parity tool's comparison)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def sow(module: nn.Module, name: str, value: jnp.ndarray) -> None:
   """Hands an activation out through the `intermediates` collection, keeping only the last write."""
   module.sow("intermediates", name, value,

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixacm_jax.models.layers import ModelBase
+from mixacm_jax.models.layers import ModelBase, mixing_dtype
 
 
 def standardize_top_k(logits: jnp.ndarray, k: int) -> jnp.ndarray:
@@ -50,7 +50,7 @@ class MixedNUTS(ModelBase):
     if train:
       raise ValueError("MixedNUTS is frozen (evaluation and distillation only)")
     x = self.prepare(x)
-    wide = jnp.promote_types(self.dtype, jnp.float32)
+    wide = mixing_dtype(self.dtype)
     acc = self.accurate(x, False).astype(wide)
     rob = self.robust(x, False).astype(wide)
     mapped = clamp_power_scale(standardize_top_k(rob, self.ln_k), self.scale, self.power,
