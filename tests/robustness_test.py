@@ -112,6 +112,53 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
     assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - direct) < 1e-9, e
 
 
+def test_a_later_report_on_an_equal_model_compiles_no_attack_loop(tiny_config, caplog):
+  """The attacks' loop programs are keyed by the model, not by the report: a second report on
+  a new but equal Flax model with other weights compiles none of them again, and attacks the
+  new weights (the same as a report on them with every cache cleared). A logits function
+  compiles anew each call, so a closure attacks what it holds now."""
+  import logging  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config
+  cfg.eval.attacks, cfg.eval.threat.eps = "apgd-ce", 0.3
+  info = input_pipeline.get_info(cfg.data)
+  x = digits.arrays("test")[0][:16]
+  fast = {"apgd-ce": {"n_iter": 4}}
+  # Labels are the model's own predictions: every point is attacked, in batches of one shape.
+  report = lambda m, v: robustness.report_on_arrays(
+      m, v, x, np.asarray(m.apply(v, x).argmax(-1)), cfg.eval, verbose=False,
+      stage_settings=fast)
+  create = lambda: models.create_model_from_config(cfg.model, info.num_classes)
+  v1, v2 = (models.init_variables(create(), jax.random.PRNGKey(k), info.image_shape)
+            for k in (3, 4))
+  first = report(create(), v1)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      second = report(create(), v2)
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  loops = [r.getMessage()[:80] for r in caplog.records
+           if r.getMessage().startswith("Compiling jit(_chunk)")]
+  assert loops == []
+  jax.clear_caches()
+  fresh = report(create(), v2)
+  assert not np.array_equal(first["examples"]["clean_margin"],
+                            second["examples"]["clean_margin"])
+  assert second["attacks"] == fresh["attacks"]
+  broken = lambda r: r["examples"]["attacks"]["apgd-ce"]["broken_by"]
+  assert broken(second) == broken(fresh)
+
+  held = {"v": v1}
+  model = create()
+  y = np.asarray(model.apply(v2, x).argmax(-1))
+  attack = lambda f: robustness.run_autoattack(f, x, y, jax.random.PRNGKey(0), eps=0.3,
+                                               version="apgd-ce", overrides=fast)[1]["apgd-ce"]
+  closure = lambda v: model.apply(held["v"], v)
+  attack(closure)
+  held["v"] = v2
+  np.testing.assert_array_equal(attack(closure), attack(lambda v: model.apply(v2, v)))
+
+
 @pytest.mark.slow
 def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkeypatch):
   """The report runs AutoAttack's stages from Python on CPU, each device's shard in its own

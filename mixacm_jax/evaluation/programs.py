@@ -2,6 +2,7 @@
 clean pass, the margins of returned points, and one attack stage over a batch of points.
 A program is built once per `cache` dict (an eps sweep and a training run share one: eps is
 a traced argument, so one compilation serves every eps)."""
+import dataclasses
 import inspect
 from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
@@ -100,15 +101,41 @@ def _still_robust(logits_fn, x, y, robust, x_adv):
   return robust & (jnp.argmax(logits_fn(x_adv), -1) == y), x_adv
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Apply:
+  """`model.apply` as the attacks' logits function of (variables, x[, rng]); `rng` feeds a
+  randomized model's "noise" stream (EOT attacks). It is part of every compiled attack loop
+  program's key, and equal for equal Flax models, so a later report on the same architecture
+  (other weights: they are arguments) compiles no loop again; a logits function's
+  `FunctionModel`, or a module that cannot be compared or hashed, equals only itself (what a
+  closure holds may have changed since)."""
+  model: Any
+
+  def __call__(self, variables, v, rng=None):
+    return self.model.apply(variables, v, rngs=None if rng is None else {"noise": rng})
+
+  def __eq__(self, other):
+    if not isinstance(other, _Apply):
+      return NotImplemented
+    try:
+      return self.model is other.model or bool(self.model == other.model)
+    except (TypeError, ValueError):  # e.g. a module with an array field
+      return False
+
+  def __hash__(self):
+    try:
+      return hash(self.model)
+    except TypeError:
+      return id(self.model)
+
+
 def stage(model, attack: Callable, host: bool) -> Callable:
   """(variables, x, y, robust, keys, rank, eps, step) -> (still robust, x_adv) for one
   attack stage (`attacks.registry.stage_fn`). `pmap`ped, or with `host` each device's shard
   from Python, one after the other, so that the attack's loop runs from Python too (fast on
   CPU, see `attacks.loop`). Not in threads: two threads driving JAX at once aborted the
   process now and then (XLA:CPU, jax 0.10.2)."""
-  # `rng` feeds a randomized model's "noise" stream (EOT attacks); others ignore it.
-  apply = lambda variables, v, rng=None: model.apply(variables, v, rngs=None if rng is None
-                                                     else {"noise": rng})
+  apply = _Apply(model)
 
   def run(variables, x, y, robust, keys, rank, eps, step):
     logits_fn = jax.tree_util.Partial(apply, variables)
