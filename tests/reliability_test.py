@@ -241,6 +241,41 @@ def test_a_full_disk_is_one_line_and_the_run_continues_once_there_is_space(tmp_p
   assert _steps(tmp_path / "w") == [2, 4]
 
 
+# A failed save's other writes fail too; asyncio reports each such task or future when it is
+# collected, at any moment up to the process's end. Made here: an orbax coroutine (compiled
+# under orbax's path), a bare future that failed to write, and a user's own failing task.
+_UNREAD_FAILURES = """
+import asyncio, gc
+from absl import app
+from mixacm_jax.cli import quiet
+
+def failing(filename, message):
+  scope = {}
+  exec(compile(f"async def write():\\n  raise ValueError({message!r})", filename, "exec"),
+       scope)
+  return scope["write"]()
+
+def main(_):
+  quiet.quiet_libraries()
+  loop = asyncio.new_event_loop()
+  loop.create_task(failing("/venv/site-packages/orbax/handler.py", "Event loop is closed"))
+  loop.create_task(failing("/home/me/mine.py", "my own bug"))
+  loop.create_future().set_exception(ValueError("Failed to write: [os_error_code='27']"))
+  loop.run_until_complete(asyncio.sleep(0))
+  gc.collect()
+  loop.close()
+
+app.run(main)
+"""
+
+
+def test_asyncio_reports_of_a_failed_saves_unread_writes_are_dropped_and_others_kept():
+  out = subprocess.run([sys.executable, "-c", _UNREAD_FAILURES], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stderr.count("never retrieved") == 1 and "my own bug" in out.stderr, out.stderr
+
+
 def _unshare_works():
   try:
     return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0

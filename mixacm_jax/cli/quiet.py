@@ -10,6 +10,8 @@ import warnings
 
 from absl import logging as absl_logging
 
+from mixacm_jax.runtime import storage
+
 # What tensorstore's threads print, once per write still in flight, after a failed save has
 # closed orbax's event loop.
 LOOP_CLOSED = "RuntimeError: Event loop is closed"
@@ -17,8 +19,18 @@ _LAST_LINE = re.compile(r"^[A-Za-z_.]+(Error|Exception|Interrupt)\b.*$")
 
 
 class _NotFromOrbax(logging.Filter):
+  """Drops orbax's own records, and asyncio's reports of the other writes of a failed save
+  (tasks and futures whose failure nobody read, reported when they are collected, up to the
+  process's end): the command has reported the save in one line."""
+
   def filter(self, record):
-    return "/orbax/" not in record.pathname.replace(os.sep, "/")
+    if "/orbax/" in record.pathname.replace(os.sep, "/"):
+      return False
+    if record.name != "asyncio" or "exception was never retrieved" not in record.getMessage():
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("/orbax/" in record.getMessage().replace(os.sep, "/")
+                or (error is not None and storage.errno_of(error) is not None))
 
 
 # What threading calls a thread that Python did not start (one of a C++ library's own).
@@ -58,7 +70,7 @@ class _ForeignThreadFilter:
 
 def quiet_libraries() -> None:
   """Orbax's logs off (every save and restore at INFO; a failed save's tracebacks from each of
-  its threads at ERROR), the loop-closed tracebacks of tensorstore's threads dropped, and
+  its threads and tasks at ERROR), the loop-closed tracebacks of tensorstore's threads dropped, and
   JAX's warnings about cache entries it could not write or read (a full disk, a truncated
   entry: it compiles instead) ignored."""
   absl_logging.set_verbosity(absl_logging.ERROR)

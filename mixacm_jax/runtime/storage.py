@@ -11,7 +11,7 @@ FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def _code(e: BaseException):
+def errno_of(e: BaseException):
   """The errno of a failed write: the OSError's, or read off a backend's message."""
   if isinstance(e, OSError) and e.errno:
     return e.errno
@@ -24,7 +24,7 @@ def _code(e: BaseException):
 
 def reason(e: BaseException) -> str:
   """The cause of a failed write in a few words, and what to do about it."""
-  code = _code(e)
+  code = errno_of(e)
   if code is not None:
     what = os.strerror(code)
   else:  # tensorstore wraps the OS error in a ValueError of many lines
