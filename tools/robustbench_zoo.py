@@ -615,6 +615,23 @@ def _bit_resnet_v2(net) -> Tuple[str, dict]:
                          "width_factor": wf}
 
 
+def _resnest(net) -> Tuple[str, dict]:
+  """RobustBench's ResNest (resnest.py; Sehwag2021Proxy_ResNest152): its fields off the
+  instance; dilated stages, DropBlock and radix 0 (plain 3x3 convolutions) have no twin."""
+  blocks = [b for n in ("layer1", "layer2", "layer3", "layer4") for b in getattr(net, n)]
+  if net.radix < 1 or any(b.conv2.conv.dilation != (1, 1) or b.dropblock_prob > 0
+                          for b in blocks):
+    raise Unsupported("a ResNeSt with radix 0, dilated stages or DropBlock")
+  import torch  # pylint: disable=g-import-not-at-top
+  deep = isinstance(net.conv1, torch.nn.Sequential)
+  return "ResNeSt", {
+      "stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
+      "radix": net.radix, "groups": net.cardinality, "bottleneck_width": net.bottleneck_width,
+      "deep_stem": deep, "stem_width": net.conv1[0].out_channels if deep else 64,
+      "avg_down": net.avg_down, "avd": net.avd, "avd_first": net.avd_first,
+      "activation": _activation(net.relu)}
+
+
 _SIZE_FIELDS = ("depth", "widen_factor", "stage_sizes", "depths", "dims", "width", "heads",
                 "patch_size", "embed_dim", "block_units", "width_factor")
 
@@ -676,10 +693,10 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("bit_rn", "ResNetV2"): _bit_resnet,
     ("dm_rn", "WideResNet"): _dm_wide_resnet,
     ("robustarch_wide_resnet", "NormalizedConfigurableModel"): _ra_resnet,
+    ("resnest", "ResNest"): _resnest,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {
-    "ResNest": "ResNeSt-152 (split-attention blocks)",
     "CifarResNeXt": "ResNeXt-29",
     "WidePreActResNet": "binarised (CARD) WidePreActResNet",
     "Diffenderfer2021CARD_Deck_Binary": "ensemble (CARD deck) of binarised networks",

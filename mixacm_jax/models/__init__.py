@@ -15,6 +15,7 @@ from mixacm_jax.models.mixed_nuts import MixedNUTS
 from mixacm_jax.models.mobilenet_v2 import MobileNetV2
 from mixacm_jax.models.preact_resnet import PreActResNet
 from mixacm_jax.models.ra_resnet import RaResNet
+from mixacm_jax.models.resnest import ResNeSt
 from mixacm_jax.models.resnet import ResNet, SoftmaxEnsemble
 from mixacm_jax.models.swin import SwinTransformer
 from mixacm_jax.models.vit import VisionTransformer
@@ -118,6 +119,9 @@ MODELS: Dict[str, Callable[..., Any]] = {
                                      stage_widths=(512, 1024, 2016, 4032),
                                      group_widths=(64, 128, 252, 504)),
     "ra_resnet": RaResNet,  # stages, widths, groups, stem, SE from model.kwargs
+    # ResNeSt as RobustBench's resnest.py builds it (Sehwag2021Proxy_ResNest152, CIFAR-10).
+    "resnest152": functools.partial(ResNeSt, stage_sizes=(3, 8, 36, 3)),
+    "resnest": ResNeSt,  # stages, radix, groups, stem, avd / avg_down from model.kwargs
 }
 # The statistics RobustBench's DM models are built with, by dataset (number of classes); they
 # are non-persistent buffers, so a checkpoint never carries them.

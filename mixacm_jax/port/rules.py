@@ -226,8 +226,24 @@ MIXING_NET: List[Rule] = [
     ("layers.{l}.{b}.shortcut.0", "layer{l}_{b}/shortcut"), ("conv1x1", "conv1x1"),
     ("linear", "linear"), ("bn", "bn"),
 ]
+# ResNeSt (RobustBench's resnest.py): a deep stem's convs and norms sit at Sequential indices
+# 0, 1, 3, 4, 6; an avg_down shortcut (style "avg_down") pools at index 0 of its Sequential.
+def _resnest_rules(shortcut_first: int) -> List[Rule]:
+  block = "layer{s}.{b}"
+  return [("conv1", "stem_conv"), ("bn1", "stem_bn"), ("fc", "fc"),
+          *[(f"conv1.{i}", f"stem_conv{n}") for n, i in ((1, 0), (2, 3), (3, 6))],
+          *[(f"conv1.{i}", f"stem_bn{n}") for n, i in ((1, 1), (2, 4))],
+          (f"{block}.conv{{i}}", "layer{s}_{b}/conv{i}"), (f"{block}.bn{{i}}", "layer{s}_{b}/bn{i}"),
+          (f"{block}.conv2.conv", "layer{s}_{b}/conv2/conv"),
+          (f"{block}.conv2.bn{{i}}", "layer{s}_{b}/conv2/bn{i}"),
+          (f"{block}.conv2.fc{{i}}", "layer{s}_{b}/conv2/fc{i}"),
+          (f"{block}.downsample.{shortcut_first}", "layer{s}_{b}/downsample_conv"),
+          (f"{block}.downsample.{shortcut_first + 1}", "layer{s}_{b}/downsample_bn")]
+
+
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
-# is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem.
+# is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem,
+# "v2" for ConvNeXt V2 and "avg_down" for a ResNeSt whose shortcuts pool.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
@@ -239,7 +255,8 @@ RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("XCiT", ""): [TIMM_XCIT],
          ("RaResNet", ""): [RA_RESNET],
          ("BiTResNetV2", ""): [BIT_RESNET_V2], ("MixingNet", ""): [MIXING_NET],
-         ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2]}
+         ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2],
+         ("ResNeSt", ""): [_resnest_rules(0)], ("ResNeSt", "avg_down"): [_resnest_rules(1)]}
 
 
 def style(model) -> str:
@@ -248,6 +265,8 @@ def style(model) -> str:
     return "dm"
   if type(model).__name__ == "ConvNeXt" and model.version == 2:
     return "v2"
+  if type(model).__name__ == "ResNeSt" and model.avg_down:
+    return "avg_down"
   imagenet = "imagenet" in (getattr(model, "stem", ""), getattr(model, "form", ""))
   return "imagenet" if imagenet else ""
 

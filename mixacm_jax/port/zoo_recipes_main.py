@@ -35,7 +35,7 @@ RECIPES = {
             'Gowal2020Uncovering_28_10_extra': {'arch': 'dm_wrn28_10', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Sehwag2021Proxy': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Sehwag2021Proxy_R18': {'arch': 'resnet18', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
-            'Sehwag2021Proxy_ResNest152': {'unsupported': 'ResNeSt-152 (split-attention blocks)'},
+            'Sehwag2021Proxy_ResNest152': {'arch': 'resnest152', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Sitawarin2020Improving': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Chen2020Efficient': {'arch': 'wrn34_10', 'kwargs': {}, 'num_classes': 10, 'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2471, 0.2435, 0.2616), 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
             'Cui2020Learnable_34_20': {'arch': 'wrn', 'kwargs': {'depth': 34, 'widen_factor': 20}, 'num_classes': 10, 'mean': None, 'std': None, 'image_shape': (32, 32, 3), 'checkpoint_key': 'state_dict'},
