@@ -38,7 +38,7 @@ def test_imagenet_resnets_give_torchvisions_logits(name, side):
 
 
 @pytest.mark.parametrize("name", ["resnet34", "resnet101", "resnet152", "wide_resnet50_2",
-                                  "wide_resnet101_2"])
+                                  "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d"])
 def test_every_imagenet_resnet_gives_torchvisions_logits(name):
   ref, ours = _torchvision_logits_and_ours(name, 64)  # any size works: global pooling
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
@@ -51,7 +51,7 @@ def test_imagenet_resnets_sow_the_cifar_names_and_export_torchvisions_layout():
   variables = models.init_variables(imagenet, jax.random.PRNGKey(0), (64, 64, 3))
   state = convert.flax_to_torch(variables, imagenet)
   assert "layer2.0.downsample.0.weight" in state and state["conv1.weight"].shape == (4, 3, 7, 7)
-  with pytest.raises(ConfigError, match="basic blocks take width_per_group=64 only"):
+  with pytest.raises(ConfigError, match="basic blocks take width_per_group=64 and groups=1 only"):
     models.init_variables(models.create_model("imagenet_resnet18", num_classes=10,
                                               width_per_group=128),
                           jax.random.PRNGKey(0), (64, 64, 3))

@@ -431,12 +431,19 @@ def _torchvision_resnet(net, stem: str = "imagenet") -> Tuple[str, dict]:
   kernel = {"imagenet": (7, 7), "cifar": (3, 3)}[stem]
   if net.conv1.kernel_size != kernel:
     raise Unsupported(f"a ResNet with a {net.conv1.kernel_size} stem convolution")
-  if net.groups != 1:
-    raise Unsupported(f"ResNeXt (grouped convolutions, {net.groups} groups)")
   blocks = {"BasicBlock": "basic", "Bottleneck": "bottleneck"}
   return "ResNet", {"stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
                     "block": blocks[type(net.layer1[0]).__name__], "stem": stem,
-                    "width_per_group": net.base_width, "base_width": net.conv1.out_channels}
+                    "width_per_group": net.base_width, "groups": net.groups,
+                    "base_width": net.conv1.out_channels}
+
+
+def _cifar_resnext(net) -> Tuple[str, dict]:
+  """The AugMix CifarResNeXt (RobustBench's resnext.py): a CIFAR-stem ResNet of three stages
+  of grouped bottlenecks; its 8x8 average pool is the global mean at 32x32."""
+  return "ResNet", {"stage_sizes": _stage_sizes(net, ["stage_1", "stage_2", "stage_3"]),
+                    "block": "bottleneck", "groups": net.cardinality,
+                    "width_per_group": net.base_width}
 
 
 def _timm_convnext(net) -> Tuple[str, dict]:
@@ -694,10 +701,10 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("dm_rn", "WideResNet"): _dm_wide_resnet,
     ("robustarch_wide_resnet", "NormalizedConfigurableModel"): _ra_resnet,
     ("resnest", "ResNest"): _resnest,
+    ("resnext", "CifarResNeXt"): _cifar_resnext,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {
-    "CifarResNeXt": "ResNeXt-29",
     "WidePreActResNet": "binarised (CARD) WidePreActResNet",
     "Diffenderfer2021CARD_Deck_Binary": "ensemble (CARD deck) of binarised networks",
 }

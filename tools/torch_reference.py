@@ -23,7 +23,7 @@ from mixacm_jax.errors import ConfigError
 
 # The constructors offered: torchvision's ResNet family (what RobustBench's ImageNet zoo uses).
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
-           "wide_resnet101_2")
+           "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")
 
 
 def _imports_whole() -> bool:

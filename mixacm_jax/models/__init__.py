@@ -48,6 +48,18 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "imagenet_wide_resnet101_2": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
                                                    block="bottleneck", stem="imagenet",
                                                    width_per_group=128),
+    # torchvision's ResNeXts (grouped bottlenecks).
+    "imagenet_resnext50_32x4d": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                                                  block="bottleneck", stem="imagenet",
+                                                  groups=32, width_per_group=4),
+    "imagenet_resnext101_32x8d": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
+                                                   block="bottleneck", stem="imagenet",
+                                                   groups=32, width_per_group=8),
+    # The AugMix ResNeXt-29 (Hendrycks et al. 2020; RobustBench's CifarResNeXt, CIFAR stem,
+    # three stages).
+    "resnext29_4x32d": functools.partial(ResNet, stage_sizes=(3, 3, 3), block="bottleneck",
+                                         groups=4, width_per_group=32),
+    "resnet": ResNet,  # stages, block, stem, widths and groups from model.kwargs
     # timm's ConvNeXts (stem / stem_width / stem_layers: Singh et al.'s ConvStem variants).
     "convnext_tiny": functools.partial(ConvNeXt, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
     "convnext_small": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),

@@ -1,8 +1,9 @@
 """ResNets: the CIFAR form (3x3 stem, no max-pool) as RobustBench's `resnet.py` defines it and
 the ImageNet form (7x7 stride-2 stem and max-pool) as torchvision's `resnet.py`; basic blocks
 (ResNet-18/34) or bottleneck blocks (ResNet-50 and up, expansion 4, the stride on the 3x3
-convolution as in torchvision's v1.5, wider inside for Wide-ResNet-50-2; also with a
-pre-activation bn0); and the softmax ensemble of several (RobustBench's Chen2020Adversarial)."""
+convolution as in torchvision's v1.5, wider inside for Wide-ResNet-50-2, grouped for ResNeXt;
+also with a pre-activation bn0); and the softmax ensemble of several (RobustBench's
+Chen2020Adversarial)."""
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ class BasicBlock(ConvBNModule):
   planes: int = 64
   stride: int = 1
   width: int = 0  # a bottleneck's inner width (0: planes)
+  groups: int = 1  # a bottleneck's 3x3 in groups (ResNeXt's cardinality)
   expansion = 1
 
   @nn.compact
@@ -42,7 +44,8 @@ class BottleneckBlock(BasicBlock):
   def __call__(self, x, train: bool):
     width = self.width or self.planes
     out = nn.relu(self.bn(train, "bn1")(self.conv(width, 1, 1, "conv1")(x)))
-    out = nn.relu(self.bn(train, "bn2")(self.conv(width, 3, self.stride, "conv2")(out)))
+    out = nn.relu(self.bn(train, "bn2")(self.conv(width, 3, self.stride, "conv2",
+                                                  groups=self.groups)(out)))
     out = self.bn(train, "bn3")(self.conv(self.planes * self.expansion, 1, 1, "conv3")(out))
     return self.add_shortcut(x, out, train)
 
@@ -90,9 +93,11 @@ class ResNet(ModelBase):
   base_width: int = 64
   block: str = "basic"
   stem: str = "cifar"
-  # torchvision's width_per_group: a bottleneck is base_width * 2**i * width_per_group / 64
-  # wide inside (128 for Wide-ResNet-50-2); the other blocks take only 64.
+  # torchvision's width_per_group and groups: a bottleneck is base_width * 2**i *
+  # width_per_group / 64 * groups wide inside (128 for Wide-ResNet-50-2; ResNeXt-29 4x32d's
+  # 3x3 in 4 groups of 32 at 64 planes); the other blocks take only 64 and 1.
   width_per_group: int = 64
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -100,9 +105,9 @@ class ResNet(ModelBase):
       raise ValueError(f"unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
     if self.stem not in STEMS:
       raise ValueError(f"unknown ResNet stem {self.stem!r}; known: {sorted(STEMS)}")
-    if self.block != "bottleneck" and self.width_per_group != 64:
-      raise ValueError(f"{self.block} blocks take width_per_group=64 only, not "
-                       f"{self.width_per_group}")
+    if self.block != "bottleneck" and (self.width_per_group, self.groups) != (64, 1):
+      raise ValueError(f"{self.block} blocks take width_per_group=64 and groups=1 only, not "
+                       f"{self.width_per_group} and {self.groups}")
     x = STEMS[self.stem](self, self.prepare(x), train)
     sow(self, "stem", x)
     for i, blocks in enumerate(self.stage_sizes):
@@ -110,8 +115,9 @@ class ResNet(ModelBase):
       for j in range(blocks):
         stride = 2 if (i > 0 and j == 0) else 1
         x, preact = BLOCKS[self.block](planes=planes, stride=stride,
-                                       width=planes * self.width_per_group // 64,
-                                       name=f"layer{i + 1}_{j}", **self.block_kwargs())(x, train)
+                                       width=planes * self.width_per_group // 64 * self.groups,
+                                       groups=self.groups, name=f"layer{i + 1}_{j}",
+                                       **self.block_kwargs())(x, train)
       sow(self, f"stage{i + 1}", x)
       sow(self, f"stage{i + 1}_preact", preact)
     return self.head(x)

@@ -30,6 +30,14 @@ TORCHVISION_RESNET: List[Rule] = [
     ("layer{s}.{b}.downsample.1", "layer{s}_{b}/shortcut_bn"),
     ("fc", "fc"),
 ]
+# The AugMix CifarResNeXt (RobustBench's resnext.py): the ResNet's bottleneck under its names.
+CIFAR_RESNEXT: List[Rule] = [
+    ("conv_1_3x3", "conv1"), ("bn_1", "bn1"), ("classifier", "fc"),
+    *[(f"stage_{{s}}.{{b}}.{torch}", f"layer{{s}}_{{b}}/{flax}") for torch, flax in (
+        ("conv_reduce", "conv1"), ("bn_reduce", "bn1"), ("conv_conv", "conv2"), ("bn", "bn2"),
+        ("conv_expand", "conv3"), ("bn_expand", "bn3"), ("downsample.0", "shortcut_conv"),
+        ("downsample.1", "shortcut_bn"))],
+]
 PREACT_RESNET: List[Rule] = [
     ("conv1", "conv1"), ("bn", "bn"),
     ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
@@ -243,8 +251,10 @@ def _resnest_rules(shortcut_first: int) -> List[Rule]:
 
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem,
-# "v2" for ConvNeXt V2 and "avg_down" for a ResNeSt whose shortcuts pool.
+# "v2" for ConvNeXt V2, "avg_down" for a ResNeSt whose shortcuts pool and "cifar_resnext" for a
+# grouped ResNet with a CIFAR stem.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
+         ("ResNet", "cifar_resnext"): [CIFAR_RESNEXT],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
@@ -267,6 +277,8 @@ def style(model) -> str:
     return "v2"
   if type(model).__name__ == "ResNeSt" and model.avg_down:
     return "avg_down"
+  if type(model).__name__ == "ResNet" and model.groups > 1 and model.stem == "cifar":
+    return "cifar_resnext"
   imagenet = "imagenet" in (getattr(model, "stem", ""), getattr(model, "form", ""))
   return "imagenet" if imagenet else ""
 
