@@ -622,6 +622,17 @@ def _bit_resnet_v2(net) -> Tuple[str, dict]:
                          "width_factor": wf}
 
 
+def _alexnet(net) -> Tuple[str, dict]:
+  """torchvision's AlexNet (RobustBench's TimmAlexNet is it, under timm's constructor)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+  linears = [m for m in net.classifier if isinstance(m, torch.nn.Linear)]
+  if len(convs) != 5 or len(linears) != 3 or net.avgpool.output_size not in (6, (6, 6)):
+    raise Unsupported("an AlexNet other than torchvision's")
+  return "AlexNet", {"widths": tuple(c.out_channels for c in convs),
+                     "hidden": linears[0].out_features}
+
+
 def _resnest(net) -> Tuple[str, dict]:
   """RobustBench's ResNest (resnest.py; Sehwag2021Proxy_ResNest152): its fields off the
   instance; dilated stages, DropBlock and radix 0 (plain 3x3 convolutions) have no twin."""
@@ -702,6 +713,7 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("robustarch_wide_resnet", "NormalizedConfigurableModel"): _ra_resnet,
     ("resnest", "ResNest"): _resnest,
     ("resnext", "CifarResNeXt"): _cifar_resnext,
+    ("torchvision.models.alexnet", "AlexNet"): _alexnet,
 }
 # Families with no Flax twin, and what they are (also when found inside another network).
 NO_TWIN = {

@@ -47,7 +47,8 @@ def bare_package(name: str, folder: str) -> types.ModuleType:
 
 
 def torchvision_models() -> types.ModuleType:
-  """`torchvision.models`, whole where torchvision imports, else bare with its ResNets and MobileNetV2."""
+  """`torchvision.models`, whole where torchvision imports, else bare with its ResNets,
+  MobileNetV2 and AlexNet."""
   if "torchvision.models" in sys.modules and hasattr(sys.modules["torchvision.models"],
                                                      "resnet50"):
     return sys.modules["torchvision.models"]
@@ -66,4 +67,6 @@ def torchvision_models() -> types.ModuleType:
   for name in RESNETS + ("ResNet", "BasicBlock", "Bottleneck"):
     setattr(models, name, getattr(resnet, name))
   models.mobilenet_v2 = importlib.import_module("torchvision.models.mobilenetv2").mobilenet_v2
+  alexnet = importlib.import_module("torchvision.models.alexnet")
+  models.alexnet, models.AlexNet = alexnet.alexnet, alexnet.AlexNet
   return models

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError, first_line
+from mixacm_jax.models.alexnet import AlexNet
 from mixacm_jax.models.adaptive_smoothing import AdaptiveSmoothing, MixingNet
 from mixacm_jax.models.bit_resnet import BiTResNetV2
 from mixacm_jax.models.convnext import ConvNeXt
@@ -60,6 +61,8 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "resnext29_4x32d": functools.partial(ResNet, stage_sizes=(3, 3, 3), block="bottleneck",
                                          groups=4, width_per_group=32),
     "resnet": ResNet,  # stages, block, stem, widths and groups from model.kwargs
+    # torchvision's AlexNet (RobustBench's ImageNet-corruptions entry 'AlexNet').
+    "alexnet": AlexNet,
     # timm's ConvNeXts (stem / stem_width / stem_layers: Singh et al.'s ConvStem variants).
     "convnext_tiny": functools.partial(ConvNeXt, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
     "convnext_small": functools.partial(ConvNeXt, depths=(3, 3, 27, 3),

@@ -249,6 +249,13 @@ def _resnest_rules(shortcut_first: int) -> List[Rule]:
           (f"{block}.downsample.{shortcut_first + 1}", "layer{s}_{b}/downsample_bn")]
 
 
+# torchvision's AlexNet: its Sequentials' indices (the ReLUs, pools and dropouts between).
+ALEXNET: List[Rule] = [
+    *[(f"features.{i}", f"conv{n}") for n, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10))],
+    ("classifier.1", "fc1"), ("classifier.4", "fc2"), ("classifier.6", "fc"),
+]
+
+
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem,
 # "v2" for ConvNeXt V2, "avg_down" for a ResNeSt whose shortcuts pool and "cifar_resnext" for a
@@ -266,6 +273,7 @@ RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("RaResNet", ""): [RA_RESNET],
          ("BiTResNetV2", ""): [BIT_RESNET_V2], ("MixingNet", ""): [MIXING_NET],
          ("MobileNetV2", "imagenet"): [TORCHVISION_MOBILENET_V2],
+         ("AlexNet", ""): [ALEXNET],
          ("ResNeSt", ""): [_resnest_rules(0)], ("ResNeSt", "avg_down"): [_resnest_rules(1)]}
 
 
