@@ -184,8 +184,8 @@ def test_every_wrong_input_is_one_line(zhang_dir, tmp_path):
       (lambda: zoo.recipe(ZHANG, "cifar100"), ConfigError, "it is an entry of cifar10 Linf"),
       (lambda: zoo.recipe(ZHANG, "svhn"), ConfigError, "unknown RobustBench dataset 'svhn'"),
       (lambda: zoo.recipe(ZHANG, threat_model="L3"), ConfigError, "unknown threat model 'L3'"),
-      (lambda: zoo.recipe("Diffenderfer2021Winning_Binary", threat_model="corruptions"),
-       ConfigError, r"no Flax twin here: binarised \(CARD\) WidePreActResNet"),
+      (lambda: zoo.recipe("Kang2021Stable"), ConfigError,
+       r"no Flax twin here: built from geotorch.orthogonal \(not installed\)"),
       (lambda: zoo.load_robustbench(ZHANG, model_dir=str(tmp_path)), CheckpointError,
        r"Zhang2019Theoretically.pt not found; .*load_model\('Zhang2019Theoretically', "
        f"model_dir='{tmp_path}', dataset='cifar10', threat_model='Linf'\\)"),

@@ -622,6 +622,23 @@ def _bit_resnet_v2(net) -> Tuple[str, dict]:
                          "width_factor": wf}
 
 
+def _card_wide_preact_resnet(net) -> Tuple[str, dict]:
+  """Diffenderfer et al.'s WidePreActResNet (CARD_resnet.py, the binarised CARD networks):
+  per-stage widths, affine-free norms, shortcuts of the pre-activation (its empty Sequential
+  passes bn1-relu's output, not the input), conv-bn projections, a 1x1-conv classifier."""
+  blocks = [b for n in ("layer1", "layer2", "layer3", "layer4") for b in getattr(net, n)]
+  if type(blocks[0]).__name__ != "PreActBasicBlock" or net.bn1.affine or any(
+      b.bn1.affine for b in blocks) or net.fc.bias is not None:
+    raise Unsupported("a WidePreActResNet other than CARD's (blocks, affine norms or head)")
+  return "PreActResNet", {
+      "stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),
+      "stage_widths": tuple(getattr(net, n)[0].conv1.out_channels
+                            for n in ("layer1", "layer2", "layer3", "layer4")),
+      "base_width": net.conv1.out_channels, "shortcut_bn": True, "bn_affine": False,
+      "preact_identity": True, "conv_head": True, "final_bn": True,
+      "shortcut_from_preact": True}
+
+
 def _alexnet(net) -> Tuple[str, dict]:
   """torchvision's AlexNet (RobustBench's TimmAlexNet is it, under timm's constructor)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -714,17 +731,15 @@ FAMILIES: Dict[Tuple[str, str], Callable[[Any], Tuple[str, dict]]] = {
     ("resnest", "ResNest"): _resnest,
     ("resnext", "CifarResNeXt"): _cifar_resnext,
     ("torchvision.models.alexnet", "AlexNet"): _alexnet,
-}
-# Families with no Flax twin, and what they are (also when found inside another network).
-NO_TWIN = {
-    "WidePreActResNet": "binarised (CARD) WidePreActResNet",
-    "Diffenderfer2021CARD_Deck_Binary": "ensemble (CARD deck) of binarised networks",
+    ("CARD_resnet", "WidePreActResNet"): _card_wide_preact_resnet,
 }
 
 
 # Ensembles RobustBench averages after softmax: class name -> its member networks (each read
 # from its own file, `<name>.pt_m{i}.pt`).
-SOFTMAX_ENSEMBLES = {"Chen2020AdversarialNet": lambda net: list(net.models)}
+SOFTMAX_ENSEMBLES = {"Chen2020AdversarialNet": lambda net: list(net.models),
+                     "Diffenderfer2021CARD_Deck": lambda net: list(net.models),
+                     "Diffenderfer2021CARD_Deck_Binary": lambda net: list(net.models)}
 
 
 def _network(net) -> Tuple[str, dict, Optional[tuple], Optional[tuple]]:
@@ -796,8 +811,13 @@ def _adaptive_smoothing(net) -> Dict[str, Any]:
 
 
 def _classes(net) -> int:
+  """The outputs of the last linear layer, or of the last convolution where it has none (a
+  1x1-convolution classifier)."""
   import torch  # pylint: disable=g-import-not-at-top
-  return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+  linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+  if linears:
+    return linears[-1].out_features
+  return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
 
 
 # Mixed classifiers: class name -> {"members": their recipes, in RobustBench's file order,
@@ -809,15 +829,10 @@ MIXED_ARCHITECTURES = {"NonLinMixedClassifier": "mixed_nuts",
 
 
 def _family(net):
-  for module in net.modules():
-    if type(module).__name__ in NO_TWIN and module is not net:
-      raise Unsupported(NO_TWIN[type(module).__name__])
   for cls in type(net).__mro__:  # the most derived known class decides
     module = cls.__module__  # RobustBench's by file name, torchvision's and timm's in full
     key = (module if module.startswith(("torchvision", "timm")) else module.rpartition(".")[2],
            cls.__name__)
-    if cls.__name__ in NO_TWIN:
-      raise Unsupported(NO_TWIN[cls.__name__])
     if key in FAMILIES:
       return cls, FAMILIES[key]
   raise Unsupported(f"{type(net).__name__}: no Flax twin")

@@ -34,6 +34,11 @@ MODELS: Dict[str, Callable[..., Any]] = {
     "preact_bottleneck_resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
                                                     block="preact_bottleneck"),
     "preact_resnet18": functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2)),
+    # Diffenderfer et al.'s binarised CARD network (RobustBench's WidePreActResNet).
+    "card_wide_preact_resnet18": functools.partial(
+        PreActResNet, stage_sizes=(2, 2, 2, 2), stage_widths=(64, 192, 384, 768),
+        shortcut_bn=True, bn_affine=False, preact_identity=True, conv_head=True),
+    "preact_resnet": PreActResNet,  # stages, widths, shortcuts, norms, head from model.kwargs
     # torchvision's ImageNet ResNets (7x7 stride-2 stem and max-pool, v1.5 bottlenecks).
     "imagenet_resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), stem="imagenet"),
     "imagenet_resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), stem="imagenet"),

@@ -39,12 +39,13 @@ def biased_conv(features: int, kernel: int, stride: int, padding: int, *, dtype:
                  param_dtype=jnp.float32, name=name)
 
 
-def batch_norm(train: bool, *, axis_name: Optional[str] = None,
-               dtype: Any = jnp.float32, name: Optional[str] = None) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults; `axis_name` syncs batch statistics across devices."""
+def batch_norm(train: bool, *, axis_name: Optional[str] = None, dtype: Any = jnp.float32,
+               name: Optional[str] = None, affine: bool = True) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults; `axis_name` syncs batch statistics across devices;
+  `affine=False`: no scale and shift (torch's BatchNorm2d(affine=False))."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       axis_name=axis_name if train else None, dtype=dtype,
-                      param_dtype=jnp.float32, name=name)
+                      param_dtype=jnp.float32, use_scale=affine, use_bias=affine, name=name)
 
 
 def dense(features: int, dtype: Any = jnp.float32, name: Optional[str] = None,
@@ -158,8 +159,9 @@ class ConvBNModule(nn.Module):
       return self.shared_activation(x)
     return ACTIVATIONS[self.activation](x)
 
-  def bn(self, train: bool, name: str) -> nn.BatchNorm:
-    return batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+  def bn(self, train: bool, name: str, affine: bool = True) -> nn.BatchNorm:
+    return batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name,
+                      affine=affine)
 
   def conv(self, features: int, kernel: int, stride: int = 1, name: Optional[str] = None,
            use_bias: bool = False, groups: int = 1) -> nn.Conv:

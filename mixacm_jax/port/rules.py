@@ -61,6 +61,15 @@ ROBUST_WIDE_RESNET: List[Rule] = [
     ("blocks.{s}.layer.{b}.bn{i}", "block{s+1}_{b}/bn{i}"),
     ("blocks.{s}.layer.{b}.convShortcut", "block{s+1}_{b}/shortcut_conv"),
 ]
+# Diffenderfer et al.'s CARD WidePreActResNet (RobustBench's CARD_resnet.py): its final norm
+# is bn1, its shortcut a conv and a norm.
+CARD_WIDE_PREACT_RESNET: List[Rule] = [
+    ("conv1", "conv1"), ("bn1", "bn"), ("fc", "fc"),
+    ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
+    ("layer{s}.{b}.bn{i}", "layer{s}_{b}/bn{i}"),
+    ("layer{s}.{b}.shortcut.0", "layer{s}_{b}/shortcut_conv"),
+    ("layer{s}.{b}.shortcut.1", "layer{s}_{b}/shortcut_bn"),
+]
 # RobustBench's robust_resnet.PreActResNet (Huang et al. 2022's WRN-A4): the same network.
 ROBUST_RESNET: List[Rule] = [
     ("stem_conv", "conv1"), ("norm1", "bn"), ("fc", "fc"),
@@ -258,12 +267,12 @@ ALEXNET: List[Rule] = [
 
 # (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem,
-# "v2" for ConvNeXt V2, "avg_down" for a ResNeSt whose shortcuts pool and "cifar_resnext" for a
-# grouped ResNet with a CIFAR stem.
+# "v2" for ConvNeXt V2, "avg_down" for a ResNeSt whose shortcuts pool, "cifar_resnext" for a
+# grouped ResNet with a CIFAR stem and "card" for a PreActResNet with CARD's 1x1-conv head.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
          ("ResNet", "cifar_resnext"): [CIFAR_RESNEXT],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
-         ("PreActResNet", ""): [PREACT_RESNET],
+         ("PreActResNet", ""): [PREACT_RESNET], ("PreActResNet", "card"): [CARD_WIDE_PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
          ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT],
@@ -287,6 +296,8 @@ def style(model) -> str:
     return "avg_down"
   if type(model).__name__ == "ResNet" and model.groups > 1 and model.stem == "cifar":
     return "cifar_resnext"
+  if type(model).__name__ == "PreActResNet" and model.conv_head:
+    return "card"
   imagenet = "imagenet" in (getattr(model, "stem", ""), getattr(model, "form", ""))
   return "imagenet" if imagenet else ""
 
