@@ -2,8 +2,6 @@
 GroupNorm affine parameters and input normalisation): logits, stage activations, the export
 back to its state_dict, and the zoo reader (also on BiT-M-R152x2, built on the meta device,
 whose parameter names and shapes are checked against the Flax model's without any memory)."""
-import importlib.util
-
 from flax import traverse_util
 import jax
 import numpy as np
@@ -14,6 +12,7 @@ from mixacm_jax.port import convert, rules, state_dict
 
 torch = pytest.importorskip("torch", reason="the reference is RobustBench's PyTorch module")
 from tools import robustbench_zoo  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import robustbench_architecture  # noqa: E402
 
 TINY = dict(block_units=(1, 1, 1, 1), width_factor=1)
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "features")
@@ -21,17 +20,11 @@ STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "features")
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
 
-def _bit():
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench_zoo.architecture_module("bit_rn_v2")
-
-
 def _tiny_net(seed: int = 0):
   """ResNetV2([1, 1, 1, 1], 1) with 10 classes, GroupNorms off scale 1 / shift 0 and the
   normalisation parameters off 0.5, in eval mode."""
   torch.manual_seed(seed)
-  net = _bit().ResNetV2([1, 1, 1, 1], 1, head_size=10, zero_head=False, return_features=False)
+  net = robustbench_architecture("bit_rn_v2").ResNetV2([1, 1, 1, 1], 1, head_size=10, zero_head=False, return_features=False)
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in net.modules():
@@ -103,7 +96,7 @@ def test_tiny_bit_exports_its_state_dict():
   assert set(exported) == set(original) - {"mean", "std"}
   for k, v in exported.items():
     np.testing.assert_array_equal(v, original[k], err_msg=k)
-  fresh = _bit().ResNetV2([1, 1, 1, 1], 1, head_size=10)
+  fresh = robustbench_architecture("bit_rn_v2").ResNetV2([1, 1, 1, 1], 1, head_size=10)
   missing, unexpected = fresh.load_state_dict(
       {k: torch.from_numpy(v) for k, v in exported.items()}, strict=False)
   assert sorted(missing) == ["mean", "std"] and not unexpected
@@ -112,7 +105,7 @@ def test_tiny_bit_exports_its_state_dict():
 # Reading the normalisation off parameters that require grad: torch warns, harmlessly.
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 def test_zoo_reader_names_the_registered_architectures():
-  bit = _bit()
+  bit = robustbench_architecture("bit_rn_v2")
   with robustbench_zoo.weights_on_meta():
     big = bit.KNOWN_MODELS["BiT-M-R152x2"](head_size=10, zero_head=False,
                                            return_features=False)

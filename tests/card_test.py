@@ -2,9 +2,6 @@
 `CARD_resnet.py`) against its own module, small (logits, stages, export back), and the zoo's
 CARD decks (six networks averaged after softmax) read off their full modules on the meta
 device."""
-import importlib.util
-
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,18 +11,13 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.port import convert, state_dict as sd_lib  # noqa: E402
 from tools import robustbench_zoo as robustbench  # noqa: E402
+from conftest import assert_exports_back, port_and_run, robustbench_architecture  # noqa: E402
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
-def _card_module():
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench.architecture_module("CARD_resnet")
-
-
 def test_wide_preact_resnet_gives_its_logits_and_exports_its_layout():
-  card = _card_module()
+  card = robustbench_architecture("CARD_resnet")
   # Its widths (64, 192, 384, 768), fewer blocks; layer1's block and layer2's second keep
   # their width, so their identity shortcuts carry the pre-activation.
   factory = lambda: card.WidePreActResNet(num_blocks=[1, 2, 1, 1])
@@ -37,33 +29,17 @@ def test_wide_preact_resnet_gives_its_logits_and_exports_its_layout():
   assert (arch, kwargs) == ("preact_resnet", {
       "stage_sizes": (1, 2, 1, 1), "stage_widths": (64, 192, 384, 768), "shortcut_bn": True,
       "bn_affine": False, "preact_identity": True, "conv_head": True})
-  acts = {}
-  for ours, theirs in zip(STAGES, ("conv1", "layer1", "layer2", "layer3", "layer4")):
-    net.get_submodule(theirs).register_forward_hook(
-        lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy()))
   x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-  with torch.no_grad():
-    ref = net(x).numpy()
-  state, _ = sd_lib.clean_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
-  model = models.create_model(arch, num_classes=10, **kwargs)
-  variables = convert.torch_to_flax(state, model, (32, 32, 3))
-  assert "scale" not in variables["params"].get("bn", {})  # affine-free norms
-  logits, feats, _ = models.apply_model(model, variables,
-                                        jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
-                                        train=False, names=list(STAGES))
-  assert np.abs(ref).max() > 0.5
-  np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+  run = port_and_run(net, arch, kwargs, x, dict(zip(
+      STAGES, ("conv1", "layer1", "layer2", "layer3", "layer4"))))
+  assert "scale" not in run.variables["params"].get("bn", {})  # affine-free norms
+  assert np.abs(run.ref).max() > 0.5
+  np.testing.assert_allclose(run.logits, run.ref, atol=1e-4 * np.abs(run.ref).max(), rtol=0)
   for ours in STAGES:
-    scale = max(1.0, float(np.abs(acts[ours]).max()))
-    np.testing.assert_allclose(np.asarray(feats[ours]), acts[ours].transpose(0, 2, 3, 1),
-                               atol=1e-4 * scale, rtol=1e-4, err_msg=ours)
-  exported = convert.flax_to_torch(variables, model)
-  theirs = net.state_dict()
-  assert set(exported) == set(theirs)
-  fresh = factory()
-  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()})
-  with torch.no_grad():
-    np.testing.assert_array_equal(fresh.eval()(x).numpy(), ref)
+    scale = max(1.0, float(np.abs(run.acts[ours]).max()))
+    np.testing.assert_allclose(run.sown[ours], run.acts[ours], atol=1e-4 * scale, rtol=1e-4,
+                               err_msg=ours)
+  assert_exports_back(run.variables, run.model, net, factory, x, run.ref)
 
 
 @pytest.mark.parametrize("name,arch,kwargs,head", [
@@ -71,7 +47,7 @@ def test_wide_preact_resnet_gives_its_logits_and_exports_its_layout():
      (1, 1, 768, 10)),
     ("Diffenderfer2021Winning_LRR_CARD_Deck", "resnet18", {"base_width": 128}, (1024, 10))])
 def test_zoo_reads_the_card_decks_as_softmax_ensembles_of_six(name, arch, kwargs, head):
-  _card_module()
+  robustbench_architecture("CARD_resnet")
   entry = robustbench.zoo_entries("cifar10")["corruptions"][name]
   recipe = robustbench.derive_recipe(name, entry, "cifar10", lambda n: False)
   assert (recipe["arch"], recipe["kwargs"], recipe["softmax_ensemble"]) == (arch, kwargs, 6)

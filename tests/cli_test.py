@@ -10,7 +10,6 @@ from mixacm_jax.configs import default
 from conftest import ROOT, TINY, repo_config, run_command as run
 
 
-
 @pytest.mark.slow
 def test_train_then_eval(tmp_path):
   out = run(f"--workdir={tmp_path}", *TINY)

@@ -3,6 +3,7 @@ quiet TensorFlow. Must run before JAX is imported anywhere."""
 import os
 import subprocess
 import sys
+from typing import Any, Dict, NamedTuple
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=2").strip()
@@ -102,6 +103,70 @@ def tiny_config():
   config.checkpoint.async_save = False
   config.log_every_steps = 3
   return config
+
+
+def robustbench_architecture(name: str):
+  """RobustBench's `model_zoo/architectures/<name>.py` (see tools.robustbench_zoo), or a skip
+  that says how to install it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from tools import robustbench_zoo  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("robustbench") is None:
+    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
+  return robustbench_zoo.architecture_module(name)
+
+
+class Ported(NamedTuple):
+  """A PyTorch network and its Flax port run on the same images (see `port_and_run`)."""
+  model: Any
+  variables: Any
+  ref: Any  # PyTorch's logits
+  acts: Dict[str, Any]  # PyTorch's hooked outputs, NHWC, under the Flax model's names
+  logits: Any
+  sown: Dict[str, Any]
+
+
+def port_and_run(net, arch: str, kwargs: dict, x, hooks: Dict[str, str],
+                 num_classes: int = 10) -> Ported:
+  """Runs `net` (eval mode) on `x` (NCHW) recording the outputs of its submodules `hooks`
+  (Flax name -> PyTorch module path), ports its state_dict to the registered `arch` with
+  `kwargs`, and runs that on the same images, asking for the sown `hooks` names."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from mixacm_jax import models  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.port import convert, state_dict  # pylint: disable=g-import-not-at-top
+  acts = {}
+  handles = [net.get_submodule(theirs).register_forward_hook(
+      lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy().transpose(0, 2, 3, 1)))
+             for ours, theirs in hooks.items()]
+  with torch.no_grad():
+    ref = net(x).numpy()
+  for h in handles:
+    h.remove()
+  state, _ = state_dict.clean_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
+  model = models.create_model(arch, num_classes=num_classes, **kwargs)
+  variables = convert.torch_to_flax(state, model, tuple(x.shape[2:]) + (3,))
+  logits, sown, _ = models.apply_model(model, variables, x.numpy().transpose(0, 2, 3, 1),
+                                       train=False, names=list(hooks))
+  return Ported(model, variables, ref, acts, np.asarray(logits),
+                {k: np.asarray(v) for k, v in sown.items()})
+
+
+def assert_exports_back(variables, model, net, factory, x, ref) -> None:
+  """The Flax `variables` exported to PyTorch give `net`'s state_dict, every tensor under its
+  own name and equal, and a fresh `factory()` module that loads it strictly gives `ref` on
+  `x` (NCHW)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from mixacm_jax.port import convert  # pylint: disable=g-import-not-at-top
+  exported = convert.flax_to_torch(variables, model)
+  theirs = net.state_dict()
+  assert set(exported) == set(theirs)
+  for key, value in exported.items():
+    np.testing.assert_array_equal(value, theirs[key].numpy(), err_msg=key)
+  fresh = factory()
+  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()})
+  with torch.no_grad():
+    np.testing.assert_array_equal(fresh.eval()(x).numpy(), ref)
 
 
 def logits_against_torch(net, arch: str, side: int, num_classes: int = 10, **kwargs):

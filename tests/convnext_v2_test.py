@@ -2,8 +2,6 @@
 accurate base model of Bai2024MixedNUTS): logits, stage activations, the export in its layout,
 and the zoo reader. The pinned wheel's file and the main branch's compute the same function
 (they differ in whitespace and in importing timm.layers through its old alias)."""
-import importlib.util
-
 import jax
 import numpy as np
 import pytest
@@ -14,15 +12,10 @@ from mixacm_jax.port import convert
 
 torch = pytest.importorskip("torch", reason="the reference is RobustBench's PyTorch module")
 from tools import robustbench_parity, robustbench_zoo  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import robustbench_architecture  # noqa: E402
 
 TINY = dict(depths=(1, 2, 1, 1), dims=(8, 16, 16, 32))
 SOWN = ("stem", "stage1", "stage2", "stage3", "stage4", "features")
-
-
-def _convnext_v2():
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench_zoo.architecture_module("convnext_v2")
 
 
 def _tiny_reference(seed=0):
@@ -31,7 +24,7 @@ def _tiny_reference(seed=0):
   the biases (0)."""
   torch.manual_seed(seed)
   net = robustbench_zoo.randomise_initial_constants(
-      _convnext_v2().ConvNeXtV2(num_classes=10, **TINY), seed).eval()
+      robustbench_architecture("convnext_v2").ConvNeXtV2(num_classes=10, **TINY), seed).eval()
   g = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
     for name, p in net.named_parameters():
@@ -95,7 +88,7 @@ def test_convnext_v2_gives_robustbenchs_logits_and_exports_its_state_dict(side):
   assert sorted(exported) == sorted(state)
   for key, value in state.items():
     np.testing.assert_array_equal(exported[key], value, err_msg=key)
-  fresh = _convnext_v2().ConvNeXtV2(num_classes=10, **TINY).eval()
+  fresh = robustbench_architecture("convnext_v2").ConvNeXtV2(num_classes=10, **TINY).eval()
   result = fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()},
                                  strict=False)
   assert sorted(result.missing_keys) == ["mean", "std"] and not result.unexpected_keys
@@ -119,7 +112,7 @@ def test_convnext_v2_refuses_stems_and_layers_it_has_no_layout_for():
 
 
 def test_zoo_reader_names_bai2024_mixednuts_accurate_model_convnextv2_large():
-  module = _convnext_v2()
+  module = robustbench_architecture("convnext_v2")
   with robustbench_zoo.weights_on_meta():
     large = module.convnextv2_large(num_classes=1000)
     tiny = module.ConvNeXtV2(num_classes=10, **TINY)

@@ -3,7 +3,6 @@
 CompositeModel with its mixing network). Tiny BiT accurate members and DM WideResNet robust
 members with random weights, saved as RobustBench keeps each entry's files, read by the zoo's
 recipe and compared on logits and on input gradients (through RobustBench's autograd path)."""
-import importlib.util
 import json
 
 import jax
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import distil_from_zoo
+from conftest import distil_from_zoo, robustbench_architecture
 from mixacm_jax.models import mixed_nuts
 from mixacm_jax.port import zoo
 
@@ -22,15 +21,9 @@ MAP = dict(scale=5.0, power=4.0, clamp_bias=-1.1)  # RobustBench's CIFAR-10 cons
 ALPHA = 0.9
 
 
-def _module(name):
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench_zoo.architecture_module(name)
-
-
 def _mixed_net(seed=0):
-  maps, mixing = _module("output_maps"), _module("mixing_net")
-  bit, dm = _module("bit_rn_v2"), _module("dm_wide_resnet")
+  maps, mixing = robustbench_architecture("output_maps"), robustbench_architecture("mixing_net")
+  bit, dm = robustbench_architecture("bit_rn_v2"), robustbench_architecture("dm_wide_resnet")
   torch.manual_seed(seed)
   accurate = bit.ResNetV2([1, 1, 1, 1], 1, head_size=10, zero_head=False)
   robust = robustbench_zoo.randomise_batchnorm(
@@ -46,7 +39,7 @@ def _mixed_net(seed=0):
 
 
 def test_standardised_top_k_and_the_robust_map_match_robustbenchs():
-  maps = _module("output_maps")
+  maps = robustbench_architecture("output_maps")
   logits = np.random.default_rng(0).normal(0, 5, (3, 1000))
   for k in (250, 1000):
     theirs = maps.normalize_topk(torch.tensor(logits), k=k).numpy()
@@ -99,8 +92,8 @@ def _composite_net(monkeypatch, seed=0):
   """RobustBench's CompositeModel with a tiny BiT (1 unit per stage, width 1) and a DM
   WRN-10-4 in place of BiT-M-R152x2 and WRN-70-16 (the mixing network sized for them), its
   BatchNorms random, in eval mode, the constants of its CIFAR-100 EDM entry."""
-  comp = _module("comp_model")
-  bit, dm = _module("bit_rn"), _module("dm_rn")
+  comp = robustbench_architecture("comp_model")
+  bit, dm = robustbench_architecture("bit_rn"), robustbench_architecture("dm_rn")
   monkeypatch.setitem(bit.KNOWN_MODELS, "BiT-M-R152x2",
                       lambda **kw: bit.ResNetV2([1, 1, 1, 1], 1, **kw))
   wrn = dm.WideResNet

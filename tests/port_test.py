@@ -3,9 +3,7 @@
 RobustBench is installed with --no-deps (its package __init__ needs torchvision, which has
 no CPU build here), so its architecture files are loaded by path; they import only torch.
 """
-import importlib.util
 import os
-import pickle
 import sys
 
 import jax
@@ -22,12 +20,7 @@ from mixacm_jax.port import convert, to_orbax  # noqa: E402
 from tools import robustbench_zoo as robustbench  # noqa: E402
 from mixacm_jax.runtime import checkpoint  # noqa: E402
 from mixacm_jax.training import teacher as teacher_lib, train  # noqa: E402
-
-
-def _robustbench_module(name):
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench.architecture_module(name)
+from conftest import robustbench_architecture  # noqa: E402
 
 
 def _randomise(net, seed=0):
@@ -35,12 +28,12 @@ def _randomise(net, seed=0):
 
 
 def _nets():
-  wrn, resnet = _robustbench_module("wide_resnet"), _robustbench_module("resnet")
-  dm = _robustbench_module("dm_wide_resnet")
+  wrn, resnet = robustbench_architecture("wide_resnet"), robustbench_architecture("resnet")
+  dm = robustbench_architecture("dm_wide_resnet")
   robustbench.zoo_entries("cifar10")  # the zoo's own subclasses, e.g. Ding et al.'s
   zoo10 = sys.modules["robustbench.model_zoo.cifar10"]
-  robust_wrn = _robustbench_module("robust_wide_resnet")
-  boosting, paf = _robustbench_module("boosting_wide_resnet"), _robustbench_module("paf_wide_resnet")
+  robust_wrn = robustbench_architecture("robust_wide_resnet")
+  boosting, paf = robustbench_architecture("boosting_wide_resnet"), robustbench_architecture("paf_wide_resnet")
   return {
       "wrn_per_stage": (lambda: robust_wrn.RobustWideResNet(
           channel_configs=[8, 16, 32, 24], depth_configs=[1, 2, 1]), "wrn",
@@ -115,7 +108,7 @@ def test_logits_and_stages_match_robustbench(name, tmp_path):
 
 def test_safetensors_fp16_and_normalisation_buffers(tmp_path):
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
-  resnet = _robustbench_module("resnet")
+  resnet = robustbench_architecture("resnet")
   net = _randomise(resnet.PreActResNet(resnet.PreActBlockV2, [2, 2, 2, 2], bn_before_fc=True))
   mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
   x = torch.rand(3, 3, 32, 32)
@@ -133,7 +126,7 @@ def test_safetensors_fp16_and_normalisation_buffers(tmp_path):
 
 
 def test_mismatched_weights_list_every_problem_and_write_nothing(tmp_path):
-  resnet = _robustbench_module("resnet")
+  resnet = robustbench_architecture("resnet")
   state = resnet.ResNet18().state_dict()
   del state["layer2.0.conv1.weight"]
   state["layer9.0.conv1.weight"] = torch.zeros(1)
@@ -159,7 +152,7 @@ def _convert_cfg(source, arch, **kwargs):
 
 
 def test_convert_writes_a_teacher_checkpoint(tmp_path):
-  wrn = _robustbench_module("wide_resnet")
+  wrn = robustbench_architecture("wide_resnet")
   net = _randomise(wrn.WideResNet(depth=10, widen_factor=1, sub_block1=True))
   path = str(tmp_path / "trades.pth")
   torch.save(net.state_dict(), path)  # TRADES checkpoints carry the unused sub_block1
@@ -181,7 +174,7 @@ def test_convert_writes_a_teacher_checkpoint(tmp_path):
 def test_round_trip_train_export_load_into_robustbench(tmp_path, tiny_config):
   """A WRN trained a few steps here, exported, loaded strictly into RobustBench's class."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  wrn = _robustbench_module("wide_resnet")
+  wrn = robustbench_architecture("wide_resnet")
   config = tiny_config
   config.data.name = "cifar10"
   config.model.name = "wrn"
@@ -212,11 +205,10 @@ def test_round_trip_train_export_load_into_robustbench(tmp_path, tiny_config):
     assert float(np.max(np.abs(np.asarray(ours) - ref))) <= 1e-4
 
 
-
 def test_convert_mode_on_the_command_line(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  resnet = _robustbench_module("resnet")
+  resnet = robustbench_architecture("resnet")
   torch.save(_randomise(resnet.ResNet18()).state_dict(), str(tmp_path / "r18.pt"))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   cmd = [sys.executable, os.path.join(root, "run.py"), "--mode=convert",
@@ -240,7 +232,7 @@ def test_convert_any_depth_wrn_from_the_command_line(tmp_path):
   take is one clear line naming the fields it does."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  wrn = _robustbench_module("wide_resnet")
+  wrn = robustbench_architecture("wide_resnet")
   net = _randomise(wrn.WideResNet(depth=10, widen_factor=1))
   torch.save(net.state_dict(), str(tmp_path / "wrn10_1.pt"))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

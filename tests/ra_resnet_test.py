@@ -1,8 +1,6 @@
 """RobustArch's ImageNet RaResNet (RaResNet) against RobustBench's own `robustarch_wide_resnet.py`
 (`NormalizedConfigurableModel`), built small: the port's logits and stage activations, the
 export back to PyTorch, and the zoo reader on the full ra_wrn101_2 built on the meta device."""
-import importlib.util
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,15 +11,10 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
 from mixacm_jax import models  # noqa: E402
 from mixacm_jax.port import convert, state_dict as sd_lib  # noqa: E402
 from tools import robustbench_zoo as robustbench  # noqa: E402
+from conftest import robustbench_architecture  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORMALISATION_KEYS = {"normalization.mean", "normalization.std"}
-
-
-def _ra_module():
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench.architecture_module("robustarch_wide_resnet")
 
 
 def _tiny(ra, variant):
@@ -67,7 +60,7 @@ def _tiny(ra, variant):
 
 @pytest.mark.parametrize("variant", ["ra_wrn101_2", "maxpool_stem", "patch_stem"])
 def test_logits_stages_and_export_match_robustarch(variant):
-  ra = _ra_module()
+  ra = robustbench_architecture("robustarch_wide_resnet")
   factory, fields = _tiny(ra, variant)
   net = robustbench.randomise_initial_constants(
       robustbench.randomise_batchnorm(factory(), seed=len(variant)), seed=1)
@@ -117,7 +110,7 @@ def test_zoo_reads_ra_wrn101_2_and_its_normalisation():
   """RobustBench's Peng2023Robust (ImageNet) as the zoo builds it, on the meta device: the
   recipe names ra_wrn101_2 with no kwargs and ImageNet's mean / std, and every tensor of the
   full network maps onto the Flax model with its shape."""
-  ra = _ra_module()
+  ra = robustbench_architecture("robustarch_wide_resnet")
   with robustbench.weights_on_meta():
     net = ra.get_model("ra_wrn101_2")
   assert robustbench._family(net)[0] is ra.NormalizedConfigurableModel

@@ -1,8 +1,6 @@
 """ResNeSt against RobustBench's own `resnest.py`, with few blocks: the port's logits and
 stage activations, the export back to PyTorch, and the zoo reader on the full
 ResNest152 built on the meta device."""
-import importlib.util
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,16 +9,11 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.tx
                                             "tests compare against PyTorch")
 
 from mixacm_jax import models  # noqa: E402
-from mixacm_jax.port import convert, state_dict as sd_lib  # noqa: E402
+from mixacm_jax.port import convert  # noqa: E402
 from tools import robustbench_zoo as robustbench  # noqa: E402
+from conftest import assert_exports_back, port_and_run, robustbench_architecture  # noqa: E402
 
 STAGES = {"stem": "bn1", **{f"stage{i}": f"layer{i}" for i in range(1, 5)}}
-
-
-def _resnest_module():
-  if importlib.util.find_spec("robustbench") is None:
-    pytest.skip("robustbench is not installed (pip install --no-deps -r requirements-port.txt)")
-  return robustbench.architecture_module("resnest")
 
 
 # variant -> (the reference's arguments besides Bottleneck and its stages, the fields the zoo
@@ -41,7 +34,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_logits_stages_and_export_match_robustbenchs_resnest(variant):
-  rb = _resnest_module()
+  rb = robustbench_architecture("resnest")
   kwargs, fields, side = VARIANTS[variant]
   layers = [1, 2, 1, 1]
   factory = lambda: rb.ResNest(rb.Bottleneck, layers, num_classes=10, **kwargs)
@@ -52,46 +45,23 @@ def test_logits_stages_and_export_match_robustbenchs_resnest(variant):
                           generator=torch.Generator().manual_seed(2))
   arch, found = robustbench.registered_architecture(*robustbench._resnest(net))
   assert (arch, found) == ("resnest", {"stage_sizes": tuple(layers), **fields})
-  acts = {}
-  for ours, theirs in STAGES.items():
-    net.get_submodule(theirs).register_forward_hook(
-        lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy()))
   x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(3))
-  with torch.no_grad():
-    ref = net(x).numpy()
-  state, _ = sd_lib.clean_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
-  model = models.create_model(arch, num_classes=10, **found)
-  variables = convert.torch_to_flax(state, model, (side, side, 3))
-  logits, feats, _ = models.apply_model(model, variables,
-                                        jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
-                                        train=False, names=list(STAGES) + ["features"])
-  assert np.abs(ref).max() > 0.5  # random weights that do not vanish on the way
-  assert float(np.max(np.abs(np.asarray(logits) - ref))) <= 1e-4 * max(1, np.abs(ref).max())
+  run = port_and_run(net, arch, found, x, STAGES)
+  assert np.abs(run.ref).max() > 0.5  # random weights that do not vanish on the way
+  np.testing.assert_allclose(run.logits, run.ref, atol=1e-4 * np.abs(run.ref).max(), rtol=0)
   # The stem's hook sees bn1's output, before the activation the Flax model sows after.
-  acts["stem"] = net.relu(torch.from_numpy(acts["stem"])).numpy()
+  run.acts["stem"] = net.relu(torch.from_numpy(run.acts["stem"])).numpy()
   for ours in STAGES:
-    scale = max(1.0, float(np.abs(acts[ours]).max()))
-    np.testing.assert_allclose(np.asarray(feats[ours]), acts[ours].transpose(0, 2, 3, 1),
-                               atol=1e-4 * scale, rtol=1e-4)
+    scale = max(1.0, float(np.abs(run.acts[ours]).max()))
+    np.testing.assert_allclose(run.sown[ours], run.acts[ours], atol=1e-4 * scale, rtol=1e-4)
   if variant == "grouped":  # training: batch statistics in every BatchNorm, as PyTorch's
     x4 = torch.rand(4, 3, side, side, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
       ref_train = _copy_of(factory, net).train()(x4).numpy()
-    out, _ = model.apply(variables, jnp.asarray(x4.numpy().transpose(0, 2, 3, 1)), train=True,
-                         mutable=["batch_stats"])
+    out, _ = run.model.apply(run.variables, jnp.asarray(x4.numpy().transpose(0, 2, 3, 1)),
+                             train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(np.asarray(out), ref_train, atol=1e-3, rtol=1e-3)
-  # Export: every tensor back under its own name, and the same logits from PyTorch.
-  exported = convert.flax_to_torch(variables, model)
-  theirs = net.state_dict()
-  assert set(exported) == set(theirs)
-  for key, value in exported.items():
-    np.testing.assert_array_equal(value, theirs[key].numpy(), err_msg=key)
-  fresh = factory()
-  missing, unexpected = fresh.load_state_dict({k: torch.from_numpy(v)
-                                               for k, v in exported.items()}, strict=False)
-  assert not missing and not unexpected
-  with torch.no_grad():
-    np.testing.assert_array_equal(fresh.eval()(x).numpy(), ref)
+  assert_exports_back(run.variables, run.model, net, factory, x, run.ref)
 
 
 def _copy_of(factory, net):
@@ -105,7 +75,7 @@ def test_zoo_reads_sehwags_resnest152():
   """RobustBench's Sehwag2021Proxy_ResNest152 as the zoo builds it, on the meta device: the
   recipe names resnest152 with no kwargs and no normalisation, and every tensor of the full
   network maps onto the Flax model with its shape."""
-  rb = _resnest_module()
+  rb = robustbench_architecture("resnest")
   with robustbench.weights_on_meta():
     net = rb.ResNest152()
   assert robustbench.registered_architecture(*robustbench._resnest(net)) == ("resnest152", {})
