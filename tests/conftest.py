@@ -136,7 +136,8 @@ def port_and_run(net, arch: str, kwargs: dict, x, hooks: Dict[str, str],
   from mixacm_jax.port import convert, state_dict  # pylint: disable=g-import-not-at-top
   acts = {}
   handles = [net.get_submodule(theirs).register_forward_hook(
-      lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy().transpose(0, 2, 3, 1)))
+      lambda m, i, o, ours=ours: acts.__setitem__(ours, o.detach().numpy().transpose(0, 2, 3, 1)
+                                                  .copy()))  # before any in-place op on it
              for ours, theirs in hooks.items()]
   with torch.no_grad():
     ref = net(x).numpy()

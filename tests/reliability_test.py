@@ -243,7 +243,8 @@ def test_a_full_disk_is_one_line_and_the_run_continues_once_there_is_space(tmp_p
 
 # A failed save's other writes fail too; asyncio reports each such task or future when it is
 # collected, at any moment up to the process's end. Made here: an orbax coroutine (compiled
-# under orbax's path), a bare future that failed to write, and a user's own failing task.
+# under orbax's path), a bare future that failed to write, and a user's own failing task and
+# future (an OSError that is not a full disk).
 _UNREAD_FAILURES = """
 import asyncio, gc
 from absl import app
@@ -261,6 +262,7 @@ def main(_):
   loop.create_task(failing("/venv/site-packages/orbax/handler.py", "Event loop is closed"))
   loop.create_task(failing("/home/me/mine.py", "my own bug"))
   loop.create_future().set_exception(ValueError("Failed to write: [os_error_code='27']"))
+  loop.create_future().set_exception(ConnectionResetError(104, "my own connection"))
   loop.run_until_complete(asyncio.sleep(0))
   gc.collect()
   loop.close()
@@ -273,7 +275,8 @@ def test_asyncio_reports_of_a_failed_saves_unread_writes_are_dropped_and_others_
   out = subprocess.run([sys.executable, "-c", _UNREAD_FAILURES], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode == 0, out.stderr
-  assert out.stderr.count("never retrieved") == 1 and "my own bug" in out.stderr, out.stderr
+  assert out.stderr.count("never retrieved") == 2, out.stderr
+  assert "my own bug" in out.stderr and "my own connection" in out.stderr, out.stderr
 
 
 def _unshare_works():

@@ -92,3 +92,12 @@ def test_zoo_reads_sehwags_resnest152():
   assert conv2["conv"]["kernel"].shape == (3, 3, 256 // 4, 1024)  # 4 groups of 64 inputs
   assert conv2["fc1"]["kernel"].shape == (1, 1, 256, 256)  # max(256 * 4 / 4, 32)
   assert variables["params"]["layer2_0"]["downsample_conv"]["kernel"].shape == (1, 1, 256, 512)
+
+
+def test_a_dilated_resnest_is_refused_though_its_weights_would_fit():
+  """dilation=2 leaves layer4 at stride 1 (a stride-1 avd pool, the same weight shapes), which
+  the Flax model does not build: the reader says so instead of porting it."""
+  rb = robustbench_architecture("resnest")
+  net = rb.ResNest(rb.Bottleneck, [1, 1, 1, 1], radix=2, avd=True, dilation=2)
+  with pytest.raises(robustbench.Unsupported, match="dilated stages"):
+    robustbench._resnest(net)

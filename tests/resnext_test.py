@@ -1,14 +1,16 @@
 """ResNeXt: the AugMix CifarResNeXt (RobustBench's `resnext.py`) against its own module, small
 (logits, stages, export back), and the zoo's Hendrycks2020AugMix_ResNeXt entries read off
 their full modules on the meta device. torchvision's ResNeXts: tests/imagenet_test.py."""
+import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements.txt; the port "
                                             "tests compare against PyTorch")
 
 from mixacm_jax import models  # noqa: E402
-from mixacm_jax.port import convert, state_dict as sd_lib  # noqa: E402
+from mixacm_jax.port import convert, rules as rules_lib, state_dict as sd_lib  # noqa: E402
 from tools import robustbench_zoo as robustbench  # noqa: E402
 from conftest import assert_exports_back, port_and_run, robustbench_architecture  # noqa: E402
 
@@ -53,3 +55,26 @@ def test_zoo_reads_the_augmix_resnext_29(dataset, classes):
   model = models.create_model("resnext29_4x32d", num_classes=classes)
   variables = convert.torch_to_flax(state, model, (32, 32, 3))
   assert variables["params"]["layer3_2"]["conv2"]["kernel"].shape == (3, 3, 128, 512)
+
+
+@pytest.mark.parametrize("arch,kwargs,written,also_read", [
+    # A grouped CIFAR-stem ResNet writes CifarResNeXt's names, and reads torchvision's too.
+    ("resnet", dict(stage_sizes=(1, 1, 1), block="bottleneck", groups=2, width_per_group=8),
+     rules_lib.CIFAR_RESNEXT, rules_lib.TORCHVISION_RESNET),
+    # A CifarResNeXt of cardinality 1 is an ungrouped ResNet: its names still read.
+    ("resnet", dict(stage_sizes=(1, 1, 1), block="bottleneck", width_per_group=16),
+     rules_lib.RESNET, rules_lib.CIFAR_RESNEXT),
+    # A PreActResNet with conv-bn shortcuts but a linear head: the plain layout names them.
+    ("preact_resnet", dict(stage_sizes=(1, 1), shortcut_bn=True, bn_affine=False),
+     rules_lib.PREACT_RESNET, rules_lib.PREACT_RESNET)])
+def test_each_layout_a_model_reads_gives_back_its_variables(arch, kwargs, written, also_read):
+  model = models.create_model(arch, num_classes=10, **kwargs)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
+  exported = convert.flax_to_torch(variables, model)
+  flat = traverse_util.flatten_dict(jax.device_get(variables))
+  for rules in (written, also_read):
+    state = dict(rules_lib.to_torch(path, np.asarray(v), rules) for path, v in flat.items())
+    if rules is written:
+      assert set(state) == set(exported) - {k for k in exported if "num_batches" in k}
+    back = convert.torch_to_flax(state, model, (32, 32, 3))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.device_get(variables))

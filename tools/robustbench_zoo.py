@@ -653,9 +653,14 @@ def _alexnet(net) -> Tuple[str, dict]:
 def _resnest(net) -> Tuple[str, dict]:
   """RobustBench's ResNest (resnest.py; Sehwag2021Proxy_ResNest152): its fields off the
   instance; dilated stages, DropBlock and radix 0 (plain 3x3 convolutions) have no twin."""
-  blocks = [b for n in ("layer1", "layer2", "layer3", "layer4") for b in getattr(net, n)]
-  if net.radix < 1 or any(b.conv2.conv.dilation != (1, 1) or b.dropblock_prob > 0
-                          for b in blocks):
+  layers = [getattr(net, n) for n in ("layer1", "layer2", "layer3", "layer4")]
+  blocks = [b for layer in layers for b in layer]
+  # A stage's stride sits on its first block's avd pool, else on its split-attention conv
+  # (a dilated build has stride 1 there, and may pool at stride 1).
+  strides = [layer[0].avd_layer.stride if layer[0].avd else layer[0].conv2.conv.stride[0]
+             for layer in layers]
+  if net.radix < 1 or strides != [1, 2, 2, 2] or any(
+      b.conv2.conv.dilation != (1, 1) or b.dropblock_prob > 0 for b in blocks):
     raise Unsupported("a ResNeSt with radix 0, dilated stages or DropBlock")
   import torch  # pylint: disable=g-import-not-at-top
   deep = isinstance(net.conv1, torch.nn.Sequential)
@@ -1139,7 +1144,9 @@ def render_unsupported(zoos) -> str:
           if "unsupported" in e:
             reasons.setdefault(e["unsupported"], []).append(f"{name} ({dataset} {threat})")
     lines += [f"{zoo.zoo_name(version)}:", ""]
-    lines += [f"- {reason}: {', '.join(names)}" for reason, names in reasons.items()] + [""]
+    lines += [f"- {reason}: {', '.join(names)}" for reason, names in reasons.items()] or [
+        "- none: every entry loads by name"]
+    lines.append("")
   return "\n".join([UNSUPPORTED_START, *lines, UNSUPPORTED_END])
 
 

@@ -30,7 +30,7 @@ class _NotFromOrbax(logging.Filter):
       return True
     error = record.exc_info[1] if record.exc_info else None
     return not ("/orbax/" in record.getMessage().replace(os.sep, "/")
-                or (error is not None and storage.errno_of(error) is not None))
+                or storage.errno_of(error) in storage.FULL + storage.READ_ONLY)
 
 
 # What threading calls a thread that Python did not start (one of a C++ library's own).

@@ -43,6 +43,7 @@ PREACT_RESNET: List[Rule] = [
     ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
     ("layer{s}.{b}.bn{i}", "layer{s}_{b}/bn{i}"),
     ("layer{s}.{b}.shortcut.0", "layer{s}_{b}/shortcut_conv"),
+    ("layer{s}.{b}.shortcut.1", "layer{s}_{b}/shortcut_bn"),
     ("linear", "fc"),
 ]
 WIDE_RESNET: List[Rule] = [
@@ -266,15 +267,16 @@ ALEXNET: List[Rule] = [
 ]
 
 
-# (Flax class name, style) -> the PyTorch layouts it reads, the first also written. The style
+# (Flax class name, style) -> the PyTorch layouts it reads (the one that names the most keys of
+# a file), the first also written. The style
 # is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem,
 # "v2" for ConvNeXt V2, "avg_down" for a ResNeSt whose shortcuts pool, "cifar_resnext" for a
 # grouped ResNet with a CIFAR stem and "card" for a PreActResNet with CARD's 1x1-conv head.
-RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET],
-         ("ResNet", "cifar_resnext"): [CIFAR_RESNEXT],
+RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET, CIFAR_RESNEXT],
+         ("ResNet", "cifar_resnext"): [CIFAR_RESNEXT, RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
          ("PreActResNet", ""): [PREACT_RESNET],
-         ("PreActResNet", "card"): [CARD_WIDE_PREACT_RESNET],
+         ("PreActResNet", "card"): [CARD_WIDE_PREACT_RESNET, PREACT_RESNET],
          ("WideResNet", ""): [WIDE_RESNET, ROBUST_WIDE_RESNET, ROBUST_RESNET],
          ("WideResNet", "dm"): [DM_WIDE_RESNET], ("PreActResNet", "dm"): [DM_PREACT_RESNET],
          ("ConvNeXt", ""): [TIMM_CONVNEXT], ("VisionTransformer", ""): [TIMM_VIT],
