@@ -10,7 +10,7 @@ import pytest
 from mixacm_jax import models
 from mixacm_jax.attacks import autoattack, pgd as pgd_lib
 from mixacm_jax.data import digits, input_pipeline
-from mixacm_jax.evaluation import programs, robustness, split
+from mixacm_jax.evaluation import programs as programs_lib, robustness, split
 
 
 def test_compact_batches_cover_each_robust_point_once():
@@ -96,8 +96,10 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
   compiles = [r.getMessage()[:100] for r in caplog.records
               if r.getMessage().startswith("Compiling") and "run" in r.getMessage()]
   assert compiles == []
-  assert set(programs) == {"clean", "margins", ("pgd3", "linf", 1, "random", False, ()),
-                           ("fgsm", "linf", 1, "random", False, ())}
+  key = programs_lib.model_key(model)
+  assert set(programs) == {("clean", key), ("margins", key),
+                           (key, "pgd3", "linf", 1, "random", False, ()),
+                           (key, "fgsm", "linf", 1, "random", False, ())}
   for report in [first] + later:  # the traced eps is the one used: nothing moved far
     assert report["attacks"]["pgd3"]["robust_accuracy"] == first["clean_accuracy"]
   # The traced eps is the one used: each sweep point equals FGSM computed directly at it.
@@ -110,6 +112,30 @@ def test_an_eps_sweep_compiles_each_attack_once(tiny_config, caplog):
     x_adv, _ = pgd_lib.fgsm(logits_fn, jnp.asarray(x), jnp.asarray(y), eps=e)
     direct = (clean & np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)).mean()
     assert abs(report["attacks"]["fgsm"]["robust_accuracy"] - direct) < 1e-9, e
+
+
+def test_reports_on_two_models_sharing_a_programs_cache_each_use_their_own(tiny_config):
+  """Two models whose weights have the same tree but whose input normalisation differs (two
+  zoo entries of one architecture): with one `programs` dict, each report is the one a fresh
+  cache gives, not the first model's programs run on the second's weights."""
+  cfg = tiny_config
+  cfg.eval.num_examples, cfg.eval.attacks = 32, "clean,pgd3"
+  info = input_pipeline.get_info(cfg.data)
+  plain = models.create_model_from_config(cfg.model, info.num_classes)
+  shifted = plain.clone(mean=(0.5,) * info.image_shape[-1], std=(0.25,) * info.image_shape[-1])
+  variables = models.init_variables(plain, jax.random.PRNGKey(3), info.image_shape)
+  report = lambda m, programs: robustness.report_on_split(
+      m, variables, cfg.data, cfg.eval, verbose=False, programs=programs)
+  shared = {}
+  first, second = report(plain, shared), report(shifted, shared)
+  for model, got in ((plain, first), (shifted, second)):
+    alone = report(model, {})
+    assert got["clean_accuracy"] == alone["clean_accuracy"]
+    np.testing.assert_array_equal(got["examples"]["clean_margin"],
+                                  alone["examples"]["clean_margin"])
+    assert got["attacks"] == alone["attacks"]
+  assert not np.array_equal(first["examples"]["clean_margin"],
+                            second["examples"]["clean_margin"])
 
 
 def test_a_later_report_on_an_equal_model_compiles_no_attack_loop(tiny_config, caplog):
@@ -177,7 +203,7 @@ def test_autoattack_run_from_python_gives_the_pmapped_report(tiny_config, monkey
       autoattack.STAGES["apgd-t"], n_iter=8, n_target_classes=2))
   reports = {}
   for host in (True, False):
-    monkeypatch.setattr(programs, "host_loops", lambda h=host: h)
+    monkeypatch.setattr(programs_lib, "host_loops", lambda h=host: h)
     reports[host] = robustness.report_on_split(model, variables, cfg.data, cfg.eval,
                                                verbose=False)["attacks"]["autoattack"]
   assert reports[True] == reports[False]

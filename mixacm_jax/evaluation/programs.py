@@ -46,7 +46,9 @@ def as_model(model, variables) -> Tuple[Any, Any]:
 
 
 def cached(cache: Optional[Dict], key: Hashable, build: Callable):
-  """`build()`, once per `cache` and `key` (every call without a cache)."""
+  """`build()`, once per `cache` and `key` (every call without a cache). A program that closes
+  over a model keys it with `model_key`, so a cache shared by reports on two models never
+  hands one's program to the other."""
   if cache is None:
     return build()
   if key not in cache:
@@ -127,6 +129,12 @@ class _Apply:
       return hash(self.model)
     except TypeError:
       return id(self.model)
+
+
+def model_key(model) -> Hashable:
+  """`model` as part of a cache key: equal Flax models give equal keys (their programs are
+  the same; weights are arguments), a logits function or an unhashable module only itself."""
+  return _Apply(model)
 
 
 def stage(model, attack: Callable, host: bool) -> Callable:

@@ -126,8 +126,10 @@ def report_on_arrays(model, variables, images: np.ndarray, labels: np.ndarray, e
   (see `evaluation.journal`) commits each chunk of points and replays what an earlier run
   did. `key` replaces `PRNGKey(seed)`; `stage_settings` overrides AutoAttack stages'
   settings (`{"square": {"n_queries": 1000}}`); with `return_points`, each attack's
-  per-example entry has the returned points (`x_adv`). Bad images, labels or a model that
-  cannot take them are one ConfigError (see `inputs`), before any work."""
+  per-example entry has the returned points (`x_adv`); `programs` keeps the compiled
+  programs for later reports (keyed by the model: any models may share it). Bad images,
+  labels or a model that cannot take them are one ConfigError (see `inputs`), before any
+  work."""
   model, variables = programs_lib.as_model(model, variables)
   programs = {} if programs is None else programs  # one compilation per stage and settings
   images, labels, real, num_classes = _checked_inputs(model, variables, images, labels, real)
@@ -244,7 +246,8 @@ def _clean_pass(run: _Run) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
   t0 = time.perf_counter()
   saved = _replayed(run.journal, "clean")
   if saved is None:
-    clean_fn = programs_lib.cached(run.programs, "clean", lambda: programs_lib.clean(run.model))
+    clean_fn = programs_lib.cached(run.programs, ("clean", programs_lib.model_key(run.model)),
+                                   lambda: programs_lib.clean(run.model))
     pred, margin, bad = data.map_batches(clean_fn, run.p_vars, data.images)
     saved = {"prediction": pred, "margin": margin, "bad_gradient": bad}
     if run.journal:
@@ -265,7 +268,8 @@ def _attack(run: _Run, name: str, stages: Sequence[str], clean_correct: np.ndarr
   t0 = time.perf_counter()
   robust, outcome, per_stage, alone = _run_stages(run, name, stages, clean_correct)
   acc = float(robust.sum()) / run.data.count
-  margins = programs_lib.cached(run.programs, "margins", lambda: programs_lib.margins(run.model))
+  margins = programs_lib.cached(run.programs, ("margins", programs_lib.model_key(run.model)),
+                                lambda: programs_lib.margins(run.model))
   checked = outcome.verify(margins, run.p_vars, robust, run.threat.norm, name, strict=strict)
   result = {"robust_accuracy": acc}
   if len(stages) > 1:
@@ -340,7 +344,8 @@ def _stage_program(run: _Run, stage_name: str, settings: Tuple[Tuple[str, Any], 
   t = run.threat
   host = stage_name in autoattack.STAGES and programs_lib.host_loops()
   return programs_lib.cached(
-      run.programs, (stage_name, t.norm, t.restarts, t.target, run.as_original, settings),
+      run.programs, (programs_lib.model_key(run.model), stage_name, t.norm, t.restarts,
+                     t.target, run.as_original, settings),
       lambda: programs_lib.stage(run.model, registry.stage_fn(
           stage_name, t.norm, t.restarts, run.as_original, settings, t.target), host))
 
