@@ -653,6 +653,7 @@ def _alexnet(net) -> Tuple[str, dict]:
 def _resnest(net) -> Tuple[str, dict]:
   """RobustBench's ResNest (resnest.py; Sehwag2021Proxy_ResNest152): its fields off the
   instance; dilated stages, DropBlock and radix 0 (plain 3x3 convolutions) have no twin."""
+  import torch  # pylint: disable=g-import-not-at-top
   layers = [getattr(net, n) for n in ("layer1", "layer2", "layer3", "layer4")]
   blocks = [b for layer in layers for b in layer]
   # A stage's stride sits on its first block's avd pool, else on its split-attention conv
@@ -662,7 +663,6 @@ def _resnest(net) -> Tuple[str, dict]:
   if net.radix < 1 or strides != [1, 2, 2, 2] or any(
       b.conv2.conv.dilation != (1, 1) or b.dropblock_prob > 0 for b in blocks):
     raise Unsupported("a ResNeSt with radix 0, dilated stages or DropBlock")
-  import torch  # pylint: disable=g-import-not-at-top
   deep = isinstance(net.conv1, torch.nn.Sequential)
   return "ResNeSt", {
       "stage_sizes": _stage_sizes(net, ["layer1", "layer2", "layer3", "layer4"]),

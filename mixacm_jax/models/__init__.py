@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from mixacm_jax.errors import ConfigError, first_line
-from mixacm_jax.models.alexnet import AlexNet
 from mixacm_jax.models.adaptive_smoothing import AdaptiveSmoothing, MixingNet
+from mixacm_jax.models.alexnet import AlexNet
 from mixacm_jax.models.bit_resnet import BiTResNetV2
 from mixacm_jax.models.convnext import ConvNeXt
 from mixacm_jax.models.mixed_nuts import MixedNUTS

@@ -38,14 +38,14 @@ CIFAR_RESNEXT: List[Rule] = [
         ("conv_expand", "conv3"), ("bn_expand", "bn3"), ("downsample.0", "shortcut_conv"),
         ("downsample.1", "shortcut_bn"))],
 ]
-PREACT_RESNET: List[Rule] = [
-    ("conv1", "conv1"), ("bn", "bn"),
+# A pre-activation block's convs and norms, and its shortcut's conv (and norm, CARD's).
+_PREACT_BLOCKS: List[Rule] = [
     ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
     ("layer{s}.{b}.bn{i}", "layer{s}_{b}/bn{i}"),
     ("layer{s}.{b}.shortcut.0", "layer{s}_{b}/shortcut_conv"),
     ("layer{s}.{b}.shortcut.1", "layer{s}_{b}/shortcut_bn"),
-    ("linear", "fc"),
 ]
+PREACT_RESNET: List[Rule] = [("conv1", "conv1"), ("bn", "bn"), *_PREACT_BLOCKS, ("linear", "fc")]
 WIDE_RESNET: List[Rule] = [
     ("conv1", "conv1"), ("bn1", "bn"), ("fc", "fc"),
     ("block{s}.layer.{b}.conv{i}", "block{s}_{b}/conv{i}"),
@@ -63,14 +63,9 @@ ROBUST_WIDE_RESNET: List[Rule] = [
     ("blocks.{s}.layer.{b}.convShortcut", "block{s+1}_{b}/shortcut_conv"),
 ]
 # Diffenderfer et al.'s CARD WidePreActResNet (RobustBench's CARD_resnet.py): its final norm
-# is bn1, its shortcut a conv and a norm.
-CARD_WIDE_PREACT_RESNET: List[Rule] = [
-    ("conv1", "conv1"), ("bn1", "bn"), ("fc", "fc"),
-    ("layer{s}.{b}.conv{i}", "layer{s}_{b}/conv{i}"),
-    ("layer{s}.{b}.bn{i}", "layer{s}_{b}/bn{i}"),
-    ("layer{s}.{b}.shortcut.0", "layer{s}_{b}/shortcut_conv"),
-    ("layer{s}.{b}.shortcut.1", "layer{s}_{b}/shortcut_bn"),
-]
+# is bn1, its classifier fc.
+CARD_WIDE_PREACT_RESNET: List[Rule] = [("conv1", "conv1"), ("bn1", "bn"), *_PREACT_BLOCKS,
+                                       ("fc", "fc")]
 # RobustBench's robust_resnet.PreActResNet (Huang et al. 2022's WRN-A4): the same network.
 ROBUST_RESNET: List[Rule] = [
     ("stem_conv", "conv1"), ("norm1", "bn"), ("fc", "fc"),
@@ -268,10 +263,10 @@ ALEXNET: List[Rule] = [
 
 
 # (Flax class name, style) -> the PyTorch layouts it reads (the one that names the most keys of
-# a file), the first also written. The style
-# is "dm" for the DeepMind-style models (TF-'SAME' padding), "imagenet" for an ImageNet stem,
-# "v2" for ConvNeXt V2, "avg_down" for a ResNeSt whose shortcuts pool, "cifar_resnext" for a
-# grouped ResNet with a CIFAR stem and "card" for a PreActResNet with CARD's 1x1-conv head.
+# a file), the first also written. The style is "dm" for the DeepMind-style models
+# (TF-'SAME' padding), "imagenet" for an ImageNet stem, "v2" for ConvNeXt V2, "avg_down" for a
+# ResNeSt whose shortcuts pool, "cifar_resnext" for a grouped ResNet with a CIFAR stem and
+# "card" for a PreActResNet with CARD's 1x1-conv head.
 RULES = {("ResNet", ""): [RESNET, TORCHVISION_RESNET, CIFAR_RESNEXT],
          ("ResNet", "cifar_resnext"): [CIFAR_RESNEXT, RESNET, TORCHVISION_RESNET],
          ("ResNet", "imagenet"): [TORCHVISION_RESNET, RESNET],
